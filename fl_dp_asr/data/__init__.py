@@ -1,0 +1,1 @@
+"""Speech data: local corpora as TFDS datasets, the synthetic corpus, federated cohorts."""

@@ -1,0 +1,399 @@
+"""Client-level differential privacy as optax ``GradientTransformation``s.
+
+Everything here acts on **one client's model delta** Δ (a pytree shaped like the
+parameters) and is pure, ``jit``- and ``vmap``-safe, so it composes with
+``optax.chain`` in any training loop. The federated round step vmaps the clipping
+transforms over a cohort and applies :func:`add_gaussian_noise` once to the sum.
+
+Vocabulary (arXiv 2310.00098, "Clipping"):
+
+* ``clip(v, C) = v · C / max(C, ‖v‖)``, ‖·‖ the L2 norm.
+* A *layer* is one parameter leaf by default; ``layer_fn(path) -> name`` groups leaves
+    (e.g. one layer per transformer block). H = number of layers, d_h their sizes,
+    D = Σ d_h.
+* Per-layer clipping (the paper's definition) clips every layer h to its own bound C_h
+    with Σ_h C_h² = C², so ‖Δ̃‖ ≤ C. Allocations: ``"uniform"`` C_h = C/√H,
+    ``"by_dim"`` C_h = C·√(d_h/D), or explicit bounds.
+
+References:
+    Pelikan et al., "Enabling Differentially Private Federated Learning for Speech
+    Recognition: Benchmarks, Adaptive Optimizers and Gradient Clipping", arXiv 2310.00098.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+LayerFn = Callable[[tuple], str]
+Allocation = Union[str, Mapping[str, float]]
+
+
+class ClipStats(NamedTuple):
+    """What a clipping transform saw, for metrics (per client when vmapped).
+
+    Attributes:
+        layer_norms: ``{layer name: ‖Δ_h‖}`` before clipping, float32 scalars.
+        global_norm: ‖Δ‖ before clipping.
+        clipped: float32 1.0 if the transform changed the delta, else 0.0.
+    """
+    layer_norms: dict[str, jax.Array]
+    global_norm: jax.Array
+    clipped: jax.Array
+
+
+class NoiseState(NamedTuple):
+    """State of :func:`add_gaussian_noise`: the PRNG key of the next draw."""
+    key: jax.Array
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def leaf_layer_name(path: tuple) -> str:
+    """Default layer naming: one layer per parameter leaf, named by its key path."""
+    return jax.tree_util.keystr(path)
+
+
+def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, int]:
+    """Number of coordinates per layer, ``{name: d_h}`` (static Python ints)."""
+    sizes: dict[str, int] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        name = layer_fn(path)
+        sizes[name] = sizes.get(name, 0) + math.prod(jnp.shape(leaf))
+    return sizes
+
+
+def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, jax.Array]:
+    """L2 norm of every layer, ``{name: ‖Δ_h‖}`` (float32 scalars)."""
+    squares: dict[str, jax.Array] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        name = layer_fn(path)
+        square = jnp.sum(jnp.square(jnp.asarray(leaf, jnp.float32)))
+        squares[name] = squares[name] + square if name in squares else square
+    return {name: jnp.sqrt(square) for name, square in squares.items()}
+
+
+def layer_bounds(
+        clip_norm: float,
+        allocation: Allocation,
+        tree: PyTree,
+        layer_fn: LayerFn = leaf_layer_name,
+) -> dict[str, float]:
+    """Per-layer bounds C_h with Σ C_h² = C², from an allocation rule.
+
+    Args:
+        clip_norm: the total bound C (L2, in parameter units).
+        allocation: ``"uniform"`` (C/√H), ``"by_dim"`` (C·√(d_h/D)), or a mapping
+            ``{layer name: C_h}`` whose squares must sum to C² (relative tolerance 1e-4).
+        tree: a pytree with the parameters' structure (shapes only are used).
+        layer_fn: maps a leaf's key path to its layer name.
+
+    Returns:
+        ``{layer name: C_h}`` as Python floats.
+    """
+    sizes = layer_sizes(tree, layer_fn)
+    if isinstance(allocation, str):
+        if allocation == "uniform":
+            return {name: clip_norm / math.sqrt(len(sizes)) for name in sizes}
+        if allocation == "by_dim":
+            total = sum(sizes.values())
+            return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
+        raise ValueError(
+                f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim' or a "
+                "mapping {layer name: bound}.")
+    bounds = {name: float(bound) for name, bound in allocation.items()}
+    if set(bounds) != set(sizes):
+        raise ValueError(
+                f"allocation names {sorted(set(bounds) ^ set(sizes))} do not match the layers "
+                f"{sorted(sizes)}.")
+    squared = sum(b * b for b in bounds.values())
+    if not math.isclose(squared, clip_norm**2, rel_tol=1e-4):
+        raise ValueError(
+                f"explicit per-layer bounds give sqrt(sum C_h^2) = {math.sqrt(squared):.6g}, "
+                f"but clip_norm = {clip_norm:.6g}: they must agree.")
+    return bounds
+
+
+def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn) -> PyTree:
+    return jax.tree_util.tree_map_with_path(
+            lambda path, leaf: (leaf * scales[layer_fn(path)]).astype(leaf.dtype), tree)
+
+
+def _global_norm(norms: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
+
+
+def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
+    """C / max(C, ‖v‖): 1 inside the bound, safe at ‖v‖ = 0."""
+    return bound / jnp.maximum(bound, norm)
+
+
+# ------------------------------------------------------------- pure clipping rules
+
+
+def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_name
+                                ) -> tuple[PyTree, ClipStats]:
+    """Δ · C / max(C, ‖Δ‖), with the statistics of :class:`ClipStats`."""
+    norms = layer_norms(delta, layer_fn)
+    norm = _global_norm(norms)
+    factor = _clip_factor(norm, clip_norm)
+    clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), delta)
+    return clipped, ClipStats(norms, norm, (norm > clip_norm).astype(jnp.float32))
+
+
+def clip_layers(delta: PyTree, bounds: Mapping[str, float],
+                                layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+    """Every layer h clipped independently: Δ_h · C_h / max(C_h, ‖Δ_h‖)."""
+    norms = layer_norms(delta, layer_fn)
+    factors = {name: _clip_factor(norms[name], bounds[name]) for name in norms}
+    any_clipped = jnp.any(jnp.stack([norms[n] > bounds[n] for n in norms]))
+    return (_scale_layers(delta, factors, layer_fn),
+                    ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)))
+
+
+def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
+                                      layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+    """Reference-code variant: if ‖Δ‖ ≥ C, every layer becomes exactly C_h long.
+
+    Layers that are exactly zero stay zero. Below the bound Δ is returned unchanged.
+    """
+    norms = layer_norms(delta, layer_fn)
+    norm = _global_norm(norms)
+    over = norm >= clip_norm
+    factors = {
+            name: jnp.where(over, bounds[name] / jnp.where(norms[name] > 0, norms[name], 1.0), 1.0)
+            for name in norms
+    }
+    return (_scale_layers(delta, factors, layer_fn),
+                    ClipStats(norms, norm, over.astype(jnp.float32)))
+
+
+def gaussian_noise(tree: PyTree, stddev: float | jax.Array, key: jax.Array) -> PyTree:
+    """``tree + N(0, stddev²)`` independently on every coordinate (float32 draws)."""
+    noise = optax.tree_utils.tree_random_like(key, tree, jax.random.normal, jnp.float32)
+    return jax.tree.map(lambda x, n: (x + stddev * n).astype(x.dtype), tree, noise)
+
+
+def tree_is_finite(tree: PyTree) -> jax.Array:
+    """Scalar bool: every coordinate of every leaf is finite (no NaN/inf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def _stats_state(tree: PyTree, layer_fn: LayerFn) -> ClipStats:
+    names = layer_sizes(tree, layer_fn)
+    zero = jnp.zeros((), jnp.float32)
+    return ClipStats({name: zero for name in names}, zero, zero)
+
+
+def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
+                                                layer_fn: LayerFn) -> optax.GradientTransformation:
+
+    def init_fn(params):
+        return _stats_state(params, layer_fn)
+
+    def update_fn(updates, state, params=None):
+        del state, params
+        return rule(updates)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
+    """Clips one client's delta to global L2 norm C: Δ̃ = Δ · C / max(C, ‖Δ‖).
+
+    The state is the :class:`ClipStats` of the last update (norm before clipping and
+    whether it clipped), read it with ``optax.tree_utils.tree_get(state, "clipped")``.
+
+    .. warning:: The input must be **one client's** delta, not a batch: vmap the
+          transform over clients.
+
+    Args:
+        clip_norm: the bound C > 0.
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    References:
+        McMahan et al., "Learning Differentially Private Recurrent Language Models",
+        arXiv 1710.06963; Pelikan et al., arXiv 2310.00098.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fl_dp_asr.dp import transforms
+        >>> clip = transforms.clip_by_global_norm(1.0)
+        >>> delta = {"w": jnp.array([3.0, 4.0])}
+        >>> clipped, stats = clip.update(delta, clip.init(delta))
+        >>> clipped["w"].tolist(), float(stats.global_norm)
+        ([0.6000000238418579, 0.800000011920929], 5.0)
+    """
+    _check_positive(clip_norm)
+    return _clipping_transform(lambda d: clip_global(d, clip_norm), leaf_layer_name)
+
+
+def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
+                                      layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+    """Per-layer clipping (paper definition): Δ̃_h = Δ_h · C_h / max(C_h, ‖Δ_h‖).
+
+    Each layer is clipped independently to C_h with Σ_h C_h² = C², hence ‖Δ̃‖ ≤ C and the
+    user-level sensitivity of a sum of clipped deltas is C.
+
+    .. warning:: The input must be **one client's** delta. The bounds are computed from
+          the structure seen by ``init``/``update`` (static), so the pytree structure must
+          not change between calls.
+
+    Args:
+        clip_norm: the total bound C > 0.
+        allocation: ``"uniform"`` (C_h = C/√H), ``"by_dim"`` (C_h = C·√(d_h/D)) or a
+            mapping ``{layer name: C_h}`` with Σ C_h² = C².
+        layer_fn: maps a leaf's key path to its layer name (default: one layer per leaf,
+            named ``jax.tree_util.keystr(path)``); leaves with one name form one layer.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose state is the last :class:`ClipStats`.
+
+    References:
+        Pelikan et al., arXiv 2310.00098, section "Per-layer clipping".
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fl_dp_asr.dp import transforms
+        >>> clip = transforms.clip_per_layer(1.0, "uniform")   # C_h = 1/√2
+        >>> delta = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.1, 0.0])}
+        >>> clipped, _ = clip.update(delta, clip.init(delta))
+        >>> round(float(jnp.linalg.norm(clipped["a"])), 4), clipped["b"].tolist()
+        (0.7071, [0.10000000149011612, 0.0])
+    """
+    _check_positive(clip_norm)
+
+    def rule(delta):
+        return clip_layers(delta, layer_bounds(clip_norm, allocation, delta, layer_fn), layer_fn)
+
+    return _clipping_transform(rule, layer_fn)
+
+
+def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
+                                            layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+    """The paper's *reference code* variant of per-layer clipping.
+
+    If ‖Δ‖ ≥ C, **every** layer is rescaled to exactly C_h (Σ C_h² = C², so ‖Δ̃‖ = C,
+    small layers are scaled *up*); otherwise Δ is unchanged. Both this and
+    :func:`clip_per_layer` bound ‖Δ̃‖ ≤ C, but they are different estimators; the
+    paper's text describes :func:`clip_per_layer`.
+
+    Args:
+        clip_norm: the total bound C > 0.
+        allocation: as in :func:`clip_per_layer`.
+        layer_fn: as in :func:`clip_per_layer`.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose state is the last :class:`ClipStats`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fl_dp_asr.dp import transforms
+        >>> t = transforms.rescale_per_layer(1.0, "uniform")
+        >>> delta = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.1, 0.0])}
+        >>> out, _ = t.update(delta, t.init(delta))
+        >>> round(float(jnp.linalg.norm(out["b"])), 4)
+        0.7071
+    """
+    _check_positive(clip_norm)
+
+    def rule(delta):
+        bounds = layer_bounds(clip_norm, allocation, delta, layer_fn)
+        return rescale_layers(delta, clip_norm, bounds, layer_fn)
+
+    return _clipping_transform(rule, layer_fn)
+
+
+def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformation:
+    """Adds N(0, stddev²) independently to every coordinate.
+
+    For user-level DP-FedAvg apply it **once to the sum** of clipped client deltas with
+    ``stddev = z · C`` (z = noise multiplier, C = clip bound). The state holds the PRNG
+    key; each update splits it, so the noise is deterministic given ``key``.
+
+    .. warning:: Noise must be added after clipping and after summing over clients.
+
+    Args:
+        stddev: standard deviation per coordinate (parameter units), ≥ 0.
+        key: a ``jax.random`` key.
+
+    Returns:
+        An ``optax.GradientTransformation`` with :class:`NoiseState`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from fl_dp_asr.dp import transforms
+        >>> noise = transforms.add_gaussian_noise(0.5, jax.random.key(0))
+        >>> tx = optax.chain(transforms.clip_by_global_norm(1.0), noise)
+        >>> g = {"w": jnp.zeros(100_000)}
+        >>> out, _ = tx.update(g, tx.init(g))
+        >>> round(float(jnp.std(out["w"])), 2)
+        0.5
+    """
+    if stddev < 0:
+        raise ValueError(f"stddev must be >= 0, got {stddev}.")
+
+    def init_fn(params):
+        del params
+        return NoiseState(key)
+
+    def update_fn(updates, state, params=None):
+        del params
+        next_key, draw_key = jax.random.split(state.key)
+        return gaussian_noise(updates, stddev, draw_key), NoiseState(next_key)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def normalize_per_layer(layer_fn: LayerFn = leaf_layer_name,
+                                                eps: float = 0.0) -> optax.GradientTransformation:
+    """Divides every layer by its L2 norm: u_h / ‖u_h‖ (a zero layer stays zero).
+
+    Followed by ``optax.scale_by_learning_rate`` and a per-layer ``‖θ_h‖`` scale this is the
+    paper's layer-wise normalization (the LAMB trust ratio without moments); use
+    ``optax.lamb`` for the full server optimizer.
+
+    Args:
+        layer_fn: layer grouping, as in :func:`clip_per_layer`.
+        eps: added to the norm in the denominator.
+
+    Returns:
+        A stateless ``optax.GradientTransformation``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fl_dp_asr.dp import transforms
+        >>> t = transforms.normalize_per_layer()
+        >>> out, _ = t.update({"a": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}, None)
+        >>> out["a"].tolist(), out["b"].tolist()
+        ([0.6000000238418579, 0.800000011920929], [0.0, 0.0])
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        norms = layer_norms(updates, layer_fn)
+        scales = {n: jnp.where(v > 0, 1.0 / (v + eps), 0.0) for n, v in norms.items()}
+        return _scale_layers(updates, scales, layer_fn), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_positive(clip_norm: float) -> None:
+    if not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm}.")

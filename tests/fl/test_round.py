@@ -1,0 +1,254 @@
+"""The round step: one shared suite for the three executors, DP properties, memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fl_dp_asr.fl import client, cohort, round as round_lib, server
+from tests.fl import toy_task
+
+EXECUTORS = ["vectorized", "sequential", "sharded"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def fresh_params(extra_zeros: int = 0):
+    params = toy_task.init_params(jax.random.key(0))
+    if extra_zeros:
+        params["unused"] = jnp.zeros(extra_zeros)  # gets zero gradient: isolates the noise
+    return params
+
+
+def run_round(cohort_block, *, executor="vectorized", dp=None, local_lr=0.1, cohort_size=None,
+              chunk_size=4, params=None, key=1):
+    """One round with a server SGD of lr 1, so new params = params − noisy_sum / S."""
+    params = fresh_params() if params is None else params
+    dp = dp or round_lib.DPConfig("per_layer", 1.0, "uniform")
+    client_update = client.make_client_update(toy_task.loss_fn, client.local_sgd(local_lr, 1.0))
+    opt = server.make_server_optimizer("sgd", 1.0)
+    cohort_size = cohort_size or int(np.sum(cohort_block["client_mask"]))
+    step = round_lib.make_round_step(client_update, opt, dp, cohort_size, executor=executor,
+                                     chunk_size=chunk_size)
+    before = jax.tree.map(np.asarray, params)
+    state, metrics = step(round_lib.init_server_state(params, opt), cohort_block,
+                          jax.random.key(key))
+    noisy_sum = jax.tree.map(lambda b, a: (b - np.asarray(a)) * cohort_size, before, state.params)
+    return state, metrics, noisy_sum
+
+
+def assert_trees_close(a, b, atol=1e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5), a, b)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run_round(toy_task.make_cohort(10, real_clients=9))
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_executors_agree(executor, reference):
+    _, ref_metrics, ref_sum = reference
+    _, metrics, total = run_round(toy_task.make_cohort(10, real_clients=9), executor=executor)
+    assert_trees_close(total, ref_sum)
+    assert_trees_close(metrics, ref_metrics)
+    assert float(metrics["clients"]) == 9
+
+
+@pytest.mark.parametrize("executor", ["vectorized", "sequential"])
+def test_padding_clients_change_nothing(executor, reference):
+    block = toy_task.make_cohort(10, real_clients=9)
+    garbage = toy_task.make_cohort(10, seed=99)
+    padded = jax.tree.map(lambda a, g: np.concatenate([a, g[:5]]), block, garbage)
+    padded["client_mask"][10:] = 0.0  # five padding clients full of data
+    _, metrics, total = run_round(padded, executor=executor, cohort_size=9)
+    assert_trees_close(total, reference[2])
+    assert float(metrics["clients"]) == 9
+
+
+def test_padded_local_steps_change_nothing():
+    steps = [3, 1, 2, 3]
+    masked = toy_task.make_cohort(4, local_steps=3, steps_per_client=steps)
+    garbage = toy_task.make_cohort(4, local_steps=3, seed=5)["batches"]
+    for name in masked["batches"]:  # fill the padded steps with other data
+        pad = masked["step_mask"] == 0
+        masked["batches"][name][pad] = garbage[name][pad]
+    _, m1, s1 = run_round(masked)
+    # The same clients with the padded steps simply cut off (each client alone).
+    for i, n in enumerate(steps):
+        single = {"batches": jax.tree.map(lambda x: x[i:i + 1, :n], masked["batches"]),
+                  "step_mask": masked["step_mask"][i:i + 1, :n],
+                  "client_mask": masked["client_mask"][i:i + 1]}
+        _, _, s_single = run_round(single, cohort_size=4, chunk_size=1)
+        s1 = jax.tree.map(lambda a, b: a - b, s1, s_single)
+    assert_trees_close(s1, jax.tree.map(np.zeros_like, s1), atol=1e-5)
+    assert float(m1["local_steps"]) == pytest.approx(np.mean(steps))
+
+
+def test_client_delta_sign_is_server_minus_local():
+    block = toy_task.make_cohort(1, local_steps=1)
+    params = fresh_params()
+    update = client.make_client_update(toy_task.loss_fn, optax.sgd(0.5))
+    one = jax.tree.map(lambda x: x[0], block)
+    delta, metrics = update(params, one, jax.random.key(0))
+    first_batch = jax.tree.map(lambda x: x[0], one["batches"])
+    grads = jax.grad(lambda p: toy_task.loss_fn(p, first_batch, None)[0])(params)
+    assert_trees_close(delta, jax.tree.map(lambda g: 0.5 * g, grads))
+    assert float(metrics.steps) == 1.0
+
+
+NOISE_PARAMS = 120_000
+
+
+def noise_round(executor="vectorized"):
+    """All clients send zero (local lr 0): the update is the noise alone."""
+    dp = round_lib.DPConfig("global", 0.5, noise_multiplier=2.0)
+    block = toy_task.make_cohort(8)
+    _, _, noisy_sum = run_round(block, executor=executor, dp=dp, local_lr=0.0,
+                                params=fresh_params(NOISE_PARAMS), key=3)
+    return np.asarray(noisy_sum["unused"]) / 8  # the noise on the mean
+
+
+def test_noise_std_is_z_c_over_s():
+    mean_noise = noise_round()
+    expected = 2.0 * 0.5 / 8
+    assert np.std(mean_noise) == pytest.approx(expected, rel=0.02)
+    assert abs(np.mean(mean_noise)) < 5 * expected / np.sqrt(NOISE_PARAMS)
+
+
+def test_noise_is_added_once_with_eight_devices():
+    """Eight fake CPU devices (subprocess): same noise, not √8 times more."""
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from tests.fl.test_round import noise_round
+        import jax
+        assert jax.device_count() == 8
+        noise = noise_round("sharded")
+        print(json.dumps({{"std": float(np.std(noise)), "head": noise[:5].tolist()}}))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    eight = json.loads(out.strip().splitlines()[-1])
+    one = noise_round()
+    assert eight["std"] == pytest.approx(float(np.std(one)), rel=1e-5)
+    np.testing.assert_allclose(eight["head"], one[:5], rtol=1e-5)
+
+
+@pytest.mark.parametrize("clipping", ["global", "per_layer", "rescale_per_layer"])
+def test_one_user_changes_the_noiseless_sum_by_at_most_c(clipping):
+    dp = round_lib.DPConfig(clipping, 0.05, "by_dim")
+    block = toy_task.make_cohort(6)
+    _, _, base = run_round(block, dp=dp, cohort_size=6)
+    removed = jax.tree.map(np.copy, block)
+    removed["client_mask"][2] = 0.0
+    _, _, without = run_round(removed, dp=dp, cohort_size=6)
+    changed = jax.tree.map(np.copy, block)
+    changed["batches"]["x"][2] *= 1e3
+    changed["batches"]["y"][2] = -changed["batches"]["y"][2] * 1e4
+    _, _, other = run_round(changed, dp=dp, cohort_size=6)
+    dist = lambda a, b: float(optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(a, b)))
+    assert 0 < dist(base, without) <= 0.05 * (1 + 1e-4)        # add/remove one user: C
+    assert 0 < dist(base, other) <= 2 * 0.05 * (1 + 1e-4)      # replace one user: 2C
+
+
+@pytest.mark.parametrize("executor", ["vectorized", "sequential"])
+def test_nan_client_is_dropped_and_counted(executor):
+    block = toy_task.make_cohort(6)
+    _, _, clean = run_round(jax.tree.map(np.copy, block) | {"client_mask": np.array(
+        [1, 1, 1, 0, 1, 1], np.float32)}, executor=executor, cohort_size=6)
+    block["batches"]["x"][3, 0, 0, 0] = np.nan
+    _, metrics, total = run_round(block, executor=executor, cohort_size=6)
+    assert float(metrics["dropped_clients"]) == 1.0
+    assert_trees_close(total, clean)
+    round_lib.check_round(metrics, 0)
+
+
+def test_round_with_all_clients_dropped_keeps_state_and_raises():
+    block = toy_task.make_cohort(4)
+    block["batches"]["y"][:] = np.inf
+    params = fresh_params()
+    before = jax.tree.map(np.asarray, params)
+    state, metrics, _ = run_round(block, params=params)
+    assert int(state.round) == 0
+    assert_trees_close(state.params, before, atol=0)
+    with pytest.raises(round_lib.AllClientsDroppedError, match="round 7: all 4 clients"):
+        round_lib.check_round(metrics, 7)
+
+
+def test_compiled_temp_memory_is_flat_in_cohort_size():
+    def temp_bytes(num_clients):
+        params = fresh_params(20_000)
+        opt = server.make_server_optimizer("lamb", 1e-3)
+        step = round_lib.make_round_step(
+            client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
+            round_lib.DPConfig("per_layer", 1.0, noise_multiplier=1.0), num_clients,
+            chunk_size=8)
+        block = toy_task.make_cohort(num_clients)
+        compiled = step.lower(round_lib.init_server_state(params, opt), block,
+                              jax.random.key(0)).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(32), temp_bytes(256)
+    assert large <= 1.2 * small, (small, large)
+
+
+def test_sigma_dp_is_converted_explicitly_and_bad_settings_are_rejected():
+    dp = round_lib.DPConfig("per_layer", 1.0, sigma_dp=1e-3)
+    assert dp.resolve_noise_multiplier(1024) == pytest.approx(1.024)
+    assert round_lib.DPConfig("global", 1.0, noise_multiplier=0.7).resolve_noise_multiplier(
+        50) == 0.7
+    with pytest.raises(ValueError, match="noise without clipping"):
+        round_lib.DPConfig("none", noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="not both"):
+        round_lib.DPConfig("global", 1.0, noise_multiplier=1.0, sigma_dp=1e-3)
+    with pytest.raises(ValueError, match="clip_norm"):
+        round_lib.DPConfig("per_layer")
+    with pytest.raises(ValueError, match="executor"):
+        round_lib.make_round_step(None, optax.sgd(1.0), round_lib.DPConfig("none"), 4,
+                                  executor="threads")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "lamb"])
+def test_server_optimizers_train_the_toy_task(name):
+    lr = {"sgd": 1.0, "adam": 0.02, "lamb": 0.02}[name]
+    opt = server.make_server_optimizer(name, lr, decay_begin=5, decay_every=5)
+    step = round_lib.make_round_step(
+        client.make_client_update(toy_task.loss_fn, client.local_sgd(0.05)), opt,
+        round_lib.DPConfig("per_layer", 1.0, "by_dim"), 8, chunk_size=8)
+    state = round_lib.init_server_state(fresh_params(), opt)
+    losses = []
+    for r in range(15):
+        state, metrics = step(state, toy_task.make_cohort(8, seed=r % 3), jax.random.key(r))
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.9 * losses[0]
+    assert int(state.round) == 15
+
+
+def test_samplers_are_reproducible_and_valid():
+    a = cohort.sample_fixed(1000, 32, seed=1, round_index=4)
+    b = cohort.sample_fixed(1000, 32, seed=1, round_index=4)
+    c = cohort.sample_fixed(1000, 32, seed=1, round_index=5)
+    np.testing.assert_array_equal(a.user_indices, b.user_indices)
+    assert len(set(a.user_indices.tolist())) == 32 and a.size == 32
+    assert not np.array_equal(a.user_indices, c.user_indices)
+    max_cohort = cohort.poisson_max_cohort(1000, 0.03)
+    p = cohort.sample_poisson(1000, 0.03, max_cohort, seed=1, round_index=4)
+    q = cohort.sample_poisson(1000, 0.03, max_cohort, seed=1, round_index=4)
+    np.testing.assert_array_equal(p.user_indices, q.user_indices)
+    assert p.user_indices.shape == (max_cohort,)
+    real = p.user_indices[p.mask > 0]
+    assert len(set(real.tolist())) == p.size and np.all(p.user_indices[p.mask == 0] == 0)
+    sizes = [cohort.sample_poisson(1000, 0.03, max_cohort, 2, r).size for r in range(400)]
+    assert np.mean(sizes) == pytest.approx(30, rel=0.05)
+    with pytest.raises(RuntimeError, match="raise max_cohort"):
+        cohort.sample_poisson(1000, 0.5, 10, seed=0, round_index=0)
+    with pytest.raises(ValueError, match="cohort_size"):
+        cohort.sample_fixed(10, 11, 0, 0)
