@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from fl_dp_asr.dp import transforms
+from fl_dp_asr.dp import accounting, transforms
 from fl_dp_asr.fl import cohort as cohort_lib
 from fl_dp_asr.fl.client import ClientUpdate
 
@@ -43,6 +43,10 @@ _CLIENT_STREAM, _NOISE_STREAM = 0, 1
 
 class AllClientsDroppedError(RuntimeError):
     """Every real client of a round sent a NaN/inf update; the round was not applied."""
+
+
+class NonFiniteParamsError(FloatingPointError):
+    """The server update would have made parameters NaN/inf; the round was not applied."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +89,6 @@ class DPConfig:
     def resolve_noise_multiplier(self, expected_cohort_size: float) -> float:
         """z for this run: given directly, or z = S·σ_DP for the expected cohort size S."""
         if self.sigma_dp is not None:
-            from fl_dp_asr.dp import accounting  # TODO(lead): top-level once accounting lands
             return accounting.sigma_dp_to_noise_multiplier(self.sigma_dp, expected_cohort_size)
         return float(self.noise_multiplier or 0.0)
 
@@ -208,8 +211,12 @@ def _server_update(state: ServerState, total, sums: RoundSums, key, *, server_op
     params = optax.apply_updates(state.params, updates)
     applied = ServerState(params, opt_state, state.round + 1)
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
-    new_state = optax.tree_utils.tree_where(all_dropped, state, applied)
-    return new_state, _metrics(sums, updates, noisy, total)
+    params_finite = transforms.tree_is_finite(params)
+    rejected = all_dropped | ~params_finite
+    new_state = optax.tree_utils.tree_where(rejected, state, applied)
+    metrics = _metrics(sums, updates, noisy, total)
+    metrics["params_finite"] = params_finite.astype(jnp.float32)
+    return new_state, metrics
 
 
 def _metrics(sums: RoundSums, updates, noisy, total) -> dict[str, Any]:
@@ -229,11 +236,17 @@ def _metrics(sums: RoundSums, updates, noisy, total) -> dict[str, Any]:
 
 
 def check_round(metrics: dict[str, Any], round_index: int) -> None:
-    """Raises :class:`AllClientsDroppedError` when every real client was dropped.
+    """Raises when the round step refused to apply a round.
 
-    The round step keeps the previous server state in that case, so the run can stop
+    :class:`AllClientsDroppedError` when every real client was dropped,
+    :class:`NonFiniteParamsError` when the update would make parameters NaN/inf. The
+    round step keeps the previous server state in both cases, so the run can stop
     cleanly with nothing lost.
     """
+    if float(metrics["params_finite"]) == 0.0:
+        raise NonFiniteParamsError(
+            f"round {round_index}: the server update made parameters NaN/inf; the round "
+            "was not applied. Lower the server learning rate or the noise.")
     clients, dropped = float(metrics["clients"]), float(metrics["dropped_clients"])
     if clients > 0 and dropped == clients:
         raise AllClientsDroppedError(

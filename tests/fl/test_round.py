@@ -183,6 +183,21 @@ def test_round_with_all_clients_dropped_keeps_state_and_raises():
         round_lib.check_round(metrics, 7)
 
 
+def test_update_that_makes_params_nan_is_not_applied():
+    opt = optax.sgd(float("nan"))
+    step = round_lib.make_round_step(
+        client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
+        round_lib.DPConfig("global", 1.0), 4, chunk_size=4)
+    params = fresh_params()
+    before = jax.tree.map(np.asarray, params)
+    state, metrics = step(round_lib.init_server_state(params, opt), toy_task.make_cohort(4),
+                          jax.random.key(0))
+    assert int(state.round) == 0
+    assert_trees_close(state.params, before, atol=0)
+    with pytest.raises(round_lib.NonFiniteParamsError, match="round 3"):
+        round_lib.check_round(metrics, 3)
+
+
 def test_compiled_temp_memory_is_flat_in_cohort_size():
     def temp_bytes(num_clients):
         params = fresh_params(20_000)

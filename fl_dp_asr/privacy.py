@@ -1,0 +1,520 @@
+"""Privacy calculator for user-level DP federated learning (``python -m fl_dp_asr.privacy``).
+
+Subcommands (all ε are user-level (ε, δ)-DP over all T rounds; see
+:mod:`fl_dp_asr.dp.accounting` for the model and the sampling assumptions):
+
+``epsilon``
+    ε of a run: ``--noise-multiplier z`` (std on the sum / C) or ``--sigma-dp`` (std on
+    the mean / C, converted with z = S·σ_DP), ``--cohort S --population K --rounds T``.
+``calibrate``
+    the smallest z (and σ_DP) reaching ``--target-epsilon``.
+``extrapolate``
+    the paper's extrapolation (arXiv 2310.00098): keep the simulated run's σ_DP,
+    claim the privacy of cohort S' out of population K' (z' = S'·σ_DP, q' = S'/K').
+    Grids (``--sigma-dp 1e-6 3e-6 --target-cohort 51200 204800 ...``, every
+    combination) and/or ``--rows FILE`` (CSV, see ``experiments/paper_extrapolation.csv``).
+
+Integer quantities accept ``6.95e6``-style input. ``--accountant rdp|pld|both``
+(PLD is tighter and slower: up to a few seconds per ε at T = 2000). ``--json`` prints
+machine-readable output (ε with no finite bound becomes ``null``). Errors exit with
+status 2 and one line on stderr.
+
+Examples::
+
+    python -m fl_dp_asr.privacy epsilon --sigma-dp 1e-5 --cohort 204800 \\
+        --population 6.95e6 --rounds 2000
+    python -m fl_dp_asr.privacy calibrate --target-epsilon 8 --cohort 1024 \\
+        --population 34750 --rounds 2000 --sampling fixed --accountant rdp
+    python -m fl_dp_asr.privacy extrapolate --rows experiments/paper_extrapolation.csv
+"""
+
+import argparse
+import csv
+import dataclasses
+import decimal
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Sequence
+
+from fl_dp_asr.dp import accounting
+
+PROG = "fl-dp-asr-privacy"
+PAPER_DELTA = 1e-9
+PAPER_ROUNDS = 2000
+PAPER_SIMULATED_COHORT = 1024
+ROW_COLUMNS_REQUIRED = ("sigma_dp", "target_cohort", "rounds")
+ROW_COLUMNS_POPULATION = ("target_population", "target_sampling_rate")
+ROW_COLUMNS_OPTIONAL = ("label", "delta", "simulated_cohort")
+EXTRAPOLATION_SAMPLING = ("Poisson sampling: each user joins a round independently with "
+                          "probability q' = S'/K' (S' = expected cohort size)")
+
+
+class CliError(Exception):
+    """A bad input; ``main`` prints it as one line on stderr and exits with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become :class:`CliError` (one line, no usage)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix(PROG).strip()
+        raise CliError(f"{command}: {message}" if command else message)
+
+
+# --------------------------------------------------------------------------------------
+# Parsing numbers
+# --------------------------------------------------------------------------------------
+def parse_integer(text: str) -> int:
+    """An integer written as ``1024``, ``6.95e6`` or ``69_500_000``; no fractional part.
+
+    >>> parse_integer("6.95e6")
+    6950000
+    """
+    try:
+        value = decimal.Decimal(text.strip().replace("_", ""))
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(
+            f"expected an integer (e.g. 1024 or 6.95e6), got {text!r} which is not integral")
+    return int(value)
+
+
+def parse_number(text: str) -> float:
+    """A finite real number (``1e-9``, ``0.5``)."""
+    try:
+        value = float(text.strip().replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------
+def _fmt_int(value: int) -> str:
+    return f"{value:,}"
+
+
+def _fmt_sig(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def _fmt_eps(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}"
+
+
+def _json_float(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Aligned plain-text table: first column left-aligned, the others right-aligned."""
+    rows = [list(map(str, row)) for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_markdown(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """GitHub-flavoured markdown table, numbers right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _guarantee_description(sampling: str) -> str:
+    return (f"user-level (ε, δ)-DP, {accounting.NEIGHBORING_RELATIONS[sampling]} "
+            "neighbouring datasets, all T rounds released")
+
+
+def _settings_lines(items: Sequence[tuple[str, str]], sampling: str = "poisson") -> str:
+    pairs = [("guarantee", _guarantee_description(sampling))] + list(items)
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k.ljust(width)} : {v}" for k, v in pairs)
+
+
+def _accountants(choice: str) -> tuple[str, ...]:
+    return accounting.ACCOUNTANTS if choice == "both" else (choice,)
+
+
+def _check_accountant_choice(sampling: str, choice: str) -> None:
+    if choice == "pld" and sampling == "fixed":
+        raise CliError("--accountant pld does not support --sampling fixed (no PLD "
+                       "analysis of fixed-size cohorts without replacement); use --accountant "
+                       "rdp with --sampling fixed, or --sampling poisson with --accountant "
+                       "pld/rdp/both")
+
+
+# --------------------------------------------------------------------------------------
+# epsilon
+# --------------------------------------------------------------------------------------
+def _run_epsilon(args: argparse.Namespace) -> str:
+    _check_accountant_choice(args.sampling, args.accountant)
+    if args.sigma_dp is not None:
+        z = accounting.sigma_dp_to_noise_multiplier(args.sigma_dp, args.cohort)
+    else:
+        z = args.noise_multiplier
+    results: list[tuple[str, accounting.PrivacyGuarantee | None]] = []
+    for name in _accountants(args.accountant):
+        if name == "pld" and args.sampling == "fixed":
+            results.append((name, None))
+        else:
+            results.append((name, accounting.epsilon(z, args.cohort, args.population,
+                                                     args.rounds, args.delta, args.sampling,
+                                                     name)))
+    settings = {"noise_multiplier": z,
+                "sigma_dp": accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
+                "cohort_size": args.cohort, "population": args.population,
+                "sampling_rate": args.cohort / args.population, "rounds": args.rounds,
+                "delta": args.delta, "sampling": args.sampling,
+                "neighboring_relation": accounting.NEIGHBORING_RELATIONS[args.sampling]}
+    if args.json:
+        return json.dumps({"settings": settings, "results": [
+            {"accountant": name, "supported": g is not None,
+             "epsilon": None if g is None else _json_float(g.epsilon),
+             "rdp_order": None if g is None else g.rdp_order} for name, g in results]},
+            indent=2)
+    summary = _settings_lines([
+        ("sampling", accounting.SAMPLING_DESCRIPTIONS[args.sampling]),
+        ("cohort S", _fmt_int(args.cohort)), ("population K", _fmt_int(args.population)),
+        ("q = S/K", _fmt_sig(settings["sampling_rate"])),
+        ("z", f"{_fmt_sig(z)}  (noise std on the sum / C)"),
+        ("σ_DP = z/S", f"{_fmt_sig(settings['sigma_dp'])}  (noise std on the mean / C)"),
+        ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
+    rows = [[name.upper(), _fmt_eps(g.epsilon) if g else "n/a",
+             _fmt_sig(g.rdp_order) if g else "-",
+             "" if g else "PLD does not support fixed-size sampling"] for name, g in results]
+    return summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
+
+
+# --------------------------------------------------------------------------------------
+# calibrate
+# --------------------------------------------------------------------------------------
+def _run_calibrate(args: argparse.Namespace) -> str:
+    _check_accountant_choice(args.sampling, args.accountant)
+    results = []
+    for name in _accountants(args.accountant):
+        if name == "pld" and args.sampling == "fixed":
+            results.append((name, None, None))
+            continue
+        z = accounting.calibrate_noise(args.target_epsilon, args.cohort, args.population,
+                                       args.rounds, args.delta, args.sampling, name)
+        achieved = accounting.epsilon(z, args.cohort, args.population, args.rounds,
+                                      args.delta, args.sampling, name).epsilon
+        results.append((name, z, achieved))
+    if args.json:
+        return json.dumps({
+            "settings": {"target_epsilon": args.target_epsilon, "cohort_size": args.cohort,
+                         "population": args.population,
+                         "sampling_rate": args.cohort / args.population,
+                         "rounds": args.rounds, "delta": args.delta,
+                         "sampling": args.sampling,
+                         "neighboring_relation":
+                             accounting.NEIGHBORING_RELATIONS[args.sampling]},
+            "results": [{"accountant": name, "supported": z is not None,
+                         "noise_multiplier": z,
+                         "sigma_dp": None if z is None else
+                         accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
+                         "epsilon": None if z is None else _json_float(eps)}
+                        for name, z, eps in results]}, indent=2)
+    summary = _settings_lines([
+        ("sampling", accounting.SAMPLING_DESCRIPTIONS[args.sampling]),
+        ("target ε", f"{args.target_epsilon:g}"), ("cohort S", _fmt_int(args.cohort)),
+        ("population K", _fmt_int(args.population)),
+        ("q = S/K", _fmt_sig(args.cohort / args.population)),
+        ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
+    rows = [[name.upper(), "n/a", "-", "-", "PLD does not support fixed-size sampling"]
+            if z is None else
+            [name.upper(), f"{z:.5g}",
+             _fmt_sig(accounting.noise_multiplier_to_sigma_dp(z, args.cohort)),
+             _fmt_eps(eps), ""] for name, z, eps in results]
+    return summary + "\n\n" + format_table(
+        ["accountant", "z (sum / C)", "σ_DP (mean / C)", "ε at z", ""], rows)
+
+
+# --------------------------------------------------------------------------------------
+# extrapolate
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ExtrapolationRow:
+    """One setting to extrapolate; ``label`` is free text (e.g. where it comes from)."""
+
+    sigma_dp: float
+    target_cohort: int
+    target_population: int
+    rounds: int
+    delta: float
+    simulated_cohort: int
+    label: str = ""
+
+
+def _population_from_rate(cohort: int, rate: float, where: str) -> int:
+    if not 0 < rate <= 1:
+        raise CliError(f"{where}: target sampling rate must be in (0, 1], got {rate:g}")
+    return round(cohort / rate)
+
+
+def read_rows(path: str, default_delta: float, default_simulated_cohort: int
+              ) -> list[ExtrapolationRow]:
+    """Reads an extrapolation CSV: ``#`` lines are comments, the first other line the header.
+
+    Columns: ``sigma_dp``, ``target_cohort``, ``rounds`` and one of ``target_population``
+    / ``target_sampling_rate`` (then K' = round(S'/q')); optional ``label``, ``delta``,
+    ``simulated_cohort`` (defaults from the command line).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            numbered = [(n, line) for n, line in enumerate(f, 1)
+                        if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as err:
+        raise CliError(f"cannot read --rows file {path!r}: {err.strerror}") from None
+    if not numbered:
+        raise CliError(f"--rows file {path!r} has no header line")
+    header_line, header = numbered[0][0], next(csv.reader([numbered[0][1]]))
+    header = [h.strip() for h in header]
+    known = ROW_COLUMNS_REQUIRED + ROW_COLUMNS_POPULATION + ROW_COLUMNS_OPTIONAL
+    unknown = [h for h in header if h not in known]
+    missing = [h for h in ROW_COLUMNS_REQUIRED if h not in header]
+    population_columns = [h for h in ROW_COLUMNS_POPULATION if h in header]
+    if unknown or missing or len(population_columns) != 1:
+        raise CliError(
+            f"{path}:{header_line}: header must have columns {', '.join(ROW_COLUMNS_REQUIRED)}, "
+            f"exactly one of {' / '.join(ROW_COLUMNS_POPULATION)}, optionally "
+            f"{', '.join(ROW_COLUMNS_OPTIONAL)}; got {', '.join(header)}")
+    rows = []
+    for line_number, line in numbered[1:]:
+        cells = [c.strip() for c in next(csv.reader([line]))]
+        where = f"{path}:{line_number}"
+        if len(cells) != len(header):
+            raise CliError(f"{where}: expected {len(header)} columns, got {len(cells)}")
+        record = dict(zip(header, cells))
+
+        def value(column: str, parse, default=None):
+            text = record.get(column, "")
+            if text == "":
+                if default is None:
+                    raise CliError(f"{where}: column {column!r} is empty")
+                return default
+            try:
+                return parse(text)
+            except argparse.ArgumentTypeError as err:
+                raise CliError(f"{where}: column {column!r}: {err}") from None
+
+        cohort = value("target_cohort", parse_integer)
+        if population_columns[0] == "target_population":
+            population = value("target_population", parse_integer)
+        else:
+            population = _population_from_rate(
+                cohort, value("target_sampling_rate", parse_number), where)
+        rows.append(ExtrapolationRow(
+            sigma_dp=value("sigma_dp", parse_number), target_cohort=cohort,
+            target_population=population, rounds=value("rounds", parse_integer),
+            delta=value("delta", parse_number, default_delta),
+            simulated_cohort=value("simulated_cohort", parse_integer,
+                                   default_simulated_cohort),
+            label=record.get("label", "")))
+    if not rows:
+        raise CliError(f"--rows file {path!r} has a header but no rows")
+    return rows
+
+
+def _grid_rows(args: argparse.Namespace) -> list[ExtrapolationRow]:
+    grid_given = [args.sigma_dp, args.target_cohort, args.target_population,
+                  args.target_sampling_rate]
+    if not any(g is not None for g in grid_given):
+        return []
+    if args.sigma_dp is None or args.target_cohort is None or (
+            args.target_population is None and args.target_sampling_rate is None):
+        raise CliError("extrapolate: a grid needs --sigma-dp, --target-cohort and "
+                       "--target-population (or --target-sampling-rate)")
+    rows = []
+    for sigma in args.sigma_dp:
+        for cohort in args.target_cohort:
+            if args.target_population is not None:
+                populations = args.target_population
+            else:
+                populations = [_population_from_rate(cohort, rate, "extrapolate")
+                               for rate in args.target_sampling_rate]
+            for population in populations:
+                for rounds in args.rounds:
+                    rows.append(ExtrapolationRow(sigma, cohort, population, rounds, args.delta,
+                                                 args.simulated_cohort))
+    return rows
+
+
+def _run_extrapolate(args: argparse.Namespace) -> str:
+    rows = []
+    if args.rows:
+        rows += read_rows(args.rows, args.delta, args.simulated_cohort)
+    rows += _grid_rows(args)
+    if not rows:
+        raise CliError("extrapolate: give --rows FILE and/or a grid (--sigma-dp, "
+                       "--target-cohort, --target-population)")
+    results = []
+    for row in rows:
+        try:
+            results.append((row, accounting.extrapolate(
+                row.sigma_dp, row.simulated_cohort, row.target_cohort, row.target_population,
+                row.rounds, row.delta, accountants=_accountants(args.accountant))))
+        except ValueError as err:
+            label = f" ({row.label})" if row.label else ""
+            raise CliError(f"extrapolate: row σ_DP={row.sigma_dp:g}, "
+                           f"S'={row.target_cohort}, K'={row.target_population}, "
+                           f"T={row.rounds}{label}: {err}") from None
+    if args.json:
+        return json.dumps({
+            "sampling": "poisson",
+            "neighboring_relation": accounting.NEIGHBORING_RELATIONS["poisson"],
+            "rows": [{"label": row.label, **{
+                k: _json_float(v) if isinstance(v, float) else v
+                for k, v in dataclasses.asdict(e).items()},
+                "simulated_noise_multiplier": e.simulated_noise_multiplier}
+                for row, e in results]}, indent=2)
+    with_label = any(row.label for row, _ in results)
+    headers = (["setting"] if with_label else []) + [
+        "σ_DP", "S'", "K'", "q' = S'/K'", "z' = S'·σ_DP", "T", "δ"]
+    if "rdp" in _accountants(args.accountant):
+        headers += ["ε RDP", "RDP order"]
+    if "pld" in _accountants(args.accountant):
+        headers += ["ε PLD"]
+    table = []
+    for row, e in results:
+        cells = ([row.label] if with_label else []) + [
+            f"{e.sigma_dp:g}", _fmt_int(e.target_cohort), _fmt_int(e.target_population),
+            _fmt_sig(e.sampling_rate), _fmt_sig(e.noise_multiplier), _fmt_int(e.rounds),
+            f"{e.delta:g}"]
+        if "rdp" in _accountants(args.accountant):
+            cells += [_fmt_eps(e.epsilon_rdp), _fmt_sig(e.rdp_order)]
+        if "pld" in _accountants(args.accountant):
+            cells += [_fmt_eps(e.epsilon_pld)]
+        table.append(cells)
+    simulated = sorted({e.simulated_cohort for _, e in results})
+    notes = [
+        ("sampling", EXTRAPOLATION_SAMPLING),
+        ("extrapolation", "simulated with cohort S and per-mean noise σ_DP; privacy claimed "
+                          "for cohort S' out of K' with the same σ_DP: z' = S'·σ_DP, "
+                          "q' = S'/K' (arXiv 2310.00098)"),
+        ("simulated S", ", ".join(_fmt_int(s) for s in simulated))]
+    if args.markdown:
+        text = "\n".join(f"- **{k}**: {v}" for k, v in [
+            ("guarantee", _guarantee_description("poisson")), *notes])
+        return text + "\n\n" + format_markdown(headers, table)
+    return _settings_lines(notes) + "\n\n" + format_table(headers, table)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fl-dp-asr-privacy``."""
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    def run_settings(p: argparse.ArgumentParser, accountant_default: str = "both") -> None:
+        p.add_argument("--cohort", type=parse_integer, required=True,
+                       help="users per round S (expected, for Poisson sampling)")
+        p.add_argument("--population", type=parse_integer, required=True,
+                       help="users K that can be sampled (6.95e6-style input accepted)")
+        p.add_argument("--rounds", type=parse_integer, required=True, help="rounds T")
+        p.add_argument("--delta", type=parse_number, default=PAPER_DELTA,
+                       help="δ (default: %(default)g, the paper's)")
+        p.add_argument("--sampling", choices=accounting.SAMPLING_SCHEMES, default="poisson",
+                       help="poisson: each user joins with probability q = S/K "
+                            "(add-or-remove-one-user DP); fixed: S users without "
+                            "replacement (replace-one-user DP, RDP only). "
+                            "Default: %(default)s")
+        p.add_argument("--accountant", choices=("rdp", "pld", "both"),
+                       default=accountant_default, help="default: %(default)s")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p_eps = sub.add_parser("epsilon", help="ε of a run",
+                           description="User-level ε after T rounds.")
+    noise = p_eps.add_mutually_exclusive_group(required=True)
+    noise.add_argument("--noise-multiplier", type=parse_number,
+                       help="z: noise std on the SUM of clipped deltas / C")
+    noise.add_argument("--sigma-dp", type=parse_number,
+                       help="σ_DP: noise std on the cohort MEAN / C (z = S·σ_DP)")
+    run_settings(p_eps)
+    p_eps.set_defaults(run=_run_epsilon)
+
+    p_cal = sub.add_parser("calibrate", help="smallest noise for a target ε",
+                           description="Smallest z (and σ_DP = z/S) with ε(z) ≤ target "
+                                       "(tolerance 1e-3 on z).")
+    p_cal.add_argument("--target-epsilon", type=parse_number, required=True)
+    run_settings(p_cal)
+    p_cal.set_defaults(run=_run_calibrate)
+
+    p_ext = sub.add_parser(
+        "extrapolate", help="the paper's population extrapolation",
+        description="Keep σ_DP of a simulated run (cohort S), report the privacy of cohort "
+                    "S' out of K' (z' = S'·σ_DP, q' = S'/K', Poisson sampling). Rows come "
+                    "from --rows FILE and/or from every combination of the grid flags.")
+    p_ext.add_argument("--rows", metavar="FILE",
+                       help="CSV with columns sigma_dp, target_cohort, rounds, "
+                            "target_population (or target_sampling_rate); optional label, "
+                            "delta, simulated_cohort; '#' lines are comments")
+    p_ext.add_argument("--sigma-dp", type=parse_number, nargs="+", help="σ_DP grid")
+    p_ext.add_argument("--target-cohort", type=parse_integer, nargs="+", help="S' grid")
+    population = p_ext.add_mutually_exclusive_group()
+    population.add_argument("--target-population", type=parse_integer, nargs="+",
+                            help="K' grid")
+    population.add_argument("--target-sampling-rate", type=parse_number, nargs="+",
+                            help="q' grid instead of K' (K' = round(S'/q'))")
+    p_ext.add_argument("--rounds", type=parse_integer, nargs="+", default=[PAPER_ROUNDS],
+                       help="T grid (default: %(default)s)")
+    p_ext.add_argument("--delta", type=parse_number, default=PAPER_DELTA,
+                       help="δ (default: %(default)g)")
+    p_ext.add_argument("--simulated-cohort", type=parse_integer,
+                       default=PAPER_SIMULATED_COHORT, help="S (default: %(default)s)")
+    p_ext.add_argument("--accountant", choices=("rdp", "pld", "both"), default="both",
+                       help="PLD takes up to a few seconds per row at T=2000 "
+                            "(default: %(default)s)")
+    output = p_ext.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p_ext.set_defaults(run=_run_extrapolate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad input)."""
+    # dp_accounting logs (through absl) every RDP order it drops for numerical reasons;
+    # the bound stays valid, so keep the command's output clean.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        args = build_parser().parse_args(argv)
+        text = args.run(args)
+    except (CliError, ValueError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    finally:
+        absl_logger.setLevel(level)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Tests of the privacy command line (fl_dp_asr.privacy), mostly through main() in-process."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fl_dp_asr import privacy
+from fl_dp_asr.dp import accounting
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAPER_ROWS = ROOT / "experiments" / "paper_extrapolation.csv"
+SMALL = ["--cohort", "10", "--population", "1e3", "--rounds", "20", "--delta", "1e-5"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = privacy.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_epsilon_prints_both_accountants_and_the_assumptions(capsys):
+    status, out, err = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL)
+    assert status == 0 and err == ""
+    assert "Poisson sampling" in out and "add-or-remove-one-user" in out
+    expected = accounting.epsilon(1.0, 10, 1000, 20, 1e-5).epsilon
+    rdp_line = next(line for line in out.splitlines() if line.startswith("RDP"))
+    assert f"{expected:.2f}" in rdp_line
+    assert any(line.startswith("PLD") for line in out.splitlines())
+
+
+def test_epsilon_json_converts_sigma_dp(capsys):
+    status, out, _ = run(capsys, "epsilon", "--sigma-dp", "0.1", *SMALL, "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert data["settings"]["noise_multiplier"] == pytest.approx(1.0)   # z = S·σ_DP
+    assert data["settings"]["sampling"] == "poisson"
+    by_name = {r["accountant"]: r for r in data["results"]}
+    assert by_name["rdp"]["epsilon"] == pytest.approx(
+        accounting.epsilon(1.0, 10, 1000, 20, 1e-5).epsilon)
+    assert by_name["pld"]["epsilon"] <= by_name["rdp"]["epsilon"]
+
+
+def test_epsilon_fixed_sampling_marks_pld_unsupported(capsys):
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", *SMALL,
+                         "--sampling", "fixed", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert data["settings"]["neighboring_relation"] == "replace-one-user"
+    pld = next(r for r in data["results"] if r["accountant"] == "pld")
+    assert pld == {"accountant": "pld", "supported": False, "epsilon": None,
+                   "rdp_order": None}
+
+
+def test_calibrate_reaches_the_target(capsys):
+    status, out, _ = run(capsys, "calibrate", "--target-epsilon", "2", *SMALL,
+                         "--accountant", "rdp", "--json")
+    assert status == 0
+    (result,) = json.loads(out)["results"]
+    assert result["epsilon"] <= 2.0
+    assert result["sigma_dp"] == pytest.approx(result["noise_multiplier"] / 10)
+    status, text, _ = run(capsys, "calibrate", "--target-epsilon", "2", *SMALL,
+                          "--accountant", "rdp")
+    assert status == 0 and f"{result['noise_multiplier']:.5g}" in text
+
+
+def test_extrapolate_grid_covers_every_combination(capsys):
+    status, out, _ = run(capsys, "extrapolate", "--sigma-dp", "1e-5", "2e-5",
+                         "--target-cohort", "51200", "102400",
+                         "--target-population", "6.95e6", "--rounds", "100", "200",
+                         "--accountant", "rdp", "--json")
+    assert status == 0
+    rows = json.loads(out)["rows"]
+    assert len(rows) == 2 * 2 * 1 * 2
+    first = rows[0]
+    assert (first["sigma_dp"], first["target_cohort"], first["rounds"]) == (1e-5, 51200, 100)
+    assert first["noise_multiplier"] == pytest.approx(0.512)
+    assert first["sampling_rate"] == pytest.approx(51200 / 6.95e6)
+    assert first["simulated_noise_multiplier"] == pytest.approx(1024 * 1e-5)
+    assert first["epsilon_pld"] is None
+
+
+def test_extrapolate_sampling_rate_grid_sets_population(capsys):
+    status, out, _ = run(capsys, "extrapolate", "--sigma-dp", "1e-5", "--target-cohort",
+                         "51200", "--target-sampling-rate", "0.01", "--rounds", "10",
+                         "--accountant", "rdp", "--json")
+    assert status == 0
+    assert json.loads(out)["rows"][0]["target_population"] == 5_120_000
+
+
+def test_extrapolate_rows_file_and_markdown(capsys, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("# comment\n"
+                    "label,sigma_dp,target_cohort,target_population,rounds,delta\n"
+                    "a,1e-5,51200,5.12e6,10,\n"
+                    "b,2e-5,102400,1.024e7,20,1e-6\n", encoding="utf-8")
+    status, out, _ = run(capsys, "extrapolate", "--rows", str(rows), "--markdown")
+    assert status == 0
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 2                  # header + two rows
+    assert "ε RDP" in table[0] and "ε PLD" in table[0]
+    assert table[1].startswith("| a | 1e-05 | 51,200 | 5,120,000 |")
+    assert "| 1e-06 |" in table[2]
+    assert "add-or-remove-one-user" in out
+
+
+def test_paper_rows_file_holds_the_paper_settings():
+    rows = privacy.read_rows(str(PAPER_ROWS), default_delta=1e-9,
+                             default_simulated_cohort=1024)
+    assert {r.sigma_dp for r in rows} == {1e-6, 3e-6, 1e-5, 2e-5}
+    assert {r.target_cohort for r in rows} == {51200, 102400, 204800}
+    assert all(3_000_000 <= r.target_population <= 700_000_000 for r in rows)
+    assert all(2000 <= r.rounds <= 3400 for r in rows)
+    assert all(r.target_cohort / r.target_population <= 0.05 for r in rows)
+    assert {r.delta for r in rows} == {1e-9}
+
+
+@pytest.mark.slow
+def test_generated_privacy_table_is_up_to_date():
+    from experiments import privacy_table
+    for path, text in privacy_table.expected_files().items():
+        assert (ROOT / path).read_text(encoding="utf-8") == text, (
+            f"{path} is stale: run python -m experiments.privacy_table")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "10", "--population", "1000.5",
+      "--rounds", "5"], "--population"),
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "10", "--population", "1e3",
+      "--rounds", "2.5"], "--rounds"),
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "2000", "--population", "1000",
+      "--rounds", "5"], "must not exceed"),
+    (["epsilon", "--noise-multiplier", "0", *SMALL], "noise_multiplier"),
+    (["epsilon", "--noise-multiplier", "1", *SMALL[:-1], "1.5"], "delta"),
+    (["epsilon", *SMALL], "--noise-multiplier"),
+    (["epsilon", "--noise-multiplier", "1", *SMALL, "--sampling", "fixed",
+      "--accountant", "pld"], "--accountant rdp with --sampling fixed"),
+    (["calibrate", "--target-epsilon", "-1", *SMALL], "target_epsilon"),
+    (["extrapolate", "--sigma-dp", "1e-5"], "--target-cohort"),
+    (["extrapolate"], "--rows"),
+    (["extrapolate", "--rows", "/nonexistent/rows.csv"], "cannot read"),
+    (["extrapolate", "--sigma-dp", "1e-5", "--target-cohort", "51200",
+      "--target-population", "1000"], "must not exceed"),
+    (["extrapolate", "--sigma-dp", "1e-5", "--target-cohort", "51200",
+      "--target-sampling-rate", "1.5"], "sampling rate"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_nonzero_with_one_line(capsys, argv, fragment):
+    status, out, err = run(capsys, *argv)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("fl-dp-asr-privacy: error:") and fragment in err
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("sigma_dp,target_cohort,rounds\n1e-5,10,5\n", "exactly one of"),
+    ("sigma_dp,target_cohort,target_population,rounds,colour\n1e-5,10,100,5,red\n",
+     "colour"),
+    ("sigma_dp,target_cohort,target_population,rounds\n1e-5,10,100.5,5\n",
+     ":2: column 'target_population'"),
+    ("sigma_dp,target_cohort,target_population,rounds\n1e-5,10,100\n", ":2: expected 4"),
+    ("sigma_dp,target_cohort,target_population,rounds\n", "no rows"),
+])
+def test_bad_rows_file_names_file_line_and_column(capsys, tmp_path, content, fragment):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(content, encoding="utf-8")
+    status, _, err = run(capsys, "extrapolate", "--rows", str(rows))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and fragment in err
+
+
+def test_module_runs_as_a_program():
+    ok = subprocess.run(
+        [sys.executable, "-m", "fl_dp_asr.privacy", "epsilon", "--sigma-dp", "0.1", *SMALL,
+         "--accountant", "rdp", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["results"][0]["accountant"] == "rdp"
+    bad = subprocess.run(
+        [sys.executable, "-m", "fl_dp_asr.privacy", "epsilon", "--sigma-dp", "0.1",
+         "--cohort", "10", "--population", "6.5", "--rounds", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
