@@ -179,7 +179,9 @@ def _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size):
     """Σ over clients of ``contribution``: ``lax.scan`` over chunks, ``vmap`` inside.
 
     Memory is O(chunk_size × params) whatever the cohort size: client deltas are summed
-    chunk by chunk and never materialized together.
+    chunk by chunk and never materialized together. A chunk made only of padding clients
+    is skipped (``lax.cond``), so Poisson cohorts padded to a static maximum cost what
+    their real clients cost when samplers put real clients first.
     """
     num = cohort_lib.num_clients(cohort_block)
     if num % chunk_size:
@@ -188,9 +190,13 @@ def _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size):
             lambda x: x.reshape((num // chunk_size, chunk_size) + x.shape[1:]), (cohort_block, keys))
     per_chunk = jax.vmap(contribution, in_axes=(None, 0, 0))
 
-    def body(acc, chunk):
+    def add_chunk(acc, chunk):
         outputs = per_chunk(params, *chunk)
-        return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs), None
+        return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs)
+
+    def body(acc, chunk):
+        has_clients = jnp.any(chunk[0]["client_mask"] > 0)
+        return jax.lax.cond(has_clients, add_chunk, lambda acc, _: acc, acc, chunk), None
 
     init = _zero_sums(contribution, params, cohort_block, keys)
     total, _ = jax.lax.scan(body, init, chunked)

@@ -1,0 +1,303 @@
+r"""Federated fine-tuning with user-level DP: seed model → jitted FL rounds → WER, ε.
+
+        python -m experiments.train_fl --config experiments/configs/demo_fl_dp.py \
+                --workdir runs/demo_fl_dp [--config.fl.cohort_size=64 ...]
+
+The work directory always resumes from its newest complete checkpoint; otherwise the
+run starts from ``config.init_checkpoint`` (the central seed model), otherwise from
+scratch. SIGINT/SIGTERM save a checkpoint and exit cleanly. Metrics go to
+``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from fl_dp_asr.data import builders, federated, prefetch
+from fl_dp_asr.dp import accounting
+from fl_dp_asr.fl import client, cohort as cohort_lib, round as round_lib, server
+from fl_dp_asr.models import asr
+from fl_dp_asr.models.config import ModelConfig, get_model_config
+from fl_dp_asr.text.tokenizer import CharTokenizer
+from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
+from fl_dp_asr.train.metrics import MetricWriter
+
+logger = logging.getLogger("train_fl")
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when SIGINT/SIGTERM arrived (after saving)."""
+
+
+# ------------------------------------------------------------------ setup helpers
+
+
+def load_seed_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, Any, str]:
+    """Model config and parameters: the seed checkpoint's, or fresh ones."""
+    if config.init_checkpoint:
+        if not os.path.isdir(config.init_checkpoint):
+            raise FileNotFoundError(
+                f"config.init_checkpoint={config.init_checkpoint!r} is not a directory; train "
+                "the seed model first (experiments/train_central.py) or set it to ''.")
+        model_config, params, step = load_model_checkpoint(config.init_checkpoint)
+        return model_config, params, f"{config.init_checkpoint} (step {step})"
+    model_config = get_model_config(config.model.size)
+    return model_config, asr.init_params(model_config, jax.random.key(config.seed)), "scratch"
+
+
+def expected_cohort_size(config: ml_collections.ConfigDict, population: int) -> int:
+    """S: the fixed cohort size, or the expected size q·K of Poisson sampling."""
+    size = config.fl.cohort_size
+    if not 1 <= size <= population:
+        raise ValueError(f"config.fl.cohort_size={size} must be in [1, population={population}] "
+                                          "(the number of training users).")
+    return size
+
+
+def make_sampler(config: ml_collections.ConfigDict, population: int):
+    """``round -> Cohort`` for the configured sampling scheme, and the static cohort slots."""
+    size = config.fl.cohort_size
+    if config.fl.sampling == "fixed":
+        return functools.partial(cohort_lib.sample_fixed, population, size, config.seed), size
+    if config.fl.sampling == "poisson":
+        rate = size / population
+        slots = cohort_lib.poisson_max_cohort(population, rate)
+        return functools.partial(cohort_lib.sample_poisson, population, rate, slots,
+                                                          config.seed), slots
+    raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: use 'fixed' or 'poisson'.")
+
+
+def privacy_metrics(run_accountant, rounds: int, config, sigma_dp: float,
+                                        with_pld: bool) -> dict[str, float]:
+    """ε spent after ``rounds`` (RDP, optionally PLD) and the extrapolated population's ε."""
+    if run_accountant is None or rounds == 0:
+        return {}
+    out = {"epsilon_rdp": run_accountant.epsilon(rounds, "rdp")}
+    if with_pld and config.fl.sampling == "poisson":
+        out["epsilon_pld"] = run_accountant.epsilon(rounds, "pld")
+    target = config.privacy
+    if target.target_cohort:
+        extrapolated = accounting.extrapolate(
+            sigma_dp, run_accountant.cohort_size, target.target_cohort,
+            target.target_population, rounds, config.dp.delta,
+            accountants=["rdp", "pld"] if with_pld else ["rdp"])
+        out["extrapolated_epsilon_rdp"] = extrapolated.epsilon_rdp
+        if with_pld:
+            out["extrapolated_epsilon_pld"] = extrapolated.epsilon_pld
+    return out
+
+
+# ------------------------------------------------------------------ training
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) federated DP fine-tuning; returns a summary dict."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = CharTokenizer(config.data.language)
+
+    # ---- data: training users and held-out users -----------------------------------------
+    data_kwargs = dict(manual_dir=config.data.manual_dir, data_dir=config.data.data_dir)
+    train_users = builders.load_federated(config.data.name, config.data.config,
+                                                                                config.data.train_split, **data_kwargs)
+    eval_users = builders.load_federated(config.data.name, config.data.config,
+                                                                              config.data.eval_split, **data_kwargs)
+    population = train_users.num_users
+    buckets = federated.LengthBuckets.for_dataset(train_users, tokenizer.encode,
+                                                                                                config.data.num_buckets)
+    eval_buckets = federated.LengthBuckets.for_dataset(eval_users, tokenizer.encode,
+                                                                                                          config.data.num_buckets)
+    eval_batches = list(federated.iterate_batches(
+            eval_users, batch_size=config.eval.batch_size, tokenize=tokenizer.encode,
+            buckets=eval_buckets))
+
+    # ---- model, DP, round step ---------------------------------------------------------
+    model_config, seed_params, seed_source = load_seed_model(config)
+    cohort_size = expected_cohort_size(config, population)
+    dp = round_lib.DPConfig(
+            clipping=config.dp.clipping, clip_norm=config.dp.clip_norm or None,
+            allocation=config.dp.allocation,
+            noise_multiplier=config.dp.noise_multiplier, sigma_dp=config.dp.sigma_dp)
+    noise_multiplier = dp.resolve_noise_multiplier(cohort_size)
+    sigma_dp = accounting.noise_multiplier_to_sigma_dp(noise_multiplier, cohort_size)
+    run_accountant = (accounting.RunAccountant(config.fl.sampling, cohort_size, population,
+                                                                                          noise_multiplier, config.dp.delta)
+                                        if noise_multiplier > 0 else None)
+    server_optimizer = server.make_server_optimizer(
+            config.server.optimizer, config.server.learning_rate,
+            decay_begin=config.server.decay_begin, decay_every=config.server.decay_every,
+            decay_rate=config.server.decay_rate)
+    client_update = client.make_client_update(
+            asr.make_loss_fn(model_config, train=True),
+            client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+    round_step = round_lib.make_round_step(
+            client_update, server_optimizer, dp, cohort_size, executor=config.fl.executor,
+            chunk_size=config.fl.chunk_size)
+    sample, cohort_slots = make_sampler(config, population)
+
+    # ---- rounds allowed by the privacy budget ------------------------------------------
+    num_rounds = config.fl.rounds
+    if run_accountant is not None:
+        planned = run_accountant.guarantee(num_rounds, "rdp")
+        print(f"Privacy of the full run: {planned}", flush=True)
+        if config.dp.max_epsilon:
+            allowed = run_accountant.max_rounds_within(config.dp.max_epsilon, "rdp", num_rounds)
+            if allowed < num_rounds:
+                print(f"max_epsilon={config.dp.max_epsilon} allows {allowed} of {num_rounds} rounds; "
+                            f"training stops after round {allowed}.", flush=True)
+            num_rounds = allowed
+    elif config.dp.max_epsilon:
+        raise ValueError("config.dp.max_epsilon is set but the run adds no noise (ε = ∞).")
+
+    # ---- resume: newest checkpoint of this workdir, else the seed model ----------------
+    state = round_lib.init_server_state(seed_params, server_optimizer)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                                          max_to_keep=config.checkpoint.keep, best_metric="wer")
+    restored = checkpoints.restore_latest(state._asdict())
+    start_round, best_wer, seed_eval = 0, float("inf"), None
+    if restored is not None:
+        start_round, state_dict, meta = restored
+        state = round_lib.ServerState(**state_dict)
+        seed_eval = meta["seed_eval"]
+        best_wer = float("inf") if meta["best_wer"] is None else meta["best_wer"]
+        print(f"Resumed from {checkpoints.directory} at round {start_round}.", flush=True)
+    else:
+        print(f"Starting from the seed model: {seed_source}.", flush=True)
+    writer = MetricWriter(workdir, resume_step=start_round)
+    run_key = jax.random.key(config.seed)
+
+    def run_meta(round_index: int, **extra) -> dict[str, Any]:
+        return {"round": round_index, "model_config": model_config.to_dict(),
+                "config": config.to_dict(), "seed_eval": seed_eval,
+                "best_wer": best_wer if np.isfinite(best_wer) else None} | extra
+
+    def save(round_index: int, wer: float | None = None):
+        if round_index in checkpoints.all_steps():
+            return
+        checkpoints.save(round_index, jax.device_get(state._asdict()), run_meta(round_index),
+                                          metric=wer)
+
+    def evaluate(round_index: int) -> dict[str, Any]:
+        result = asr.evaluate(state.params, model_config, eval_batches)
+        result.pop("examples")
+        result |= privacy_metrics(run_accountant, round_index, config, sigma_dp,
+                                                            with_pld=config.eval.pld)
+        writer.write(round_index, {"eval": result})
+        return result
+
+    # ---- the loop ----------------------------------------------------------------------
+    def cohorts():
+        for r in range(start_round, num_rounds):
+            sampled = sample(r)
+            users = [train_users.users[i] if m > 0 else None
+                              for i, m in zip(sampled.user_indices, sampled.mask)]
+            yield r, federated.pack_cohort(
+                    train_users, users, tokenize=tokenizer.encode, local_steps=config.fl.local_steps,
+                    batch_size=config.fl.local_batch_size, buckets=buckets, seed=config.seed,
+                    round_index=r, num_clients=cohort_slots,
+                    max_batch_seconds=config.fl.max_batch_seconds or None,
+                max_local_epochs=config.fl.max_local_epochs or None)
+
+    stop = {"signal": None}
+
+    def request_stop(signum, frame):
+        del frame
+        stop["signal"] = signal.Signals(signum).name
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if start_round == 0:
+        seed_eval = {k: v for k, v in evaluate(0).items() if k in ("wer", "cer", "loss")}
+    last_eval = dict(seed_eval)
+    completed = start_round
+    bar = tqdm.tqdm(total=num_rounds, initial=start_round, desc="FL rounds", unit="round",
+                                    disable=not config.progress_bar)
+    try:
+        with prefetch.Prefetcher(cohorts(), buffer_size=2) as stream:
+            for r, block in stream:
+                started = time.perf_counter()
+                state, metrics = round_step(state, block, jax.random.fold_in(run_key, r))
+                metrics = jax.device_get(metrics)
+                round_lib.check_round(metrics, r)
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"round {r}: the mean client loss is {metrics['loss']}; "
+                                                                      "the round's update was applied only if finite.")
+                completed = r + 1
+                seconds = time.perf_counter() - started
+                metrics |= {"seconds_per_round": seconds,
+                                        "clients_per_second": float(metrics["clients"]) / seconds}
+                writer.write(completed, {"train": metrics})
+                wer = None
+                if completed % config.eval.every == 0 or completed == num_rounds:
+                    last_eval = evaluate(completed)
+                    wer = last_eval["wer"]
+                    best_wer = min(best_wer, wer)
+                if completed % config.checkpoint.every == 0 or completed == num_rounds:
+                    save(completed, wer)
+                bar.update(1)
+                bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
+                                                wer=f"{last_eval.get('wer', float('nan')):.3f}",
+                                                eps=f"{last_eval.get('epsilon_rdp', float('nan')):.3g}")
+                if stop["signal"]:
+                    raise StopRequested(stop["signal"])
+    except StopRequested as stopped:
+        save(completed)
+        print(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "
+                    "run the same command to resume.", flush=True)
+    except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
+                    FloatingPointError):
+        save(completed)  # the state before the failing round: the round step kept it
+        raise
+    finally:
+        bar.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+
+    summary = {
+            "workdir": workdir, "seed_model": seed_source, "rounds": completed,
+            "population": population, "cohort_size": cohort_size, "sampling": config.fl.sampling,
+            "noise_multiplier": noise_multiplier, "sigma_dp": sigma_dp, "delta": config.dp.delta,
+            "clipping": config.dp.clipping, "allocation": str(config.dp.allocation),
+            "seed_wer": seed_eval["wer"] if seed_eval else None,
+            "seed_cer": seed_eval["cer"] if seed_eval else None,
+            "final_wer": last_eval.get("wer"), "final_cer": last_eval.get("cer"),
+            "epsilon_rdp": last_eval.get("epsilon_rdp"), "epsilon_pld": last_eval.get("epsilon_pld"),
+            "extrapolated_cohort": config.privacy.target_cohort or None,
+            "extrapolated_population": config.privacy.target_population or None,
+            "extrapolated_epsilon_rdp": last_eval.get("extrapolated_epsilon_rdp"),
+            "extrapolated_epsilon_pld": last_eval.get("extrapolated_epsilon_pld"),
+    }
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.WARNING)
+    summary = train(_CONFIG.value, _WORKDIR.value)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
+                                                                                        lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

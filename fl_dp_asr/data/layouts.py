@@ -1,0 +1,266 @@
+"""Readers of the official LibriSpeech and Common Voice directory layouts, and audio decoding.
+
+The readers list utterances (ids, speaker, audio path, raw transcript, where the transcript
+is written) without touching audio; :func:`read_audio_16k` decodes one file to 16 kHz int16.
+The same code reads the real corpora and the synthetic one (`fl_dp_asr.data.synthetic`).
+
+LibriSpeech (https://www.openslr.org/12)::
+
+    <root>/LibriSpeech/SPEAKERS.TXT      ";" comments, then "ID | SEX | SUBSET | MINUTES | NAME"
+    <root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+    <root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+
+Common Voice (https://commonvoice.mozilla.org/datasets)::
+
+    <root>/<cv-corpus-VERSION>/<lang>/{train,dev,test,validated,...}.tsv
+    <root>/<cv-corpus-VERSION>/<lang>/clips/<name>.mp3
+
+``<root>`` may also be the ``LibriSpeech`` directory itself, or the directory holding
+``<lang>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import pathlib
+import sys
+from typing import Iterator
+
+import numpy as np
+import scipy.signal
+import soundfile
+
+from fl_dp_asr.data.errors import CorruptAudioError, LayoutError, SchemaError
+
+SAMPLE_RATE = 16_000
+
+LIBRISPEECH_SUBSETS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean",
+                       "dev-other", "test-clean", "test-other")
+LIBRISPEECH_LAYOUT = """\
+  <manual_dir>/LibriSpeech/SPEAKERS.TXT            (optional)
+  <manual_dir>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+  <manual_dir>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+(<manual_dir> may also be the LibriSpeech directory itself)"""
+
+COMMON_VOICE_SPLITS = ("train", "dev", "test")
+#: Header of the Common Voice tsv files since v15 (v13/v14 lack sentence_id, sentence_domain).
+COMMON_VOICE_COLUMNS = ("client_id", "path", "sentence_id", "sentence", "sentence_domain",
+                        "up_votes", "down_votes", "age", "gender", "accents", "variant",
+                        "locale", "segment")
+COMMON_VOICE_REQUIRED_COLUMNS = ("client_id", "path", "sentence")
+COMMON_VOICE_LAYOUT = """\
+  <manual_dir>/<cv-corpus-VERSION>/<lang>/{train,dev,test}.tsv  (client_id, path, sentence, ...)
+  <manual_dir>/<cv-corpus-VERSION>/<lang>/clips/<path>            (mp3)
+(<manual_dir> may also be the directory that holds <lang>/ directly)"""
+
+
+@dataclasses.dataclass(frozen=True)
+class UtteranceRecord:
+    """One utterance listed by a corpus index (no audio loaded).
+
+    Attributes:
+        utterance_id: unique id (LibriSpeech ``19-198-0000``; Common Voice the clip name
+            without extension).
+        user_id: LibriSpeech speaker id, Common Voice ``client_id``.
+        audio_path: the audio file.
+        raw_transcript: the text as written in the index.
+        index_path: the file that holds the transcript.
+        line: 1-based line of the transcript in ``index_path``.
+        gender: as given by the corpus ("" when unknown).
+    """
+    utterance_id: str
+    user_id: str
+    audio_path: pathlib.Path
+    raw_transcript: str
+    index_path: pathlib.Path
+    line: int
+    gender: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeakerInfo:
+    """One row of LibriSpeech's SPEAKERS.TXT."""
+    speaker_id: str
+    sex: str
+    subset: str
+    minutes: float
+    name: str
+
+
+# ---------------------------------------------------------------------------------------------
+# LibriSpeech
+# ---------------------------------------------------------------------------------------------
+
+def find_librispeech_dir(root: str | pathlib.Path, subset: str) -> pathlib.Path:
+    """Returns ``<root>/LibriSpeech/<subset>`` (or ``<root>/<subset>``); LayoutError if absent."""
+    root = pathlib.Path(root)
+    for candidate in (root / "LibriSpeech" / subset, root / subset):
+        if candidate.is_dir():
+            return candidate
+    raise LayoutError(f"LibriSpeech subset {subset!r} not found under {str(root)!r}. "
+                      f"Expected layout:\n{LIBRISPEECH_LAYOUT}")
+
+
+def read_librispeech_speakers(path: str | pathlib.Path) -> dict[str, SpeakerInfo]:
+    """Parses SPEAKERS.TXT (``;`` comment lines, ``|``-separated fields; names may hold ``|``)."""
+    path = pathlib.Path(path)
+    speakers = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        fields = [f.strip() for f in line.split("|", 4)]
+        if len(fields) != 5:
+            raise SchemaError(f"{path}:{line_number}: expected 'ID | SEX | SUBSET | MINUTES | "
+                              f"NAME', got {line!r}")
+        speaker_id, sex, subset, minutes, name = fields
+        try:
+            speakers[speaker_id] = SpeakerInfo(speaker_id, sex, subset, float(minutes), name)
+        except ValueError:
+            raise SchemaError(f"{path}:{line_number}: MINUTES {minutes!r} is not a number"
+                              ) from None
+    return speakers
+
+
+def librispeech_index_files(subset_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The ``*.trans.txt`` files of a subset directory, sorted."""
+    return sorted(subset_dir.glob("*/*/*.trans.txt"))
+
+
+def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[UtteranceRecord]:
+    """Lists the utterances of a LibriSpeech subset, in sorted order.
+
+    Raises:
+        LayoutError: the subset directory is missing or holds no transcript file.
+    """
+    subset_dir = find_librispeech_dir(root, subset)
+    index_files = librispeech_index_files(subset_dir)
+    if not index_files:
+        raise LayoutError(f"{subset_dir} holds no <speaker>/<chapter>/*.trans.txt file. "
+                          f"Expected layout:\n{LIBRISPEECH_LAYOUT}")
+    speakers_txt = subset_dir.parent / "SPEAKERS.TXT"
+    speakers = read_librispeech_speakers(speakers_txt) if speakers_txt.is_file() else {}
+    for index_path in index_files:
+        speaker_id = index_path.parent.parent.name
+        gender = {"F": "female", "M": "male"}.get(
+                speakers[speaker_id].sex if speaker_id in speakers else "", "")
+        lines = index_path.read_text(encoding="utf-8").splitlines()
+        for line_number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            utterance_id, _, text = line.strip().partition(" ")
+            yield UtteranceRecord(utterance_id=utterance_id, user_id=speaker_id,
+                                  audio_path=index_path.parent / f"{utterance_id}.flac",
+                                  raw_transcript=text.strip(), index_path=index_path,
+                                  line=line_number, gender=gender)
+
+
+# ---------------------------------------------------------------------------------------------
+# Common Voice
+# ---------------------------------------------------------------------------------------------
+
+def find_common_voice_dir(root: str | pathlib.Path, language: str) -> pathlib.Path:
+    """Returns the ``<lang>`` directory: ``<root>/<lang>`` or ``<root>/cv-corpus*/<lang>``."""
+    root = pathlib.Path(root)
+    candidates = [root / language] + sorted(root.glob(f"cv-corpus*/{language}"), reverse=True)
+    for candidate in candidates:
+        if (candidate / "clips").is_dir():
+            return candidate
+    raise LayoutError(f"Common Voice language {language!r} not found under {str(root)!r} "
+                      f"(no {language}/clips directory). Expected layout:\n{COMMON_VOICE_LAYOUT}")
+
+
+def _tsv_path(language_dir: pathlib.Path, split: str) -> pathlib.Path:
+    path = language_dir / f"{split}.tsv"
+    if not path.is_file():
+        raise LayoutError(f"{path} is missing. Expected layout:\n{COMMON_VOICE_LAYOUT}")
+    return path
+
+
+def common_voice_index_files(language_dir: pathlib.Path,
+                             splits: tuple[str, ...] = COMMON_VOICE_SPLITS) -> list[pathlib.Path]:
+    """The ``<split>.tsv`` files of a language directory; LayoutError if one is missing."""
+    return [_tsv_path(language_dir, split) for split in splits]
+
+
+def iter_common_voice(root: str | pathlib.Path, language: str,
+                      split: str) -> Iterator[UtteranceRecord]:
+    """Lists the utterances of ``<lang>/<split>.tsv`` in file order.
+
+    The tsv files are tab separated without quoting (a sentence may contain ``"``).
+
+    Raises:
+        LayoutError: the language directory or the tsv file is missing.
+        SchemaError: the header lacks ``client_id``, ``path`` or ``sentence``.
+    """
+    language_dir = find_common_voice_dir(root, language)
+    tsv_path = _tsv_path(language_dir, split)
+    csv.field_size_limit(sys.maxsize)
+    with tsv_path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, [])
+        missing = [c for c in COMMON_VOICE_REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise SchemaError(f"{tsv_path}:1: header lacks column(s) {missing}; found {header}. "
+                              f"A Common Voice tsv starts with the header "
+                              f"{chr(9).join(COMMON_VOICE_COLUMNS)!r} (at least "
+                              f"{', '.join(COMMON_VOICE_REQUIRED_COLUMNS)}).")
+        column = {name: i for i, name in enumerate(header)}
+        for line_number, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) < len(header):
+                row = row + [""] * (len(header) - len(row))
+            clip = row[column["path"]]
+            yield UtteranceRecord(
+                    utterance_id=pathlib.PurePath(clip).stem, user_id=row[column["client_id"]],
+                    audio_path=language_dir / "clips" / clip,
+                    raw_transcript=row[column["sentence"]].strip(), index_path=tsv_path,
+                    line=line_number,
+                    gender=row[column["gender"]] if "gender" in column else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared
+# ---------------------------------------------------------------------------------------------
+
+def fingerprint_files(paths: list[pathlib.Path]) -> str:
+    """sha256 over the names and contents of index files: changes when the corpus changes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def resample_to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Resamples int16 or float audio ``[samples]`` to 16 kHz int16 (polyphase filter)."""
+    if sample_rate == SAMPLE_RATE and audio.dtype == np.int16:
+        return audio
+    divisor = math.gcd(SAMPLE_RATE, sample_rate)
+    resampled = np.asarray(audio, np.float32)
+    if sample_rate != SAMPLE_RATE:
+        resampled = scipy.signal.resample_poly(resampled, SAMPLE_RATE // divisor,
+                                               sample_rate // divisor)
+    return np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
+
+
+def read_audio_16k(path: str | pathlib.Path) -> np.ndarray:
+    """Decodes an audio file (FLAC, MP3, WAV, OGG, ...) to mono 16 kHz int16 ``[samples]``.
+
+    Files already at 16 kHz come back bit-exact; others are resampled with
+    ``scipy.signal.resample_poly``; several channels are averaged.
+
+    Raises:
+        CorruptAudioError: the file is missing, unreadable, or holds no samples.
+    """
+    try:
+        audio, sample_rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
+        raise CorruptAudioError(path, f"{type(error).__name__}: {error}") from error
+    if audio.shape[0] == 0:
+        raise CorruptAudioError(path, "no audio samples")
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.astype(np.float32).mean(axis=1)
+    return resample_to_16k(mono, sample_rate)

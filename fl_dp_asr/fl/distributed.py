@@ -1,0 +1,150 @@
+"""Federated rounds across processes (hosts) with JAX's multi-process runtime.
+
+Every process runs the same program (multi-controller SPMD). One round::
+
+    distributed.initialize("10.0.0.1:1234", num_processes=4, process_id=rank)  # first JAX call
+    mesh = distributed.client_mesh()                     # all devices of all processes
+    step = round_lib.make_round_step(..., executor="sharded", mesh=mesh, chunk_size=k)
+    slots = distributed.padded_cohort_size(cohort_size, k, mesh)
+    state = distributed.replicate(round_lib.init_server_state(params, opt), mesh)
+    for r in range(rounds):
+        users = sampled users of round r (same seed → the same list on every process)
+        mine = distributed.process_client_indices(slots, mesh)
+        local = pack_cohort(dataset, [users[i] if i < len(users) else None for i in mine],
+                            num_clients=len(mine), ...)       # only this process's clients
+        block = distributed.global_cohort(local, mesh, slots)
+        state, metrics = step(state, block, distributed.replicate(key_r, mesh))
+
+Each process packs only its own clients; :func:`global_cohort` assembles the global
+cohort array from the process-local parts (``jax.make_array_from_process_local_data``),
+sharded over the ``"clients"`` axis. The round step sums the clipped deltas on each
+device, ``psum``s across all devices of all processes, and adds the noise **once**, from
+one key, after the cross-device sum: every process computes the same noise, so the noisy
+sum (hence the new server state) is identical, replicated, on every device.
+
+On CPU the cross-process collectives use gloo (set before initialization, see
+:func:`initialize`); on GPU NCCL and on TPU ICI/DCN need no setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+CLIENTS_AXIS = "clients"
+PyTree = Any
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_device_ids=None,
+               cpu_collectives: str = "gloo", **kwargs) -> None:
+    """Joins this process to the JAX cluster; call it before any other JAX function.
+
+    Args:
+        coordinator_address: ``"host:port"`` of process 0 (it runs the coordinator there).
+            ``None`` lets JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI, ...).
+        num_processes: total number of processes (``None``: detected).
+        process_id: this process's rank in ``[0, num_processes)`` (``None``: detected).
+        local_device_ids: restrict this process to some local devices (e.g. one GPU per
+            process).
+        cpu_collectives: cross-process collectives of CPU devices (``"gloo"`` or
+            ``"mpi"``); ignored by GPU and TPU devices.
+        **kwargs: passed to ``jax.distributed.initialize`` (e.g. ``initialization_timeout``).
+    """
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               local_device_ids=local_device_ids, **kwargs)
+
+
+def client_mesh(devices=None) -> jax.sharding.Mesh:
+    """The 1-D ``"clients"`` mesh over every device of every process (Auto axis type)."""
+    if devices is not None:
+        return jax.sharding.Mesh(np.asarray(devices), (CLIENTS_AXIS,),
+                                 axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh((jax.device_count(),), (CLIENTS_AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def padded_cohort_size(cohort_size: int, chunk_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Client slots of the global cohort: a multiple of chunk_size × devices ≥ cohort_size.
+
+    Slots past the sampled users are padding clients (``client_mask = 0``, contribute zero).
+    """
+    multiple = chunk_size * mesh.shape[CLIENTS_AXIS]
+    return -(-cohort_size // multiple) * multiple
+
+
+def _client_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(CLIENTS_AXIS))
+
+
+def process_client_indices(num_slots: int, mesh: jax.sharding.Mesh) -> np.ndarray:
+    """Global client slots whose data this process provides, increasing (int64).
+
+    The slots held by this process's devices under the ``"clients"`` sharding; pack these
+    clients, in this order, and pass them to :func:`global_cohort`.
+    """
+    sharding = _client_sharding(mesh)
+    if num_slots % mesh.shape[CLIENTS_AXIS]:
+        raise ValueError(f"{num_slots} client slots do not split over "
+                         f"{mesh.shape[CLIENTS_AXIS]} devices: use padded_cohort_size().")
+    slots = set()
+    for index in sharding.addressable_devices_indices_map((num_slots,)).values():
+        slots.update(range(num_slots)[index[0]])
+    return np.asarray(sorted(slots), np.int64)
+
+
+def global_cohort(local_block: PyTree, mesh: jax.sharding.Mesh, num_slots: int) -> PyTree:
+    """The global cohort block, sharded over ``"clients"``, from this process's clients.
+
+    Args:
+        local_block: a cohort block (docs/CONTRACTS.md) holding exactly the clients of
+            :func:`process_client_indices` ``(num_slots, mesh)``, in that order (numpy).
+        mesh: the ``"clients"`` mesh.
+        num_slots: global number of client slots.
+
+    Returns:
+        The same tree of global ``jax.Array``s with leading axis ``num_slots``.
+    """
+    expected = len(process_client_indices(num_slots, mesh))
+    got = {np.shape(x)[0] for x in jax.tree.leaves(local_block)}
+    if got != {expected}:
+        raise ValueError(f"process {jax.process_index()} must provide {expected} client "
+                         f"slots (process_client_indices), got leading sizes {sorted(got)}.")
+    sharding = _client_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x), (num_slots,) + np.shape(x)[1:]), local_block)
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+    """Puts ``tree`` (the same values on every process) on every device, replicated.
+
+    Use it for the server state and the round key. PRNG key arrays are supported.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = replicate(jax.random.key_data(x), mesh)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """numpy copies of a tree of global arrays (replicated ones are read locally)."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)

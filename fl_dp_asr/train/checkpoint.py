@@ -1,0 +1,196 @@
+"""Checkpoints for the central and federated trainers: a small wrapper on orbax.
+
+A checkpoint is one step directory ``<directory>/<step>/`` holding a state pytree
+(``state``, any pytree of arrays: params, optimizer state, round counter, PRNG key...)
+and a JSON dict (``meta``: model config, data description, metrics...). Writes are
+asynchronous (orbax writes to ``<step>.orbax-checkpoint-tmp-*`` then renames).
+
+Only **complete** checkpoints are listed and restored: a step directory counts only if
+it carries orbax's commit marker (``commit_success.txt``, written last). Incomplete step
+directories and orbax temporary directories left by a crash are deleted, with a
+warning, when a :class:`Checkpointer` opens the directory, so a resumed run can write
+those steps again.
+
+Retention: the ``max_to_keep`` most recent checkpoints plus, when ``best_metric`` is
+set, the best one by that metric (``best_mode`` ``"min"`` or ``"max"``).
+
+Conventions shared by the trainers and ``python -m fl_dp_asr.transcribe``: the state
+is a dict with the model parameters under ``"params"``, and ``meta["model_config"]`` is
+``ModelConfig.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from fl_dp_asr.models.config import ModelConfig
+
+PyTree = Any
+COMMIT_MARKER = "commit_success.txt"
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Saves and restores ``(step, state pytree, meta dict)``; keeps last K plus the best.
+
+    Args:
+        directory: work directory (made absolute; created if missing).
+        max_to_keep: most recent checkpoints kept (>= 1).
+        best_metric: name of the metric passed to :meth:`save` that ranks checkpoints;
+            the best one is kept in addition to the last ``max_to_keep``. None: recency only.
+        best_mode: ``"min"`` (e.g. WER) or ``"max"``.
+        async_save: write in a background thread (call :meth:`wait` before reading).
+        read_only: open an existing directory for restoring only (touches nothing on disk;
+            for readers such as the transcription CLI while a trainer may be writing).
+
+    Example::
+
+        ckpt = Checkpointer("/abs/work_dir", max_to_keep=3, best_metric="dev_wer")
+        restored = ckpt.restore_latest(abstract_state)   # None on a fresh directory
+        ckpt.save(step, {"params": params, "opt_state": opt_state}, {"model_config": ...},
+                  metric=dev_wer)
+        ckpt.close()
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
+                 best_metric: str | None = None, best_mode: str = "min",
+                 async_save: bool = True, read_only: bool = False):
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.best_metric = best_metric
+        self.read_only = read_only
+        if read_only:
+            if not os.path.isdir(self.directory):
+                raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        else:
+            os.makedirs(self.directory, exist_ok=True)
+            self._remove_incomplete()
+        policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+        best_fn = None
+        if best_metric is not None:
+            best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+            policies.append(checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, best_fn=best_fn, best_mode=best_mode,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def _remove_incomplete(self) -> None:
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            if not os.path.isdir(path):
+                continue
+            temporary = _TMP_SUFFIX in name
+            unfinished = name.isdigit() and not os.path.exists(os.path.join(path, COMMIT_MARKER))
+            if temporary or unfinished:
+                logger.warning("removing incomplete checkpoint %s (an unfinished save, "
+                               "e.g. interrupted by a crash)", path)
+                shutil.rmtree(path)
+
+    def save(self, step: int, state: PyTree, meta: dict[str, Any],
+             metric: float | None = None) -> None:
+        """Starts saving ``state`` and the JSON-serializable ``meta`` as ``step``.
+
+        ``metric`` is required to rank the checkpoint when ``best_metric`` is set (it is
+        also stored in the checkpoint); a checkpoint saved without it is kept only while
+        among the most recent. Raises ValueError if ``step`` already exists.
+        """
+        if self.read_only:
+            raise ValueError(f"Checkpointer({self.directory}) was opened read_only")
+        if metric is not None and self.best_metric is None:
+            raise ValueError("a metric was given but this Checkpointer has no best_metric")
+        if step in self._manager.all_steps():
+            raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
+        metrics = None if metric is None else {self.best_metric: float(metric)}
+        self._manager.save(
+            int(step), metrics=metrics, force=True,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(dict(meta))))
+
+    def restore(self, step: int, abstract_state: PyTree | None = None) -> tuple[PyTree, dict]:
+        """``(state, meta)`` of ``step``.
+
+        ``abstract_state``: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings)
+        giving the structure, dtypes and placement; None restores the saved tree as is.
+        """
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"no complete checkpoint for step {step} in "
+                                    f"{self.directory}; complete steps: {self.all_steps()}")
+        state_args = (ocp.args.StandardRestore() if abstract_state is None
+                      else ocp.args.StandardRestore(abstract_state))
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(
+            state=state_args, meta=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["meta"])
+
+    def restore_latest(self, abstract_state: PyTree | None = None
+                       ) -> tuple[int, PyTree, dict] | None:
+        """``(step, state, meta)`` of the latest complete checkpoint, or None if there is none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        state, meta = self.restore(step, abstract_state)
+        return step, state, meta
+
+    def all_steps(self) -> list[int]:
+        """Complete checkpoint steps, ascending (waits for nothing)."""
+        return sorted(s for s in self._manager.all_steps()
+                      if os.path.exists(os.path.join(self.directory, str(s), COMMIT_MARKER)))
+
+    def latest_step(self) -> int | None:
+        """The latest complete step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The step with the best metric (the latest one if ``best_metric`` is None)."""
+        return self._manager.best_step()
+
+    def wait(self) -> None:
+        """Blocks until pending saves are written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
+                          ) -> tuple[ModelConfig, PyTree, int]:
+    """``(model_config, params, step)`` from a trainer checkpoint, opened read-only.
+
+    Follows the conventions above: parameters under ``state["params"]`` and
+    ``meta["model_config"]``. ``step=None`` takes the latest complete checkpoint.
+    Used by the transcription CLI and to start federated training from a seed model.
+    """
+    checkpointer = Checkpointer(directory, read_only=True)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
+        state, meta = checkpointer.restore(step)
+    finally:
+        checkpointer.close()
+    if "model_config" not in meta or "params" not in state:
+        raise ValueError(f"checkpoint {checkpointer.directory}/{step} lacks meta['model_config'] "
+                         "or state['params']; was it written by a fl_dp_asr trainer?")
+    return ModelConfig.from_dict(meta["model_config"]), state["params"], step

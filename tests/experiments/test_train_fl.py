@@ -1,0 +1,126 @@
+"""The federated trainer: resume is exact, crashes and bad configs are handled."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train_fl
+from experiments.configs import demo_fl_dp
+from fl_dp_asr.fl import round as round_lib
+from fl_dp_asr.train.checkpoint import Checkpointer
+from fl_dp_asr.train.metrics import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def small_config(corpus, tfds_dir, rounds):
+    """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
+    c = demo_fl_dp.get_config()
+    c.init_checkpoint = ""
+    c.progress_bar = False
+    c.data.manual_dir = str(corpus)
+    c.data.data_dir = str(tfds_dir)
+    c.data.num_buckets = 1
+    c.fl.rounds = rounds
+    c.fl.cohort_size = 2
+    c.fl.chunk_size = 2
+    c.fl.local_steps = 2
+    c.fl.local_batch_size = 2
+    c.eval.every = 2
+    c.eval.pld = False
+    c.checkpoint.every = 1
+    c.checkpoint.keep = 2
+    return c
+
+
+def final_state(workdir):
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    step, state, _ = ckpt.restore_latest()
+    ckpt.close()
+    return step, jax.tree.map(np.asarray, state)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_corpus, tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    summary = train_fl.train(small_config(tiny_corpus, tfds_dir, 3), str(workdir))
+    return workdir, summary
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_corpus, tfds_dir,
+                                                          tmp_path):
+    workdir, summary = uninterrupted
+    assert summary["rounds"] == 3 and summary["epsilon_rdp"] > 0
+    train_fl.train(small_config(tiny_corpus, tfds_dir, 1), str(tmp_path))  # "stopped" after 1
+    resumed = train_fl.train(small_config(tiny_corpus, tfds_dir, 3), str(tmp_path))
+    assert resumed["rounds"] == 3
+    step_a, state_a = final_state(workdir)
+    step_b, state_b = final_state(tmp_path)
+    assert step_a == step_b == 3
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    steps = [r["step"] for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+             if "train/loss" in r]
+    assert steps == [1, 2, 3]  # one consistent history in the metrics file
+
+
+def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, tfds_dir,
+                                                    tmp_path):
+    train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(tmp_path))
+    crashed = os.path.join(tmp_path, "checkpoints", "3")  # a save cut off by a crash
+    os.makedirs(os.path.join(crashed, "state"))
+    with open(os.path.join(crashed, "state", "half-written"), "w") as f:
+        f.write("garbage")
+    summary = train_fl.train(small_config(tiny_corpus, tfds_dir, 3), str(tmp_path))
+    assert summary["rounds"] == 3
+    jax.tree.map(np.testing.assert_array_equal, final_state(uninterrupted[0])[1],
+                 final_state(tmp_path)[1])
+
+
+def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkeypatch):
+    check = round_lib.check_round
+
+    def check_then_signal(metrics, round_index):
+        check(metrics, round_index)
+        if round_index == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(round_lib, "check_round", check_then_signal)
+    config = small_config(tiny_corpus, tfds_dir, 3)
+    config.checkpoint.every = 10
+    summary = train_fl.train(config, str(tmp_path))
+    assert summary["rounds"] == 1
+    assert final_state(tmp_path)[0] == 1
+
+
+def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_dir, tmp_path):
+    config = small_config(tiny_corpus, tfds_dir, 50)
+    config.dp.noise_multiplier = 5.0
+    config.dp.max_epsilon = 2.0
+    summary = train_fl.train(config, str(tmp_path))
+    assert 1 <= summary["rounds"] < 50
+    assert summary["epsilon_rdp"] <= 2.0
+    from fl_dp_asr.dp import accounting
+    over = accounting.epsilon(5.0, 2, 3, summary["rounds"] + 1, config.dp.delta, "fixed")
+    assert over.epsilon > 2.0
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train_fl",
+         "--config", "experiments/configs/demo_fl_dp.py", "--workdir", str(tmp_path),
+         "--config.fl.cohort_sise=4"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "cohort_sise" in result.stderr
+
+
+def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
+    config = small_config(tiny_corpus, tfds_dir, 1)
+    config.dp.clipping = "none"
+    with pytest.raises(ValueError, match="noise without clipping"):
+        train_fl.train(config, str(tmp_path))
