@@ -22,26 +22,30 @@ from experiments import plots, train_central, train_fl
 from experiments.configs import demo_central, demo_fl_dp
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/demo", help="where runs and plots go")
-    args = parser.parse_args(argv)
-    central_dir = os.path.join(args.workdir, "central")
-    fl_dir = os.path.join(args.workdir, "fl_dp")
+def run(workdir: str, central_config, fl_config) -> str:
+    """The four stages with the given configs; returns the printed summary."""
+    central_dir = os.path.join(workdir, "central")
+    fl_dir = os.path.join(workdir, "fl_dp")
 
     print("== 1-2. corpus and central seed model " + "=" * 40, flush=True)
-    central = train_central.train(demo_central.get_config(), central_dir)
+    central = train_central.train(central_config, central_dir)
 
     print("== 3. federated fine-tuning with user-level DP " + "=" * 31, flush=True)
-    fl_config = demo_fl_dp.get_config()
     fl_config.init_checkpoint = os.path.join(central_dir, "checkpoints")
     fl = train_fl.train(fl_config, fl_dir)
 
     print("== 4. plots " + "=" * 66, flush=True)
-    written = plots.make_plots([fl_dir], os.path.join(args.workdir, "plots"))
+    written = plots.make_plots([fl_dir], os.path.join(workdir, "plots"))
+    text = summary_text(central, fl, fl_config, written)
+    print(text, flush=True)
+    return text
 
-    print(summary_text(central, fl, fl_config, written), flush=True)
-    return fl
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="runs/demo", help="where runs and plots go")
+    args = parser.parse_args(argv)
+    run(args.workdir, demo_central.get_config(), demo_fl_dp.get_config())
 
 
 def summary_text(central: dict, fl: dict, config, plot_files: list[str]) -> str:
@@ -62,8 +66,11 @@ def summary_text(central: dict, fl: dict, config, plot_files: list[str]) -> str:
         f"S={fl['cohort_size']} of K={fl['population']} users, {config.fl.local_steps} local "
         f"steps, {fl['clipping']} clipping ({fl['allocation']}) C={config.dp.clip_norm}, "
         f"z={fl['noise_multiplier']:.3g} (sigma_DP={fl['sigma_dp']:.3g})",
-        f"  privacy: user-level (eps, delta={fl['delta']:g}): eps_RDP={eps(fl['epsilon_rdp'])}, "
-        f"eps_PLD={eps(fl['epsilon_pld'])}",
+        f"  privacy of this simulation: user-level (eps_RDP={eps(fl['epsilon_rdp'])}, "
+        f"delta={fl['delta']:g})-DP, eps_PLD={eps(fl['epsilon_pld'])}",
+        f"  extrapolated (same sigma_DP and q; S'={fl['extrapolated_cohort']} of "
+        f"K'={fl['extrapolated_population']} users): eps_RDP="
+        f"{eps(fl['extrapolated_epsilon_rdp'])}, eps_PLD={eps(fl['extrapolated_epsilon_pld'])}",
         f"  checkpoints: {os.path.join(fl['workdir'], 'checkpoints')}",
         "  plots: " + ", ".join(plot_files),
     ])
