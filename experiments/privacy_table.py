@@ -4,7 +4,7 @@ Runs the privacy command line (``fl_dp_asr.privacy extrapolate --markdown``) on
 ``experiments/paper_extrapolation.csv`` with both accountants and writes its output to
 ``docs/privacy_table.md``. It also refreshes the copy of the table embedded between the
 markers ``<!-- privacy_table:begin -->`` and ``<!-- privacy_table:end -->`` in
-``docs/privacy.md`` and ``README.md`` (where those markers exist). About 10 s on a
+``README.md``. About 10 s on a
 2-core CPU (PLD dominates).
 
     .venv/bin/python -m experiments.privacy_table            # write the files
@@ -23,7 +23,7 @@ from fl_dp_asr import privacy
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ROWS = pathlib.Path("experiments/paper_extrapolation.csv")
 OUTPUT = pathlib.Path("docs/privacy_table.md")
-EMBEDDED_IN = (pathlib.Path("docs/privacy.md"), pathlib.Path("README.md"))
+EMBEDDED_IN = (pathlib.Path("README.md"),)
 BEGIN, END = "<!-- privacy_table:begin -->", "<!-- privacy_table:end -->"
 COMMAND = ["extrapolate", "--rows", str(ROWS), "--accountant", "both", "--markdown"]
 

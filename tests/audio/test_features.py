@@ -8,7 +8,7 @@ import scipy.signal
 from fl_dp_asr.audio import LogMelConfig, log_mel, num_frames
 
 # Measured max |JAX float32 − numpy float64| over the valid frames of the test below
-# (normalized features, unit variance per bin); documented in docs/model.md.
+# (normalized features, unit variance per bin); documented in README.md ("ASR model").
 TOLERANCE = 1e-4  # measured: 1.3e-5
 
 
