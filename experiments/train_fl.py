@@ -223,6 +223,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         seed_eval = {k: v for k, v in evaluate(0).items() if k in ("wer", "cer", "loss")}
     last_eval = dict(seed_eval)
     completed = start_round
+    # The bar shows the ε the run is about: the extrapolated deployment's when configured.
+    shown_epsilon = ("extrapolated_epsilon_rdp" if config.privacy.target_cohort
+                     else "epsilon_rdp")
     bar = tqdm.tqdm(total=num_rounds, initial=start_round, desc="FL rounds", unit="round",
                                     disable=not config.progress_bar)
     try:
@@ -250,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 bar.update(1)
                 bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
                                                 wer=f"{last_eval.get('wer', float('nan')):.3f}",
-                                                eps=f"{last_eval.get('epsilon_rdp', float('nan')):.3g}")
+                                                eps=f"{last_eval.get(shown_epsilon, float('nan')):.3g}")
                 if stop["signal"]:
                     raise StopRequested(stop["signal"])
     except StopRequested as stopped:

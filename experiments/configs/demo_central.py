@@ -5,8 +5,8 @@ r"""Central training of the ``tiny`` seed model on the synthetic LibriSpeech par
 
 Generates the synthetic espeak-ng corpus in ``data/synthetic`` if it is missing (about 3
 minutes on 2 cores; ``python -m fl_dp_asr.data.synthetic --out data/synthetic`` does the same),
-builds the TFDS datasets in ``data/tfds`` (under a minute), then trains 1,800 steps: about
-6 minutes on 2 idle CPU cores. Measured with 2,400 steps on a loaded machine: dev-clean CER
+builds the TFDS datasets in ``data/tfds`` (under a minute), then trains 1,500 steps: about
+6 minutes on 2 idle CPU cores (10.6 minutes for 1,800 steps with the cores shared). Measured with 2,400 steps on a loaded machine: dev-clean CER
 32.5 % after 500 steps, 22.7 % after 1,500, 20.6 % after 2,400 (README, "ASR model");
 dev-clean's speakers never occur in training. The checkpoints in ``runs/demo/central/checkpoints`` are the seed model
 of ``demo_fl_dp.py``.
@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16
-    c.train.num_steps = 1800
+    c.train.num_steps = 1500
     # A wall-clock cap (evaluate + checkpoint, then stop) makes results machine-dependent:
     # off by default so that the same config and seed give the same model.
     c.train.max_minutes = 0.0
