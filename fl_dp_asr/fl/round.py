@@ -162,12 +162,6 @@ def _client_keys(key: jax.Array, num_clients: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_clients))
 
 
-def _clients_with_mask(cohort_block):
-    """Per-client view: each client slot carries its own ``client_mask`` scalar."""
-    return {"batches": cohort_block["batches"], "step_mask": cohort_block["step_mask"],
-                    "client_mask": cohort_block["client_mask"]}
-
-
 def _zero_sums(contribution, params, cohort_block, keys):
     """Zero accumulators with the shapes/dtypes of one client's output."""
     one = jax.tree.map(lambda x: x[0], (cohort_block, keys))
@@ -334,7 +328,7 @@ def make_round_step(
             return _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size)
 
     def round_step(state: ServerState, cohort_block, key):
-        cohort_block = cohort_lib.pad_clients(_clients_with_mask(cohort_block), multiple)
+        cohort_block = cohort_lib.pad_clients(cohort_block, multiple)
         keys = _client_keys(key, cohort_lib.num_clients(cohort_block))
         total, sums = aggregate(state.params, cohort_block, keys)
         return server_update(state, total, sums, key)
@@ -352,7 +346,6 @@ def _sequential_round_step(contribution, server_update):
     jitted_server_update = jax.jit(server_update, donate_argnums=(0,))
 
     def round_step(state: ServerState, cohort_block, key):
-        cohort_block = _clients_with_mask(cohort_block)
         num = cohort_lib.num_clients(cohort_block)
         keys = _client_keys(key, num)
         acc = _zero_sums(contribution, state.params, cohort_block, keys)
