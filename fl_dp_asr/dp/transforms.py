@@ -131,8 +131,8 @@ def _global_norm(norms: Mapping[str, jax.Array]) -> jax.Array:
 
 
 def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
-    """C / max(C, ‖v‖): 1 inside the bound, safe at ‖v‖ = 0."""
-    return bound / jnp.maximum(bound, norm)
+    """C / max(C, ‖v‖): 1 inside the bound; safe at ‖v‖ = 0 and at C = ∞ (no clipping)."""
+    return jnp.where(norm > bound, bound / jnp.where(norm > bound, norm, 1.0), 1.0)
 
 
 # ------------------------------------------------------------- pure clipping rules

@@ -183,6 +183,15 @@ def test_round_with_all_clients_dropped_keeps_state_and_raises():
         round_lib.check_round(metrics, 7)
 
 
+def test_no_clipping_is_plain_fedavg():
+    block = toy_task.make_cohort(4)
+    _, metrics, total = run_round(block, dp=round_lib.DPConfig("none"))
+    _, _, clipped_at_infinity = run_round(block, dp=round_lib.DPConfig("global", 1e30))
+    assert float(metrics["clip_fraction"]) == 0.0
+    assert_trees_close(total, clipped_at_infinity)
+    assert np.isfinite(float(metrics["sum_norm"])) and float(metrics["sum_norm"]) > 0
+
+
 def test_update_that_makes_params_nan_is_not_applied():
     opt = optax.sgd(float("nan"))
     step = round_lib.make_round_step(
