@@ -150,3 +150,16 @@ def test_config_json_round_trip_and_validation():
         get_model_config("huge")
     with pytest.raises(ValueError, match="divisible by num_heads"):
         get_model_config("tiny", model_dim=100, num_heads=3)
+
+
+def test_front_end_matmul_equals_the_strided_convolution():
+    from jax import lax
+
+    from fl_dp_asr.models.encoder import strided_conv1d_as_matmul
+
+    x = jax.random.normal(jax.random.key(0), (2, 50, 80))
+    kernel = jax.random.normal(jax.random.key(1), (7, 80, 32))
+    expected = lax.conv_general_dilated(x, kernel, (3,), [(3, 3)],
+                                        dimension_numbers=("NWC", "WIO", "NWC"))
+    got = strided_conv1d_as_matmul(x, kernel, (3,), [(3, 3)])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
