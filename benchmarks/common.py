@@ -281,3 +281,21 @@ def publish(report: Report, path: pathlib.Path | None = REPORT) -> str:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def standard_main(run, doc: str, argv=None, *, jax_setup: bool = True, **setup_kwargs) -> None:
+    """Command line of a benchmark module: ``--quick`` / ``--full`` grid, ``--no-write``.
+
+    ``jax_setup=False`` skips :func:`setup` (benchmarks that do not run JAX); other keyword
+    arguments go to it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_const", const="quick", dest="mode")
+    parser.add_argument("--full", action="store_const", const="full", dest="mode")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    if jax_setup:
+        setup(**setup_kwargs)
+    publish(run(args.mode or "default"), None if args.no_write else REPORT)

@@ -10,7 +10,6 @@ persistent compilation cache off; ``trace+lower`` is Python/JAX time, ``compile`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 from benchmarks import common
@@ -74,13 +73,7 @@ def run(mode: str = "default") -> common.Report:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    parser.add_argument("--full", action="store_const", const="full", dest="mode")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    common.setup(cache=False)
-    common.publish(run(args.mode or "default"), None if args.no_write else common.REPORT)
+    common.standard_main(run, __doc__, argv, cache=False)
 
 
 if __name__ == "__main__":

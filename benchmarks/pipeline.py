@@ -18,7 +18,6 @@ rounds cost pack + train and prefetched ones max(pack, train).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -162,13 +161,7 @@ def run(mode: str = "default") -> common.Report:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    parser.add_argument("--full", action="store_const", const="full", dest="mode")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    common.setup()
-    common.publish(run(args.mode or "default"), None if args.no_write else common.REPORT)
+    common.standard_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

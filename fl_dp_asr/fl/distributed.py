@@ -137,7 +137,11 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
 
 
 def to_host(tree: PyTree) -> PyTree:
-    """numpy copies of a tree of global arrays (replicated ones are read locally)."""
+    """numpy copies of a tree of global arrays.
+
+    Replicated arrays (the server state, the metrics) are read from a local device; sharded
+    ones are gathered from all processes, which then must all call this function.
+    """
     from jax.experimental import multihost_utils
 
     def get(x):
