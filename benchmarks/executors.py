@@ -61,7 +61,10 @@ def measure(size: str, cohort: int, variants: dict[str, Any], repeats: int,
         return run
 
     common.log(f"  {size}/{cohort}: timing {list(variants)} × {repeats}")
-    return common.interleaved({name: runner(*v) for name, v in variants.items()}, repeats)
+    times = common.interleaved({name: runner(*v) for name, v in variants.items()}, repeats)
+    common.log(f"  {size}/{cohort}: median s/round " + ", ".join(
+        f"{name} {common.median(ts):.3g}" for name, ts in times.items()))
+    return times
 
 
 def _sharded_worker(args: argparse.Namespace) -> None:

@@ -53,6 +53,13 @@ def local_sgd(learning_rate: float, grad_clip_norm: float | None = None
     return optax.chain(optax.clip_by_global_norm(grad_clip_norm), sgd)
 
 
+class LocalState(NamedTuple):
+    """A client's state during local training: parameters, optimizer state, loss sum."""
+    params: PyTree
+    opt_state: PyTree
+    loss_sum: jax.Array
+
+
 def make_client_update(loss_fn: LossFn,
                                               local_optimizer: optax.GradientTransformation) -> ClientUpdate:
     """Builds ``client_update(params, client_block, key) -> (delta, ClientMetrics)``.
@@ -64,33 +71,44 @@ def make_client_update(loss_fn: LossFn,
     Returns:
         A pure function. ``client_block`` holds ``batches`` (leaves
         ``[local_steps, batch, ...]``) and ``step_mask`` (float32 ``[local_steps]``).
+        Its pieces are attributes, for executors that schedule the local steps
+        themselves: ``init(params) -> LocalState``, ``step(state, batch, step_mask, key)
+        -> LocalState`` and ``final(params, state, step_mask) -> (delta, ClientMetrics)``;
+        ``step_keys(key, local_steps)`` gives the key of each local step.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def client_update(params, client_block, key):
-        step_keys = jax.random.split(key, client_block["step_mask"].shape[0])
+    def init(params):
+        return LocalState(params, local_optimizer.init(params), jnp.zeros((), jnp.float32))
 
-        def local_step(carry, inputs):
-            local_params, opt_state = carry
-            batch, step_mask, step_key = inputs
-            (loss, _), grads = grad_fn(local_params, batch, step_key)
-            updates, new_opt_state = local_optimizer.update(grads, opt_state, local_params)
-            new_params = optax.apply_updates(local_params, updates)
-            real = step_mask > 0
-            keep = lambda new, old: optax.tree_utils.tree_where(real, new, old)
-            carry = (keep(new_params, local_params), keep(new_opt_state, opt_state))
-            return carry, loss * step_mask
+    def step(state, batch, step_mask, key):
+        (loss, _), grads = grad_fn(state.params, batch, key)
+        updates, new_opt_state = local_optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        real = step_mask > 0
+        keep = lambda new, old: optax.tree_utils.tree_where(real, new, old)
+        return LocalState(keep(new_params, state.params), keep(new_opt_state, state.opt_state),
+                          state.loss_sum + loss * step_mask)
 
-        init = (params, local_optimizer.init(params))
-        (local_params, _), losses = jax.lax.scan(
-                local_step, init, (client_block["batches"], client_block["step_mask"], step_keys))
-        delta = jax.tree.map(jnp.subtract, params, local_params)
-        steps = jnp.sum(client_block["step_mask"])
+    def final(params, state, step_mask):
+        delta = jax.tree.map(jnp.subtract, params, state.params)
+        steps = jnp.sum(step_mask)
         metrics = ClientMetrics(
-                loss=jnp.sum(losses) / jnp.maximum(steps, 1.0),
+                loss=state.loss_sum / jnp.maximum(steps, 1.0),
                 steps=steps,
                 delta_norm=optax.tree_utils.tree_norm(delta),
         )
         return delta, metrics
 
+    def step_keys(key, local_steps):
+        return jax.random.split(key, local_steps)
+
+    def client_update(params, client_block, key):
+        keys = step_keys(key, client_block["step_mask"].shape[0])
+        state, _ = jax.lax.scan(lambda s, xs: (step(s, *xs), None), init(params),
+                                (client_block["batches"], client_block["step_mask"], keys))
+        return final(params, state, client_block["step_mask"])
+
+    client_update.init, client_update.step, client_update.final = init, step, final
+    client_update.step_keys = step_keys
     return client_update

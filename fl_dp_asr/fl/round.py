@@ -130,11 +130,13 @@ class RoundSums(NamedTuple):
 
 
 def _make_client_contribution(client_update: ClientUpdate, dp: DPConfig):
-    """``(params, client, key) -> (masked clipped delta, RoundSums of this client)``."""
+    """``(params, client, key) -> (masked clipped delta, RoundSums of this client)``.
+
+    Its ``finish(client, delta, metrics)`` attribute is the part after local training.
+    """
     clip = dp.clipping_transform()
 
-    def contribution(params, client, key):
-        delta, metrics = client_update(params, client, key)
+    def finish(client, delta, metrics):
         clipped, stats = clip.update(delta, clip.init(delta))
         finite = transforms.tree_is_finite(delta) & jnp.isfinite(metrics.loss)
         real = client["client_mask"] > 0
@@ -153,6 +155,10 @@ def _make_client_contribution(client_update: ClientUpdate, dp: DPConfig):
         )
         return jax.tree.map(lambda x: x.astype(jnp.float32), clipped), sums
 
+    def contribution(params, client, key):
+        return finish(client, *client_update(params, client, key))
+
+    contribution.finish = finish
     return contribution
 
 
@@ -169,31 +175,62 @@ def _zero_sums(contribution, params, cohort_block, keys):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size):
+def _train_chunk(client_update: ClientUpdate, params, clients, keys):
+    """``vmap(client_update)`` over a chunk, skipping the local steps no client of it takes.
+
+    Local step s runs (vmapped over the chunk) only if ``step_mask[:, s]`` has a real step;
+    otherwise the whole step is skipped (``lax.cond`` outside the ``vmap``). Same numbers
+    as ``vmap(client_update)``: a padded step changes nothing anyway.
+    """
+    chunk, num_steps = clients["step_mask"].shape
+    step_keys = jax.vmap(lambda k: client_update.step_keys(k, num_steps))(keys)
+    state = jax.vmap(client_update.init, in_axes=None, axis_size=chunk)(params)
+    batched_step = jax.vmap(client_update.step)
+
+    def local_step(state, s):
+        batch = jax.tree.map(lambda x: x[:, s], clients["batches"])
+        mask, key = clients["step_mask"][:, s], step_keys[:, s]
+        state = jax.lax.cond(jnp.any(mask > 0), batched_step, lambda st, *_: st,
+                             state, batch, mask, key)
+        return state, None
+
+    state, _ = jax.lax.scan(local_step, state, jnp.arange(num_steps))
+    return jax.vmap(client_update.final, in_axes=(None, 0, 0))(params, state,
+                                                               clients["step_mask"])
+
+
+def _aggregate_vectorized(contribution, client_update, params, cohort_block, keys, chunk_size):
     """Σ over clients of ``contribution``: ``lax.scan`` over chunks, ``vmap`` inside.
 
     Memory is O(chunk_size × params) whatever the cohort size: client deltas are summed
-    chunk by chunk and never materialized together. A chunk made only of padding clients
-    is skipped (``lax.cond``), so Poisson cohorts padded to a static maximum cost what
-    their real clients cost when samplers put real clients first.
+    chunk by chunk and never materialized together. Clients are taken in decreasing number
+    of real local steps (each chunk gathers its own clients), so the clients of a chunk
+    take about as many steps; the local steps that no client of a chunk takes are skipped,
+    and so is a chunk made only of padding clients (``lax.cond``).
     """
     num = cohort_lib.num_clients(cohort_block)
     if num % chunk_size:
         raise ValueError(f"{num} client slots are not a multiple of chunk_size={chunk_size}.")
-    chunked = jax.tree.map(
-            lambda x: x.reshape((num // chunk_size, chunk_size) + x.shape[1:]), (cohort_block, keys))
-    per_chunk = jax.vmap(contribution, in_axes=(None, 0, 0))
+    steps = jnp.sum(cohort_block["step_mask"] > 0, axis=1) * (cohort_block["client_mask"] > 0)
+    order = jnp.argsort(-steps, stable=True).reshape(num // chunk_size, chunk_size)
+    if hasattr(client_update, "step"):
+        def train_chunk(clients, chunk_keys):
+            deltas, metrics = _train_chunk(client_update, params, clients, chunk_keys)
+            return jax.vmap(contribution.finish)(clients, deltas, metrics)
+    else:  # an opaque client update: plain vmap
+        train_chunk = functools.partial(jax.vmap(contribution, in_axes=(None, 0, 0)), params)
 
     def add_chunk(acc, chunk):
-        outputs = per_chunk(params, *chunk)
+        outputs = train_chunk(*chunk)
         return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs)
 
-    def body(acc, chunk):
+    def body(acc, chunk_order):
+        chunk = jax.tree.map(lambda x: x[chunk_order], (cohort_block, keys))
         has_clients = jnp.any(chunk[0]["client_mask"] > 0)
         return jax.lax.cond(has_clients, add_chunk, lambda acc, _: acc, acc, chunk), None
 
     init = _zero_sums(contribution, params, cohort_block, keys)
-    total, _ = jax.lax.scan(body, init, chunked)
+    total, _ = jax.lax.scan(body, init, order)
     return total
 
 
@@ -311,7 +348,8 @@ def make_round_step(
 
         def aggregate(params, cohort_block, keys):
             def per_device(params, cohort_block, keys):
-                local = _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size)
+                local = _aggregate_vectorized(contribution, client_update, params, cohort_block,
+                                              keys, chunk_size)
                 return jax.lax.psum(local, "clients")
 
             return jax.shard_map(
@@ -325,7 +363,8 @@ def make_round_step(
         multiple = chunk_size
 
         def aggregate(params, cohort_block, keys):
-            return _aggregate_vectorized(contribution, params, cohort_block, keys, chunk_size)
+            return _aggregate_vectorized(contribution, client_update, params, cohort_block, keys,
+                                         chunk_size)
 
     def round_step(state: ServerState, cohort_block, key):
         cohort_block = cohort_lib.pad_clients(cohort_block, multiple)

@@ -61,6 +61,17 @@ def test_executors_agree(executor, reference):
     assert float(metrics["clients"]) == 9
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_executors_agree_with_ragged_local_steps(executor):
+    """Clients with 1-3 real steps: sorted into chunks, all-padding steps skipped."""
+    block = toy_task.make_cohort(10, local_steps=3,
+                                 steps_per_client=[3, 1, 2, 3, 1, 1, 2, 3, 1, 2])
+    _, ref_metrics, ref_sum = run_round(block, executor="sequential")
+    _, metrics, total = run_round(block, executor=executor, chunk_size=2)
+    assert_trees_close(total, ref_sum)
+    assert_trees_close(metrics, ref_metrics)
+
+
 @pytest.mark.parametrize("executor", ["vectorized", "sequential"])
 def test_padding_clients_change_nothing(executor, reference):
     block = toy_task.make_cohort(10, real_clients=9)
