@@ -287,3 +287,24 @@ def test_samplers_are_reproducible_and_valid():
         cohort.sample_poisson(1000, 0.5, 10, seed=0, round_index=0)
     with pytest.raises(ValueError, match="cohort_size"):
         cohort.sample_fixed(10, 11, 0, 0)
+
+
+@pytest.mark.parametrize("executor", ["vectorized", "sharded"])
+def test_round_step_donates_state_and_makes_no_host_transfers(executor):
+    """With state, cohort and key already on the device, a round moves nothing between host
+    and device (``jax.transfer_guard``), and the old server state's buffers are reused."""
+    opt = server.make_server_optimizer("lamb", 1e-3)
+    step = round_lib.make_round_step(
+        client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
+        round_lib.DPConfig("per_layer", 1.0, noise_multiplier=1.0), 6, executor=executor,
+        chunk_size=2)
+    state = round_lib.init_server_state(fresh_params(), opt)
+    block = jax.device_put(toy_task.make_cohort(6, local_steps=3,
+                                                steps_per_client=[3, 1, 2, 3, 1, 2]))
+    key = jax.random.key(3)
+    step(jax.tree.map(jnp.copy, state), block, key)          # compile outside the guard
+    with jax.transfer_guard("disallow"):
+        new_state, metrics = step(state, block, key)
+        jax.block_until_ready((new_state, metrics))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new_state))
