@@ -26,7 +26,7 @@ import tqdm
 
 from fl_dp_asr.data import builders, federated, prefetch
 from fl_dp_asr.dp import accounting
-from fl_dp_asr.fl import client, cohort as cohort_lib, round as round_lib, server
+from fl_dp_asr.fl import client, cohort as cohort_lib, distributed, round as round_lib, server
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig, get_model_config
 from fl_dp_asr.text.tokenizer import CharTokenizer
@@ -102,21 +102,56 @@ def privacy_metrics(run_accountant, rounds: int, config, sigma_dp: float) -> dic
     return out
 
 
+def join_processes(config: ml_collections.ConfigDict) -> bool:
+    """Joins the JAX multi-process runtime when configured; True in a multi-process run.
+
+    Must run before any other JAX call. Multi-process runs need the ``sharded`` executor
+    (one global mesh over the devices of all processes).
+    """
+    cfg = config.distributed
+    if cfg.num_processes == 1:
+        return False
+    if config.fl.executor != "sharded":
+        raise ValueError(f"config.distributed.num_processes={cfg.num_processes} needs "
+                         f"config.fl.executor='sharded', not {config.fl.executor!r}.")
+    if cfg.num_processes == 0:
+        distributed.initialize()  # detected: Cloud TPU, SLURM, Open MPI, ...
+    elif not cfg.coordinator_address:
+        raise ValueError("config.distributed.coordinator_address ('host:port' of process 0) "
+                         f"is required with num_processes={cfg.num_processes}.")
+    else:
+        distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    return True
+
+
 # ------------------------------------------------------------------ training
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) federated DP fine-tuning; returns a summary dict."""
+    """Runs (or resumes) federated DP fine-tuning; returns a summary dict.
+
+    In a multi-process run every process calls it with the same config (but its own
+    ``distributed.process_id``) and the same shared ``workdir``; process 0 writes the
+    metrics and the summary, all processes take part in checkpointing.
+    """
+    multi_process = join_processes(config)
+    chief = jax.process_index() == 0
+
+    def log(message: str) -> None:
+        if chief:
+            print(message, flush=True)
+
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     tokenizer = CharTokenizer(config.data.language)
 
     # ---- data: training users and held-out users -----------------------------------------
-    data_kwargs = dict(manual_dir=config.data.manual_dir, data_dir=config.data.data_dir)
-    train_users = builders.load_federated(config.data.name, config.data.config,
-                                                                                config.data.train_split, **data_kwargs)
-    eval_users = builders.load_federated(config.data.name, config.data.config,
-                                                                              config.data.eval_split, **data_kwargs)
+    def load(split: str) -> federated.FederatedDataset:  # process 0 prepares the TFDS data
+        return distributed.chief_first(functools.partial(
+            builders.load_federated, config.data.name, config.data.config, split,
+            manual_dir=config.data.manual_dir, data_dir=config.data.data_dir))
+
+    train_users, eval_users = load(config.data.train_split), load(config.data.eval_split)
     population = train_users.num_users
     buckets = federated.LengthBuckets.for_dataset(train_users, tokenizer.encode,
                                                                                                 config.data.num_buckets)
@@ -145,21 +180,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     client_update = client.make_client_update(
             asr.make_loss_fn(model_config, train=True),
             client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+    mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     round_step = round_lib.make_round_step(
             client_update, server_optimizer, dp, cohort_size, executor=config.fl.executor,
-            chunk_size=config.fl.chunk_size)
+            chunk_size=config.fl.chunk_size, mesh=mesh)
     sample, cohort_slots = make_sampler(config, population)
+    if multi_process:  # every process packs only the client slots its devices train
+        cohort_slots = distributed.padded_cohort_size(cohort_slots, config.fl.chunk_size, mesh)
+        own_slots = distributed.process_client_indices(cohort_slots, mesh)
+    else:
+        own_slots = None
 
     # ---- rounds allowed by the privacy budget ------------------------------------------
     num_rounds = config.fl.rounds
     if run_accountant is not None:
         planned = run_accountant.guarantee(num_rounds, "rdp")
-        print(f"Privacy of the full run: {planned}", flush=True)
+        log(f"Privacy of the full run: {planned}")
         if config.dp.max_epsilon:
             allowed = run_accountant.max_rounds_within(config.dp.max_epsilon, "rdp", num_rounds)
             if allowed < num_rounds:
-                print(f"max_epsilon={config.dp.max_epsilon} allows {allowed} of {num_rounds} rounds; "
-                            f"training stops after round {allowed}.", flush=True)
+                log(f"max_epsilon={config.dp.max_epsilon} allows {allowed} of {num_rounds} "
+                    f"rounds; training stops after round {allowed}.")
             num_rounds = allowed
     elif config.dp.max_epsilon:
         raise ValueError("config.dp.max_epsilon is set but the run adds no noise (ε = ∞).")
@@ -175,10 +216,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = round_lib.ServerState(**state_dict)
         seed_eval = meta["seed_eval"]
         best_wer = float("inf") if meta["best_wer"] is None else meta["best_wer"]
-        print(f"Resumed from {checkpoints.directory} at round {start_round}.", flush=True)
+        log(f"Resumed from {checkpoints.directory} at round {start_round}.")
     else:
-        print(f"Starting from the seed model: {seed_source}.", flush=True)
-    writer = MetricWriter(workdir, resume_step=start_round)
+        log(f"Starting from the seed model: {seed_source}.")
+    if multi_process:
+        state = distributed.replicate(state, mesh)
+    writer = MetricWriter(workdir, resume_step=start_round, enabled=chief)
     run_key = jax.random.key(config.seed)
 
     def run_meta(round_index: int, **extra) -> dict[str, Any]:
@@ -189,11 +232,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def save(round_index: int, wer: float | None = None):
         if round_index in checkpoints.all_steps():
             return
-        checkpoints.save(round_index, jax.device_get(state._asdict()), run_meta(round_index),
-                                          metric=wer)
+        checkpoints.save(round_index, distributed.to_host(state._asdict()),
+                         run_meta(round_index), metric=wer)
 
     def evaluate(round_index: int) -> dict[str, Any]:
-        result = asr.evaluate(state.params, model_config, eval_batches)
+        # Every process evaluates a local copy (the server state is replicated).
+        params = distributed.to_host(state.params) if multi_process else state.params
+        result = asr.evaluate(params, model_config, eval_batches)
         result.pop("examples")
         result |= privacy_metrics(run_accountant, round_index, config, sigma_dp)
         writer.write(round_index, {"eval": result})
@@ -210,7 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     batch_size=config.fl.local_batch_size, buckets=buckets, seed=config.seed,
                     round_index=r, num_clients=cohort_slots,
                     max_batch_seconds=config.fl.max_batch_seconds or None,
-                max_local_epochs=config.fl.max_local_epochs or None)
+                    max_local_epochs=config.fl.max_local_epochs or None, keep=own_slots)
 
     stop = {"signal": None}
 
@@ -227,13 +272,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     shown_epsilon = ("extrapolated_epsilon_rdp" if config.privacy.target_cohort
                      else "epsilon_rdp")
     bar = tqdm.tqdm(total=num_rounds, initial=start_round, desc="FL rounds", unit="round",
-                                    disable=not config.progress_bar)
+                    disable=not (config.progress_bar and chief))
     try:
         with prefetch.Prefetcher(cohorts(), buffer_size=2) as stream:
             for r, block in stream:
                 started = time.perf_counter()
-                state, metrics = round_step(state, block, jax.random.fold_in(run_key, r))
-                metrics = jax.device_get(metrics)
+                key = jax.random.fold_in(run_key, r)
+                if multi_process:
+                    block = distributed.global_cohort(block, mesh, cohort_slots)
+                    key = distributed.replicate(key, mesh)
+                state, metrics = round_step(state, block, key)
+                metrics = distributed.to_host(metrics)
                 round_lib.check_round(metrics, r)
                 if not np.isfinite(metrics["loss"]):
                     raise FloatingPointError(f"round {r}: the mean client loss is {metrics['loss']}; "
@@ -258,8 +307,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     raise StopRequested(stop["signal"])
     except StopRequested as stopped:
         save(completed)
-        print(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "
-                    "run the same command to resume.", flush=True)
+        log(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "
+            "run the same command to resume.")
     except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
                     FloatingPointError):
         save(completed)  # the state before the failing round: the round step kept it
@@ -282,12 +331,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "final_wer": last_eval.get("wer"), "final_cer": last_eval.get("cer"),
             "epsilon_rdp": last_eval.get("epsilon_rdp"), "epsilon_pld": last_eval.get("epsilon_pld"),
             "extrapolated_cohort": config.privacy.target_cohort or None,
-            "extrapolated_population": config.privacy.target_population or None,
+            "extrapolated_population": (config.privacy.target_population
+                                        if config.privacy.target_cohort else None),
             "extrapolated_epsilon_rdp": last_eval.get("extrapolated_epsilon_rdp"),
             "extrapolated_epsilon_pld": last_eval.get("extrapolated_epsilon_pld"),
     }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    if chief:
+        path = os.path.join(workdir, "summary.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)  # atomic: a reader never sees half a summary
     return summary
 
 
@@ -295,7 +348,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.basicConfig(level=logging.WARNING)
     summary = train(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

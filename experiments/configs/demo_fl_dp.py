@@ -77,4 +77,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 10
     c.checkpoint.keep = 2
+
+    # JAX multi-process run (pods, clusters; README "Beyond one host"): every process runs
+    # the same command with its own process_id and packs only its own clients.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.num_processes = 1        # 1: one process; 0: detect (Cloud TPU, SLURM, MPI)
+    c.distributed.process_id = 0
+    c.distributed.coordinator_address = ""  # "host:port" of process 0 (num_processes > 1)
     return c

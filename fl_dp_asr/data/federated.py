@@ -391,7 +391,8 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
                 local_steps: int, batch_size: int, buckets: LengthBuckets, seed: int,
                 round_index: int, num_clients: int | None = None,
                 max_batch_seconds: float | None = None,
-                max_local_epochs: int | None = None) -> dict[str, Any]:
+                max_local_epochs: int | None = None,
+                keep: Sequence[int] | None = None) -> dict[str, Any]:
     """Packs a cohort into the fixed-shape client block of ``docs/CONTRACTS.md``.
 
     Args:
@@ -408,6 +409,10 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
             than the cap forms a batch alone.
         max_local_epochs: stop cycling after this many passes over a client's data (the
             remaining steps get ``step_mask`` 0); None cycles until ``local_steps``.
+        keep: pack only these client slots, in this order (a process's part of a
+            multi-process cohort, :func:`fl_dp_asr.fl.distributed.process_client_indices`);
+            the bucket is still chosen from the whole cohort, so every part has the same
+            shape, and only the kept clients' audio is read. None: all ``num_clients``.
 
     Returns:
         ``{"batches": {audio [C, L, B, S] int16, audio_lengths [C, L, B] int32,
@@ -422,6 +427,7 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
         raise CohortPackingError(f"{len(users)} users do not fit num_clients={num_clients}")
     if local_steps < 1 or batch_size < 1:
         raise ValueError(f"local_steps={local_steps} and batch_size={batch_size} must be >= 1")
+    users = list(users) + [None] * (num_clients - len(users))
     plans = [[] if user is None else client_steps(
                      dataset, user, local_steps=local_steps, batch_size=batch_size, seed=seed,
                      round_index=round_index, max_batch_seconds=max_batch_seconds,
@@ -431,12 +437,16 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
     max_samples, max_label_len = buckets.fit(
             int(max((dataset.num_samples[r] for r in used), default=0)),
             max((len(v) for v in labels.values()), default=0))
-    audios = dataset.audios(used)
-    batches = _empty_batch((num_clients, local_steps, batch_size), max_samples, max_label_len)
-    step_mask = np.zeros((num_clients, local_steps), np.float32)
-    client_mask = np.zeros(num_clients, np.float32)
-    for c, plan in enumerate(plans):
-        client_mask[c] = float(users[c] is not None)
+    slots = range(num_clients) if keep is None else [int(c) for c in keep]
+    if any(not 0 <= c < num_clients for c in slots):
+        raise CohortPackingError(f"keep={list(slots)} names slots outside [0, {num_clients})")
+    audios = dataset.audios([row for c in slots for step in plans[c] for row in step])
+    batches = _empty_batch((len(slots), local_steps, batch_size), max_samples, max_label_len)
+    step_mask = np.zeros((len(slots), local_steps), np.float32)
+    client_mask = np.zeros(len(slots), np.float32)
+    for c, slot in enumerate(slots):
+        plan = plans[slot]
+        client_mask[c] = float(users[slot] is not None)
         for s, step in enumerate(plan):
             step_mask[c, s] = 1.0
             for b, row in enumerate(step):

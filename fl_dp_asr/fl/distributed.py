@@ -28,7 +28,8 @@ On CPU the cross-process collectives use gloo (set before initialization, see
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -36,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 CLIENTS_AXIS = "clients"
 PyTree = Any
+T = TypeVar("T")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -152,3 +154,20 @@ def to_host(tree: PyTree) -> PyTree:
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
+
+
+def chief_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on process 0 first, then, after a barrier, on the other processes.
+
+    For work whose first call writes what later calls read (preparing a TFDS dataset, an
+    index cache) in a shared directory. With one process it is just ``fn()``.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+        result = fn()
+    multihost_utils.sync_global_devices("fl_dp_asr.distributed.chief_first")
+    if jax.process_index() != 0:
+        result = fn()
+    return result

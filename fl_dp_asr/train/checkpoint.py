@@ -26,6 +26,7 @@ import os
 import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -75,7 +76,8 @@ class Checkpointer:
                 raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
         else:
             os.makedirs(self.directory, exist_ok=True)
-            self._remove_incomplete()
+            if jax.process_index() == 0:  # the others wait in orbax's barrier below
+                self._remove_incomplete()
         policies = [checkpoint_managers.LatestN(n=max_to_keep)]
         best_fn = None
         if best_metric is not None:

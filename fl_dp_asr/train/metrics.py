@@ -28,9 +28,13 @@ class MetricWriter:
 
     A resumed run appends; records of rounds after the resume point that an interrupted
     run had written are dropped first, so the file tells one consistent history.
+    ``enabled=False`` writes nothing (the processes other than 0 of a multi-process run).
     """
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         from tensorboardX import SummaryWriter  # heavy import, only where metrics are written
 
         os.makedirs(workdir, exist_ok=True)
@@ -49,6 +53,8 @@ class MetricWriter:
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         flat = flatten(metrics)
         record = {"step": int(step)} | {k: (v if math.isfinite(v) else str(v))
                                         for k, v in flat.items()}
@@ -58,6 +64,8 @@ class MetricWriter:
             self._tensorboard.add_scalar(name, value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._jsonl.close()
         self._tensorboard.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -107,6 +108,21 @@ def test_padding_clients_are_masked_and_zero(dataset):
     with pytest.raises(CohortPackingError, match="'dave' is not in this dataset"):
         pack_cohort(dataset, ["dave"], tokenize=tokenize, local_steps=1, batch_size=1,
                     buckets=BUCKETS, seed=0, round_index=0)
+
+
+def test_a_process_packs_only_its_slots_with_the_whole_cohorts_bucket(dataset):
+    """Multi-process: each process packs its slots (``keep``); the parts share one shape."""
+    kwargs = dict(tokenize=tokenize, local_steps=2, batch_size=2, buckets=BUCKETS, seed=0,
+                  round_index=1, num_clients=4)
+    users = ["alice", "carol", "bob"]
+    whole = pack_cohort(dataset, users, **kwargs)
+    parts = [pack_cohort(dataset, users, keep=keep, **kwargs) for keep in ([0, 2], [1, 3])]
+    for part, keep in zip(parts, ([0, 2], [1, 3])):
+        jax.tree.map(lambda p, w: np.testing.assert_array_equal(p, w[keep]), part, whole)
+    alone = pack_cohort(dataset, ["alice"], **kwargs)   # a smaller bucket than the cohort's
+    assert alone["batches"]["labels"].shape[-1] < parts[0]["batches"]["labels"].shape[-1]
+    with pytest.raises(CohortPackingError, match="outside"):
+        pack_cohort(dataset, users, keep=[4], **kwargs)
 
 
 def test_local_data_is_a_function_of_seed_round_and_user(dataset):

@@ -14,6 +14,7 @@ from experiments.configs import demo_fl_dp
 from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
+from tests import processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,3 +130,39 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
     config.dp.clipping = "none"
     with pytest.raises(ValueError, match="noise without clipping"):
         train_fl.train(config, str(tmp_path))
+
+
+TRAIN_WORKER = """
+import sys
+from experiments import train_fl
+from tests.experiments.test_train_fl import small_config
+corpus, tfds_dir, workdir, rounds, num_processes, rank, port = sys.argv[1:]
+config = small_config(corpus, tfds_dir, int(rounds))
+config.fl.executor, config.fl.cohort_size, config.fl.chunk_size = "sharded", 3, 1
+config.distributed.num_processes, config.distributed.process_id = int(num_processes), int(rank)
+config.distributed.coordinator_address = f"localhost:{port}"
+train_fl.train(config, workdir)
+"""
+
+
+def test_two_process_training_equals_one_process_and_resumes(tiny_corpus, tfds_dir, tmp_path):
+    """2 processes × 1 device (each packs its own clients) vs 1 process × 2 devices."""
+    def launch(workdir, rounds, num_processes, devices):
+        port = str(processes.free_port())
+        logs = tmp_path / f"logs-{workdir}-{rounds}"
+        logs.mkdir()
+        processes.run_python(
+            [["-c", TRAIN_WORKER, str(tiny_corpus), str(tfds_dir), str(tmp_path / workdir),
+              str(rounds), str(num_processes), str(rank), port]
+             for rank in range(num_processes)], logs, devices)
+
+    launch("one", 2, num_processes=1, devices=2)
+    launch("two", 1, num_processes=2, devices=1)      # "stopped" after round 1 ...
+    launch("two", 2, num_processes=2, devices=1)      # ... and resumed by both processes
+    step_one, state_one = final_state(tmp_path / "one")
+    step_two, state_two = final_state(tmp_path / "two")
+    assert step_one == step_two == 2
+    jax.tree.map(np.testing.assert_array_equal, state_one, state_two)
+    records = read_jsonl(tmp_path / "two" / "metrics.jsonl")   # written by process 0 only
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
+    assert [r["train/clients"] for r in records if "train/loss" in r] == [3.0, 3.0]

@@ -4,10 +4,6 @@ with ``jax.make_array_from_process_local_data``, the ``sharded`` round step sums
 devices of both processes and adds the noise once."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,9 +11,9 @@ import numpy as np
 import pytest
 
 from fl_dp_asr.fl import client, distributed, round as round_lib, server
+from tests import processes
 from tests.fl import toy_task
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 2
 COHORT, CHUNK = 7, 2          # 7 real clients in 8 slots (4 devices × chunk 2)
 NOISE_PARAMS = 20_000
@@ -66,40 +62,17 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("workers")
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
-    procs = []
-    for rank in range(NUM_PROCESSES):
-        # Files, not pipes: a worker blocked on a full pipe would stall the other one at
-        # the distributed runtime's shutdown barrier.
-        with open(logs / f"{rank}.out", "w") as out, open(logs / f"{rank}.err", "w") as err:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(rank), str(port), str(NUM_PROCESSES)],
-                env=env, cwd=REPO, stdout=out, stderr=err))
-    try:
-        for proc in procs:
-            proc.wait(timeout=240)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    port = processes.free_port()
+    stdouts = processes.run_python(
+        [["-c", WORKER, str(rank), str(port), str(NUM_PROCESSES)]
+         for rank in range(NUM_PROCESSES)],
+        tmp_path_factory.mktemp("workers"), DEVICES_PER_PROCESS, timeout=240)
     outputs = []
-    for rank, proc in enumerate(procs):
-        lines = [l for l in (logs / f"{rank}.out").read_text().splitlines()
-                 if l.startswith("RESULT ")]
-        assert proc.returncode == 0 and lines, (
-            f"worker {rank} failed (exit {proc.returncode}):\n"
-            f"{(logs / f'{rank}.err').read_text()[-3000:]}")
+    for rank, out in enumerate(stdouts):
+        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+        assert lines, f"process {rank} printed no result"
         outputs.append(json.loads(lines[-1][len("RESULT "):]))
     return outputs
 

@@ -1,0 +1,50 @@
+"""Runs the processes of a JAX multi-process job on localhost, for the tests."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: int,
+               timeout: float = 300) -> list[str]:
+    """Runs ``python *argv`` for every argv at once; returns their stdouts.
+
+    Each process sees ``devices_per_process`` CPU devices and shares the test session's
+    persistent compilation cache. Fails with the stderr tail of any process that exits
+    with an error.
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+               JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir())
+                                             / "fl_dp_asr_test_jax_cache"))
+    procs = []
+    for rank, argv in enumerate(argvs):
+        # Files, not pipes: a process blocked on a full pipe would stall the others at the
+        # distributed runtime's shutdown barrier.
+        with open(logs / f"{rank}.out", "w") as out, open(logs / f"{rank}.err", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO,
+                                          stdout=out, stderr=err))
+    try:
+        for proc in procs:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, proc in enumerate(procs):
+        assert proc.returncode == 0, (f"process {rank} failed (exit {proc.returncode}):\n"
+                                      f"{(logs / f'{rank}.err').read_text()[-3000:]}")
+    return [(logs / f"{rank}.out").read_text() for rank in range(len(argvs))]
