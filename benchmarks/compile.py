@@ -24,7 +24,7 @@ def grid(mode: str) -> list[tuple[str, int]]:
         return [("tiny", 1)]
     if mode == "full":
         return [("tiny", 3), ("small", 3), ("paper", 1)]
-    return [("tiny", 2), ("small", 1)]
+    return [("tiny", 2)]
 
 
 def compile_seconds(size: str, seconds: float, label_len: int, cohort: int = 16,

@@ -32,7 +32,7 @@ def grid(mode: str) -> list[dict[str, Any]]:
         return [dict(size=s, cohort=c, chunks=tuple(k for k in (4, 8, 16, 64) if k <= c),
                      repeats=5, sharded=True)
                 for s in ("tiny", "small") for c in (16, 64, 256)]
-    return [dict(size="tiny", cohort=16, chunks=(2, 4, 16), repeats=3, sharded=True),
+    return [dict(size="tiny", cohort=16, chunks=(2, 4), repeats=3, sharded=True),
             dict(size="tiny", cohort=64, chunks=(4,), repeats=5, sharded=False)]
 
 

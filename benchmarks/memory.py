@@ -86,18 +86,18 @@ def _shape(batch_size: int) -> common.ClientShape:
 def run(mode: str = "default", size: str = "tiny", batch_size: int = 2) -> common.Report:
     cohorts, fixed_chunk, chunks, sweep_cohort = grid(mode)
     shape = _shape(batch_size)
-    rows = []
-    for cohort in cohorts:
-        common.log(f"  memory: {size} cohort {cohort} chunk {fixed_chunk}")
-        m = measure_in_subprocess(size, cohort, fixed_chunk, batch_size)
-        rows.append([cohort, fixed_chunk, m["temp_mib"], m["block_mib"], m["peak_rss_mib"],
-                     m["peak_rss_mib"] - 2 * m["block_mib"]])
-    chunk_rows = []
-    for chunk in chunks:
-        common.log(f"  memory: {size} cohort {sweep_cohort} chunk {chunk}")
-        m = measure_in_subprocess(size, sweep_cohort, chunk, batch_size)
-        chunk_rows.append([sweep_cohort, chunk, m["temp_mib"], m["block_mib"],
-                           m["peak_rss_mib"], m["peak_rss_mib"] - 2 * m["block_mib"]])
+    measured: dict[tuple[int, int], dict] = {}   # each (cohort, chunk) once
+
+    def row(cohort: int, chunk: int) -> list:
+        if (cohort, chunk) not in measured:
+            common.log(f"  memory: {size} cohort {cohort} chunk {chunk}")
+            measured[cohort, chunk] = measure_in_subprocess(size, cohort, chunk, batch_size)
+        m = measured[cohort, chunk]
+        return [cohort, chunk, m["temp_mib"], m["block_mib"], m["peak_rss_mib"],
+                m["peak_rss_mib"] - 2 * m["block_mib"]]
+
+    rows = [row(cohort, fixed_chunk) for cohort in cohorts]
+    chunk_rows = [row(sweep_cohort, chunk) for chunk in chunks]
     temps = [r[2] for r in rows]
     flat = max(temps) <= 1.2 * min(temps)
     report = common.Report(
@@ -115,7 +115,8 @@ def run(mode: str = "default", size: str = "tiny", batch_size: int = 2) -> commo
         report.add_table(f"Chunk sweep at cohort {sweep_cohort}", headers, chunk_rows)
     report.notes.append(
         f"Compiled temp memory across cohorts {cohorts[0]}→{cohorts[-1]}: "
-        f"{min(temps):.1f}–{max(temps):.1f} MiB → {'flat (≤ 1.2×): target met' if flat else 'NOT flat: target missed'}.")
+        f"{min(temps):.1f}–{max(temps):.1f} MiB → "
+        + ("flat (≤ 1.2×): target met." if flat else "NOT flat: target missed."))
     return report
 
 
@@ -135,7 +136,8 @@ def main(argv=None) -> None:
         print(json.dumps(measure_round(args.size, args.cohort, args.chunk,
                                        _shape(args.batch_size))))
         return
-    common.publish(run(args.mode or "default", args.size, args.batch_size), None if args.no_write else common.REPORT)
+    common.publish(run(args.mode or "default", args.size, args.batch_size),
+                   None if args.no_write else common.REPORT)
 
 
 if __name__ == "__main__":

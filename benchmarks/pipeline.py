@@ -123,7 +123,7 @@ def run(mode: str = "default") -> common.Report:
     per_cohort_utts = float(warm["batches"]["mask"].sum())
     latency = source.latency = device_s / per_cohort_utts
     pack_s = common.median([common.time_call(lambda: next(cohorts(dataset, train_cohort, 1,
-                                                                   start=50 + i)))
+                                                                  start=50 + i)))
                             for i in range(2)])
     serial, prefetched = [], []
     for rep in range(repeats):

@@ -61,7 +61,7 @@ def expected_cohort_size(config: ml_collections.ConfigDict, population: int) -> 
     size = config.fl.cohort_size
     if not 1 <= size <= population:
         raise ValueError(f"config.fl.cohort_size={size} must be in [1, population={population}] "
-                                          "(the number of training users).")
+                         "(the number of training users).")
     return size
 
 
@@ -74,7 +74,7 @@ def make_sampler(config: ml_collections.ConfigDict, population: int):
         rate = size / population
         slots = cohort_lib.poisson_max_cohort(population, rate)
         return functools.partial(cohort_lib.sample_poisson, population, rate, slots,
-                                                          config.seed), slots
+                                 config.seed), slots
     raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: use 'fixed' or 'poisson'.")
 
 
@@ -154,36 +154,36 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_users, eval_users = load(config.data.train_split), load(config.data.eval_split)
     population = train_users.num_users
     buckets = federated.LengthBuckets.for_dataset(train_users, tokenizer.encode,
-                                                                                                config.data.num_buckets)
+                                                  config.data.num_buckets)
     eval_buckets = federated.LengthBuckets.for_dataset(eval_users, tokenizer.encode,
-                                                                                                          config.data.num_buckets)
+                                                       config.data.num_buckets)
     eval_batches = list(federated.iterate_batches(
-            eval_users, batch_size=config.eval.batch_size, tokenize=tokenizer.encode,
-            buckets=eval_buckets))
+        eval_users, batch_size=config.eval.batch_size, tokenize=tokenizer.encode,
+        buckets=eval_buckets))
 
     # ---- model, DP, round step ---------------------------------------------------------
     model_config, seed_params, seed_source = load_seed_model(config)
     cohort_size = expected_cohort_size(config, population)
     dp = round_lib.DPConfig(
-            clipping=config.dp.clipping, clip_norm=config.dp.clip_norm or None,
-            allocation=config.dp.allocation,
-            noise_multiplier=config.dp.noise_multiplier, sigma_dp=config.dp.sigma_dp)
+        clipping=config.dp.clipping, clip_norm=config.dp.clip_norm or None,
+        allocation=config.dp.allocation,
+        noise_multiplier=config.dp.noise_multiplier, sigma_dp=config.dp.sigma_dp)
     noise_multiplier = dp.resolve_noise_multiplier(cohort_size)
     sigma_dp = accounting.noise_multiplier_to_sigma_dp(noise_multiplier, cohort_size)
     run_accountant = (accounting.RunAccountant(config.fl.sampling, cohort_size, population,
-                                                                                          noise_multiplier, config.dp.delta)
-                                        if noise_multiplier > 0 else None)
+                                               noise_multiplier, config.dp.delta)
+                      if noise_multiplier > 0 else None)
     server_optimizer = server.make_server_optimizer(
-            config.server.optimizer, config.server.learning_rate,
-            decay_begin=config.server.decay_begin, decay_every=config.server.decay_every,
-            decay_rate=config.server.decay_rate)
+        config.server.optimizer, config.server.learning_rate,
+        decay_begin=config.server.decay_begin, decay_every=config.server.decay_every,
+        decay_rate=config.server.decay_rate)
     client_update = client.make_client_update(
-            asr.make_loss_fn(model_config, train=True),
-            client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+        asr.make_loss_fn(model_config, train=True),
+        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     round_step = round_lib.make_round_step(
-            client_update, server_optimizer, dp, cohort_size, executor=config.fl.executor,
-            chunk_size=config.fl.chunk_size, mesh=mesh)
+        client_update, server_optimizer, dp, cohort_size, executor=config.fl.executor,
+        chunk_size=config.fl.chunk_size, mesh=mesh)
     sample, cohort_slots = make_sampler(config, population)
     if multi_process:  # every process packs only the client slots its devices train
         cohort_slots = distributed.padded_cohort_size(cohort_slots, config.fl.chunk_size, mesh)
@@ -208,7 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---- resume: newest checkpoint of this workdir, else the seed model ----------------
     state = round_lib.init_server_state(seed_params, server_optimizer)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                                          max_to_keep=config.checkpoint.keep, best_metric="wer")
+                               max_to_keep=config.checkpoint.keep, best_metric="wer")
     restored = checkpoints.restore_latest(state._asdict())
     start_round, best_wer, seed_eval = 0, float("inf"), None
     if restored is not None:
@@ -249,13 +249,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         for r in range(start_round, num_rounds):
             sampled = sample(r)
             users = [train_users.users[i] if m > 0 else None
-                              for i, m in zip(sampled.user_indices, sampled.mask)]
+                     for i, m in zip(sampled.user_indices, sampled.mask)]
             yield r, federated.pack_cohort(
-                    train_users, users, tokenize=tokenizer.encode, local_steps=config.fl.local_steps,
-                    batch_size=config.fl.local_batch_size, buckets=buckets, seed=config.seed,
-                    round_index=r, num_clients=cohort_slots,
-                    max_batch_seconds=config.fl.max_batch_seconds or None,
-                    max_local_epochs=config.fl.max_local_epochs or None, keep=own_slots)
+                train_users, users, tokenize=tokenizer.encode, local_steps=config.fl.local_steps,
+                batch_size=config.fl.local_batch_size, buckets=buckets, seed=config.seed,
+                round_index=r, num_clients=cohort_slots,
+                max_batch_seconds=config.fl.max_batch_seconds or None,
+                max_local_epochs=config.fl.max_local_epochs or None, keep=own_slots)
 
     stop = {"signal": None}
 
@@ -286,11 +286,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 round_lib.check_round(metrics, r)
                 if not np.isfinite(metrics["loss"]):
                     raise FloatingPointError(f"round {r}: the mean client loss is {metrics['loss']}; "
-                                                                      "the round's update was applied only if finite.")
+                                             "the round's update was applied only if finite.")
                 completed = r + 1
                 seconds = time.perf_counter() - started
                 metrics |= {"seconds_per_round": seconds,
-                                        "clients_per_second": float(metrics["clients"]) / seconds}
+                            "clients_per_second": float(metrics["clients"]) / seconds}
                 writer.write(completed, {"train": metrics})
                 wer = None
                 if completed % config.eval.every == 0 or completed == num_rounds:
@@ -301,8 +301,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     save(completed, wer)
                 bar.update(1)
                 bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
-                                                wer=f"{last_eval.get('wer', float('nan')):.3f}",
-                                                eps=f"{last_eval.get(shown_epsilon, float('nan')):.3g}")
+                                wer=f"{last_eval.get('wer', float('nan')):.3f}",
+                                eps=f"{last_eval.get(shown_epsilon, float('nan')):.3g}")
                 if stop["signal"]:
                     raise StopRequested(stop["signal"])
     except StopRequested as stopped:
@@ -310,7 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "
             "run the same command to resume.")
     except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
-                    FloatingPointError):
+            FloatingPointError):
         save(completed)  # the state before the failing round: the round step kept it
         raise
     finally:
@@ -322,19 +322,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.close()
 
     summary = {
-            "workdir": workdir, "seed_model": seed_source, "rounds": completed,
-            "population": population, "cohort_size": cohort_size, "sampling": config.fl.sampling,
-            "noise_multiplier": noise_multiplier, "sigma_dp": sigma_dp, "delta": config.dp.delta,
-            "clipping": config.dp.clipping, "allocation": str(config.dp.allocation),
-            "seed_wer": seed_eval["wer"] if seed_eval else None,
-            "seed_cer": seed_eval["cer"] if seed_eval else None,
-            "final_wer": last_eval.get("wer"), "final_cer": last_eval.get("cer"),
-            "epsilon_rdp": last_eval.get("epsilon_rdp"), "epsilon_pld": last_eval.get("epsilon_pld"),
-            "extrapolated_cohort": config.privacy.target_cohort or None,
-            "extrapolated_population": (config.privacy.target_population
-                                        if config.privacy.target_cohort else None),
-            "extrapolated_epsilon_rdp": last_eval.get("extrapolated_epsilon_rdp"),
-            "extrapolated_epsilon_pld": last_eval.get("extrapolated_epsilon_pld"),
+        "workdir": workdir, "seed_model": seed_source, "rounds": completed,
+        "population": population, "cohort_size": cohort_size, "sampling": config.fl.sampling,
+        "noise_multiplier": noise_multiplier, "sigma_dp": sigma_dp, "delta": config.dp.delta,
+        "clipping": config.dp.clipping, "allocation": str(config.dp.allocation),
+        "seed_wer": seed_eval["wer"] if seed_eval else None,
+        "seed_cer": seed_eval["cer"] if seed_eval else None,
+        "final_wer": last_eval.get("wer"), "final_cer": last_eval.get("cer"),
+        "epsilon_rdp": last_eval.get("epsilon_rdp"), "epsilon_pld": last_eval.get("epsilon_pld"),
+        "extrapolated_cohort": config.privacy.target_cohort or None,
+        "extrapolated_population": (config.privacy.target_population
+                                    if config.privacy.target_cohort else None),
+        "extrapolated_epsilon_rdp": last_eval.get("extrapolated_epsilon_rdp"),
+        "extrapolated_epsilon_pld": last_eval.get("extrapolated_epsilon_pld"),
     }
     if chief:
         path = os.path.join(workdir, "summary.json")
@@ -357,7 +357,7 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
-                                                                                        lock_config=True)
+                                              lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -59,14 +59,14 @@ _MAX_LISTED_SKIPS = 50
 
 def _features() -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16,
-                                          doc="16 kHz mono waveform"),
-            "transcript": tfds.features.Text(doc="normalized transcript (fl_dp_asr.text)"),
-            "raw_transcript": tfds.features.Text(doc="transcript as written in the corpus"),
-            "user_id": tfds.features.Text(doc="speaker id / Common Voice client_id"),
-            "utterance_id": tfds.features.Text(),
-            "duration": tfds.features.Scalar(dtype=np.float32, doc="seconds"),
-            "gender": tfds.features.Text(),
+        "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16,
+                                      doc="16 kHz mono waveform"),
+        "transcript": tfds.features.Text(doc="normalized transcript (fl_dp_asr.text)"),
+        "raw_transcript": tfds.features.Text(doc="transcript as written in the corpus"),
+        "user_id": tfds.features.Text(doc="speaker id / Common Voice client_id"),
+        "utterance_id": tfds.features.Text(),
+        "duration": tfds.features.Scalar(dtype=np.float32, doc="seconds"),
+        "gender": tfds.features.Text(),
     })
 
 
@@ -136,10 +136,10 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         except AssertionError as error:  # TFDS: missing or empty, with our instructions.
             raise LayoutError(str(error)) from error
         self.info.metadata.update({
-                "source_fingerprint": self.source_fingerprint(manual_dir),
-                "skip_bad_files": self._skip_bad_files,
-                "skipped": {},
-                "skipped_files": [],
+            "source_fingerprint": self.source_fingerprint(manual_dir),
+            "skip_bad_files": self._skip_bad_files,
+            "skipped": {},
+            "skipped_files": [],
         })
         return {split: self._generate_examples(self._records(manual_dir, split), split)
                 for split in self._split_names()}
@@ -185,13 +185,13 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                         self._skip(split, "corrupt_audio", audio, counts)
                         continue
                     yield record.utterance_id, {
-                            "audio": audio,
-                            "transcript": transcript,
-                            "raw_transcript": record.raw_transcript,
-                            "user_id": record.user_id,
-                            "utterance_id": record.utterance_id,
-                            "duration": np.float32(len(audio) / layouts.SAMPLE_RATE),
-                            "gender": record.gender,
+                        "audio": audio,
+                        "transcript": transcript,
+                        "raw_transcript": record.raw_transcript,
+                        "user_id": record.user_id,
+                        "utterance_id": record.utterance_id,
+                        "duration": np.float32(len(audio) / layouts.SAMPLE_RATE),
+                        "gender": record.gender,
                     }
         self.info.metadata["skipped"][split] = dict(counts)
 
@@ -250,8 +250,8 @@ class CommonVoiceLocal(_LocalSpeechBuilder):
 
 
 BUILDERS: dict[str, type[_LocalSpeechBuilder]] = {
-        "librispeech_local": LibrispeechLocal,
-        "common_voice_local": CommonVoiceLocal,
+    "librispeech_local": LibrispeechLocal,
+    "common_voice_local": CommonVoiceLocal,
 }
 
 
@@ -303,7 +303,7 @@ def prepare(name: str, config: str, *, manual_dir: str | pathlib.Path | None,
                           f"manual_dir {str(manual_dir)!r} is not a directory. "
                           f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=str(manual_dir), download_mode=mode))
+        manual_dir=str(manual_dir), download_mode=mode))
     return get_builder(name, config, data_dir=data_dir, skip_bad_files=skip_bad_files)
 
 

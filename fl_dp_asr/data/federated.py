@@ -149,10 +149,10 @@ class FederatedDataset:
     def _view(self, rows: np.ndarray) -> "FederatedDataset":
         rows = np.sort(np.asarray(rows, np.int64))
         return FederatedDataset(
-                self.source, source_indices=self.source_indices[rows],
-                user_ids=[self.user_of_row[r] for r in rows],
-                utterance_ids=[self.utterance_ids[r] for r in rows],
-                transcripts=[self.transcripts[r] for r in rows], num_samples=self.num_samples[rows])
+            self.source, source_indices=self.source_indices[rows],
+            user_ids=[self.user_of_row[r] for r in rows],
+            utterance_ids=[self.utterance_ids[r] for r in rows],
+            transcripts=[self.transcripts[r] for r in rows], num_samples=self.num_samples[rows])
 
     # Users -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -261,10 +261,10 @@ class LengthBuckets:
         """The smallest (max_samples, max_label_len) bucket sizes holding the given lengths."""
         if num_samples > self.max_samples[-1] or label_len > self.max_label_len[-1]:
             raise CohortPackingError(
-                    f"an utterance of {num_samples} samples ({num_samples / SAMPLE_RATE:.1f} s) "
-                    f"and {label_len} label tokens exceeds the largest bucket "
-                    f"({self.max_samples[-1]} samples, {self.max_label_len[-1]} tokens): add a "
-                    "larger bucket or drop long utterances with FederatedDataset.filter().")
+                f"an utterance of {num_samples} samples ({num_samples / SAMPLE_RATE:.1f} s) "
+                f"and {label_len} label tokens exceeds the largest bucket "
+                f"({self.max_samples[-1]} samples, {self.max_label_len[-1]} tokens): add a "
+                "larger bucket or drop long utterances with FederatedDataset.filter().")
         samples = next(s for s in self.max_samples if s >= num_samples)
         labels = next(n for n in self.max_label_len if n >= label_len)
         return samples, labels
@@ -318,8 +318,8 @@ def make_batch(dataset: FederatedDataset, rows: Sequence[int], *, tokenize: Toke
         raise ValueError(f"{len(rows)} rows do not fit batch_size={batch_size}")
     labels = _labels(dataset, rows, tokenize)
     max_samples, max_label_len = buckets.fit(
-            int(max((dataset.num_samples[r] for r in rows), default=0)),
-            max((len(v) for v in labels.values()), default=0))
+        int(max((dataset.num_samples[r] for r in rows), default=0)),
+        max((len(v) for v in labels.values()), default=0))
     audios = dataset.audios(rows)
     batch = _empty_batch((batch_size,), max_samples, max_label_len)
     for b, row in enumerate(rows):
@@ -357,8 +357,8 @@ def _one_pass(rows: np.ndarray, num_samples: np.ndarray, batch_size: int,
     samples = 0
     for row in rows.tolist():
         full = len(batches[-1]) == batch_size or (
-                max_batch_samples is not None and batches[-1]
-                and samples + num_samples[row] > max_batch_samples)
+            max_batch_samples is not None and batches[-1]
+            and samples + num_samples[row] > max_batch_samples)
         if full:
             batches.append([])
             samples = 0
@@ -429,14 +429,14 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
         raise ValueError(f"local_steps={local_steps} and batch_size={batch_size} must be >= 1")
     users = list(users) + [None] * (num_clients - len(users))
     plans = [[] if user is None else client_steps(
-                     dataset, user, local_steps=local_steps, batch_size=batch_size, seed=seed,
-                     round_index=round_index, max_batch_seconds=max_batch_seconds,
-                     max_local_epochs=max_local_epochs) for user in users]
+        dataset, user, local_steps=local_steps, batch_size=batch_size, seed=seed,
+        round_index=round_index, max_batch_seconds=max_batch_seconds,
+        max_local_epochs=max_local_epochs) for user in users]
     used = [row for plan in plans for step in plan for row in step]
     labels = _labels(dataset, used, tokenize)
     max_samples, max_label_len = buckets.fit(
-            int(max((dataset.num_samples[r] for r in used), default=0)),
-            max((len(v) for v in labels.values()), default=0))
+        int(max((dataset.num_samples[r] for r in used), default=0)),
+        max((len(v) for v in labels.values()), default=0))
     slots = range(num_clients) if keep is None else [int(c) for c in keep]
     if any(not 0 <= c < num_clients for c in slots):
         raise CohortPackingError(f"keep={list(slots)} names slots outside [0, {num_clients})")

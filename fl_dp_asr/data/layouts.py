@@ -145,7 +145,7 @@ def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[Utteranc
     for index_path in index_files:
         speaker_id = index_path.parent.parent.name
         gender = {"F": "female", "M": "male"}.get(
-                speakers[speaker_id].sex if speaker_id in speakers else "", "")
+            speakers[speaker_id].sex if speaker_id in speakers else "", "")
         lines = index_path.read_text(encoding="utf-8").splitlines()
         for line_number, line in enumerate(lines, 1):
             if not line.strip():
@@ -215,11 +215,11 @@ def iter_common_voice(root: str | pathlib.Path, language: str,
                 row = row + [""] * (len(header) - len(row))
             clip = row[column["path"]]
             yield UtteranceRecord(
-                    utterance_id=pathlib.PurePath(clip).stem, user_id=row[column["client_id"]],
-                    audio_path=language_dir / "clips" / clip,
-                    raw_transcript=row[column["sentence"]].strip(), index_path=tsv_path,
-                    line=line_number,
-                    gender=row[column["gender"]] if "gender" in column else "")
+                utterance_id=pathlib.PurePath(clip).stem, user_id=row[column["client_id"]],
+                audio_path=language_dir / "clips" / clip,
+                raw_transcript=row[column["sentence"]].strip(), index_path=tsv_path,
+                line=line_number,
+                gender=row[column["gender"]] if "gender" in column else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,16 +39,16 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
             break
         lower = int(upper) + 1
     return {
-            "users": dataset.num_users,
-            "utterances": len(dataset),
-            "hours": dataset.hours,
-            "utterances_per_user": {q: float(np.percentile(counts, p)) if counts.size else 0.0
-                                    for q, p in (("min", 0), ("median", 50), ("p90", 90),
-                                                 ("max", 100))},
-            "mean_utterances_per_user": float(counts.mean()) if counts.size else 0.0,
-            "seconds_per_utterance": {q: float(np.percentile(seconds, p)) if seconds.size else 0.0
-                                      for q, p in (("min", 0), ("median", 50), ("max", 100))},
-            "histogram": histogram,
+        "users": dataset.num_users,
+        "utterances": len(dataset),
+        "hours": dataset.hours,
+        "utterances_per_user": {q: float(np.percentile(counts, p)) if counts.size else 0.0
+                                for q, p in (("min", 0), ("median", 50), ("p90", 90),
+                                             ("max", 100))},
+        "mean_utterances_per_user": float(counts.mean()) if counts.size else 0.0,
+        "seconds_per_utterance": {q: float(np.percentile(seconds, p)) if seconds.size else 0.0
+                                  for q, p in (("min", 0), ("median", 50), ("max", 100))},
+        "histogram": histogram,
     }
 
 

@@ -67,55 +67,55 @@ _ONES = ("zero one two three four five six seven eight nine ten eleven twelve th
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 WORDS: dict[str, tuple[str, ...]] = {
-        "name": tuple("anna ben carla david emma frank grace henry irene jack karen leo maria "
-                      "nick olivia peter rosa sam tina victor walter zoe alice brian chloe "
-                      "daniel ella felix hannah isaac julia kevin laura martin nora owen paula "
-                      "ruth simon tom una".split()),
-        "surname": tuple("smith brown miller clark lewis young hall allen king wright scott "
-                         "green baker adams nelson hill carter turner parker evans collins "
-                         "stewart morris cooper ward".split()),
-        "noun": tuple("apple table chair window door book pencil garden kitchen bottle basket "
-                      "candle blanket button carpet bucket ladder mirror pillow rocket wagon "
-                      "helmet ticket wallet bridge river forest island market station "
-                      "letter picture camera engine bicycle teacher doctor farmer sister "
-                      "brother neighbor".split()),
-        "place": tuple("park library school office harbor museum airport village city "
-                       "bakery hospital theater stadium beach mountain valley".split()),
-        "color": tuple("red blue green yellow black white orange purple brown gray pink "
-                       "golden silver".split()),
-        "adj": tuple("big small warm cold quiet loud happy tired early late bright dark "
-                     "clean heavy light quick slow busy empty full new old".split()),
-        "verb": tuple("found painted carried opened cleaned fixed watched visited wanted "
-                      "needed moved closed counted washed checked".split()),
-        "food": tuple("bread soup cheese pasta salad rice coffee tea cake pie honey butter "
-                      "lemon orange potato tomato".split()),
-        "weather": tuple("windy sunny rainy cloudy foggy stormy".split()),
-        "day": tuple("monday tuesday wednesday thursday friday saturday sunday".split()),
-        "month": tuple("january february march april may june july august september october "
-                       "november december".split()),
-        "direction": ("left", "right"),
+    "name": tuple("anna ben carla david emma frank grace henry irene jack karen leo maria "
+                  "nick olivia peter rosa sam tina victor walter zoe alice brian chloe "
+                  "daniel ella felix hannah isaac julia kevin laura martin nora owen paula "
+                  "ruth simon tom una".split()),
+    "surname": tuple("smith brown miller clark lewis young hall allen king wright scott "
+                     "green baker adams nelson hill carter turner parker evans collins "
+                     "stewart morris cooper ward".split()),
+    "noun": tuple("apple table chair window door book pencil garden kitchen bottle basket "
+                  "candle blanket button carpet bucket ladder mirror pillow rocket wagon "
+                  "helmet ticket wallet bridge river forest island market station "
+                  "letter picture camera engine bicycle teacher doctor farmer sister "
+                  "brother neighbor".split()),
+    "place": tuple("park library school office harbor museum airport village city "
+                   "bakery hospital theater stadium beach mountain valley".split()),
+    "color": tuple("red blue green yellow black white orange purple brown gray pink "
+                   "golden silver".split()),
+    "adj": tuple("big small warm cold quiet loud happy tired early late bright dark "
+                 "clean heavy light quick slow busy empty full new old".split()),
+    "verb": tuple("found painted carried opened cleaned fixed watched visited wanted "
+                  "needed moved closed counted washed checked".split()),
+    "food": tuple("bread soup cheese pasta salad rice coffee tea cake pie honey butter "
+                  "lemon orange potato tomato".split()),
+    "weather": tuple("windy sunny rainy cloudy foggy stormy".split()),
+    "day": tuple("monday tuesday wednesday thursday friday saturday sunday".split()),
+    "month": tuple("january february march april may june july august september october "
+                   "november december".split()),
+    "direction": ("left", "right"),
 }
 #: Words that occur only in dev/test sentences (to measure generalization to unseen words).
 HELD_OUT_WORDS: dict[str, tuple[str, ...]] = {
-        "name": tuple("oscar quentin ursula yvonne xavier beatrice gregory marjorie".split()),
-        "noun": tuple("umbrella violin pyramid jacket kettle lantern saxophone volcano "
-                      "compass trumpet harvest meadow".split()),
+    "name": tuple("oscar quentin ursula yvonne xavier beatrice gregory marjorie".split()),
+    "noun": tuple("umbrella violin pyramid jacket kettle lantern saxophone volcano "
+                  "compass trumpet harvest meadow".split()),
 }
 TEMPLATES = (
-        "{name} bought {number} {color} {noun}s on {day}",
-        "please call {name} at {digit} {digit} {digit} {digit}",
-        "the {noun} is very {adj} today",
-        "we will meet at the {place} at {hour} o'clock",
-        "{name} {surname} was born in {month} {year}",
-        "it's {adj} and {weather} near the {place}",
-        "don't forget the {noun} and the {noun}",
-        "my {noun} costs {number} dollars and {number} cents",
-        "{name} said the {food} was {adj}",
-        "turn {direction} after the {color} {noun}",
-        "there are {number} {noun}s in the {place}",
-        "{name} {verb} the {adj} {noun} last {day}",
-        "on {month} {ordinal} {name} {verb} a {noun}",
-        "{name} and {name} like {food} with {food}",
+    "{name} bought {number} {color} {noun}s on {day}",
+    "please call {name} at {digit} {digit} {digit} {digit}",
+    "the {noun} is very {adj} today",
+    "we will meet at the {place} at {hour} o'clock",
+    "{name} {surname} was born in {month} {year}",
+    "it's {adj} and {weather} near the {place}",
+    "don't forget the {noun} and the {noun}",
+    "my {noun} costs {number} dollars and {number} cents",
+    "{name} said the {food} was {adj}",
+    "turn {direction} after the {color} {noun}",
+    "there are {number} {noun}s in the {place}",
+    "{name} {verb} the {adj} {noun} last {day}",
+    "on {month} {ordinal} {name} {verb} a {noun}",
+    "{name} and {name} like {food} with {food}",
 )
 _ORDINALS = ("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
              "thirteenth fourteenth fifteenth twentieth").split()
@@ -215,16 +215,16 @@ class DomainSpec:
 
 
 LIBRISPEECH_DOMAIN = DomainSpec(
-        accents=("en-us", "en-gb", "en-gb-x-rp"),
-        variants=("m1", "m2", "m3", "m4", "f1", "f2", "f3"),
-        speed=(145, 175), pitch=(35, 65), amplitude=(70, 100), word_gap=(0, 1),
-        snr_db=(35.0, 45.0), lowpass_probability=0.0, lowpass_hz=(7000.0, 7000.0))
+    accents=("en-us", "en-gb", "en-gb-x-rp"),
+    variants=("m1", "m2", "m3", "m4", "f1", "f2", "f3"),
+    speed=(145, 175), pitch=(35, 65), amplitude=(70, 100), word_gap=(0, 1),
+    snr_db=(35.0, 45.0), lowpass_probability=0.0, lowpass_hz=(7000.0, 7000.0))
 COMMON_VOICE_DOMAIN = DomainSpec(
-        accents=("en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-                 "en-us", "en-gb"),
-        variants=("m5", "m6", "m7", "f4", "f5", "m2", "f2"),
-        speed=(120, 200), pitch=(20, 85), amplitude=(40, 130), word_gap=(0, 4),
-        snr_db=(12.0, 30.0), lowpass_probability=0.6, lowpass_hz=(3000.0, 6500.0))
+    accents=("en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+             "en-us", "en-gb"),
+    variants=("m5", "m6", "m7", "f4", "f5", "m2", "f2"),
+    speed=(120, 200), pitch=(20, 85), amplitude=(40, 130), word_gap=(0, 4),
+    snr_db=(12.0, 30.0), lowpass_probability=0.6, lowpass_hz=(3000.0, 6500.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,24 +262,24 @@ def sized_config(*, seed: int = 0, speakers: int = 300, utterances: int = 1500,
         n_speakers = max(1, n_speakers)
         return SplitSpec(name, n_speakers, max(n_speakers, n_utterances))
     return CorpusConfig(
-            seed=seed,
-            librispeech=(split("train-clean-100", ls_speakers, ls_utterances),
-                         split("dev-clean", ls_speakers // 5, ls_utterances // 15),
-                         split("test-clean", ls_speakers // 5, ls_utterances // 15)),
-            common_voice=(split("train", speakers, utterances),
-                          split("dev", speakers // 8, utterances // 8),
-                          split("test", speakers // 8, utterances // 8)),
-            cv_sample_rate=cv_sample_rate)
+        seed=seed,
+        librispeech=(split("train-clean-100", ls_speakers, ls_utterances),
+                     split("dev-clean", ls_speakers // 5, ls_utterances // 15),
+                     split("test-clean", ls_speakers // 5, ls_utterances // 15)),
+        common_voice=(split("train", speakers, utterances),
+                      split("dev", speakers // 8, utterances // 8),
+                      split("test", speakers // 8, utterances // 8)),
+        cv_sample_rate=cv_sample_rate)
 
 
 def tiny_config(seed: int = 0) -> CorpusConfig:
     """A handful of utterances for tests (25 files, about a second to generate)."""
     return CorpusConfig(
-            seed=seed,
-            librispeech=(SplitSpec("train-clean-100", 2, 5), SplitSpec("dev-clean", 1, 2),
-                         SplitSpec("test-clean", 1, 2)),
-            common_voice=(SplitSpec("train", 3, 8), SplitSpec("dev", 2, 4),
-                          SplitSpec("test", 1, 2)))
+        seed=seed,
+        librispeech=(SplitSpec("train-clean-100", 2, 5), SplitSpec("dev-clean", 1, 2),
+                     SplitSpec("test-clean", 1, 2)),
+        common_voice=(SplitSpec("train", 3, 8), SplitSpec("dev", 2, 4),
+                      SplitSpec("test", 1, 2)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ class _Plan:
     jobs: list[Job] = dataclasses.field(default_factory=list)
     # LibriSpeech: (split, speaker, chapter) -> [(utterance id, TRANSCRIPT)]
     ls_chapters: dict[tuple[str, str, str], list[tuple[str, str]]] = dataclasses.field(
-            default_factory=dict)
+        default_factory=dict)
     ls_speakers: list[tuple[str, Voice, str]] = dataclasses.field(default_factory=list)
     # Common Voice: split -> rows (dicts keyed by COMMON_VOICE_COLUMNS)
     cv_rows: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
@@ -389,8 +389,8 @@ def plan_corpus(config: CorpusConfig) -> _Plan:
                 words = make_sentence(rng, held_out)
                 utterances.append((utterance_id, words.upper()))
                 plan.jobs.append(Job(
-                        f"LibriSpeech/{split.name}/{speaker}/{chapter}/{utterance_id}.flac",
-                        words, voice, LS_RATE, int(rng.integers(2**31))))
+                    f"LibriSpeech/{split.name}/{speaker}/{chapter}/{utterance_id}.flac",
+                    words, voice, LS_RATE, int(rng.integers(2**31))))
     clip_numbers = iter(np.sort(rng.choice(np.arange(10_000_000, 40_000_000),
                                            sum(s.utterances for s in config.common_voice),
                                            replace=False)).tolist())
@@ -411,13 +411,13 @@ def plan_corpus(config: CorpusConfig) -> _Plan:
                 sentence = _common_voice_sentence(words, rng)
                 clip = f"common_voice_{config.language}_{next(clip_numbers)}.mp3"
                 rows.append({
-                        "client_id": client_id, "path": clip,
-                        "sentence_id": hashlib.sha256(sentence.encode()).hexdigest(),
-                        "sentence": sentence, "sentence_domain": "", "up_votes": "2",
-                        "down_votes": "0", "age": age, "gender": f"{voice.gender}_"
-                        f"{'feminine' if voice.gender == 'female' else 'masculine'}",
-                        "accents": _CV_ACCENT_LABELS[voice.accent], "variant": "",
-                        "locale": config.language, "segment": ""})
+                    "client_id": client_id, "path": clip,
+                    "sentence_id": hashlib.sha256(sentence.encode()).hexdigest(),
+                    "sentence": sentence, "sentence_domain": "", "up_votes": "2",
+                    "down_votes": "0", "age": age, "gender": f"{voice.gender}_"
+                    f"{'feminine' if voice.gender == 'female' else 'masculine'}",
+                    "accents": _CV_ACCENT_LABELS[voice.accent], "variant": "",
+                    "locale": config.language, "segment": ""})
                 plan.jobs.append(Job(f"cv-corpus/{config.language}/clips/{clip}", words, voice,
                                      config.cv_sample_rate, int(rng.integers(2**31))))
     return plan
@@ -517,13 +517,13 @@ def _summary(plan: _Plan, seconds: dict[str, float], config: CorpusConfig) -> di
         prefix = f"LibriSpeech/{split.name}/"
         durations = [s for p, s in seconds.items() if p.startswith(prefix)]
         summary[f"librispeech/{split.name}"] = {
-                "speakers": split.speakers, "utterances": len(durations),
-                "hours": round(sum(durations) / 3600, 4)}
+            "speakers": split.speakers, "utterances": len(durations),
+            "hours": round(sum(durations) / 3600, 4)}
     clip_seconds = {p.rsplit("/", 1)[1]: s for p, s in seconds.items() if p.startswith("cv-")}
     for split, rows in plan.cv_rows.items():
         summary[f"common_voice/{split}"] = {
-                "speakers": len({r["client_id"] for r in rows}), "utterances": len(rows),
-                "hours": round(sum(clip_seconds[r["path"]] for r in rows) / 3600, 4)}
+            "speakers": len({r["client_id"] for r in rows}), "utterances": len(rows),
+            "hours": round(sum(clip_seconds[r["path"]] for r in rows) / 3600, 4)}
     return summary
 
 
@@ -606,8 +606,8 @@ def generate_corpus(out_dir: str | pathlib.Path, config: CorpusConfig = CorpusCo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-            prog="python -m fl_dp_asr.data.synthetic", description=__doc__.split("\n\n")[0],
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m fl_dp_asr.data.synthetic", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speakers", type=int, default=300,
@@ -627,9 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     config = (tiny_config(args.seed) if args.tiny else sized_config(
-            seed=args.seed, speakers=args.speakers, utterances=args.utterances,
-            ls_speakers=args.ls_speakers, ls_utterances=args.ls_utterances,
-            cv_sample_rate=args.cv_sample_rate))
+        seed=args.seed, speakers=args.speakers, utterances=args.utterances,
+        ls_speakers=args.ls_speakers, ls_utterances=args.ls_utterances,
+        cv_sample_rate=args.cv_sample_rate))
     try:
         manifest = generate_corpus(args.out, config, workers=args.workers,
                                    progress=not args.no_progress, force=args.force)

@@ -106,24 +106,24 @@ def layer_bounds(
             total = sum(sizes.values())
             return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
         raise ValueError(
-                f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim' or a "
-                "mapping {layer name: bound}.")
+            f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim' or a "
+            "mapping {layer name: bound}.")
     bounds = {name: float(bound) for name, bound in allocation.items()}
     if set(bounds) != set(sizes):
         raise ValueError(
-                f"allocation names {sorted(set(bounds) ^ set(sizes))} do not match the layers "
-                f"{sorted(sizes)}.")
+            f"allocation names {sorted(set(bounds) ^ set(sizes))} do not match the layers "
+            f"{sorted(sizes)}.")
     squared = sum(b * b for b in bounds.values())
     if not math.isclose(squared, clip_norm**2, rel_tol=1e-4):
         raise ValueError(
-                f"explicit per-layer bounds give sqrt(sum C_h^2) = {math.sqrt(squared):.6g}, "
-                f"but clip_norm = {clip_norm:.6g}: they must agree.")
+            f"explicit per-layer bounds give sqrt(sum C_h^2) = {math.sqrt(squared):.6g}, "
+            f"but clip_norm = {clip_norm:.6g}: they must agree.")
     return bounds
 
 
 def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn) -> PyTree:
     return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: (leaf * scales[layer_fn(path)]).astype(leaf.dtype), tree)
+        lambda path, leaf: (leaf * scales[layer_fn(path)]).astype(leaf.dtype), tree)
 
 
 def _global_norm(norms: Mapping[str, jax.Array]) -> jax.Array:
@@ -139,7 +139,7 @@ def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
 
 
 def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_name
-                                ) -> tuple[PyTree, ClipStats]:
+                ) -> tuple[PyTree, ClipStats]:
     """Δ · C / max(C, ‖Δ‖), with the statistics of :class:`ClipStats`."""
     norms = layer_norms(delta, layer_fn)
     norm = _global_norm(norms)
@@ -149,17 +149,17 @@ def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_
 
 
 def clip_layers(delta: PyTree, bounds: Mapping[str, float],
-                                layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+                layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
     """Every layer h clipped independently: Δ_h · C_h / max(C_h, ‖Δ_h‖)."""
     norms = layer_norms(delta, layer_fn)
     factors = {name: _clip_factor(norms[name], bounds[name]) for name in norms}
     any_clipped = jnp.any(jnp.stack([norms[n] > bounds[n] for n in norms]))
     return (_scale_layers(delta, factors, layer_fn),
-                    ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)))
+            ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)))
 
 
 def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
-                                      layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+                   layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
     """Reference-code variant: if ‖Δ‖ ≥ C, every layer becomes exactly C_h long.
 
     Layers that are exactly zero stay zero. Below the bound Δ is returned unchanged.
@@ -168,11 +168,11 @@ def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
     norm = _global_norm(norms)
     over = norm >= clip_norm
     factors = {
-            name: jnp.where(over, bounds[name] / jnp.where(norms[name] > 0, norms[name], 1.0), 1.0)
-            for name in norms
+        name: jnp.where(over, bounds[name] / jnp.where(norms[name] > 0, norms[name], 1.0), 1.0)
+        for name in norms
     }
     return (_scale_layers(delta, factors, layer_fn),
-                    ClipStats(norms, norm, over.astype(jnp.float32)))
+            ClipStats(norms, norm, over.astype(jnp.float32)))
 
 
 def gaussian_noise(tree: PyTree, stddev: float | jax.Array, key: jax.Array) -> PyTree:
@@ -196,7 +196,7 @@ def _stats_state(tree: PyTree, layer_fn: LayerFn) -> ClipStats:
 
 
 def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
-                                                layer_fn: LayerFn) -> optax.GradientTransformation:
+                        layer_fn: LayerFn) -> optax.GradientTransformation:
 
     def init_fn(params):
         return _stats_state(params, layer_fn)
@@ -241,7 +241,7 @@ def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
 
 
 def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                                      layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+                   layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
     """Per-layer clipping (paper definition): Δ̃_h = Δ_h · C_h / max(C_h, ‖Δ_h‖).
 
     Each layer is clipped independently to C_h with Σ_h C_h² = C², hence ‖Δ̃‖ ≤ C and the
@@ -282,7 +282,7 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
 
 
 def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                                            layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+                      layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
     """The paper's *reference code* variant of per-layer clipping.
 
     If ‖Δ‖ ≥ C, **every** layer is rescaled to exactly C_h (Σ C_h² = C², so ‖Δ̃‖ = C,
@@ -358,7 +358,7 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
 
 
 def normalize_per_layer(layer_fn: LayerFn = leaf_layer_name,
-                                                eps: float = 0.0) -> optax.GradientTransformation:
+                        eps: float = 0.0) -> optax.GradientTransformation:
     """Divides every layer by its L2 norm: u_h / ‖u_h‖ (a zero layer stays zero).
 
     Followed by ``optax.scale_by_learning_rate`` and a per-layer ``‖θ_h‖`` scale this is the

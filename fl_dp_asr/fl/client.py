@@ -39,7 +39,7 @@ class ClientMetrics(NamedTuple):
 
 
 def local_sgd(learning_rate: float, grad_clip_norm: float | None = None
-                            ) -> optax.GradientTransformation:
+              ) -> optax.GradientTransformation:
     """The paper's local optimizer: SGD, optionally with per-step gradient clipping.
 
     Args:
@@ -61,7 +61,7 @@ class LocalState(NamedTuple):
 
 
 def make_client_update(loss_fn: LossFn,
-                                              local_optimizer: optax.GradientTransformation) -> ClientUpdate:
+                       local_optimizer: optax.GradientTransformation) -> ClientUpdate:
     """Builds ``client_update(params, client_block, key) -> (delta, ClientMetrics)``.
 
     Args:
@@ -94,9 +94,9 @@ def make_client_update(loss_fn: LossFn,
         delta = jax.tree.map(jnp.subtract, params, state.params)
         steps = jnp.sum(step_mask)
         metrics = ClientMetrics(
-                loss=state.loss_sum / jnp.maximum(steps, 1.0),
-                steps=steps,
-                delta_norm=optax.tree_utils.tree_norm(delta),
+            loss=state.loss_sum / jnp.maximum(steps, 1.0),
+            steps=steps,
+            delta_norm=optax.tree_utils.tree_norm(delta),
         )
         return delta, metrics
 

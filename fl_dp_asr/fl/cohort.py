@@ -48,13 +48,13 @@ def sample_fixed(population: int, cohort_size: int, seed: int, round_index: int)
     """
     if not 1 <= cohort_size <= population:
         raise ValueError(
-                f"cohort_size={cohort_size} must be in [1, population={population}].")
+            f"cohort_size={cohort_size} must be in [1, population={population}].")
     users = _round_rng(seed, round_index).choice(population, cohort_size, replace=False)
     return Cohort(np.sort(users), np.ones(cohort_size, np.float32))
 
 
 def sample_poisson(population: int, sampling_rate: float, max_cohort: int, seed: int,
-                                      round_index: int) -> Cohort:
+                   round_index: int) -> Cohort:
     """Poisson sampling: every user joins independently with probability q.
 
     The cohort is padded to the static ``max_cohort``. Truncating a larger draw would break
@@ -76,8 +76,8 @@ def sample_poisson(population: int, sampling_rate: float, max_cohort: int, seed:
     count = int(rng.binomial(population, sampling_rate))
     if count > max_cohort:
         raise RuntimeError(
-                f"round {round_index}: Poisson sampling drew {count} users, more than "
-                f"max_cohort={max_cohort}; raise max_cohort (see poisson_max_cohort).")
+            f"round {round_index}: Poisson sampling drew {count} users, more than "
+            f"max_cohort={max_cohort}; raise max_cohort (see poisson_max_cohort).")
     users = np.zeros(max_cohort, np.int64)
     users[:count] = np.sort(rng.choice(population, count, replace=False))
     mask = (np.arange(max_cohort) < count).astype(np.float32)

@@ -73,14 +73,14 @@ class DPConfig:
             raise ValueError(f"dp.clipping={self.clipping!r}: choose one of {CLIPPINGS}.")
         if self.clipping != "none" and not (self.clip_norm and self.clip_norm > 0):
             raise ValueError(f"dp.clipping={self.clipping!r} needs dp.clip_norm > 0, "
-                                              f"got {self.clip_norm}.")
+                             f"got {self.clip_norm}.")
         if self.noise_multiplier is not None and self.sigma_dp is not None:
             raise ValueError("give dp.noise_multiplier (z, std on the sum / C) or dp.sigma_dp "
-                                              "(std on the mean / C), not both.")
+                             "(std on the mean / C), not both.")
         noisy = bool(self.noise_multiplier) or bool(self.sigma_dp)
         if noisy and self.clipping == "none":
             raise ValueError("noise without clipping gives no privacy: set dp.clipping and "
-                                              "dp.clip_norm, or remove the noise.")
+                             "dp.clip_norm, or remove the noise.")
         for name in ("noise_multiplier", "sigma_dp"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -111,7 +111,7 @@ class ServerState(NamedTuple):
 
 
 def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation
-                                            ) -> ServerState:
+                      ) -> ServerState:
     return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
@@ -142,16 +142,16 @@ def _make_client_contribution(client_update: ClientUpdate, dp: DPConfig):
         real = client["client_mask"] > 0
         weight = (real & finite).astype(jnp.float32)
         clipped = optax.tree_utils.tree_where(
-                real & finite, clipped, optax.tree_utils.tree_zeros_like(clipped))
+            real & finite, clipped, optax.tree_utils.tree_zeros_like(clipped))
         masked = lambda x: jnp.where(real & finite, x, 0.0)
         sums = RoundSums(
-                clients=real.astype(jnp.float32),
-                dropped=(real & ~finite).astype(jnp.float32),
-                clipped=weight * stats.clipped,
-                loss=masked(metrics.loss),
-                steps=masked(metrics.steps),
-                delta_norm=masked(metrics.delta_norm),
-                layer_norms={k: masked(v) for k, v in stats.layer_norms.items()},
+            clients=real.astype(jnp.float32),
+            dropped=(real & ~finite).astype(jnp.float32),
+            clipped=weight * stats.clipped,
+            loss=masked(metrics.loss),
+            steps=masked(metrics.steps),
+            delta_norm=masked(metrics.delta_norm),
+            layer_norms={k: masked(v) for k, v in stats.layer_norms.items()},
         )
         return jax.tree.map(lambda x: x.astype(jnp.float32), clipped), sums
 
@@ -238,12 +238,12 @@ def _aggregate_vectorized(contribution, client_update, params, cohort_block, key
 
 
 def _server_update(state: ServerState, total, sums: RoundSums, key, *, server_optimizer,
-                                      noise_stddev: float, expected_cohort_size: float):
+                   noise_stddev: float, expected_cohort_size: float):
     """Noise once on the sum, divide by the expected cohort size, server optimizer."""
     noisy = (transforms.gaussian_noise(total, noise_stddev, jax.random.fold_in(key, _NOISE_STREAM))
-                      if noise_stddev > 0 else total)
+             if noise_stddev > 0 else total)
     pseudo_grad = jax.tree.map(lambda x, p: (x / expected_cohort_size).astype(p.dtype),
-                                                          noisy, state.params)
+                               noisy, state.params)
     updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     applied = ServerState(params, opt_state, state.round + 1)
@@ -259,16 +259,16 @@ def _server_update(state: ServerState, total, sums: RoundSums, key, *, server_op
 def _metrics(sums: RoundSums, updates, noisy, total) -> dict[str, Any]:
     kept = jnp.maximum(sums.clients - sums.dropped, 1.0)
     return {
-            "clients": sums.clients,
-            "dropped_clients": sums.dropped,
-            "clip_fraction": sums.clipped / kept,
-            "loss": sums.loss / kept,
-            "local_steps": sums.steps / kept,
-            "delta_norm": sums.delta_norm / kept,
-            "layer_delta_norms": {k: v / kept for k, v in sums.layer_norms.items()},
-            "sum_norm": optax.tree_utils.tree_norm(total),
-            "noisy_sum_norm": optax.tree_utils.tree_norm(noisy),
-            "update_norm": optax.tree_utils.tree_norm(updates),
+        "clients": sums.clients,
+        "dropped_clients": sums.dropped,
+        "clip_fraction": sums.clipped / kept,
+        "loss": sums.loss / kept,
+        "local_steps": sums.steps / kept,
+        "delta_norm": sums.delta_norm / kept,
+        "layer_delta_norms": {k: v / kept for k, v in sums.layer_norms.items()},
+        "sum_norm": optax.tree_utils.tree_norm(total),
+        "noisy_sum_norm": optax.tree_utils.tree_norm(noisy),
+        "update_norm": optax.tree_utils.tree_norm(updates),
     }
 
 
@@ -287,8 +287,8 @@ def check_round(metrics: dict[str, Any], round_index: int) -> None:
     clients, dropped = float(metrics["clients"]), float(metrics["dropped_clients"])
     if clients > 0 and dropped == clients:
         raise AllClientsDroppedError(
-                f"round {round_index}: all {int(clients)} clients sent NaN/inf updates; the round "
-                "was not applied. Check the local learning rate and the client data.")
+            f"round {round_index}: all {int(clients)} clients sent NaN/inf updates; the round "
+            "was not applied. Check the local learning rate and the client data.")
 
 
 # ------------------------------------------------------------------ executors
@@ -333,9 +333,9 @@ def make_round_step(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     noise_multiplier = dp.resolve_noise_multiplier(expected_cohort_size)
     server_update = functools.partial(
-            _server_update, server_optimizer=server_optimizer,
-            noise_stddev=noise_multiplier * (dp.clip_norm or 0.0),
-            expected_cohort_size=float(expected_cohort_size))
+        _server_update, server_optimizer=server_optimizer,
+        noise_stddev=noise_multiplier * (dp.clip_norm or 0.0),
+        expected_cohort_size=float(expected_cohort_size))
     contribution = _make_client_contribution(client_update, dp)
 
     if executor == "sequential":
@@ -343,7 +343,7 @@ def make_round_step(
 
     if executor == "sharded":
         mesh = mesh or jax.make_mesh((jax.device_count(),), ("clients",),
-                                                                  axis_types=(jax.sharding.AxisType.Auto,))
+                                     axis_types=(jax.sharding.AxisType.Auto,))
         multiple = chunk_size * mesh.shape["clients"]
 
         def aggregate(params, cohort_block, keys):
@@ -353,9 +353,9 @@ def make_round_step(
                 return jax.lax.psum(local, "clients")
 
             return jax.shard_map(
-                    per_device, mesh=mesh,
-                    in_specs=(PartitionSpec(), PartitionSpec("clients"), PartitionSpec("clients")),
-                    out_specs=PartitionSpec(),
+                per_device, mesh=mesh,
+                in_specs=(PartitionSpec(), PartitionSpec("clients"), PartitionSpec("clients")),
+                out_specs=PartitionSpec(),
                 # Local training carries replicated params into per-device scans; the
                 # only cross-device value is the explicit psum above.
                 check_vma=False)(params, cohort_block, keys)

@@ -118,8 +118,8 @@ def normalize(
                 dropped.append(char)
     if dropped and on_unknown == "error":
         raise ValueError(
-                f"unknown symbols {''.join(dropped)!r} in transcript {text!r}; "
-                "use on_unknown='drop' or 'report' to remove them")
+            f"unknown symbols {''.join(dropped)!r} in transcript {text!r}; "
+            "use on_unknown='drop' or 'report' to remove them")
     cleaned = _STRAY_MARKS.sub(" ", "".join(out))
     return Normalized(_SPACES.sub(" ", cleaned).strip(), "".join(dropped))
 

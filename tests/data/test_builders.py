@@ -54,7 +54,7 @@ def test_common_voice_reads_back_resampled_audio(cv_train, tiny_corpus):
         np.testing.assert_array_equal(audio, layouts.read_audio_16k(record.audio_path))
         assert abs(len(audio) - len(decoded) / 3) <= 1
         assert cv_train.transcripts[row] == record.raw_transcript.lower().rstrip(".!?").replace(
-                ",", "")
+            ",", "")
 
 
 def test_builds_without_tensorflow_and_reuses_the_build(tiny_corpus, tmp_path):

@@ -170,8 +170,8 @@ def test_central_batches_cover_every_utterance(dataset):
     batch = make_batch(dataset, [0, 1], tokenize=tokenize, buckets=BUCKETS, batch_size=3)
     np.testing.assert_array_equal(batch["mask"], [1, 1, 0])
     assert {k: v.dtype.name for k, v in batch.items()} == {
-            "audio": "int16", "audio_lengths": "int32", "labels": "int32",
-            "label_lengths": "int32", "mask": "float32"}
+        "audio": "int16", "audio_lengths": "int32", "labels": "int32",
+        "label_lengths": "int32", "mask": "float32"}
 
 
 def test_views_and_index_cache(dataset, tmp_path):

@@ -88,7 +88,7 @@ def test_default_plan_held_out_words_and_text():
         for row in rows:
             assert normalize(row["sentence"]).dropped == ""
     assert {job.voice.accent for job in plan.jobs if job.sample_rate == 16_000}.isdisjoint(
-            {"en-gb-scotland", "en-029"})
+        {"en-gb-scotland", "en-029"})
 
 
 def test_heavy_tailed_counts():

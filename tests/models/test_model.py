@@ -74,7 +74,7 @@ def test_loss_is_mean_over_real_utterances_and_ignores_padding(params, train_val
     (loss2, _), grads2 = train_value_and_grad(params, noisy, key)
     assert float(loss2) == float(loss)
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(grads),
-                                                            jax.tree.leaves(grads2)))
+                                                           jax.tree.leaves(grads2)))
     assert float(optax.tree.norm(grads)) > 0
 
 
