@@ -303,8 +303,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
                                 wer=f"{last_eval.get('wer', float('nan')):.3f}",
                                 eps=f"{last_eval.get(shown_epsilon, float('nan')):.3g}")
-                if stop["signal"]:
-                    raise StopRequested(stop["signal"])
+                # All processes of a multi-process run stop (and save) at the same round.
+                if distributed.any_process(stop["signal"] is not None):
+                    raise StopRequested(stop["signal"] or "a signal to another process")
     except StopRequested as stopped:
         save(completed)
         log(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "

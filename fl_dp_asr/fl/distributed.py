@@ -171,3 +171,14 @@ def chief_first(fn: Callable[[], T]) -> T:
     if jax.process_index() != 0:
         result = fn()
     return result
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any process (a collective: all call it).
+
+    Lets all processes stop at the same round when a signal reached only some of them.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))

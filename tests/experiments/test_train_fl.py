@@ -133,32 +133,44 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
 
 
 TRAIN_WORKER = """
-import sys
+import os, signal, sys
 from experiments import train_fl
+from fl_dp_asr.fl import round as round_lib
 from tests.experiments.test_train_fl import small_config
-corpus, tfds_dir, workdir, rounds, num_processes, rank, port = sys.argv[1:]
+corpus, tfds_dir, workdir, rounds, num_processes, rank, port, signalled = sys.argv[1:]
 config = small_config(corpus, tfds_dir, int(rounds))
 config.fl.executor, config.fl.cohort_size, config.fl.chunk_size = "sharded", 3, 1
+config.checkpoint.every = 10
 config.distributed.num_processes, config.distributed.process_id = int(num_processes), int(rank)
 config.distributed.coordinator_address = f"localhost:{port}"
-train_fl.train(config, workdir)
+if rank == signalled:  # SIGTERM reaches this process only, during round 0
+    check = round_lib.check_round
+    def check_then_signal(metrics, round_index):
+        check(metrics, round_index)
+        if round_index == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+    round_lib.check_round = check_then_signal
+print("SUMMARY rounds", train_fl.train(config, workdir)["rounds"])
 """
 
 
 def test_two_process_training_equals_one_process_and_resumes(tiny_corpus, tfds_dir, tmp_path):
-    """2 processes × 1 device (each packs its own clients) vs 1 process × 2 devices."""
-    def launch(workdir, rounds, num_processes, devices):
+    """2 processes × 1 device (each packs its own clients) vs 1 process × 2 devices; a
+    SIGTERM that reaches one process stops both after the same round, and they resume."""
+    def launch(workdir, num_processes, devices, signalled=-1):
         port = str(processes.free_port())
-        logs = tmp_path / f"logs-{workdir}-{rounds}"
+        logs = tmp_path / f"logs-{workdir}-{signalled}"
         logs.mkdir()
-        processes.run_python(
+        return processes.run_python(
             [["-c", TRAIN_WORKER, str(tiny_corpus), str(tfds_dir), str(tmp_path / workdir),
-              str(rounds), str(num_processes), str(rank), port]
+              "2", str(num_processes), str(rank), port, str(signalled)]
              for rank in range(num_processes)], logs, devices)
 
-    launch("one", 2, num_processes=1, devices=2)
-    launch("two", 1, num_processes=2, devices=1)      # "stopped" after round 1 ...
-    launch("two", 2, num_processes=2, devices=1)      # ... and resumed by both processes
+    launch("one", num_processes=1, devices=2)
+    stopped = launch("two", num_processes=2, devices=1, signalled=1)
+    assert all("SUMMARY rounds 1" in out for out in stopped)   # both saved round 1, exited
+    resumed = launch("two", num_processes=2, devices=1)
+    assert all("SUMMARY rounds 2" in out for out in resumed)
     step_one, state_one = final_state(tmp_path / "one")
     step_two, state_two = final_state(tmp_path / "two")
     assert step_one == step_two == 2
