@@ -141,8 +141,17 @@ def client_units(size: str, chunk: int, repeats: int):
     clients = jax.device_put({"batches": block["batches"], "step_mask": block["step_mask"]})
     keys = jax.random.split(jax.random.key(0), chunk)
     one = jax.tree.map(lambda x: x[0], clients)
+
+    def masked_update(params, client, key):
+        """What the vectorized executor runs per client of a chunk (its pieces, no cond)."""
+        keys = update.step_keys(key, client["step_mask"].shape[0])
+        state, _ = jax.lax.scan(lambda s, xs: (update.step(s, *xs), None),
+                                update.init(params),
+                                (client["batches"], client["step_mask"], keys))
+        return update.final(params, state, client["step_mask"])
+
     single = jax.jit(update)
-    vmapped = jax.jit(jax.vmap(update, in_axes=(None, 0, 0)))
+    vmapped = jax.jit(jax.vmap(masked_update, in_axes=(None, 0, 0)))
     fns = {"one client (sequential unit)": lambda: single(params, one, keys[0]),
            f"vmap of {chunk} clients (vectorized unit)": lambda: vmapped(params, clients, keys)}
     for fn in fns.values():

@@ -6,8 +6,8 @@ own batches with a fresh optimizer state, and returns its model delta
         Δ = θ_server − θ_local          (the sign convention of the whole package)
 
 so that ``θ_server − mean(Δ)`` is FedAvg and Δ plays the role of a gradient for the
-server optimizer. Padded steps (``step_mask = 0``) leave parameters and optimizer state
-untouched.
+server optimizer. Padded steps (``step_mask = 0``) are skipped: they leave parameters and
+optimizer state untouched.
 """
 
 from __future__ import annotations
@@ -103,9 +103,14 @@ def make_client_update(loss_fn: LossFn,
     def step_keys(key, local_steps):
         return jax.random.split(key, local_steps)
 
+    def maybe_step(state, batch, step_mask, key):
+        # A padded step is skipped, not computed and masked (under vmap, cond becomes a
+        # select and both branches run: the vectorized executor skips per chunk instead).
+        return jax.lax.cond(step_mask > 0, step, lambda s, *_: s, state, batch, step_mask, key)
+
     def client_update(params, client_block, key):
         keys = step_keys(key, client_block["step_mask"].shape[0])
-        state, _ = jax.lax.scan(lambda s, xs: (step(s, *xs), None), init(params),
+        state, _ = jax.lax.scan(lambda s, xs: (maybe_step(s, *xs), None), init(params),
                                 (client_block["batches"], client_block["step_mask"], keys))
         return final(params, state, client_block["step_mask"])
 
