@@ -132,6 +132,18 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
         train_fl.train(config, str(tmp_path))
 
 
+def test_bad_multi_process_settings_are_clear_errors():
+    config = demo_fl_dp.get_config()
+    config.distributed.num_processes = 2
+    with pytest.raises(ValueError, match="executor='sharded'"):
+        train_fl.join_processes(config)
+    config.fl.executor = "sharded"
+    with pytest.raises(ValueError, match="coordinator_address"):
+        train_fl.join_processes(config)
+    config.distributed.num_processes = 1
+    assert train_fl.join_processes(config) is False   # one process: nothing to join
+
+
 TRAIN_WORKER = """
 import os, signal, sys
 from experiments import train_fl
