@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import signal
 import time
@@ -23,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from absl import logging as absl_logging
 
 from fl_dp_asr.data import builders, federated, prefetch
 from fl_dp_asr.dp import accounting
@@ -32,8 +32,6 @@ from fl_dp_asr.models.config import ModelConfig, get_model_config
 from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 from fl_dp_asr.train.metrics import MetricWriter
-
-logger = logging.getLogger("train_fl")
 
 
 class StopRequested(Exception):
@@ -347,7 +345,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.basicConfig(level=logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and TFDS log INFO lines otherwise
     summary = train(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))

@@ -11,6 +11,15 @@ from typing import Any
 import numpy as np
 
 
+def readable_name(name: str) -> str:
+    """``"train/x/['block_00']['mlp']['kernel']"`` → ``"train/x/block_00/mlp/kernel"``.
+
+    Layer names are ``jax.tree_util.keystr`` paths; TensorBoard tags and plots take the
+    slash form (TensorBoard rejects brackets and quotes).
+    """
+    return name.replace("['", "").replace("']", "/").rstrip("/")
+
+
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Nested dict of scalars → ``{"a/b": float}``."""
     flat: dict[str, float] = {}
@@ -61,7 +70,7 @@ class MetricWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for name, value in flat.items():
-            self._tensorboard.add_scalar(name, value, step)
+            self._tensorboard.add_scalar(readable_name(name), value, step)
 
     def close(self) -> None:
         if not self.enabled:

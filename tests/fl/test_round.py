@@ -135,13 +135,13 @@ def test_noise_std_is_z_c_over_s():
 
 def test_noise_is_added_once_with_eight_devices():
     """Eight fake CPU devices (subprocess): same noise, not √8 times more."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, numpy as np
         from tests.fl.test_round import noise_round
         import jax
         assert jax.device_count() == 8
         noise = noise_round("sharded")
-        print(json.dumps({{"std": float(np.std(noise)), "head": noise[:5].tolist()}}))
+        print(json.dumps({"std": float(np.std(noise)), "head": noise[:5].tolist()}))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                PYTHONPATH=REPO)
