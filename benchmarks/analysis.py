@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import glob
 import gzip
 import json
@@ -135,23 +136,17 @@ def matmul_gflops(n: int = 1536, repeats: int = 5) -> float:
 def client_units(size: str, chunk: int, repeats: int):
     """Timed callables: one client's update (sequential unit) and a vmapped chunk."""
     import jax
+
+    from fl_dp_asr.fl import round as round_lib
     _, params, update, _ = common.asr_task(size)
     block = common.synthetic_cohort(chunk)
     block["step_mask"][:] = 1.0      # every step real: the timing is per computed step
     clients = jax.device_put({"batches": block["batches"], "step_mask": block["step_mask"]})
     keys = jax.random.split(jax.random.key(0), chunk)
     one = jax.tree.map(lambda x: x[0], clients)
-
-    def masked_update(params, client, key):
-        """What the vectorized executor runs per client of a chunk (its pieces, no cond)."""
-        keys = update.step_keys(key, client["step_mask"].shape[0])
-        state, _ = jax.lax.scan(lambda s, xs: (update.step(s, *xs), None),
-                                update.init(params),
-                                (client["batches"], client["step_mask"], keys))
-        return update.final(params, state, client["step_mask"])
-
     single = jax.jit(update)
-    vmapped = jax.jit(jax.vmap(masked_update, in_axes=(None, 0, 0)))
+    # The vectorized executor's own chunk trainer (vmap over clients, steps inside a scan).
+    vmapped = jax.jit(functools.partial(round_lib._train_chunk, update))
     fns = {"one client (sequential unit)": lambda: single(params, one, keys[0]),
            f"vmap of {chunk} clients (vectorized unit)": lambda: vmapped(params, clients, keys)}
     for fn in fns.values():
