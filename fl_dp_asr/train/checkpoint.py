@@ -109,13 +109,14 @@ class Checkpointer:
 
         ``metric`` is required to rank the checkpoint when ``best_metric`` is set (it is
         also stored in the checkpoint); a checkpoint saved without it is kept only while
-        among the most recent. Raises ValueError if ``step`` already exists.
+        among the most recent. Raises ValueError if ``step`` is saved or being saved
+        (check with :meth:`has_step`).
         """
         if self.read_only:
             raise ValueError(f"Checkpointer({self.directory}) was opened read_only")
         if metric is not None and self.best_metric is None:
             raise ValueError("a metric was given but this Checkpointer has no best_metric")
-        if step in self._manager.all_steps():
+        if self.has_step(step):
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
         metrics = None if metric is None else {self.best_metric: float(metric)}
         self._manager.save(
@@ -146,6 +147,12 @@ class Checkpointer:
             return None
         state, meta = self.restore(step, abstract_state)
         return step, state, meta
+
+    def has_step(self, step: int) -> bool:
+        """Whether ``step`` is saved or being saved: an asynchronous save still in flight
+        counts (it is not in :meth:`all_steps` until committed, but cannot be started again).
+        """
+        return step in self._manager.all_steps()
 
     def all_steps(self) -> list[int]:
         """Complete checkpoint steps, ascending (waits for nothing)."""
