@@ -352,11 +352,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from fl_dp_asr.train import cli
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_main(main, "train_fl")

@@ -159,14 +159,34 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
     assert over.epsilon > 2.0
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
-    result = subprocess.run(
+def run_train_fl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/demo_fl_dp.py", "--workdir", str(tmp_path),
-         "--config.fl.cohort_sise=4"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "cohort_sise" in result.stderr
+         "--config", "experiments/configs/demo_fl_dp.py", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
+    result = run_train_fl("--workdir", str(tmp_path / "run"), "--config.fl.cohort_sise=4")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/demo_fl_dp.py has no "
+        'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n')
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, tfds_dir,
+                                                                 tmp_path):
+    result = run_train_fl(
+        "--workdir", str(tmp_path / "run"), "--config.init_checkpoint=",
+        f"--config.data.manual_dir={tiny_corpus}", f"--config.data.data_dir={tfds_dir}",
+        "--config.fl.cohort_size=10")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "train_fl: error: config.fl.cohort_size=10 must be in [1, population=3] (the number of "
+        "training users).")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
