@@ -133,7 +133,7 @@ def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
     except (*INPUT_ERRORS, *RUN_ERRORS, KeyboardInterrupt) as error:
         if created:
             remove_if_empty(workdir)
-        if debug_requested(sys.argv):
+        if flags.FLAGS.debug:
             raise
         if isinstance(error, KeyboardInterrupt):
             print(f"{prog}: interrupted", file=sys.stderr, flush=True)
