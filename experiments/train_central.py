@@ -30,13 +30,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from fl_dp_asr.data import builders, federated, prefetch, synthetic
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig, get_model_config
 from fl_dp_asr.text.tokenizer import CharTokenizer
+from fl_dp_asr.train import cli
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 from fl_dp_asr.train.metrics import MetricWriter
 
@@ -267,4 +268,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_main(main, "train_central")

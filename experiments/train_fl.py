@@ -228,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 "best_wer": best_wer if np.isfinite(best_wer) else None} | extra
 
     def save(round_index: int, wer: float | None = None):
-        if round_index in checkpoints.all_steps():
+        if checkpoints.has_step(round_index):  # saved, or its async save is in flight
             return
         checkpoints.save(round_index, distributed.to_host(state._asdict()),
                          run_meta(round_index), metric=wer)
@@ -314,11 +314,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise
     finally:
         bar.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        checkpoints.wait()
+        checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
         checkpoints.close()
         writer.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
 
     summary = {
         "workdir": workdir, "seed_model": seed_source, "rounds": completed,
@@ -352,11 +352,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from fl_dp_asr.train import cli
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_main(main, "train_fl")

@@ -13,8 +13,8 @@ See README.md, section "Data". Entry points for the trainers::
 from fl_dp_asr.data.builders import (BUILDERS, CommonVoiceLocal, LibrispeechLocal, get_builder,
                                      load_federated, load_split, prepare)
 from fl_dp_asr.data.errors import (CohortPackingError, CorruptAudioError, DataError,
-                                   EmptyTranscriptError, LayoutError, SchemaError,
-                                   TranscriptError, UnsupportedCharactersError)
+                                   EmptyTranscriptError, LayoutError, MissingTranscriptError,
+                                   SchemaError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import (FederatedDataset, LengthBuckets, client_steps,
                                       cohort_summary, iterate_batches, make_batch, pack_cohort)
 from fl_dp_asr.data.prefetch import Prefetcher
@@ -22,7 +22,7 @@ from fl_dp_asr.data.prefetch import Prefetcher
 __all__ = [
     "BUILDERS", "CohortPackingError", "CommonVoiceLocal", "CorruptAudioError", "DataError",
     "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
-    "LibrispeechLocal", "Prefetcher", "SchemaError", "TranscriptError",
+    "LibrispeechLocal", "MissingTranscriptError", "Prefetcher", "SchemaError", "TranscriptError",
     "UnsupportedCharactersError", "client_steps", "cohort_summary", "get_builder",
     "iterate_batches", "load_federated", "load_split", "make_batch", "pack_cohort", "prepare",
 ]

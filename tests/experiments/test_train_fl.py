@@ -1,12 +1,15 @@
 """The federated trainer: resume is exact, crashes and bad configs are handled."""
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from experiments import train_fl
@@ -103,6 +106,47 @@ def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkey
     assert final_state(tmp_path)[0] == 1
 
 
+@pytest.mark.parametrize("signal_name, rounds, saved_round", [
+    ("SIGINT", 2, 1),    # a checkpoint round in the middle of the run
+    ("SIGTERM", 2, 2),   # the last round, whose checkpoint is always written
+])
+def test_signal_during_an_async_checkpoint_save_saves_and_exits_cleanly(
+        tiny_corpus, tfds_dir, tmp_path, monkeypatch, capsys, signal_name, rounds, saved_round):
+    """The signal lands while round ``saved_round``'s checkpoint is still being written (its
+    commit is held until the trainer waits for it), and a SIGINT lands during that wait."""
+    committed = threading.Event()
+    committed.set()
+    hold_commit = ocp.AsyncOptions(post_finalization_callback=lambda: committed.wait(120))
+    monkeypatch.setattr(ocp, "CheckpointManagerOptions", functools.partial(
+        ocp.CheckpointManagerOptions, async_options=hold_commit))
+    save, wait = Checkpointer.save, Checkpointer.wait
+
+    def save_then_signal(self, step, *args, **kwargs):
+        if step == saved_round:
+            committed.clear()
+        save(self, step, *args, **kwargs)
+        if step == saved_round:
+            assert self.has_step(step) and step not in self.all_steps()  # in flight
+            os.kill(os.getpid(), getattr(signal, signal_name))
+
+    def signal_then_wait(self):
+        committed.set()
+        os.kill(os.getpid(), signal.SIGINT)
+        wait(self)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_signal)
+    monkeypatch.setattr(Checkpointer, "wait", signal_then_wait)
+    config = small_config(tiny_corpus, tfds_dir, rounds)
+    try:
+        summary = train_fl.train(config, str(tmp_path))
+    except KeyboardInterrupt:
+        pytest.fail("SIGINT while waiting for the last checkpoint escaped the trainer")
+    monkeypatch.undo()
+    assert summary["rounds"] == saved_round
+    assert f"{signal_name} received: saved round {saved_round}" in capsys.readouterr().out
+    assert final_state(tmp_path)[0] == saved_round
+
+
 def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_dir, tmp_path):
     config = small_config(tiny_corpus, tfds_dir, 50)
     config.dp.noise_multiplier = 8.0
@@ -115,14 +159,34 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
     assert over.epsilon > 2.0
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
-    result = subprocess.run(
+def run_train_fl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/demo_fl_dp.py", "--workdir", str(tmp_path),
-         "--config.fl.cohort_sise=4"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "cohort_sise" in result.stderr
+         "--config", "experiments/configs/demo_fl_dp.py", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
+    result = run_train_fl("--workdir", str(tmp_path / "run"), "--config.fl.cohort_sise=4")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/demo_fl_dp.py has no "
+        'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n')
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, tfds_dir,
+                                                                 tmp_path):
+    result = run_train_fl(
+        "--workdir", str(tmp_path / "run"), "--config.init_checkpoint=",
+        f"--config.data.manual_dir={tiny_corpus}", f"--config.data.data_dir={tfds_dir}",
+        "--config.fl.cohort_size=10")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "train_fl: error: config.fl.cohort_size=10 must be in [1, population=3] (the number of "
+        "training users).")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
