@@ -38,7 +38,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 
-from fl_dp_asr.dp import accounting
+from fl_dp_asr.dp import accounting, adaptive
 
 PROG = "fl-dp-asr-privacy"
 PAPER_DELTA = 1e-9
@@ -214,8 +214,10 @@ def _run_epsilon(args: argparse.Namespace) -> str:
             results.append((name, accounting.epsilon(z, args.cohort, args.population,
                                                      args.rounds, args.delta, args.sampling,
                                                      name)))
+    split = _adaptive_split(args, z)
     settings = {"noise_multiplier": z,
                 "sigma_dp": accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
+                **split,
                 "cohort_size": args.cohort, "population": args.population,
                 "sampling_rate": args.cohort / args.population, "rounds": args.rounds,
                 "delta": args.delta, "sampling": args.sampling,
@@ -232,11 +234,37 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         ("q = S/K", _fmt_sig(settings["sampling_rate"])),
         ("z", f"{_fmt_sig(z)}  (noise std on the sum / C)"),
         ("σ_DP = z/S", f"{_fmt_sig(settings['sigma_dp'])}  (noise std on the mean / C)"),
+        *_adaptive_lines(split),
         ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
     rows = [[name.upper(), _fmt_eps(g.epsilon) if g else "n/a",
              _fmt_sig(g.rdp_order) if g else "-",
              "" if g else "PLD does not support fixed-size sampling"] for name, g in results]
     return summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
+
+
+def _adaptive_split(args: argparse.Namespace, z: float) -> dict[str, float]:
+    """Adaptive clipping (``--clipped-count-stddev``): z_Δ and z_b of the two queries whose
+    composition is z (fl_dp_asr.dp.adaptive); ``{}`` without it."""
+    if args.clipped_count_stddev is None:
+        return {}
+    try:
+        z_b = adaptive.count_noise_multiplier(args.clipped_count_stddev, args.clip_bounds)
+        z_delta = adaptive.delta_noise_multiplier(z, z_b)
+    except ValueError as error:
+        raise CliError(f"epsilon: --clipped-count-stddev {args.clipped_count_stddev:g} with "
+                       f"--clip-bounds {args.clip_bounds}: {error}") from None
+    return {"clipped_count_stddev": args.clipped_count_stddev, "clip_bounds": args.clip_bounds,
+            "delta_noise_multiplier": z_delta, "count_noise_multiplier": z_b}
+
+
+def _adaptive_lines(split: dict[str, float]) -> list[tuple[str, str]]:
+    if not split:
+        return []
+    return [("z_Δ", f"{_fmt_sig(split['delta_noise_multiplier'])}  (delta sum's share: "
+                    "z = (z_Δ⁻² + z_b⁻²)^-½)"),
+            ("z_b = 2σ_b/√H", f"{_fmt_sig(split['count_noise_multiplier'])}  (clipped counts: "
+                              f"σ_b = {split['clipped_count_stddev']:g}, "
+                              f"H = {split['clip_bounds']} bounds)")]
 
 
 # --------------------------------------------------------------------------------------
@@ -493,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="z: noise std on the SUM of clipped deltas / C")
     noise.add_argument("--sigma-dp", type=parse_positive,
                        help="σ_DP: noise std on the cohort MEAN / C (z = S·σ_DP)")
+    p_eps.add_argument("--clipped-count-stddev", type=parse_positive, metavar="SIGMA_B",
+                       help="adaptive clipping: noise std σ_b on the clipped counts; prints "
+                            "z_Δ and z_b next to the overall z (ε is that of z)")
+    p_eps.add_argument("--clip-bounds", type=parse_count, default=1, metavar="H",
+                       help="adaptive clipping: number of adapted bounds (1 = global; per "
+                            "layer: the number of layers); default %(default)s")
     run_settings(p_eps)
     p_eps.set_defaults(run=_run_epsilon)
 

@@ -43,6 +43,29 @@ def test_epsilon_json_converts_sigma_dp(capsys):
     assert by_name["pld"]["epsilon"] <= by_name["rdp"]["epsilon"]
 
 
+def test_adaptive_clipping_prints_the_split_and_keeps_the_epsilon_of_z(capsys):
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL, "--json",
+                         "--accountant", "rdp", "--clipped-count-stddev", "3", "--clip-bounds", "4")
+    assert status == 0
+    settings = json.loads(out)["settings"]
+    z_delta, z_b = settings["delta_noise_multiplier"], settings["count_noise_multiplier"]
+    assert z_b == pytest.approx(3.0)                          # 2σ_b/√H
+    assert (z_delta ** -2 + z_b ** -2) ** -0.5 == pytest.approx(1.0)
+    assert json.loads(out)["results"][0]["epsilon"] == pytest.approx(
+        accounting.epsilon(1.0, 10, 1000, 20, 1e-5).epsilon)
+    status, text, _ = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL,
+                          "--accountant", "rdp", "--clipped-count-stddev", "3")
+    assert status == 0 and "z_Δ" in text and "z_b = 2σ_b/√H" in text
+
+
+def test_adaptive_clipping_with_too_little_count_noise_names_the_flags(capsys):
+    status, _, err = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL,
+                         "--clipped-count-stddev", "0.4")
+    assert status == 2
+    assert "--clipped-count-stddev 0.4" in err and "must exceed" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_epsilon_fixed_sampling_marks_pld_unsupported(capsys):
     status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", *SMALL,
                          "--sampling", "fixed", "--json")
