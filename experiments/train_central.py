@@ -80,23 +80,6 @@ def model_config_from(model: ml_collections.ConfigDict) -> ModelConfig:
 # ------------------------------------------------------------------ data
 
 
-def epoch_batches(num_samples: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  sort_window: int) -> list[np.ndarray]:
-    """Rows of every batch of one epoch, a pure function of ``(seed, epoch)``.
-
-    Shuffles, sorts by length inside windows of ``sort_window`` batches (less padding), then
-    shuffles the batches. The last batch may be short (padded with mask 0).
-    """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(num_samples))
-    window = batch_size * max(sort_window, 1)
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        order[start:start + window] = chunk[np.argsort(num_samples[chunk], kind="stable")]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def training_batches(dataset: federated.FederatedDataset, config: ml_collections.ConfigDict,
                      tokenize, buckets: federated.LengthBuckets,
                      start_step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -105,7 +88,7 @@ def training_batches(dataset: federated.FederatedDataset, config: ml_collections
     steps_per_epoch = -(-len(dataset) // batch_size)
     epoch, index = divmod(start_step, steps_per_epoch)
     while True:
-        batches = epoch_batches(dataset.num_samples, batch_size, config.seed, epoch,
+        batches = federated.epoch_batches(dataset.num_samples, batch_size, config.seed, epoch,
                                 config.data.sort_window)
         for rows in batches[index:]:
             yield federated.make_batch(dataset, rows.tolist(), tokenize=tokenize,

@@ -25,8 +25,10 @@ import tqdm
 from absl import logging as absl_logging
 
 from fl_dp_asr.data import builders, federated, prefetch
-from fl_dp_asr.dp import accounting
-from fl_dp_asr.fl import client, cohort as cohort_lib, distributed, round as round_lib, server
+from fl_dp_asr.dp import DPConfig, accounting
+from fl_dp_asr.data import CohortStream
+from fl_dp_asr.fl import client, distributed, executors, samplers
+from fl_dp_asr.fl import round as round_lib, server
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig, get_model_config
 from fl_dp_asr.text.tokenizer import CharTokenizer
@@ -52,28 +54,6 @@ def load_seed_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, Any
         return model_config, params, f"{config.init_checkpoint} (step {step})"
     model_config = get_model_config(config.model.size)
     return model_config, asr.init_params(model_config, jax.random.key(config.seed)), "scratch"
-
-
-def expected_cohort_size(config: ml_collections.ConfigDict, population: int) -> int:
-    """S: the fixed cohort size, or the expected size q·K of Poisson sampling."""
-    size = config.fl.cohort_size
-    if not 1 <= size <= population:
-        raise ValueError(f"config.fl.cohort_size={size} must be in [1, population={population}] "
-                         "(the number of training users).")
-    return size
-
-
-def make_sampler(config: ml_collections.ConfigDict, population: int):
-    """``round -> Cohort`` for the configured sampling scheme, and the static cohort slots."""
-    size = config.fl.cohort_size
-    if config.fl.sampling == "fixed":
-        return functools.partial(cohort_lib.sample_fixed, population, size, config.seed), size
-    if config.fl.sampling == "poisson":
-        rate = size / population
-        slots = cohort_lib.poisson_max_cohort(population, rate)
-        return functools.partial(cohort_lib.sample_poisson, population, rate, slots,
-                                 config.seed), slots
-    raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: use 'fixed' or 'poisson'.")
 
 
 def privacy_metrics(run_accountant, rounds: int, config, sigma_dp: float) -> dict[str, float]:
@@ -161,15 +141,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- model, DP, round step ---------------------------------------------------------
     model_config, seed_params, seed_source = load_seed_model(config)
-    cohort_size = expected_cohort_size(config, population)
-    dp = round_lib.DPConfig(
+    sampler = samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
+                                    config.seed)
+    cohort_size = sampler.expected_size
+    dp = DPConfig(
         clipping=config.dp.clipping, clip_norm=config.dp.clip_norm or None,
         allocation=config.dp.allocation,
         noise_multiplier=config.dp.noise_multiplier, sigma_dp=config.dp.sigma_dp)
     noise_multiplier = dp.resolve_noise_multiplier(cohort_size)
     sigma_dp = accounting.noise_multiplier_to_sigma_dp(noise_multiplier, cohort_size)
-    run_accountant = (accounting.RunAccountant(config.fl.sampling, cohort_size, population,
-                                               noise_multiplier, config.dp.delta)
+    run_accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
                       if noise_multiplier > 0 else None)
     server_optimizer = server.make_server_optimizer(
         config.server.optimizer, config.server.learning_rate,
@@ -179,15 +160,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         asr.make_loss_fn(model_config, train=True),
         client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
-    round_step = round_lib.make_round_step(
-        client_update, server_optimizer, dp, cohort_size, executor=config.fl.executor,
-        chunk_size=config.fl.chunk_size, mesh=mesh)
-    sample, cohort_slots = make_sampler(config, population)
-    if multi_process:  # every process packs only the client slots its devices train
-        cohort_slots = distributed.padded_cohort_size(cohort_slots, config.fl.chunk_size, mesh)
-        own_slots = distributed.process_client_indices(cohort_slots, mesh)
-    else:
-        own_slots = None
+    executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
+    round_step = round_lib.make_round_step(client_update, server_optimizer, dp, cohort_size,
+                                           executor)
+    num_slots = sampler.num_slots(executor.client_multiple)
+    stream = CohortStream(
+        train_users, sampler, tokenizer.encode, buckets, local_steps=config.fl.local_steps,
+        batch_size=config.fl.local_batch_size, seed=config.seed,
+        client_multiple=executor.client_multiple,
+        max_batch_seconds=config.fl.max_batch_seconds or None,
+        max_local_epochs=config.fl.max_local_epochs or None,
+        # every process packs only the client slots its devices train
+        process_slots=(distributed.process_client_indices(num_slots, mesh) if multi_process
+                       else None))
 
     # ---- rounds allowed by the privacy budget ------------------------------------------
     num_rounds = config.fl.rounds
@@ -243,18 +228,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return result
 
     # ---- the loop ----------------------------------------------------------------------
-    def cohorts():
-        for r in range(start_round, num_rounds):
-            sampled = sample(r)
-            users = [train_users.users[i] if m > 0 else None
-                     for i, m in zip(sampled.user_indices, sampled.mask)]
-            yield r, federated.pack_cohort(
-                train_users, users, tokenize=tokenizer.encode, local_steps=config.fl.local_steps,
-                batch_size=config.fl.local_batch_size, buckets=buckets, seed=config.seed,
-                round_index=r, num_clients=cohort_slots,
-                max_batch_seconds=config.fl.max_batch_seconds or None,
-                max_local_epochs=config.fl.max_local_epochs or None, keep=own_slots)
-
     stop = {"signal": None}
 
     def request_stop(signum, frame):
@@ -272,12 +245,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm.tqdm(total=num_rounds, initial=start_round, desc="FL rounds", unit="round",
                     disable=not (config.progress_bar and chief))
     try:
-        with prefetch.Prefetcher(cohorts(), buffer_size=2) as stream:
-            for r, block in stream:
+        with prefetch.Prefetcher(stream.blocks(start_round, num_rounds), buffer_size=2) as blocks:
+            for r, block in blocks:
                 started = time.perf_counter()
                 key = jax.random.fold_in(run_key, r)
                 if multi_process:
-                    block = distributed.global_cohort(block, mesh, cohort_slots)
+                    block = distributed.global_cohort(block, mesh, num_slots)
                     key = distributed.replicate(key, mesh)
                 state, metrics = round_step(state, block, key)
                 metrics = distributed.to_host(metrics)
@@ -322,7 +295,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     summary = {
         "workdir": workdir, "seed_model": seed_source, "rounds": completed,
-        "population": population, "cohort_size": cohort_size, "sampling": config.fl.sampling,
+        "population": population, "cohort_size": sampler.cohort_size,
+        "sampling": sampler.name,
         "noise_multiplier": noise_multiplier, "sigma_dp": sigma_dp, "delta": config.dp.delta,
         "clipping": config.dp.clipping, "allocation": str(config.dp.allocation),
         "seed_wer": seed_eval["wer"] if seed_eval else None,
