@@ -43,7 +43,10 @@ class Executor(NamedTuple):
     Attributes:
         aggregate: ``(contribution, params, cohort_block, keys) -> (total, RoundSums)``:
             the sum over all client slots of ``contribution.run(params, client, key)``;
-            ``keys`` is ``[slots]`` (one key per slot).
+            ``keys`` is ``[slots]`` (one key per slot). ``params`` is what the server sends
+            every client: executors pass it through untouched (replicated across devices),
+            so it may be any pytree the contribution takes (the model parameters today;
+            the parameters and the current clip bounds for adaptive clipping).
         client_multiple: the number of client slots must be a multiple of this.
         traceable: ``aggregate`` can run inside ``jax.jit`` (then the whole round step is
             one jitted function); ``False`` for a host loop.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import train_fl
-from experiments.configs import demo_fl_dp
+from experiments.configs import fl_dp
 from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
@@ -21,24 +21,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def small_config(corpus, tfds_dir, rounds):
     """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
-    c = demo_fl_dp.get_config()
-    c.init_checkpoint = ""
+    c = fl_dp.get_config("demo")
+    c.init_checkpoint = None
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
+    c.data.synthesize_if_missing = False
     c.data.num_buckets = 1
     c.fl.rounds = rounds
     c.fl.sampling = "fixed"
     c.dp.sigma_dp = None
     c.dp.noise_multiplier = 0.5
     c.dp.delta = 1e-5
-    c.privacy.target_cohort = 0
+    c.dp.target_cohort = None
     c.fl.cohort_size = 2
     c.fl.chunk_size = 2
     c.fl.local_steps = 2
     c.fl.local_batch_size = 2
     c.eval.every = 2
-    c.eval.pld = False
+    c.dp.pld = False
     c.checkpoint.every = 1
     c.checkpoint.keep = 2
     return c
@@ -103,6 +104,16 @@ def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkey
     assert final_state(tmp_path)[0] == 1
 
 
+def test_a_refused_round_saves_the_state_before_it_and_raises(tiny_corpus, tfds_dir, tmp_path):
+    config = small_config(tiny_corpus, tfds_dir, 3)
+    config.server.learning_rate = float("nan")   # the first update makes params NaN
+    with pytest.raises(round_lib.NonFiniteParamsError, match="round 0"):
+        train_fl.train(config, str(tmp_path))
+    step, state = final_state(tmp_path)
+    assert step == 0 and int(state["round"]) == 0
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
 def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_dir, tmp_path):
     config = small_config(tiny_corpus, tfds_dir, 50)
     config.dp.noise_multiplier = 8.0
@@ -118,7 +129,7 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
 def test_unknown_config_key_is_a_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/demo_fl_dp.py", "--workdir", str(tmp_path),
+         "--config", "experiments/configs/fl_dp.py:demo", "--workdir", str(tmp_path),
          "--config.fl.cohort_sise=4"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
@@ -133,7 +144,7 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
 
 
 def test_bad_multi_process_settings_are_clear_errors():
-    config = demo_fl_dp.get_config()
+    config = fl_dp.get_config("demo")
     config.distributed.num_processes = 2
     with pytest.raises(ValueError, match="executor='sharded'"):
         train_fl.join_processes(config)

@@ -7,12 +7,12 @@ import jax
 import numpy as np
 
 from experiments import train_central
-from experiments.configs import demo_central
+from experiments.configs import central
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 
 
 def _config(corpus, tfds_dir):
-    config = demo_central.get_config()
+    config = central.get_config("demo")
     config.data.manual_dir = str(corpus)
     config.data.data_dir = str(tfds_dir)
     config.data.synthesize_if_missing = False
