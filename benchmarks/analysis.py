@@ -5,7 +5,7 @@
    allocated, nothing compiled). XLA counts a loop body once, so round FLOPs are computed
    as clients × local steps × step FLOPs (clipping, noise and the server update are
    O(params), negligible next to training).
-2. Achieved GFLOP/s of one client (``jit(client_update)``, the ``sequential`` executor's
+2. Achieved GFLOP/s of one client (``jit(client_update.run)``, the ``sequential`` executor's
    unit of work) and of a vmapped chunk of 4 clients (the ``vectorized`` unit), next to
    this machine's float32 matmul throughput.
 3. A ``jax.profiler`` trace of both, aggregated by kind of XLA:CPU thunk.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import glob
 import gzip
 import json
@@ -137,16 +136,15 @@ def client_units(size: str, chunk: int, repeats: int):
     """Timed callables: one client's update (sequential unit) and a vmapped chunk."""
     import jax
 
-    from fl_dp_asr.fl import round as round_lib
     _, params, update, _ = common.asr_task(size)
     block = common.synthetic_cohort(chunk)
     block["step_mask"][:] = 1.0      # every step real: the timing is per computed step
     clients = jax.device_put({"batches": block["batches"], "step_mask": block["step_mask"]})
     keys = jax.random.split(jax.random.key(0), chunk)
     one = jax.tree.map(lambda x: x[0], clients)
-    single = jax.jit(update)
-    # The vectorized executor's own chunk trainer (vmap over clients, steps inside a scan).
-    vmapped = jax.jit(functools.partial(round_lib._train_chunk, update))
+    single = jax.jit(update.run)
+    # The vectorized executor's chunk trainer (vmap over clients, steps inside a scan).
+    vmapped = jax.jit(update.run_chunk)
     fns = {"one client (sequential unit)": lambda: single(params, one, keys[0]),
            f"vmap of {chunk} clients (vectorized unit)": lambda: vmapped(params, clients, keys)}
     for fn in fns.values():

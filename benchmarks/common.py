@@ -118,15 +118,6 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
             "step_mask": sds((c, L), np.float32), "client_mask": sds((c,), np.float32)}
 
 
-def cohort_stats(block: dict[str, Any]) -> dict[str, float]:
-    """Real clients, real steps per client, and the fraction of computed steps that are real."""
-    step_mask = block["step_mask"]
-    return {"clients": float(block["client_mask"].sum()),
-            "mean_steps": float(step_mask.sum() / max(block["client_mask"].sum(), 1)),
-            "real_step_fraction": float(step_mask.mean()),
-            "real_utterance_fraction": float(block["batches"]["mask"].mean())}
-
-
 # ------------------------------------------------------------------ round steps
 
 
@@ -152,11 +143,12 @@ def make_asr_step(size: str, cohort_size: int, *, executor: str = "vectorized",
                   chunk_size: int = 16, mesh=None, noise_multiplier: float = 1.0,
                   **model_overrides):
     """The paper's round step (per-layer clipping, noise, LAMB) for an ASR model size."""
-    from fl_dp_asr.fl import round as round_lib
+    from fl_dp_asr.dp import DPConfig
+    from fl_dp_asr.fl import executors, round as round_lib
     _, params, update, opt = asr_task(size, **model_overrides)
-    dp = round_lib.DPConfig("per_layer", 1.0, "uniform", noise_multiplier=noise_multiplier)
-    step = round_lib.make_round_step(update, opt, dp, cohort_size, executor=executor,
-                                     chunk_size=chunk_size, mesh=mesh)
+    dp = DPConfig("per_layer", 1.0, "uniform", noise_multiplier=noise_multiplier)
+    step = round_lib.make_round_step(
+        update, opt, dp, cohort_size, executors.make(executor, chunk_size=chunk_size, mesh=mesh))
     return step, params, opt
 
 

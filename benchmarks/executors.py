@@ -116,12 +116,13 @@ def parse_config(text: str) -> dict[str, Any]:
 
 def run(mode: str = "default", repeats: int | None = None,
         configs: list[dict[str, Any]] | None = None) -> common.Report:
+    from fl_dp_asr.data import cohorts
     rows, target_rows, mixes = [], [], {}
     configs = configs or grid(mode)
     for cfg in configs:
         size, cohort, mix = cfg["size"], cfg["cohort"], cfg["mix"]
         reps = repeats or cfg["repeats"]
-        stats = common.cohort_stats(common.synthetic_cohort(cohort, CLIENT_MIXES[mix]))
+        stats = cohorts.cohort_summary(common.synthetic_cohort(cohort, CLIENT_MIXES[mix]))
         mixes[mix] = f"{stats['mean_steps']:.2f} real steps/client"
         times = measure(size, cohort, _variants(size, cohort, cfg["chunks"]), reps, mix)
         base = common.median(times["sequential"])

@@ -68,16 +68,15 @@ def synthetic_population(num_users: int, seed: int = 0, shape=common.ClientShape
 
 def cohorts(dataset, cohort: int, rounds: int, start: int = 0, shape=common.ClientShape()):
     """Generator of packed cohort blocks (fixed-size sampling), one per round."""
-    from fl_dp_asr.data import LengthBuckets, pack_cohort
-    from fl_dp_asr.fl.cohort import sample_fixed
+    from fl_dp_asr.data import CohortStream, LengthBuckets
+    from fl_dp_asr.fl.samplers import FixedSizeSampler
     from fl_dp_asr.text.tokenizer import CharTokenizer
-    tokenize = CharTokenizer().encode
-    buckets = LengthBuckets((shape.max_samples,), (shape.max_label_len,))
-    for r in range(start, start + rounds):
-        sampled = sample_fixed(dataset.num_users, cohort, seed=0, round_index=r)
-        users = [dataset.users[i] for i in sampled.user_indices]
-        yield pack_cohort(dataset, users, tokenize=tokenize, local_steps=shape.local_steps,
-                          batch_size=shape.batch_size, buckets=buckets, seed=0, round_index=r)
+    stream = CohortStream(
+        dataset, FixedSizeSampler(dataset.num_users, cohort, seed=0), CharTokenizer().encode,
+        LengthBuckets((shape.max_samples,), (shape.max_label_len,)),
+        local_steps=shape.local_steps, batch_size=shape.batch_size, seed=0)
+    for _, block in stream.blocks(start, start + rounds):
+        yield block
 
 
 def run(mode: str = "default") -> common.Report:

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fl_dp_asr.train.metrics import read_jsonl, readable_name  # noqa: E402
+from fl_dp_asr.train.metrics import read_jsonl  # noqa: E402
 
 LAYER_PREFIX = "train/layer_delta_norms/"
 
@@ -81,7 +81,7 @@ def plot_layer_norms(records: list[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, max(3, 0.16 * len(layers))))
     image = ax.imshow(np.log10(np.maximum(matrix, 1e-12)), aspect="auto", cmap="viridis",
                       extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(layers) - 0.5, -0.5))
-    ax.set_yticks(range(len(layers)), [readable_name(layer) for layer in layers], fontsize=5)
+    ax.set_yticks(range(len(layers)), layers, fontsize=5)
     ax.set(xlabel="round", title=title)
     fig.colorbar(image, ax=ax, label="log10 mean ‖Δ_h‖ (before clipping)")
     fig.tight_layout()

@@ -189,7 +189,7 @@ def _accountants(choice: str) -> tuple[str, ...]:
 
 
 def _check_accountant_choice(sampling: str, choice: str) -> None:
-    if choice == "pld" and sampling == "fixed":
+    if choice != "both" and not accounting.supports(sampling, choice):
         raise CliError("--accountant pld does not support --sampling fixed (no PLD "
                        "analysis of fixed-size cohorts without replacement); use --accountant "
                        "rdp with --sampling fixed, or --sampling poisson with --accountant "
@@ -208,7 +208,7 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         z = args.noise_multiplier
     results: list[tuple[str, accounting.PrivacyGuarantee | None]] = []
     for name in _accountants(args.accountant):
-        if name == "pld" and args.sampling == "fixed":
+        if not accounting.supports(args.sampling, name):
             results.append((name, None))
         else:
             results.append((name, accounting.epsilon(z, args.cohort, args.population,
@@ -275,7 +275,7 @@ def _run_calibrate(args: argparse.Namespace) -> str:
     check_cohort(args.cohort, args.population, "--cohort", "--population", "calibrate")
     results = []
     for name in _accountants(args.accountant):
-        if name == "pld" and args.sampling == "fixed":
+        if not accounting.supports(args.sampling, name):
             results.append((name, None, None))
             continue
         z = accounting.calibrate_noise(args.target_epsilon, args.cohort, args.population,

@@ -6,23 +6,25 @@ See README.md, section "Data". Entry points for the trainers::
     load_federated(name, config, split, manual_dir=..., data_dir=...)  -> FederatedDataset
     pack_cohort(dataset, users, tokenize=..., local_steps=..., batch_size=..., buckets=...,
                 seed=..., round_index=...)                             -> cohort block
+    CohortStream(dataset, sampler, tokenize, buckets, ...).block(round) -> cohort block
     iterate_batches(dataset, batch_size=..., tokenize=..., buckets=...) -> batches [B, ...]
     Prefetcher(iterable, buffer_size=2)
 """
 
 from fl_dp_asr.data.builders import (BUILDERS, CommonVoiceLocal, LibrispeechLocal, get_builder,
                                      load_federated, load_split, prepare)
+from fl_dp_asr.data.cohorts import CohortStream, cohort_summary
 from fl_dp_asr.data.errors import (CohortPackingError, CorruptAudioError, DataError,
                                    EmptyTranscriptError, LayoutError, MissingTranscriptError,
                                    SchemaError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import (FederatedDataset, LengthBuckets, client_steps,
-                                      cohort_summary, iterate_batches, make_batch, pack_cohort)
+                                      epoch_batches, iterate_batches, make_batch, pack_cohort)
 from fl_dp_asr.data.prefetch import Prefetcher
 
 __all__ = [
-    "BUILDERS", "CohortPackingError", "CommonVoiceLocal", "CorruptAudioError", "DataError",
-    "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
+    "BUILDERS", "CohortPackingError", "CohortStream", "CommonVoiceLocal", "CorruptAudioError",
+    "DataError", "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
     "LibrispeechLocal", "MissingTranscriptError", "Prefetcher", "SchemaError", "TranscriptError",
-    "UnsupportedCharactersError", "client_steps", "cohort_summary", "get_builder",
+    "UnsupportedCharactersError", "client_steps", "cohort_summary", "epoch_batches", "get_builder",
     "iterate_batches", "load_federated", "load_split", "make_batch", "pack_cohort", "prepare",
 ]

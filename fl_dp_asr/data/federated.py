@@ -18,8 +18,9 @@ runs out, so clients with little data cycle through it (a batch never holds the 
 utterance twice; the last batch of a pass may be smaller, with padding rows masked). The
 draw is a pure function of ``(seed, round_index, user id)``.
 
-:func:`make_batch` / :func:`iterate_batches` give central-training and evaluation batches
-``[B, ...]`` in the same format. Padded shapes come from :class:`LengthBuckets`, a few sizes
+:func:`make_batch` gives central-training and evaluation batches ``[B, ...]`` in the same
+format (:func:`epoch_batches` the rows of each training batch, :func:`iterate_batches` the
+evaluation batches). Padded shapes come from :class:`LengthBuckets`, a few sizes
 for ``max_samples`` and ``max_label_len``, so a jitted step compiles a bounded number of times.
 """
 
@@ -30,7 +31,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tqdm
@@ -66,8 +67,8 @@ class FederatedDataset:
     """Utterances of a data source grouped by user (users = FL clients).
 
     Rows ``0 .. len(self) - 1`` index this view's utterances; ``source_indices[row]`` is the
-    example's index in the data source. Views made by :meth:`subset_users`,
-    :meth:`split_by_users` and :meth:`filter` share the source.
+    example's index in the data source. Views made by :meth:`subset_users` and
+    :meth:`filter` share the source.
 
     Args:
         source: random access to examples: ``len(source)``, ``source[i]`` → dict with at least
@@ -198,11 +199,6 @@ class FederatedDataset:
         """float64 [N]: seconds of each row."""
         return self.num_samples / SAMPLE_RATE
 
-    def user_durations(self) -> np.ndarray:
-        """float64 [num_users]: seconds of audio of each user, in the order of :attr:`users`."""
-        seconds = self.durations()
-        return np.asarray([seconds[self._rows_of[u]].sum() for u in self.users])
-
     @property
     def hours(self) -> float:
         return float(self.num_samples.sum() / SAMPLE_RATE / 3600)
@@ -211,17 +207,6 @@ class FederatedDataset:
         """The view holding only ``users``' utterances."""
         rows = [self.rows_of(u) for u in users]
         return self._view(np.concatenate(rows) if rows else np.zeros(0, np.int64))
-
-    def split_by_users(self, fractions: Sequence[float], seed: int = 0) -> list["FederatedDataset"]:
-        """Disjoint views with about ``fractions`` of the users each (shuffled by ``seed``)."""
-        fractions = np.asarray(fractions, np.float64)
-        if np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
-            raise ValueError(f"fractions {fractions.tolist()} must be >= 0 and sum to 1")
-        order = np.random.default_rng(seed).permutation(self.num_users)
-        bounds = np.rint(np.cumsum(fractions) * self.num_users).astype(int)
-        starts = np.concatenate([[0], bounds[:-1]])
-        return [self.subset_users([self.users[i] for i in order[a:b]])
-                for a, b in zip(starts, bounds)]
 
     def filter(self, *, min_seconds: float = 0.0,
                max_seconds: float = float("inf")) -> "FederatedDataset":
@@ -348,20 +333,41 @@ def make_batch(dataset: FederatedDataset, rows: Sequence[int], *, tokenize: Toke
 
 
 def iterate_batches(dataset: FederatedDataset, *, batch_size: int, tokenize: Tokenize,
-                    buckets: LengthBuckets, shuffle: bool = False, seed: int = 0,
-                    epoch: int = 0) -> Iterator[Batch]:
-    """Batches over every utterance once (the last one padded, never dropped).
-
-    ``shuffle=True`` (central training): order drawn from ``(seed, epoch)``. ``shuffle=False``
-    (evaluation): sorted by length, which minimizes padding.
-    """
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
-    else:
-        order = np.argsort(dataset.num_samples, kind="stable")
+                    buckets: LengthBuckets) -> Iterator[Batch]:
+    """Evaluation batches over every utterance once, sorted by length (least padding); the
+    last one padded, never dropped."""
+    order = np.argsort(dataset.num_samples, kind="stable")
     for start in range(0, len(order), batch_size):
         yield make_batch(dataset, order[start:start + batch_size].tolist(), tokenize=tokenize,
                          buckets=buckets, batch_size=batch_size)
+
+
+def epoch_batches(num_samples: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  sort_window: int) -> list[np.ndarray]:
+    """Rows of every training batch of one epoch, a pure function of ``(seed, epoch)``.
+
+    Shuffles, sorts by length inside windows of ``sort_window`` batches (less padding), then
+    shuffles the batches. The last batch may be short (padded with mask 0 by
+    :func:`make_batch`).
+
+    Args:
+        num_samples: int64 ``[N]`` audio length of each row (:attr:`FederatedDataset.num_samples`).
+        batch_size: rows per batch.
+        seed: experiment seed.
+        epoch: epoch index.
+        sort_window: batches per length-sorted window (≤ 1: shuffled only).
+
+    Returns:
+        int64 row arrays, ``⌈N / batch_size⌉`` of them, together holding every row once.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(num_samples))
+    window = batch_size * max(sort_window, 1)
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        order[start:start + window] = chunk[np.argsort(num_samples[chunk], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,12 +478,3 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
             for b, row in enumerate(step):
                 _put(batches, (c, s, b), audios[row], labels[row])
     return {"batches": batches, "step_mask": step_mask, "client_mask": client_mask}
-
-
-def cohort_summary(block: Mapping[str, Any]) -> dict[str, float]:
-    """Host-side counts of a packed cohort: clients, steps, utterances, audio seconds."""
-    batches = block["batches"]
-    return {"clients": float(block["client_mask"].sum()),
-            "steps": float(block["step_mask"].sum()),
-            "utterances": float(batches["mask"].sum()),
-            "audio_seconds": float(batches["audio_lengths"].sum() / SAMPLE_RATE)}

@@ -50,8 +50,6 @@ References:
 """
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -59,16 +57,21 @@ import dp_accounting
 from dp_accounting import pld
 from dp_accounting import rdp
 
+from fl_dp_asr.dp import checks
+
 Sampling = Literal["poisson", "fixed"]
 AccountantName = Literal["rdp", "pld"]
 
 SAMPLING_SCHEMES: tuple[str, ...] = ("poisson", "fixed")
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 
-NEIGHBORING_RELATIONS: dict[str, str] = {
-    "poisson": "add-or-remove-one-user",
-    "fixed": "replace-one-user",
+ADD_OR_REMOVE_ONE_USER = "add-or-remove-one-user"
+REPLACE_ONE_USER = "replace-one-user"
+NEIGHBORING_RELATIONS: dict[str, str] = {   # the relation each sampling scheme is analysed in
+    "poisson": ADD_OR_REMOVE_ONE_USER,
+    "fixed": REPLACE_ONE_USER,
 }
+_SENSITIVITY_IN_CLIP_NORMS = {ADD_OR_REMOVE_ONE_USER: 1.0, REPLACE_ONE_USER: 2.0}
 SAMPLING_DESCRIPTIONS: dict[str, str] = {
     "poisson": "Poisson sampling: each user joins a round independently with "
                "probability q = S/K (S = expected cohort size)",
@@ -83,39 +86,11 @@ MIN_CALIBRATED_NOISE_MULTIPLIER = 1e-3
 # --------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------
-def _check_integer(name: str, value: object, minimum: int = 1) -> int:
-    """Returns `value` as an int; integral floats such as ``6.95e6`` are accepted."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not isinstance(value, numbers.Integral):
-        if not (math.isfinite(value) and float(value).is_integer()):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object, allow_zero: bool = False) -> float:
-    """Returns `value` as a float after checking it is finite and > 0 (or >= 0)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return float(value)
-
-
-def _check_delta(delta: object) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    return float(delta)
-
-
 def _check_cohort(cohort_size: object, population: object, cohort_name: str = "cohort_size",
                   population_name: str = "population") -> tuple[int, int]:
     """Checks ``1 <= S <= K`` (so that q = S/K is in (0, 1]) and returns ``(S, K)``."""
-    cohort = _check_integer(cohort_name, cohort_size)
-    users = _check_integer(population_name, population)
+    cohort = checks.check_integer(cohort_name, cohort_size)
+    users = checks.check_integer(population_name, population)
     if cohort > users:
         raise ValueError(f"{cohort_name} ({cohort}) must not exceed {population_name} "
                          f"({users}): the sampling rate q = {cohort_name}/{population_name} "
@@ -123,12 +98,18 @@ def _check_cohort(cohort_size: object, population: object, cohort_name: str = "c
     return cohort, users
 
 
+def supports(sampling: str, accountant: str) -> bool:
+    """Whether ``accountant`` can analyse ``sampling``: all but PLD with fixed-size cohorts
+    (``dp_accounting`` has no PLD analysis of sampling without replacement)."""
+    return not (accountant == "pld" and sampling == "fixed")
+
+
 def _check_method(sampling: object, accountant: object) -> None:
     if sampling not in SAMPLING_SCHEMES:
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
-    if accountant == "pld" and sampling == "fixed":
+    if not supports(sampling, accountant):
         raise ValueError(
             "accountant='pld' does not support sampling='fixed' (dp_accounting has no PLD "
             "analysis of fixed-size cohorts drawn without replacement); supported "
@@ -139,6 +120,31 @@ def _check_method(sampling: object, accountant: object) -> None:
 # --------------------------------------------------------------------------------------
 # Events and accountants
 # --------------------------------------------------------------------------------------
+def sensitivity(clip_norm: float, neighboring_relation: str) -> float:
+    """L2 sensitivity of a sum of contributions clipped to ‖Δ̃_u‖ ≤ C, one per user.
+
+    Adding or removing one user moves the sum by one contribution, at most C; replacing one
+    user's contribution by another's moves it by at most 2C. The Gaussian mechanism's
+    multiplier is the noise std over this sensitivity: z·C / C = z (Poisson sampling,
+    add-or-remove) or z·C / 2C = z/2 (fixed-size sampling, replace-one).
+
+    Args:
+        clip_norm: C (any units; the result has the same).
+        neighboring_relation: ``ADD_OR_REMOVE_ONE_USER`` or ``REPLACE_ONE_USER`` (the
+            relation of each sampling scheme: :data:`NEIGHBORING_RELATIONS`).
+
+    Returns:
+        C or 2C.
+
+    >>> sensitivity(0.01, REPLACE_ONE_USER)
+    0.02
+    """
+    if neighboring_relation not in _SENSITIVITY_IN_CLIP_NORMS:
+        raise ValueError(f"neighboring_relation must be one of "
+                         f"{sorted(_SENSITIVITY_IN_CLIP_NORMS)}, got {neighboring_relation!r}")
+    return _SENSITIVITY_IN_CLIP_NORMS[neighboring_relation] * clip_norm
+
+
 def make_dp_event(noise_multiplier: float, cohort_size: int, population: int, rounds: int,
                   sampling: Sampling = "poisson") -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event of ``rounds`` rounds of sampled Gaussian aggregation.
@@ -154,20 +160,22 @@ def make_dp_event(noise_multiplier: float, cohort_size: int, population: int, ro
     Returns:
         ``SelfComposedDpEvent(PoissonSampledDpEvent(S/K, GaussianDpEvent(z)), T)``, or
         ``SelfComposedDpEvent(SampledWithoutReplacementDpEvent(K, S, GaussianDpEvent(z/2)), T)``
-        (z/2: the replace-one sensitivity of the sum is 2C).
+        (z/2: the replace-one sensitivity of the sum is 2C, :func:`sensitivity`).
 
     >>> make_dp_event(1.0, 10, 1000, 5)  # doctest: +NORMALIZE_WHITESPACE
     SelfComposedDpEvent(event=PoissonSampledDpEvent(sampling_probability=0.01,
         event=GaussianDpEvent(noise_multiplier=1.0)), count=5)
     """
-    if sampling == "poisson":
-        round_event = dp_accounting.PoissonSampledDpEvent(
-            cohort_size / population, dp_accounting.GaussianDpEvent(noise_multiplier))
-    elif sampling == "fixed":
-        round_event = dp_accounting.SampledWithoutReplacementDpEvent(
-            population, cohort_size, dp_accounting.GaussianDpEvent(noise_multiplier / 2))
-    else:
+    if sampling not in SAMPLING_SCHEMES:
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
+    # dp_accounting's Gaussian event takes the noise std over the L2 sensitivity of the sum.
+    gaussian = dp_accounting.GaussianDpEvent(
+        noise_multiplier / sensitivity(1.0, NEIGHBORING_RELATIONS[sampling]))
+    if sampling == "poisson":
+        round_event = dp_accounting.PoissonSampledDpEvent(cohort_size / population, gaussian)
+    else:
+        round_event = dp_accounting.SampledWithoutReplacementDpEvent(population, cohort_size,
+                                                                     gaussian)
     return dp_accounting.SelfComposedDpEvent(round_event, rounds)
 
 
@@ -272,10 +280,10 @@ def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: 
     user-level (1.214, 1e-05)-DP [add-or-remove-one-user] after T=100 rounds; poisson
     sampling, q=S/K=10/1000=0.01, z=1 (σ_DP=0.1); RDP accountant, order 8.8
     """
-    z = _check_positive("noise_multiplier", noise_multiplier)
+    z = checks.check_positive("noise_multiplier", noise_multiplier)
     cohort, users = _check_cohort(cohort_size, population)
-    num_rounds = _check_integer("rounds", rounds)
-    delta = _check_delta(delta)
+    num_rounds = checks.check_integer("rounds", rounds)
+    delta = checks.check_delta(delta)
     _check_method(sampling, accountant)
     composed = _new_accountant(sampling, accountant).compose(
         make_dp_event(z, cohort, users, num_rounds, sampling))
@@ -326,11 +334,11 @@ def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, ro
     >>> epsilon(z, 10, 1000, 100, 1e-5).epsilon <= 2.0
     True
     """
-    target = _check_positive("target_epsilon", target_epsilon)
+    target = checks.check_positive("target_epsilon", target_epsilon)
     cohort, users = _check_cohort(cohort_size, population)
-    num_rounds = _check_integer("rounds", rounds)
-    delta = _check_delta(delta)
-    tol = _check_positive("tolerance", tolerance)
+    num_rounds = checks.check_integer("rounds", rounds)
+    delta = checks.check_delta(delta)
+    tol = checks.check_positive("tolerance", tolerance)
     _check_method(sampling, accountant)
     too_loose = ValueError(
         f"target_epsilon={target} is met even with noise multiplier "
@@ -391,8 +399,8 @@ def sigma_dp_to_noise_multiplier(sigma_dp: float, cohort_size: float) -> float:
     >>> round(sigma_dp_to_noise_multiplier(3e-6, 204800), 10)
     0.6144
     """
-    sigma = _check_positive("sigma_dp", sigma_dp, allow_zero=True)
-    return _check_positive("cohort_size", cohort_size) * sigma
+    sigma = checks.check_positive("sigma_dp", sigma_dp, allow_zero=True)
+    return checks.check_positive("cohort_size", cohort_size) * sigma
 
 
 def noise_multiplier_to_sigma_dp(noise_multiplier: float, cohort_size: float) -> float:
@@ -410,8 +418,8 @@ def noise_multiplier_to_sigma_dp(noise_multiplier: float, cohort_size: float) ->
     >>> noise_multiplier_to_sigma_dp(1.024, 1024)
     0.001
     """
-    z = _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-    return z / _check_positive("cohort_size", cohort_size)
+    z = checks.check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+    return z / checks.check_positive("cohort_size", cohort_size)
 
 
 # --------------------------------------------------------------------------------------
@@ -487,12 +495,12 @@ def extrapolate(sigma_dp: float, simulated_cohort: int, target_cohort: int,
     >>> round(e.noise_multiplier, 4), round(e.sampling_rate, 6), round(e.epsilon_rdp, 2)
     (0.6144, 0.002947, 7.2)
     """
-    sigma = _check_positive("sigma_dp", sigma_dp)
-    simulated = _check_integer("simulated_cohort", simulated_cohort)
+    sigma = checks.check_positive("sigma_dp", sigma_dp)
+    simulated = checks.check_integer("simulated_cohort", simulated_cohort)
     cohort, users = _check_cohort(target_cohort, target_population, "target_cohort",
                                   "target_population")
-    num_rounds = _check_integer("rounds", rounds)
-    delta = _check_delta(delta)
+    num_rounds = checks.check_integer("rounds", rounds)
+    delta = checks.check_delta(delta)
     if not accountants or any(a not in ACCOUNTANTS for a in accountants):
         raise ValueError(f"accountants must be a non-empty subset of {ACCOUNTANTS}, "
                          f"got {list(accountants)!r}")
@@ -543,8 +551,8 @@ class RunAccountant:
             raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
         self.sampling = sampling
         self.cohort_size, self.population = _check_cohort(cohort_size, population)
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
-        self.delta = _check_delta(delta)
+        self.noise_multiplier = checks.check_positive("noise_multiplier", noise_multiplier)
+        self.delta = checks.check_delta(delta)
         self._cache: dict[tuple[int, str], PrivacyGuarantee] = {}
 
     def __repr__(self) -> str:
@@ -554,7 +562,7 @@ class RunAccountant:
 
     def guarantee(self, rounds: int, accountant: AccountantName = "rdp") -> PrivacyGuarantee:
         """The full :class:`PrivacyGuarantee` after ``rounds`` rounds (cached)."""
-        key = (_check_integer("rounds", rounds), accountant)
+        key = (checks.check_integer("rounds", rounds), accountant)
         if key not in self._cache:
             self._cache[key] = epsilon(self.noise_multiplier, self.cohort_size,
                                        self.population, key[0], self.delta, self.sampling,
@@ -583,8 +591,8 @@ class RunAccountant:
         Returns:
             The number of rounds a run may train before exceeding the budget.
         """
-        budget = _check_positive("max_epsilon", max_epsilon)
-        limit = _check_integer("max_rounds", max_rounds)
+        budget = checks.check_positive("max_epsilon", max_epsilon)
+        limit = checks.check_integer("max_rounds", max_rounds)
         _check_method(self.sampling, accountant)
 
         def within(rounds: int) -> bool:

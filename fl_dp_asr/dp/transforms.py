@@ -2,18 +2,22 @@
 
 Everything here acts on **one client's model delta** Δ (a pytree shaped like the
 parameters) and is pure, ``jit``- and ``vmap``-safe, so it composes with
-``optax.chain`` in any training loop. The federated round step vmaps the clipping
-transforms over a cohort and applies :func:`add_gaussian_noise` once to the sum.
+``optax.chain`` in any training loop. The federated round step vmaps a clipping
+transform over the clients of a cohort and adds noise once to the sum with
+:func:`gaussian_noise` (the pure function behind :func:`add_gaussian_noise`; the round
+derives its noise key from the round key instead of keeping one in a state).
 
 Vocabulary (arXiv 2310.00098, "Clipping"):
 
 * ``clip(v, C) = v · C / max(C, ‖v‖)``, ‖·‖ the L2 norm.
-* A *layer* is one parameter leaf by default; ``layer_fn(path) -> name`` groups leaves
-    (e.g. one layer per transformer block). H = number of layers, d_h their sizes,
-    D = Σ d_h.
+* A *layer* is one parameter leaf by default, named by its key path with slashes
+    (``"block_00/mlp/kernel"``, the name metrics, TensorBoard and plots use);
+    ``layer_fn(path) -> name`` groups leaves (e.g. one layer per transformer block).
+    H = number of layers, d_h their sizes, D = Σ d_h.
 * Per-layer clipping (the paper's definition) clips every layer h to its own bound C_h
     with Σ_h C_h² = C², so ‖Δ̃‖ ≤ C. Allocations: ``"uniform"`` C_h = C/√H,
-    ``"by_dim"`` C_h = C·√(d_h/D), or explicit bounds.
+    ``"by_dim"`` C_h = C·√(d_h/D), or explicit bounds (a mapping by layer name, or a
+    pytree shaped like Δ with one bound per leaf, like jax_privacy's ``clip_pytree``).
 
 References:
     Pelikan et al., "Enabling Differentially Private Federated Learning for Speech
@@ -30,9 +34,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fl_dp_asr.dp import checks
+
 PyTree = Any
 LayerFn = Callable[[tuple], str]
-Allocation = Union[str, Mapping[str, float]]
+Allocation = Union[str, Mapping[str, float], PyTree]
 
 
 class ClipStats(NamedTuple):
@@ -57,8 +63,8 @@ class NoiseState(NamedTuple):
 
 
 def leaf_layer_name(path: tuple) -> str:
-    """Default layer naming: one layer per parameter leaf, named by its key path."""
-    return jax.tree_util.keystr(path)
+    """Default layer naming: one layer per parameter leaf, ``"block_00/mlp/kernel"``."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, int]:
@@ -80,6 +86,25 @@ def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, 
     return {name: jnp.sqrt(square) for name, square in squares.items()}
 
 
+def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dict[str, float]:
+    """``{layer name: C_h}`` (checked ≥ 0) from a mapping by name or a pytree of per-leaf
+    bounds."""
+    def checked(name, bound):
+        return checks.check_positive(f"the bound of layer {name!r}", float(bound),
+                                     allow_zero=True)
+
+    if jax.tree.structure(allocation) != jax.tree.structure(tree):
+        return {name: checked(name, bound) for name, bound in allocation.items()}
+    bounds: dict[str, float] = {}
+    for path, bound in jax.tree_util.tree_leaves_with_path(allocation):
+        name = layer_fn(path)
+        value = checked(name, bound)
+        if bounds.setdefault(name, value) != value:
+            raise ValueError(f"the leaves of layer {name!r} carry different bounds "
+                             f"({bounds[name]} and {value}): give one per layer.")
+    return bounds
+
+
 def layer_bounds(
         clip_norm: float,
         allocation: Allocation,
@@ -90,13 +115,23 @@ def layer_bounds(
 
     Args:
         clip_norm: the total bound C (L2, in parameter units).
-        allocation: ``"uniform"`` (C/√H), ``"by_dim"`` (C·√(d_h/D)), or a mapping
-            ``{layer name: C_h}`` whose squares must sum to C² (relative tolerance 1e-4).
+        allocation: ``"uniform"`` (C/√H), ``"by_dim"`` (C·√(d_h/D)), or explicit bounds
+            C_h ≥ 0 whose squares sum to C² (relative tolerance 1e-4): a mapping
+            ``{layer name: C_h}``, or a pytree with the structure of ``tree`` holding one
+            bound per leaf (leaves of one layer, under a grouping ``layer_fn``, must carry
+            the same bound).
         tree: a pytree with the parameters' structure (shapes only are used).
         layer_fn: maps a leaf's key path to its layer name.
 
     Returns:
         ``{layer name: C_h}`` as Python floats.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fl_dp_asr.dp import transforms
+        >>> delta = {"a": jnp.zeros(3), "b": jnp.zeros(1)}
+        >>> transforms.layer_bounds(1.0, {"a": 0.6, "b": 0.8}, delta)
+        {'a': 0.6, 'b': 0.8}
     """
     sizes = layer_sizes(tree, layer_fn)
     if isinstance(allocation, str):
@@ -106,9 +141,9 @@ def layer_bounds(
             total = sum(sizes.values())
             return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
         raise ValueError(
-            f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim' or a "
-            "mapping {layer name: bound}.")
-    bounds = {name: float(bound) for name, bound in allocation.items()}
+            f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim', a "
+            "mapping {layer name: bound} or a pytree of per-leaf bounds.")
+    bounds = _bounds_by_layer(allocation, tree, layer_fn)
     if set(bounds) != set(sizes):
         raise ValueError(
             f"allocation names {sorted(set(bounds) ^ set(sizes))} do not match the layers "
@@ -218,7 +253,7 @@ def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
           transform over clients.
 
     Args:
-        clip_norm: the bound C > 0.
+        clip_norm: the bound C > 0 (``inf``: no clipping, the statistics only).
 
     Returns:
         An ``optax.GradientTransformation``.
@@ -236,7 +271,7 @@ def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
         >>> clipped["w"].tolist(), float(stats.global_norm)
         ([0.6000000238418579, 0.800000011920929], 5.0)
     """
-    _check_positive(clip_norm)
+    checks.check_positive("clip_norm", clip_norm, allow_inf=True)
     return _clipping_transform(lambda d: clip_global(d, clip_norm), leaf_layer_name)
 
 
@@ -253,10 +288,11 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
 
     Args:
         clip_norm: the total bound C > 0.
-        allocation: ``"uniform"`` (C_h = C/√H), ``"by_dim"`` (C_h = C·√(d_h/D)) or a
-            mapping ``{layer name: C_h}`` with Σ C_h² = C².
+        allocation: ``"uniform"`` (C_h = C/√H), ``"by_dim"`` (C_h = C·√(d_h/D)), or
+            explicit bounds with Σ C_h² = C²: a mapping ``{layer name: C_h}`` or a pytree
+            shaped like the delta with one bound per leaf (see :func:`layer_bounds`).
         layer_fn: maps a leaf's key path to its layer name (default: one layer per leaf,
-            named ``jax.tree_util.keystr(path)``); leaves with one name form one layer.
+            :func:`leaf_layer_name`); leaves with one name form one layer.
 
     Returns:
         An ``optax.GradientTransformation`` whose state is the last :class:`ClipStats`.
@@ -273,7 +309,7 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
         >>> round(float(jnp.linalg.norm(clipped["a"])), 4), clipped["b"].tolist()
         (0.7071, [0.10000000149011612, 0.0])
     """
-    _check_positive(clip_norm)
+    checks.check_positive("clip_norm", clip_norm, allow_inf=True)
 
     def rule(delta):
         return clip_layers(delta, layer_bounds(clip_norm, allocation, delta, layer_fn), layer_fn)
@@ -307,7 +343,7 @@ def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
         >>> round(float(jnp.linalg.norm(out["b"])), 4)
         0.7071
     """
-    _check_positive(clip_norm)
+    checks.check_positive("clip_norm", clip_norm, allow_inf=True)
 
     def rule(delta):
         bounds = layer_bounds(clip_norm, allocation, delta, layer_fn)
@@ -342,8 +378,7 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
         >>> round(float(jnp.std(out["w"])), 2)
         0.5
     """
-    if stddev < 0:
-        raise ValueError(f"stddev must be >= 0, got {stddev}.")
+    checks.check_positive("stddev", stddev, allow_zero=True)
 
     def init_fn(params):
         del params
@@ -355,45 +390,3 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
         return gaussian_noise(updates, stddev, draw_key), NoiseState(next_key)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def normalize_per_layer(layer_fn: LayerFn = leaf_layer_name,
-                        eps: float = 0.0) -> optax.GradientTransformation:
-    """Divides every layer by its L2 norm: u_h / ‖u_h‖ (a zero layer stays zero).
-
-    Followed by ``optax.scale_by_learning_rate`` and a per-layer ``‖θ_h‖`` scale this is the
-    paper's layer-wise normalization (the LAMB trust ratio without moments); use
-    ``optax.lamb`` for the full server optimizer.
-
-    Args:
-        layer_fn: layer grouping, as in :func:`clip_per_layer`.
-        eps: added to the norm in the denominator.
-
-    Returns:
-        A stateless ``optax.GradientTransformation``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from fl_dp_asr.dp import transforms
-        >>> t = transforms.normalize_per_layer()
-        >>> out, _ = t.update({"a": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}, None)
-        >>> out["a"].tolist(), out["b"].tolist()
-        ([0.6000000238418579, 0.800000011920929], [0.0, 0.0])
-    """
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        norms = layer_norms(updates, layer_fn)
-        scales = {n: jnp.where(v > 0, 1.0 / (v + eps), 0.0) for n, v in norms.items()}
-        return _scale_layers(updates, scales, layer_fn), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _check_positive(clip_norm: float) -> None:
-    if not clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0, got {clip_norm}.")

@@ -22,7 +22,6 @@ import optax
 PyTree = Any
 Batch = dict[str, jax.Array]
 LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-ClientUpdate = Callable[[PyTree, dict[str, Any], jax.Array], tuple[PyTree, dict[str, jax.Array]]]
 
 
 class ClientMetrics(NamedTuple):
@@ -60,21 +59,102 @@ class LocalState(NamedTuple):
     loss_sum: jax.Array
 
 
+def local_step_keys(key: jax.Array, local_steps: int) -> jax.Array:
+    """The PRNG key of each local step of one client, ``[local_steps]``."""
+    return jax.random.split(key, local_steps)
+
+
+class ClientUpdate(NamedTuple):
+    """One client's local training as three pure functions (FedJAX's client_init/step/final).
+
+    Executors schedule these pieces themselves (:mod:`fl_dp_asr.fl.executors`); the two
+    call helpers below run them for one client (:meth:`run`) or for a chunk of clients
+    (:meth:`run_chunk`), with the same numbers.
+
+    Attributes:
+        init: ``init(params) -> LocalState``, a fresh optimizer state at the server params.
+        step: ``step(state, batch, step_mask, key) -> LocalState``, one local step on one
+            batch (leaves ``[batch, ...]``); ``step_mask`` (float32 scalar) 0 leaves the
+            state unchanged.
+        final: ``final(params, state, step_mask) -> (delta, ClientMetrics)`` with
+            Δ = θ_server − θ_local and ``step_mask`` float32 ``[local_steps]``.
+    """
+    init: Callable[[PyTree], LocalState]
+    step: Callable[[LocalState, Batch, jax.Array, jax.Array], LocalState]
+    final: Callable[[PyTree, LocalState, jax.Array], tuple[PyTree, ClientMetrics]]
+
+    def run(self, params: PyTree, client_block: dict[str, Any], key: jax.Array
+            ) -> tuple[PyTree, ClientMetrics]:
+        """One client: ``lax.scan`` over its local steps; padded steps are skipped.
+
+        Args:
+            params: server parameters θ.
+            client_block: ``batches`` (leaves ``[local_steps, batch, ...]``) and
+                ``step_mask`` (float32 ``[local_steps]``); other entries are ignored.
+            key: this client's key; step s uses ``local_step_keys(key, local_steps)[s]``.
+
+        Returns:
+            ``(delta, ClientMetrics)``, Δ shaped like ``params``.
+        """
+        step_mask = client_block["step_mask"]
+        keys = local_step_keys(key, step_mask.shape[0])
+
+        def maybe_step(state, xs):
+            # A padded step is skipped, not computed and masked (under vmap, cond becomes a
+            # select and both branches run: run_chunk skips steps per chunk instead).
+            batch, mask, step_key = xs
+            state = jax.lax.cond(mask > 0, self.step, lambda s, *_: s, state, batch, mask,
+                                 step_key)
+            return state, None
+
+        state, _ = jax.lax.scan(maybe_step, self.init(params),
+                                (client_block["batches"], step_mask, keys))
+        return self.final(params, state, step_mask)
+
+    def run_chunk(self, params: PyTree, clients: dict[str, Any], keys: jax.Array
+                  ) -> tuple[PyTree, ClientMetrics]:
+        """A chunk of clients at once: ``vmap`` over clients inside a ``lax.scan`` over steps.
+
+        Local step s runs (vmapped over the chunk) only if some client of the chunk has a
+        real step s (``step_mask[:, s]``); otherwise the whole step is skipped (``lax.cond``
+        outside the ``vmap``). Same numbers as ``vmap(run)``: a padded step changes nothing.
+
+        Args:
+            params: server parameters θ (shared by the chunk).
+            clients: ``batches`` (leaves ``[chunk, local_steps, batch, ...]``) and
+                ``step_mask`` (float32 ``[chunk, local_steps]``).
+            keys: ``[chunk]`` client keys.
+
+        Returns:
+            ``(deltas, ClientMetrics)`` with a leading ``[chunk]`` axis.
+        """
+        chunk, num_steps = clients["step_mask"].shape
+        step_keys = jax.vmap(lambda k: local_step_keys(k, num_steps))(keys)
+        state = jax.vmap(self.init, in_axes=None, axis_size=chunk)(params)
+        batched_step = jax.vmap(self.step)
+
+        def local_step(state, s):
+            batch = jax.tree.map(lambda x: x[:, s], clients["batches"])
+            mask, key = clients["step_mask"][:, s], step_keys[:, s]
+            state = jax.lax.cond(jnp.any(mask > 0), batched_step, lambda st, *_: st,
+                                 state, batch, mask, key)
+            return state, None
+
+        state, _ = jax.lax.scan(local_step, state, jnp.arange(num_steps))
+        return jax.vmap(self.final, in_axes=(None, 0, 0))(params, state, clients["step_mask"])
+
+
 def make_client_update(loss_fn: LossFn,
                        local_optimizer: optax.GradientTransformation) -> ClientUpdate:
-    """Builds ``client_update(params, client_block, key) -> (delta, ClientMetrics)``.
+    """The :class:`ClientUpdate` of local training with ``local_optimizer`` on ``loss_fn``.
 
     Args:
         loss_fn: ``loss_fn(params, batch, key) -> (loss, aux)`` (docs/CONTRACTS.md).
         local_optimizer: optax optimizer used by every client, with a fresh state.
 
     Returns:
-        A pure function. ``client_block`` holds ``batches`` (leaves
-        ``[local_steps, batch, ...]``) and ``step_mask`` (float32 ``[local_steps]``).
-        Its pieces are attributes, for executors that schedule the local steps
-        themselves: ``init(params) -> LocalState``, ``step(state, batch, step_mask, key)
-        -> LocalState`` and ``final(params, state, step_mask) -> (delta, ClientMetrics)``;
-        ``step_keys(key, local_steps)`` gives the key of each local step.
+        A :class:`ClientUpdate`; ``client_update.run(params, client_block, key)`` gives
+        ``(delta, ClientMetrics)`` of one client.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -100,20 +180,4 @@ def make_client_update(loss_fn: LossFn,
         )
         return delta, metrics
 
-    def step_keys(key, local_steps):
-        return jax.random.split(key, local_steps)
-
-    def maybe_step(state, batch, step_mask, key):
-        # A padded step is skipped, not computed and masked (under vmap, cond becomes a
-        # select and both branches run: the vectorized executor skips per chunk instead).
-        return jax.lax.cond(step_mask > 0, step, lambda s, *_: s, state, batch, step_mask, key)
-
-    def client_update(params, client_block, key):
-        keys = step_keys(key, client_block["step_mask"].shape[0])
-        state, _ = jax.lax.scan(lambda s, xs: (maybe_step(s, *xs), None), init(params),
-                                (client_block["batches"], client_block["step_mask"], keys))
-        return final(params, state, client_block["step_mask"])
-
-    client_update.init, client_update.step, client_update.final = init, step, final
-    client_update.step_keys = step_keys
-    return client_update
+    return ClientUpdate(init, step, final)

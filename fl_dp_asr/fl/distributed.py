@@ -4,14 +4,14 @@ Every process runs the same program (multi-controller SPMD). One round::
 
     distributed.initialize("10.0.0.1:1234", num_processes=4, process_id=rank)  # first JAX call
     mesh = distributed.client_mesh()                     # all devices of all processes
-    step = round_lib.make_round_step(..., executor="sharded", mesh=mesh, chunk_size=k)
-    slots = distributed.padded_cohort_size(cohort_size, k, mesh)
+    executor = executors.sharded(chunk_size=k, mesh=mesh)
+    step = round_lib.make_round_step(..., executor)
+    slots = sampler.num_slots(executor.client_multiple)  # same sampler and seed everywhere
+    stream = CohortStream(dataset, sampler, ..., client_multiple=executor.client_multiple,
+                          process_slots=distributed.process_client_indices(slots, mesh))
     state = distributed.replicate(round_lib.init_server_state(params, opt), mesh)
     for r in range(rounds):
-        users = sampled users of round r (same seed → the same list on every process)
-        mine = distributed.process_client_indices(slots, mesh)
-        local = pack_cohort(dataset, [users[i] if i < len(users) else None for i in mine],
-                            num_clients=len(mine), ...)       # only this process's clients
+        local = stream.block(r)                          # only this process's clients
         block = distributed.global_cohort(local, mesh, slots)
         state, metrics = step(state, block, distributed.replicate(key_r, mesh))
 
@@ -70,15 +70,6 @@ def client_mesh(devices=None) -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def padded_cohort_size(cohort_size: int, chunk_size: int, mesh: jax.sharding.Mesh) -> int:
-    """Client slots of the global cohort: a multiple of chunk_size × devices ≥ cohort_size.
-
-    Slots past the sampled users are padding clients (``client_mask = 0``, contribute zero).
-    """
-    multiple = chunk_size * mesh.shape[CLIENTS_AXIS]
-    return -(-cohort_size // multiple) * multiple
-
-
 def _client_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(CLIENTS_AXIS))
 
@@ -92,7 +83,8 @@ def process_client_indices(num_slots: int, mesh: jax.sharding.Mesh) -> np.ndarra
     sharding = _client_sharding(mesh)
     if num_slots % mesh.shape[CLIENTS_AXIS]:
         raise ValueError(f"{num_slots} client slots do not split over "
-                         f"{mesh.shape[CLIENTS_AXIS]} devices: use padded_cohort_size().")
+                         f"{mesh.shape[CLIENTS_AXIS]} devices: use a multiple of the "
+                         "executor's client_multiple (sampler.num_slots).")
     slots = set()
     for index in sharding.addressable_devices_indices_map((num_slots,)).values():
         slots.update(range(num_slots)[index[0]])

@@ -1,4 +1,9 @@
-"""Metric writers: one JSON line per record plus TensorBoard scalars."""
+"""Metric writers: one JSON line per record plus TensorBoard scalars.
+
+Nested metric dicts become slash-separated names, the same in both: a per-layer norm is
+``train/layer_delta_norms/block_00/mlp/kernel`` (layer names from
+:func:`fl_dp_asr.dp.transforms.leaf_layer_name`).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-
-def readable_name(name: str) -> str:
-    """``"train/x/['block_00']['mlp']['kernel']"`` → ``"train/x/block_00/mlp/kernel"``.
-
-    Layer names are ``jax.tree_util.keystr`` paths; TensorBoard tags and plots take the
-    slash form (TensorBoard rejects brackets and quotes).
-    """
-    return name.replace("['", "").replace("']", "/").rstrip("/")
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -70,7 +66,7 @@ class MetricWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for name, value in flat.items():
-            self._tensorboard.add_scalar(readable_name(name), value, step)
+            self._tensorboard.add_scalar(name, value, step)
 
     def close(self) -> None:
         if not self.enabled:

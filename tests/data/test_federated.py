@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fl_dp_asr.data import (CohortPackingError, FederatedDataset, LengthBuckets, client_steps,
-                            cohort_summary, iterate_batches, make_batch, pack_cohort)
+                            cohort_summary, epoch_batches, iterate_batches, make_batch,
+                            pack_cohort)
 
 USERS = {"alice": 1, "bob": 2, "carol": 7}
 BUCKETS = LengthBuckets(max_samples=(1000, 2000, 4000), max_label_len=(8, 16, 32))
@@ -50,7 +51,6 @@ def _identify(block, client):
 def test_grouping_counts_and_durations(dataset):
     assert dataset.users == ("alice", "bob", "carol")
     np.testing.assert_array_equal(dataset.user_num_utterances(), [1, 2, 7])
-    assert dataset.user_durations().sum() == pytest.approx(dataset.num_samples.sum() / 16_000)
     assert dataset.hours == pytest.approx(dataset.num_samples.sum() / 16_000 / 3600)
 
 
@@ -80,8 +80,10 @@ def test_packing_preserves_every_utterance_once(dataset):
     for key in ("audio_lengths", "label_lengths"):
         assert not batches[key][padding].any()
     assert not batches["mask"][block["step_mask"] == 0].any()
-    assert cohort_summary(block) == {"clients": 3.0, "steps": 6.0, "utterances": 10.0,
-                                     "audio_seconds": pytest.approx(dataset.hours * 3600)}
+    assert cohort_summary(block) == {
+        "clients": 3.0, "steps": 6.0, "utterances": 10.0,
+        "audio_seconds": pytest.approx(dataset.hours * 3600), "mean_steps": 2.0,
+        "real_step_fraction": 0.5, "real_utterance_fraction": pytest.approx(10 / 24)}
 
 
 def test_small_clients_cycle_through_their_data(dataset):
@@ -158,15 +160,13 @@ def test_buckets(dataset):
     assert len(fitted.max_samples) == 3 and fitted.max_label_len[-1] % 8 == 0
 
 
-def test_central_batches_cover_every_utterance(dataset):
+def test_evaluation_batches_cover_every_utterance_sorted_by_length(dataset):
     seen = []
-    for shuffle in (False, True):
-        seen = []
-        for batch in iterate_batches(dataset, batch_size=4, tokenize=tokenize, buckets=BUCKETS,
-                                     shuffle=shuffle, seed=0):
-            assert batch["audio"].shape[0] == 4 and batch["mask"].dtype == np.float32
-            seen += [int(batch["audio"][b, 0]) - 1 for b in range(4) if batch["mask"][b]]
-        assert sorted(seen) == list(range(len(dataset)))
+    for batch in iterate_batches(dataset, batch_size=4, tokenize=tokenize, buckets=BUCKETS):
+        assert batch["audio"].shape[0] == 4 and batch["mask"].dtype == np.float32
+        seen += [int(batch["audio"][b, 0]) - 1 for b in range(4) if batch["mask"][b]]
+    assert sorted(seen) == list(range(len(dataset)))
+    assert np.all(np.diff(dataset.num_samples[seen]) >= 0)
     batch = make_batch(dataset, [0, 1], tokenize=tokenize, buckets=BUCKETS, batch_size=3)
     np.testing.assert_array_equal(batch["mask"], [1, 1, 0])
     assert {k: v.dtype.name for k, v in batch.items()} == {
@@ -174,10 +174,20 @@ def test_central_batches_cover_every_utterance(dataset):
         "label_lengths": "int32", "mask": "float32"}
 
 
+def test_training_epochs_cover_every_row_once_and_depend_on_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(100, 10_000, 103)
+    epoch = epoch_batches(lengths, batch_size=8, seed=3, epoch=1, sort_window=4)
+    assert len(epoch) == 13 and sorted(np.concatenate(epoch).tolist()) == list(range(103))
+    assert [b.tolist() for b in epoch] == [
+        b.tolist() for b in epoch_batches(lengths, 8, seed=3, epoch=1, sort_window=4)]
+    assert [b.tolist() for b in epoch] != [
+        b.tolist() for b in epoch_batches(lengths, 8, seed=3, epoch=2, sort_window=4)]
+    # Length-sorted windows: a batch spans less of the length range than a shuffled one.
+    spread = lambda batches: np.mean([np.ptp(lengths[b]) for b in batches if len(b) == 8])
+    assert spread(epoch) < 0.5 * spread(epoch_batches(lengths, 8, 3, 1, sort_window=0))
+
+
 def test_views_and_index_cache(dataset, tmp_path):
-    train, held_out = dataset.split_by_users([2 / 3, 1 / 3], seed=0)
-    assert set(train.users).isdisjoint(held_out.users)
-    assert len(train) + len(held_out) == len(dataset)
     assert dataset.subset_users(["bob"]).user_num_utterances().tolist() == [2]
     short = dataset.filter(max_seconds=1000 / 16_000)
     assert (short.num_samples <= 1000).all() and len(short) < len(dataset)

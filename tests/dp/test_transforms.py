@@ -114,26 +114,47 @@ def test_grouped_layers_share_one_bound():
     assert float(clipped["block"]["b"][0] / clipped["block"]["w"][0]) == pytest.approx(4 / 3)
 
 
+def test_layers_are_named_by_slash_paths():
+    sizes = transforms.layer_sizes({"block_00": {"mlp": {"kernel": jnp.zeros((2, 3))}},
+                                    "head": [jnp.zeros(4)]})
+    assert sizes == {"block_00/mlp/kernel": 6, "head/0": 4}
+
+
+def test_explicit_bounds_by_name_or_as_a_pytree_clip_each_layer_to_its_bound():
+    delta = {"a": jnp.ones(2), "nested": {"b": jnp.ones(2)}}
+    by_name = {"a": 0.6, "nested/b": 0.8}
+    as_pytree = {"a": 0.6, "nested": {"b": 0.8}}
+    for allocation in (by_name, as_pytree):
+        clipped, _ = apply(transforms.clip_per_layer(1.0, allocation), delta)
+        assert float(jnp.linalg.norm(clipped["a"])) == pytest.approx(0.6)
+        assert float(jnp.linalg.norm(clipped["nested"]["b"])) == pytest.approx(0.8)
+    group = lambda path: jax.tree_util.keystr(path[:1], simple=True)  # "nested" = one layer
+    with pytest.raises(ValueError, match="different bounds"):
+        transforms.layer_bounds(1.0, {"a": 0.6, "nested": {"b": 0.8, "c": 0.0}},
+                                {"a": 0, "nested": {"b": 0, "c": 0}}, group)
+
+
 def test_explicit_bounds_must_match_clip_norm_and_layers():
     delta = {"a": jnp.ones(2), "b": jnp.ones(2)}
-    good = {"['a']": 0.6, "['b']": 0.8}
-    clipped, _ = apply(transforms.clip_per_layer(1.0, good), delta)
-    assert float(jnp.linalg.norm(clipped["b"])) == pytest.approx(0.8)
+    good = {"a": 0.6, "b": 0.8}
     with pytest.raises(ValueError, match="must agree"):
         apply(transforms.clip_per_layer(2.0, good), delta)
     with pytest.raises(ValueError, match="do not match"):
-        apply(transforms.clip_per_layer(1.0, {"['a']": 1.0}), delta)
+        apply(transforms.clip_per_layer(1.0, {"a": 1.0}), delta)
+    with pytest.raises(ValueError, match="bound of layer 'b'"):
+        apply(transforms.clip_per_layer(1.0, {"a": 1.0, "b": float("nan")}), delta)
     with pytest.raises(ValueError, match="not supported"):
         apply(transforms.clip_per_layer(1.0, "random"), delta)
-    with pytest.raises(ValueError, match="clip_norm"):
-        transforms.clip_per_layer(0.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_norm"):
+            transforms.clip_per_layer(bad)
 
 
 def test_stats_report_norms_before_clipping():
     delta = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])}
     _, stats = apply(transforms.clip_per_layer(1.0), delta)
-    assert float(stats.layer_norms["['a']"]) == 5.0
-    assert float(stats.layer_norms["['b']"]) == 0.0
+    assert float(stats.layer_norms["a"]) == 5.0
+    assert float(stats.layer_norms["b"]) == 0.0
     assert float(stats.global_norm) == 5.0
     assert float(stats.clipped) == 1.0
 
@@ -151,11 +172,23 @@ def test_gaussian_noise_std_and_determinism():
     assert not np.array_equal(first["w"], second["w"])
 
 
-def test_normalize_per_layer_gives_unit_layers_and_is_safe_at_zero():
-    tx = transforms.normalize_per_layer()
-    out, _ = tx.update({"a": jnp.array([3.0, 4.0]), "z": jnp.zeros(3)}, tx.init(None))
-    assert float(jnp.linalg.norm(out["a"])) == pytest.approx(1.0)
-    np.testing.assert_array_equal(out["z"], 0.0)
+@pytest.mark.parametrize("allocation", ["uniform", "by_dim"])
+def test_per_layer_clipping_matches_optax_per_example_layer_norm_clip(deltas, allocation):
+    """Where the semantics meet (one layer per leaf, uniform or by-dim bounds), the sum of
+    our per-client clipped deltas and the number clipped per layer equal optax's."""
+    clip = transforms.clip_per_layer(2.0, allocation)
+    clipped, _ = jax.vmap(lambda d: apply(clip, d))(deltas)
+    leaves = jax.tree.leaves(deltas)
+    sums, num_clipped = optax.transforms.per_example_layer_norm_clip(
+        leaves, 2.0, uniform=allocation == "uniform")
+    for ours, theirs in zip(jax.tree.leaves(clipped), sums):
+        np.testing.assert_allclose(jnp.sum(ours, axis=0), theirs, rtol=2e-4, atol=1e-6)
+    bounds = transforms.layer_bounds(2.0, allocation, one(deltas))
+    layer_norms = jax.vmap(transforms.layer_norms)(deltas)
+    names = list(transforms.layer_sizes(one(deltas)))
+    ours_clipped = [int(jnp.sum(layer_norms[n] > bounds[n])) for n in names]
+    assert ours_clipped == [int(n) for n in num_clipped]
+    assert sum(ours_clipped) > 100   # the comparison covers clipped and unclipped layers
 
 
 def test_clipping_is_vmap_and_jit_safe(deltas):
@@ -184,12 +217,17 @@ def test_transforms_in_a_plain_optax_loop():
     def step(params, state):
         grads = jax.grad(lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2))(params)
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        return optax.apply_updates(params, updates), state, grads
 
+    clipped_steps = 0
     for _ in range(300):
-        params, state = step(params, state)
+        params, state, grads = step(params, state)
+        clipped_steps += int(optax.tree_utils.tree_get(state, "clipped"))
     np.testing.assert_allclose(params["w"], true_w, atol=0.02)
-    assert optax.tree_utils.tree_get(state, "clipped") is not None
+    # The chain's state holds the statistics of the last gradient the clipping saw.
+    assert float(optax.tree_utils.tree_get(state, "global_norm")) == pytest.approx(
+        float(optax.tree_utils.tree_norm(grads)), rel=1e-5)
+    assert 0 < clipped_steps < 300   # large early gradients were clipped, late ones not
 
 
 def test_docstring_examples_run():

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import train_fl
-from experiments.configs import demo_fl_dp
+from experiments.configs import fl_dp
 from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
@@ -24,24 +24,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def small_config(corpus, tfds_dir, rounds):
     """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
-    c = demo_fl_dp.get_config()
-    c.init_checkpoint = ""
+    c = fl_dp.get_config("demo")
+    c.init_checkpoint = None
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
+    c.data.synthesize_if_missing = False
     c.data.num_buckets = 1
     c.fl.rounds = rounds
     c.fl.sampling = "fixed"
     c.dp.sigma_dp = None
     c.dp.noise_multiplier = 0.5
     c.dp.delta = 1e-5
-    c.privacy.target_cohort = 0
+    c.dp.target_cohort = None
     c.fl.cohort_size = 2
     c.fl.chunk_size = 2
     c.fl.local_steps = 2
     c.fl.local_batch_size = 2
     c.eval.every = 2
-    c.eval.pld = False
+    c.dp.pld = False
     c.checkpoint.every = 1
     c.checkpoint.keep = 2
     return c
@@ -147,6 +148,16 @@ def test_signal_during_an_async_checkpoint_save_saves_and_exits_cleanly(
     assert final_state(tmp_path)[0] == saved_round
 
 
+def test_a_refused_round_saves_the_state_before_it_and_raises(tiny_corpus, tfds_dir, tmp_path):
+    config = small_config(tiny_corpus, tfds_dir, 3)
+    config.server.learning_rate = float("nan")   # the first update makes params NaN
+    with pytest.raises(round_lib.NonFiniteParamsError, match="round 0"):
+        train_fl.train(config, str(tmp_path))
+    step, state = final_state(tmp_path)
+    assert step == 0 and int(state["round"]) == 0
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
 def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_dir, tmp_path):
     config = small_config(tiny_corpus, tfds_dir, 50)
     config.dp.noise_multiplier = 8.0
@@ -162,7 +173,7 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
 def run_train_fl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/demo_fl_dp.py", *args],
+         "--config", "experiments/configs/fl_dp.py:demo", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -170,7 +181,7 @@ def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
     result = run_train_fl("--workdir", str(tmp_path / "run"), "--config.fl.cohort_sise=4")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/demo_fl_dp.py has no "
+        "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/fl_dp.py has no "
         'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n')
     assert not (tmp_path / "run").exists()
 
@@ -197,7 +208,7 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
 
 
 def test_bad_multi_process_settings_are_clear_errors():
-    config = demo_fl_dp.get_config()
+    config = fl_dp.get_config("demo")
     config.distributed.num_processes = 2
     with pytest.raises(ValueError, match="executor='sharded'"):
         train_fl.join_processes(config)

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from fl_dp_asr.fl import client, distributed, round as round_lib, server
+from fl_dp_asr.dp import DPConfig
+from fl_dp_asr.fl import client, distributed, executors, round as round_lib, server
 from tests import processes
 from tests.fl import toy_task
 
@@ -27,12 +28,12 @@ def rounds(mesh=None, executor="vectorized"):
     params = jax.tree.map(np.asarray, toy_task.init_params(jax.random.key(0)))
     params["unused"] = np.zeros(NOISE_PARAMS, np.float32)  # zero gradient: pure noise
     opt = server.make_server_optimizer("sgd", 1.0)
-    dp = round_lib.DPConfig("global", 0.5, noise_multiplier=2.0)
+    dp = DPConfig("global", 0.5, noise_multiplier=2.0)
     results = {}
     for name, local_lr in (("train", 0.1), ("noise", 0.0)):
         update = client.make_client_update(toy_task.loss_fn, client.local_sgd(local_lr, 1.0))
-        step = round_lib.make_round_step(update, opt, dp, COHORT, executor=executor,
-                                         chunk_size=CHUNK, mesh=mesh)
+        step = round_lib.make_round_step(
+            update, opt, dp, COHORT, executors.make(executor, chunk_size=CHUNK, mesh=mesh))
         slots = 8
         block = toy_task.make_cohort(slots, real_clients=COHORT, seed=5)
         state = round_lib.init_server_state(jax.device_put(params), opt)  # fresh: donated
@@ -118,4 +119,3 @@ def test_global_cohort_checks_the_local_part():
     assert_trees_close(distributed.to_host(glob), block, rtol=0, atol=0)
     with pytest.raises(ValueError, match="must provide 4 client slots"):
         distributed.global_cohort(jax.tree.map(lambda x: x[:3], block), mesh, 4)
-    assert distributed.padded_cohort_size(7, 2, mesh) == 8

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from fl_dp_asr.fl import client, cohort, round as round_lib, server
+from fl_dp_asr.dp import DPConfig
+from fl_dp_asr.fl import client, executors, round as round_lib, server
 from tests.fl import toy_task
 
 EXECUTORS = ["vectorized", "sequential", "sharded"]
@@ -30,12 +31,12 @@ def run_round(cohort_block, *, executor="vectorized", dp=None, local_lr=0.1, coh
               chunk_size=4, params=None, key=1):
     """One round with a server SGD of lr 1, so new params = params − noisy_sum / S."""
     params = fresh_params() if params is None else params
-    dp = dp or round_lib.DPConfig("per_layer", 1.0, "uniform")
+    dp = dp or DPConfig("per_layer", 1.0, "uniform")
     client_update = client.make_client_update(toy_task.loss_fn, client.local_sgd(local_lr, 1.0))
     opt = server.make_server_optimizer("sgd", 1.0)
     cohort_size = cohort_size or int(np.sum(cohort_block["client_mask"]))
-    step = round_lib.make_round_step(client_update, opt, dp, cohort_size, executor=executor,
-                                     chunk_size=chunk_size)
+    step = round_lib.make_round_step(client_update, opt, dp, cohort_size,
+                                     executors.make(executor, chunk_size=chunk_size))
     before = jax.tree.map(np.asarray, params)
     state, metrics = step(round_lib.init_server_state(params, opt), cohort_block,
                           jax.random.key(key))
@@ -49,7 +50,8 @@ def assert_trees_close(a, b, atol=1e-6):
 
 @pytest.fixture(scope="module")
 def reference():
-    return run_round(toy_task.make_cohort(10, real_clients=9))
+    """The reference scheme: one client at a time (``sequential``)."""
+    return run_round(toy_task.make_cohort(10, real_clients=9), executor="sequential")
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -107,7 +109,7 @@ def test_client_delta_sign_is_server_minus_local():
     params = fresh_params()
     update = client.make_client_update(toy_task.loss_fn, optax.sgd(0.5))
     one = jax.tree.map(lambda x: x[0], block)
-    delta, metrics = update(params, one, jax.random.key(0))
+    delta, metrics = update.run(params, one, jax.random.key(0))
     first_batch = jax.tree.map(lambda x: x[0], one["batches"])
     grads = jax.grad(lambda p: toy_task.loss_fn(p, first_batch, None)[0])(params)
     assert_trees_close(delta, jax.tree.map(lambda g: 0.5 * g, grads))
@@ -119,7 +121,7 @@ NOISE_PARAMS = 120_000
 
 def noise_round(executor="vectorized"):
     """All clients send zero (local lr 0): the update is the noise alone."""
-    dp = round_lib.DPConfig("global", 0.5, noise_multiplier=2.0)
+    dp = DPConfig("global", 0.5, noise_multiplier=2.0)
     block = toy_task.make_cohort(8)
     _, _, noisy_sum = run_round(block, executor=executor, dp=dp, local_lr=0.0,
                                 params=fresh_params(NOISE_PARAMS), key=3)
@@ -155,7 +157,7 @@ def test_noise_is_added_once_with_eight_devices():
 
 @pytest.mark.parametrize("clipping", ["global", "per_layer", "rescale_per_layer"])
 def test_one_user_changes_the_noiseless_sum_by_at_most_c(clipping):
-    dp = round_lib.DPConfig(clipping, 0.05, "by_dim")
+    dp = DPConfig(clipping, 0.05, "by_dim")
     block = toy_task.make_cohort(6)
     _, _, base = run_round(block, dp=dp, cohort_size=6)
     removed = jax.tree.map(np.copy, block)
@@ -196,8 +198,8 @@ def test_round_with_all_clients_dropped_keeps_state_and_raises():
 
 def test_no_clipping_is_plain_fedavg():
     block = toy_task.make_cohort(4)
-    _, metrics, total = run_round(block, dp=round_lib.DPConfig("none"))
-    _, _, clipped_at_infinity = run_round(block, dp=round_lib.DPConfig("global", 1e30))
+    _, metrics, total = run_round(block, dp=DPConfig("none"))
+    _, _, clipped_at_infinity = run_round(block, dp=DPConfig("global", 1e30))
     assert float(metrics["clip_fraction"]) == 0.0
     assert_trees_close(total, clipped_at_infinity)
     assert np.isfinite(float(metrics["sum_norm"])) and float(metrics["sum_norm"]) > 0
@@ -207,7 +209,7 @@ def test_update_that_makes_params_nan_is_not_applied():
     opt = optax.sgd(float("nan"))
     step = round_lib.make_round_step(
         client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
-        round_lib.DPConfig("global", 1.0), 4, chunk_size=4)
+        DPConfig("global", 1.0), 4, executors.vectorized(chunk_size=4))
     params = fresh_params()
     before = jax.tree.map(np.asarray, params)
     state, metrics = step(round_lib.init_server_state(params, opt), toy_task.make_cohort(4),
@@ -224,8 +226,8 @@ def test_compiled_temp_memory_is_flat_in_cohort_size():
         opt = server.make_server_optimizer("lamb", 1e-3)
         step = round_lib.make_round_step(
             client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
-            round_lib.DPConfig("per_layer", 1.0, noise_multiplier=1.0), num_clients,
-            chunk_size=8)
+            DPConfig("per_layer", 1.0, noise_multiplier=1.0), num_clients,
+            executors.vectorized(chunk_size=8))
         block = toy_task.make_cohort(num_clients)
         compiled = step.lower(round_lib.init_server_state(params, opt), block,
                               jax.random.key(0)).compile()
@@ -235,20 +237,11 @@ def test_compiled_temp_memory_is_flat_in_cohort_size():
     assert large <= 1.2 * small, (small, large)
 
 
-def test_sigma_dp_is_converted_explicitly_and_bad_settings_are_rejected():
-    dp = round_lib.DPConfig("per_layer", 1.0, sigma_dp=1e-3)
-    assert dp.resolve_noise_multiplier(1024) == pytest.approx(1.024)
-    assert round_lib.DPConfig("global", 1.0, noise_multiplier=0.7).resolve_noise_multiplier(
-        50) == 0.7
-    with pytest.raises(ValueError, match="noise without clipping"):
-        round_lib.DPConfig("none", noise_multiplier=1.0)
-    with pytest.raises(ValueError, match="not both"):
-        round_lib.DPConfig("global", 1.0, noise_multiplier=1.0, sigma_dp=1e-3)
-    with pytest.raises(ValueError, match="clip_norm"):
-        round_lib.DPConfig("per_layer")
-    with pytest.raises(ValueError, match="executor"):
-        round_lib.make_round_step(None, optax.sgd(1.0), round_lib.DPConfig("none"), 4,
-                                  executor="threads")
+def test_unknown_executor_is_rejected():
+    with pytest.raises(ValueError, match="executor='threads'"):
+        executors.make("threads")
+    with pytest.raises(ValueError, match="chunk_size"):
+        executors.vectorized(chunk_size=0)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "lamb"])
@@ -257,7 +250,7 @@ def test_server_optimizers_train_the_toy_task(name):
     opt = server.make_server_optimizer(name, lr, decay_begin=5, decay_every=5)
     step = round_lib.make_round_step(
         client.make_client_update(toy_task.loss_fn, client.local_sgd(0.05)), opt,
-        round_lib.DPConfig("per_layer", 1.0, "by_dim"), 8, chunk_size=8)
+        DPConfig("per_layer", 1.0, "by_dim"), 8, executors.vectorized(chunk_size=8))
     state = round_lib.init_server_state(fresh_params(), opt)
     losses = []
     for r in range(15):
@@ -267,28 +260,6 @@ def test_server_optimizers_train_the_toy_task(name):
     assert int(state.round) == 15
 
 
-def test_samplers_are_reproducible_and_valid():
-    a = cohort.sample_fixed(1000, 32, seed=1, round_index=4)
-    b = cohort.sample_fixed(1000, 32, seed=1, round_index=4)
-    c = cohort.sample_fixed(1000, 32, seed=1, round_index=5)
-    np.testing.assert_array_equal(a.user_indices, b.user_indices)
-    assert len(set(a.user_indices.tolist())) == 32 and a.size == 32
-    assert not np.array_equal(a.user_indices, c.user_indices)
-    max_cohort = cohort.poisson_max_cohort(1000, 0.03)
-    p = cohort.sample_poisson(1000, 0.03, max_cohort, seed=1, round_index=4)
-    q = cohort.sample_poisson(1000, 0.03, max_cohort, seed=1, round_index=4)
-    np.testing.assert_array_equal(p.user_indices, q.user_indices)
-    assert p.user_indices.shape == (max_cohort,)
-    real = p.user_indices[p.mask > 0]
-    assert len(set(real.tolist())) == p.size and np.all(p.user_indices[p.mask == 0] == 0)
-    sizes = [cohort.sample_poisson(1000, 0.03, max_cohort, 2, r).size for r in range(400)]
-    assert np.mean(sizes) == pytest.approx(30, rel=0.05)
-    with pytest.raises(RuntimeError, match="raise max_cohort"):
-        cohort.sample_poisson(1000, 0.5, 10, seed=0, round_index=0)
-    with pytest.raises(ValueError, match="cohort_size"):
-        cohort.sample_fixed(10, 11, 0, 0)
-
-
 @pytest.mark.parametrize("executor", ["vectorized", "sharded"])
 def test_round_step_donates_state_and_makes_no_host_transfers(executor):
     """With state, cohort and key already on the device, a round moves nothing between host
@@ -296,8 +267,8 @@ def test_round_step_donates_state_and_makes_no_host_transfers(executor):
     opt = server.make_server_optimizer("lamb", 1e-3)
     step = round_lib.make_round_step(
         client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
-        round_lib.DPConfig("per_layer", 1.0, noise_multiplier=1.0), 6, executor=executor,
-        chunk_size=2)
+        DPConfig("per_layer", 1.0, noise_multiplier=1.0), 6,
+        executors.make(executor, chunk_size=2))
     state = round_lib.init_server_state(fresh_params(), opt)
     block = jax.device_put(toy_task.make_cohort(6, local_steps=3,
                                                 steps_per_client=[3, 1, 2, 3, 1, 2]))

@@ -8,7 +8,7 @@ from ml_collections import config_flags
 
 from fl_dp_asr.train import cli
 
-CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "experiments/configs/demo_fl_dp.py")
+CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "experiments/configs/fl_dp.py")
 
 
 def parse(*args: str) -> list[str]:
