@@ -119,6 +119,17 @@ def parse_flags(argv: Sequence[str], prog: str,
         fail(prog, str(error))
 
 
+def config_path_message(message: str, config: Any) -> str:
+    """Prefixes ``config.`` when ``message`` starts with a field of ``config`` written as the
+    library writes it (``dp.sigma_dp must be >= 0`` → ``config.dp.sigma_dp must be >= 0``),
+    so every config error names the field as it is set on the command line."""
+    field = message.split(" ", 1)[0].split("=", 1)[0]
+    section = field.split(".", 1)[0]
+    if "." in field and config is not None and section in config:
+        return "config." + message
+    return message
+
+
 def remove_if_empty(directory: str) -> None:
     """Removes ``directory`` if it holds no file (only, maybe, empty subdirectories)."""
     if os.path.isdir(directory) and not any(files for _, _, files in os.walk(directory)):
@@ -138,7 +149,8 @@ def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
         if isinstance(error, KeyboardInterrupt):
             print(f"{prog}: interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
-        fail(prog, str(error) or type(error).__name__,
+        config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+        fail(prog, config_path_message(str(error) or type(error).__name__, config),
              status=1 if isinstance(error, RUN_ERRORS) else 2)
 
 

@@ -59,3 +59,14 @@ def test_a_quoted_traceback_becomes_its_last_line():
                "ValueError: rounds must be positive\n")
     assert cli.one_line(message) == ("flag --config=c.py: Error whilst parsing config file: "
                                      "ValueError: rounds must be positive")
+
+
+def test_library_field_names_become_config_paths():
+    from experiments.configs import fl_dp
+    config = fl_dp.get_config("demo")
+    assert cli.config_path_message("dp.sigma_dp must be finite and >= 0, got -1.0", config) == (
+        "config.dp.sigma_dp must be finite and >= 0, got -1.0")
+    assert cli.config_path_message("dp.clipping='x': choose one of ...", config).startswith(
+        "config.dp.clipping='x'")
+    for untouched in ("rounds must be >= 1", "a.wav: no such file", "numpy.float is gone"):
+        assert cli.config_path_message(untouched, config) == untouched
