@@ -42,6 +42,9 @@ def data(name: str, *, manual_dir: str, data_dir: str, train_config: str, train_
     c.manual_dir = manual_dir       # the corpus, in its official layout
     c.data_dir = data_dir           # where TFDS writes the prepared dataset
     c.synthesize_if_missing = synthesize_if_missing  # generate the synthetic corpus there
+    # Skip (count and list) corrupt audio and bad transcripts instead of stopping at the first
+    # one; the prepared dataset remembers what it skipped (README "Data", "Errors").
+    c.skip_bad_files = False
     c.corpus_seed = 0               # seed of the synthetic corpus
     c.train_config, c.train_split = train_config, train_split
     c.eval_config, c.eval_split = eval_config, eval_split

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 _SKIP_HINT = ("skip such utterances: prepare the dataset with skip_bad_files=True (on the command "
-              "line: python -m fl_dp_asr.data.stats ... --skip-bad-files; the trainers then reuse "
-              "the prepared dataset) and they are counted in its metadata")
+              "line: the trainers' --config.data.skip_bad_files=True, or python -m "
+              "fl_dp_asr.data.stats ... --skip-bad-files) and they are counted in its metadata")
 
 
 class DataError(Exception):

@@ -74,7 +74,8 @@ def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
         if data.synthesize_if_missing and not (manual_dir / synthetic.MANIFEST).exists():
             print(f"Generating the synthetic corpus in {manual_dir} ...", flush=True)
             synthetic.generate_corpus(manual_dir, synthetic.sized_config(seed=data.corpus_seed))
-        kwargs = dict(manual_dir=data.manual_dir, data_dir=data.data_dir, progress=False)
+        kwargs = dict(manual_dir=data.manual_dir, data_dir=data.data_dir, progress=False,
+                      skip_bad_files=data.skip_bad_files)
         return (builders.load_federated(data.name, data.train_config, data.train_split, **kwargs),
                 builders.load_federated(data.name, data.eval_config, data.eval_split, **kwargs))
 

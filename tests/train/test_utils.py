@@ -10,7 +10,9 @@ import pytest
 
 from experiments import train_fl
 from experiments.configs import central, fl_dp
+from fl_dp_asr.data import builders
 from fl_dp_asr.dp import DPConfig
+from fl_dp_asr.text import CharTokenizer
 from fl_dp_asr.train import utils
 
 
@@ -58,3 +60,19 @@ def test_the_dp_section_holds_the_dp_config_fields():
     assert dp == DPConfig("per_layer", 0.01, "uniform", sigma_dp=3e-6)
     names = {f.name for f in dataclasses.fields(DPConfig)}
     assert names <= set(fl_dp.get_config().dp.keys())
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_load_data_passes_skip_bad_files_to_the_builders(monkeypatch, tmp_path, skip):
+    seen = []
+
+    def fake_load_federated(name, config, split, **kwargs):
+        seen.append(kwargs["skip_bad_files"])
+        raise LookupError("stop here: the call was made")
+    monkeypatch.setattr(builders, "load_federated", fake_load_federated)
+    data = fl_dp.get_config("demo").data
+    data.manual_dir, data.synthesize_if_missing = str(tmp_path), False
+    data.skip_bad_files = skip
+    with pytest.raises(LookupError, match="stop here"):
+        utils.load_data(data, CharTokenizer(), 8)
+    assert seen == [skip]
