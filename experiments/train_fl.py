@@ -91,8 +91,11 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     """Seed model, sampler, DP settings and accountant, round step and cohort stream."""
     model_config, seed_params, seed_source = utils.load_seed_model(
         config.init_checkpoint, config.model, jax.random.key(config.seed))
-    sampler = samplers.make_sampler(config.fl.sampling, data.train.num_users,
-                                    config.fl.cohort_size, config.seed)
+    try:
+        sampler = samplers.make_sampler(config.fl.sampling, data.train.num_users,
+                                        config.fl.cohort_size, config.seed)
+    except ValueError as error:  # "cohort_size=… must be …": name the config field
+        raise ValueError(f"config.fl.{error}") from None
     dp = dp_config(config.dp)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
     accountant = (sampler.accountant(noise_multiplier, config.dp.delta)

@@ -110,14 +110,18 @@ def model_config_from(model: ml_collections.ConfigDict) -> ModelConfig:
 def load_seed_model(init_checkpoint: str | None, model: ml_collections.ConfigDict,
                     key: jax.Array) -> tuple[ModelConfig, PyTree, str]:
     """Model config, parameters and where they came from: ``init_checkpoint`` (a trainer's
-    checkpoint directory) if set, else fresh parameters of ``model`` drawn with ``key``."""
-    if init_checkpoint is None:
+    checkpoint directory) if set, else fresh parameters of ``model`` drawn with ``key``.
+
+    ``None`` or ``""`` mean "from scratch" (a string field cannot be set to None on the
+    command line: ``--config.init_checkpoint=`` does it)."""
+    if not init_checkpoint:
         model_config = model_config_from(model)
         return model_config, asr.init_params(model_config, key), "scratch"
     if not os.path.isdir(init_checkpoint):
         raise FileNotFoundError(
             f"config.init_checkpoint={init_checkpoint!r} is not a directory; train the seed "
-            "model first (experiments/train_central.py) or set it to None.")
+            "model first (experiments/train_central.py), or train from scratch with "
+            "--config.init_checkpoint= (empty).")
     model_config, params, step = load_model_checkpoint(init_checkpoint)
     return model_config, params, f"{init_checkpoint} (step {step})"
 
