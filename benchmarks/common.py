@@ -122,14 +122,17 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
 
 
 @functools.lru_cache(maxsize=None)
-def asr_task(size: str):
-    """``(config, params, client_update, server_optimizer)`` for a named model size."""
+def asr_task(size: str, **model_overrides):
+    """``(config, params, client_update, server_optimizer)`` for a named model size.
+
+    ``model_overrides`` go to :func:`~fl_dp_asr.models.config.get_model_config` (e.g.
+    ``remat=True``)."""
     import jax
 
     from fl_dp_asr.fl import client, server
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
-    config = get_model_config(size)
+    config = get_model_config(size, **model_overrides)
     params = asr.init_params(config, jax.random.key(0))
     update = client.make_client_update(asr.make_loss_fn(config, train=True),
                                        client.local_sgd(0.2, 1.0))
@@ -137,11 +140,12 @@ def asr_task(size: str):
 
 
 def make_asr_step(size: str, cohort_size: int, *, executor: str = "vectorized",
-                  chunk_size: int = 16, mesh=None, noise_multiplier: float = 1.0):
+                  chunk_size: int = 16, mesh=None, noise_multiplier: float = 1.0,
+                  **model_overrides):
     """The paper's round step (per-layer clipping, noise, LAMB) for an ASR model size."""
     from fl_dp_asr.dp import DPConfig
     from fl_dp_asr.fl import executors, round as round_lib
-    _, params, update, opt = asr_task(size)
+    _, params, update, opt = asr_task(size, **model_overrides)
     dp = DPConfig("per_layer", 1.0, "uniform", noise_multiplier=noise_multiplier)
     step = round_lib.make_round_step(
         update, opt, dp, cohort_size, executors.make(executor, chunk_size=chunk_size, mesh=mesh))

@@ -4,10 +4,10 @@ r"""``make demo``: synthetic corpus → central seed model → FL + user-level D
 
 1. generates the synthetic espeak-ng corpus in ``data/synthetic`` (cached);
 2. trains the ``tiny`` seed model centrally on its LibriSpeech-layout part
-   (``experiments/configs/demo_central.py``);
+   (``experiments/configs/central.py:demo``);
 3. fine-tunes it with federated learning and user-level DP (per-layer clipping, LAMB
    server) on its Common Voice-layout part, whose speakers and accents differ
-   (``experiments/configs/demo_fl_dp.py``);
+   (``experiments/configs/fl_dp.py:demo``);
 4. writes plots and prints the seed → FL+DP WER on held-out users and the privacy spent.
 
 Every stage resumes from its work directory, so a second run only prints the summary.
@@ -19,7 +19,7 @@ import argparse
 import os
 
 from experiments import plots, train_central, train_fl
-from experiments.configs import demo_central, demo_fl_dp
+from experiments.configs import central, fl_dp
 
 
 def run(workdir: str, central_config, fl_config) -> str:
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/demo", help="where runs and plots go")
     args = parser.parse_args(argv)
-    run(args.workdir, demo_central.get_config(), demo_fl_dp.get_config())
+    run(args.workdir, central.get_config("demo"), fl_dp.get_config("demo"))
 
 
 def summary_text(central: dict, fl: dict, config, plot_files: list[str]) -> str:

@@ -15,7 +15,7 @@ import os
 import re
 
 from experiments import train_fl
-from experiments.configs import demo_fl_dp
+from experiments.configs import fl_dp
 
 SETTINGS = {
     "no DP (no clipping, no noise)": dict(clipping="none", sigma_dp=None),
@@ -29,7 +29,7 @@ BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
 def run_all(workdir: str, seed_checkpoint: str, rounds: int | None) -> list[tuple[str, dict]]:
     results = []
     for index, (name, dp) in enumerate(SETTINGS.items()):
-        config = demo_fl_dp.get_config()
+        config = fl_dp.get_config("demo")
         config.init_checkpoint = seed_checkpoint
         config.progress_bar = False
         if rounds:

@@ -1,7 +1,7 @@
 r"""Federated fine-tuning with user-level DP: seed model → jitted FL rounds → WER, ε.
 
-        python -m experiments.train_fl --config experiments/configs/demo_fl_dp.py \
-                --workdir runs/demo_fl_dp [--config.fl.cohort_size=64 ...]
+        python -m experiments.train_fl --config experiments/configs/fl_dp.py:demo \
+                --workdir runs/demo/fl_dp [--config.fl.cohort_size=64 ...]
 
 The work directory always resumes from its newest complete checkpoint; otherwise the
 run starts from ``config.init_checkpoint`` (the central seed model), otherwise from
@@ -11,73 +11,34 @@ scratch. SIGINT/SIGTERM save a checkpoint and exit cleanly. Metrics go to
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
-import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from absl import logging as absl_logging
 
-from fl_dp_asr.data import builders, federated, prefetch
+from fl_dp_asr.data import CohortStream, prefetch
 from fl_dp_asr.dp import DPConfig, accounting
-from fl_dp_asr.data import CohortStream
-from fl_dp_asr.fl import client, distributed, executors, samplers
-from fl_dp_asr.fl import round as round_lib, server
+from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
-from fl_dp_asr.models.config import ModelConfig, get_model_config
+from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.text.tokenizer import CharTokenizer
-from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
+from fl_dp_asr.train import utils
+from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import MetricWriter
+
+PyTree = Any
 
 
 class StopRequested(Exception):
     """Raised inside the loop when SIGINT/SIGTERM arrived (after saving)."""
-
-
-# ------------------------------------------------------------------ setup helpers
-
-
-def load_seed_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, Any, str]:
-    """Model config and parameters: the seed checkpoint's, or fresh ones."""
-    if config.init_checkpoint:
-        if not os.path.isdir(config.init_checkpoint):
-            raise FileNotFoundError(
-                f"config.init_checkpoint={config.init_checkpoint!r} is not a directory; train "
-                "the seed model first (experiments/train_central.py) or set it to ''.")
-        model_config, params, step = load_model_checkpoint(config.init_checkpoint)
-        return model_config, params, f"{config.init_checkpoint} (step {step})"
-    model_config = get_model_config(config.model.size)
-    return model_config, asr.init_params(model_config, jax.random.key(config.seed)), "scratch"
-
-
-def privacy_metrics(run_accountant, rounds: int, config, sigma_dp: float) -> dict[str, float]:
-    """ε spent after ``rounds`` and the ε of the extrapolated population (RDP, optional PLD).
-
-    PLD is opt-in per setting (``config.eval.pld`` for the run itself,
-    ``config.privacy.target_pld`` for the extrapolation): it is tighter but can take minutes
-    for tiny noise multipliers, such as those of a simulation meant to be extrapolated.
-    """
-    if run_accountant is None or rounds == 0:
-        return {}
-    out = {"epsilon_rdp": run_accountant.epsilon(rounds, "rdp")}
-    if config.eval.pld and config.fl.sampling == "poisson":
-        out["epsilon_pld"] = run_accountant.epsilon(rounds, "pld")
-    target = config.privacy
-    if target.target_cohort:
-        extrapolated = accounting.extrapolate(
-            sigma_dp, run_accountant.cohort_size, target.target_cohort,
-            target.target_population, rounds, config.dp.delta,
-            accountants=["rdp", "pld"] if target.target_pld else ["rdp"])
-        out["extrapolated_epsilon_rdp"] = extrapolated.epsilon_rdp
-        if target.target_pld:
-            out["extrapolated_epsilon_pld"] = extrapolated.epsilon_pld
-    return out
 
 
 def join_processes(config: ml_collections.ConfigDict) -> bool:
@@ -102,6 +63,187 @@ def join_processes(config: ml_collections.ConfigDict) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ the run's pieces
+
+
+class Run(NamedTuple):
+    """What a run fixes before its first round."""
+    model_config: ModelConfig
+    seed_params: PyTree
+    seed_source: str
+    sampler: samplers.CohortSampler
+    noise_multiplier: float                  # z (std on the sum / C)
+    sigma_dp: float                          # σ_DP = z / S (std on the mean / C)
+    accountant: accounting.RunAccountant | None  # None without noise (ε = ∞)
+    server_optimizer: optax.GradientTransformation
+    round_step: round_lib.RoundStep
+    stream: CohortStream
+    mesh: jax.sharding.Mesh | None           # the global client mesh of a multi-process run
+    dp: DPConfig
+
+
+def dp_config(dp: ml_collections.ConfigDict) -> DPConfig:
+    """The :class:`DPConfig` of the ``dp`` section (its fields are keys of the section)."""
+    return DPConfig(**{f.name: dp[f.name] for f in dataclasses.fields(DPConfig)})
+
+
+def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: CharTokenizer,
+              multi_process: bool) -> Run:
+    """Seed model, sampler, DP settings and accountant, round step and cohort stream."""
+    model_config, seed_params, seed_source = utils.load_seed_model(
+        config.init_checkpoint, config.model, jax.random.key(config.seed))
+    sampler = samplers.make_sampler(config.fl.sampling, data.train.num_users,
+                                    config.fl.cohort_size, config.seed)
+    dp = dp_config(config.dp)
+    noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
+    # Adaptive clipping: refuse a count noise that leaves nothing for the deltas now.
+    dp.noise_multipliers(sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
+    accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
+                  if noise_multiplier > 0 else None)
+    server_optimizer = utils.server_optimizer_from_config(config.server)
+    client_update = client.make_client_update(
+        asr.make_loss_fn(model_config, train=True),
+        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+    mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
+    executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
+    round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
+                                           sampler.expected_size, executor)
+    num_slots = sampler.num_slots(executor.client_multiple)
+    stream = CohortStream(
+        data.train, sampler, tokenizer.encode, data.buckets, local_steps=config.fl.local_steps,
+        batch_size=config.fl.local_batch_size, seed=config.seed,
+        client_multiple=executor.client_multiple, max_batch_seconds=config.fl.max_batch_seconds,
+        max_local_epochs=config.fl.max_local_epochs,
+        # every process packs only the client slots its devices train
+        process_slots=distributed.process_client_indices(num_slots, mesh) if multi_process
+        else None)
+    return Run(model_config, seed_params, seed_source, sampler, noise_multiplier,
+               accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
+               accountant, server_optimizer, round_step, stream,
+               mesh if multi_process else None, dp)
+
+
+def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log) -> int:
+    """``fl.rounds``, or fewer when ``dp.max_epsilon`` would be exceeded; prints the plan."""
+    num_rounds, budget = config.fl.rounds, config.dp.max_epsilon
+    if run.accountant is None:
+        if budget is not None:
+            raise ValueError("config.dp.max_epsilon is set but the run adds no noise (ε = ∞).")
+        return num_rounds
+    log(f"Privacy of the full run: {run.accountant.guarantee(num_rounds, 'rdp')}")
+    if run.dp.adaptive:
+        num_bounds = len(run.dp.initial_clip_bounds(run.seed_params))
+        z, z_delta, z_b = run.dp.noise_multipliers(run.sampler.expected_size, num_bounds)
+        log(f"Adaptive clipping: the accountant's z = {z:.4g} is the composition of the delta "
+            f"noise z_Δ = {z_delta:.4g} and the clipped-count noise z_b = {z_b:.4g} "
+            f"(σ_b = {run.dp.count_stddev(run.sampler.expected_size):.4g}, {num_bounds} bounds).")
+    if budget is None:
+        return num_rounds
+    allowed = run.accountant.max_rounds_within(budget, "rdp", num_rounds)
+    if allowed < num_rounds:
+        log(f"max_epsilon={budget} allows {allowed} of {num_rounds} rounds; training stops "
+            f"after round {allowed}.")
+    return allowed
+
+
+def privacy_metrics(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict[str, float]:
+    """ε spent after ``rounds`` and the ε of the extrapolated population (RDP, optional PLD).
+
+    PLD is opt-in per setting (``dp.pld`` for the run itself, ``dp.target_pld`` for the
+    extrapolation): it is tighter but can take minutes for tiny noise multipliers, such as
+    those of a simulation meant to be extrapolated.
+    """
+    if run.accountant is None or rounds == 0:
+        return {}
+    out = {"epsilon_rdp": run.accountant.epsilon(rounds, "rdp")}
+    if dp.pld and accounting.supports(run.sampler.name, "pld"):
+        out["epsilon_pld"] = run.accountant.epsilon(rounds, "pld")
+    if dp.target_cohort is not None:
+        extrapolated = accounting.extrapolate(
+            run.sigma_dp, run.sampler.cohort_size, dp.target_cohort, dp.target_population,
+            rounds, dp.delta, accountants=["rdp", "pld"] if dp.target_pld else ["rdp"])
+        out["extrapolated_epsilon_rdp"] = extrapolated.epsilon_rdp
+        if dp.target_pld:
+            out["extrapolated_epsilon_pld"] = extrapolated.epsilon_pld
+    return out
+
+
+# ------------------------------------------------------------------ progress and checkpoints
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint's meta (except ``last_eval``)."""
+    completed: int = 0                       # rounds applied
+    best_wer: float = float("inf")
+    seed_eval: dict[str, float] | None = None    # WER/CER/loss of the seed model
+    last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def resume(checkpoints: Checkpointer, run: Run, log) -> tuple[round_lib.ServerState, Progress]:
+    """The newest checkpoint of the work directory, else round 0 from the seed model."""
+    state = round_lib.init_server_state(run.seed_params, run.server_optimizer, run.dp)
+    restored = checkpoints.restore_latest(state._asdict())
+    if restored is None:
+        log(f"Starting from the seed model: {run.seed_source}.")
+        return state, Progress()
+    completed, state_dict, meta = restored
+    log(f"Resumed from {checkpoints.directory} at round {completed}.")
+    best = float("inf") if meta["best_wer"] is None else meta["best_wer"]
+    return round_lib.ServerState(**state_dict), Progress(completed, best, meta["seed_eval"],
+                                                        dict(meta["seed_eval"]))
+
+
+def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Progress,
+         run: Run, config: ml_collections.ConfigDict, wer: float | None = None) -> None:
+    """Checkpoints the state after ``progress.completed`` rounds (once per round)."""
+    if checkpoints.has_step(progress.completed):  # saved, or its async save is in flight
+        return
+    meta = {"round": progress.completed, "model_config": run.model_config.to_dict(),
+            "config": config.to_dict(), "seed_eval": progress.seed_eval,
+            "best_wer": progress.best_wer if np.isfinite(progress.best_wer) else None}
+    checkpoints.save(progress.completed, distributed.to_host(state._asdict()), meta, metric=wer)
+
+
+def evaluate(state: round_lib.ServerState, run: Run, data: utils.Data,
+             config: ml_collections.ConfigDict, round_index: int) -> dict[str, Any]:
+    """WER/CER of the held-out users and ε after ``round_index`` rounds.
+
+    Every process evaluates a local copy (the server state is replicated).
+    """
+    params = distributed.to_host(state.params) if run.mesh is not None else state.params
+    result = asr.evaluate(params, run.model_config, data.eval_batches)
+    result.pop("examples")
+    return result | privacy_metrics(run, round_index, config.dp)
+
+
+def apply_round(run: Run, state: round_lib.ServerState, block, key: jax.Array
+                ) -> tuple[round_lib.ServerState, dict[str, Any]]:
+    """One round on its cohort block: the new state and host metrics (with timing).
+
+    The old state is donated: keep the returned one, also when :func:`check_metrics` then
+    refuses the round (the round step returned the state before it).
+    """
+    started = time.perf_counter()
+    if run.mesh is not None:
+        block = distributed.global_cohort(block, run.mesh, run.stream.num_slots)
+        key = distributed.replicate(key, run.mesh)
+    state, metrics = run.round_step(state, block, key)
+    metrics = distributed.to_host(metrics)
+    seconds = time.perf_counter() - started
+    return state, metrics | {"seconds_per_round": seconds,
+                             "clients_per_second": float(metrics["clients"]) / seconds}
+
+
+def check_metrics(metrics: dict[str, Any], r: int) -> None:
+    """Raises when round ``r`` was refused (:func:`fl_dp_asr.fl.round.check_round`) or its
+    mean client loss is not finite."""
+    round_lib.check_round(metrics, r)
+    if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"round {r}: the mean client loss is {metrics['loss']}; "
+                                 "the round's update was applied only if finite.")
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -114,207 +256,97 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     multi_process = join_processes(config)
     chief = jax.process_index() == 0
-
-    def log(message: str) -> None:
-        if chief:
-            print(message, flush=True)
-
+    log = utils.chief_print(chief)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     tokenizer = CharTokenizer(config.data.language)
 
-    # ---- data: training users and held-out users -----------------------------------------
-    def load(split: str) -> federated.FederatedDataset:  # process 0 prepares the TFDS data
-        return distributed.chief_first(functools.partial(
-            builders.load_federated, config.data.name, config.data.config, split,
-            manual_dir=config.data.manual_dir, data_dir=config.data.data_dir))
+    # ---- 1. data, 2. model, DP, round step, cohorts -----------------------------------------
+    data = utils.load_data(config.data, tokenizer, config.eval.batch_size)
+    run = build_run(config, data, tokenizer, multi_process)
+    num_rounds = rounds_within_budget(config, run, log)
 
-    train_users, eval_users = load(config.data.train_split), load(config.data.eval_split)
-    population = train_users.num_users
-    buckets = federated.LengthBuckets.for_dataset(train_users, tokenizer.encode,
-                                                  config.data.num_buckets)
-    eval_buckets = federated.LengthBuckets.for_dataset(eval_users, tokenizer.encode,
-                                                       config.data.num_buckets)
-    eval_batches = list(federated.iterate_batches(
-        eval_users, batch_size=config.eval.batch_size, tokenize=tokenizer.encode,
-        buckets=eval_buckets))
-
-    # ---- model, DP, round step ---------------------------------------------------------
-    model_config, seed_params, seed_source = load_seed_model(config)
-    sampler = samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
-                                    config.seed)
-    cohort_size = sampler.expected_size
-    dp = DPConfig(
-        clipping=config.dp.clipping, clip_norm=config.dp.clip_norm or None,
-        allocation=config.dp.allocation,
-        noise_multiplier=config.dp.noise_multiplier, sigma_dp=config.dp.sigma_dp)
-    noise_multiplier = dp.resolve_noise_multiplier(cohort_size)
-    sigma_dp = accounting.noise_multiplier_to_sigma_dp(noise_multiplier, cohort_size)
-    run_accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
-                      if noise_multiplier > 0 else None)
-    server_optimizer = server.make_server_optimizer(
-        config.server.optimizer, config.server.learning_rate,
-        decay_begin=config.server.decay_begin, decay_every=config.server.decay_every,
-        decay_rate=config.server.decay_rate)
-    client_update = client.make_client_update(
-        asr.make_loss_fn(model_config, train=True),
-        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
-    mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
-    executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
-    round_step = round_lib.make_round_step(client_update, server_optimizer, dp, cohort_size,
-                                           executor)
-    num_slots = sampler.num_slots(executor.client_multiple)
-    stream = CohortStream(
-        train_users, sampler, tokenizer.encode, buckets, local_steps=config.fl.local_steps,
-        batch_size=config.fl.local_batch_size, seed=config.seed,
-        client_multiple=executor.client_multiple,
-        max_batch_seconds=config.fl.max_batch_seconds or None,
-        max_local_epochs=config.fl.max_local_epochs or None,
-        # every process packs only the client slots its devices train
-        process_slots=(distributed.process_client_indices(num_slots, mesh) if multi_process
-                       else None))
-
-    # ---- rounds allowed by the privacy budget ------------------------------------------
-    num_rounds = config.fl.rounds
-    if run_accountant is not None:
-        planned = run_accountant.guarantee(num_rounds, "rdp")
-        log(f"Privacy of the full run: {planned}")
-        if config.dp.max_epsilon:
-            allowed = run_accountant.max_rounds_within(config.dp.max_epsilon, "rdp", num_rounds)
-            if allowed < num_rounds:
-                log(f"max_epsilon={config.dp.max_epsilon} allows {allowed} of {num_rounds} "
-                    f"rounds; training stops after round {allowed}.")
-            num_rounds = allowed
-    elif config.dp.max_epsilon:
-        raise ValueError("config.dp.max_epsilon is set but the run adds no noise (ε = ∞).")
-
-    # ---- resume: newest checkpoint of this workdir, else the seed model ----------------
-    state = round_lib.init_server_state(seed_params, server_optimizer)
+    # ---- 3. resume: newest checkpoint of this workdir, else the seed model ---------------
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"),
                                max_to_keep=config.checkpoint.keep, best_metric="wer")
-    restored = checkpoints.restore_latest(state._asdict())
-    start_round, best_wer, seed_eval = 0, float("inf"), None
-    if restored is not None:
-        start_round, state_dict, meta = restored
-        state = round_lib.ServerState(**state_dict)
-        seed_eval = meta["seed_eval"]
-        best_wer = float("inf") if meta["best_wer"] is None else meta["best_wer"]
-        log(f"Resumed from {checkpoints.directory} at round {start_round}.")
-    else:
-        log(f"Starting from the seed model: {seed_source}.")
+    state, progress = resume(checkpoints, run, log)
     if multi_process:
-        state = distributed.replicate(state, mesh)
-    writer = MetricWriter(workdir, resume_step=start_round, enabled=chief)
+        state = distributed.replicate(state, run.mesh)
+    writer = MetricWriter(workdir, resume_step=progress.completed, enabled=chief)
+    if progress.seed_eval is None:
+        seed_eval = evaluate(state, run, data, config, 0)
+        writer.write(0, {"eval": seed_eval})
+        progress.seed_eval = {k: seed_eval[k] for k in ("wer", "cer", "loss")}
+        progress.last_eval = dict(progress.seed_eval)
+
+    # ---- 4. rounds -----------------------------------------------------------------------
     run_key = jax.random.key(config.seed)
-
-    def run_meta(round_index: int, **extra) -> dict[str, Any]:
-        return {"round": round_index, "model_config": model_config.to_dict(),
-                "config": config.to_dict(), "seed_eval": seed_eval,
-                "best_wer": best_wer if np.isfinite(best_wer) else None} | extra
-
-    def save(round_index: int, wer: float | None = None):
-        if round_index in checkpoints.all_steps():
-            return
-        checkpoints.save(round_index, distributed.to_host(state._asdict()),
-                         run_meta(round_index), metric=wer)
-
-    def evaluate(round_index: int) -> dict[str, Any]:
-        # Every process evaluates a local copy (the server state is replicated).
-        params = distributed.to_host(state.params) if multi_process else state.params
-        result = asr.evaluate(params, model_config, eval_batches)
-        result.pop("examples")
-        result |= privacy_metrics(run_accountant, round_index, config, sigma_dp)
-        writer.write(round_index, {"eval": result})
-        return result
-
-    # ---- the loop ----------------------------------------------------------------------
-    stop = {"signal": None}
-
-    def request_stop(signum, frame):
-        del frame
-        stop["signal"] = signal.Signals(signum).name
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    if start_round == 0:
-        seed_eval = {k: v for k, v in evaluate(0).items() if k in ("wer", "cer", "loss")}
-    last_eval = dict(seed_eval)
-    completed = start_round
     # The bar shows the ε the run is about: the extrapolated deployment's when configured.
-    shown_epsilon = ("extrapolated_epsilon_rdp" if config.privacy.target_cohort
-                     else "epsilon_rdp")
-    bar = tqdm.tqdm(total=num_rounds, initial=start_round, desc="FL rounds", unit="round",
-                    disable=not (config.progress_bar and chief))
+    shown = "epsilon_rdp" if config.dp.target_cohort is None else "extrapolated_epsilon_rdp"
+    bar = tqdm.tqdm(total=num_rounds, initial=progress.completed, desc="FL rounds",
+                    unit="round", disable=not (config.progress_bar and chief))
+    cohorts = run.stream.blocks(progress.completed, num_rounds)
     try:
-        with prefetch.Prefetcher(stream.blocks(start_round, num_rounds), buffer_size=2) as blocks:
+        with utils.StopSignals() as stop, prefetch.Prefetcher(cohorts, 2) as blocks:
             for r, block in blocks:
-                started = time.perf_counter()
-                key = jax.random.fold_in(run_key, r)
-                if multi_process:
-                    block = distributed.global_cohort(block, mesh, num_slots)
-                    key = distributed.replicate(key, mesh)
-                state, metrics = round_step(state, block, key)
-                metrics = distributed.to_host(metrics)
-                round_lib.check_round(metrics, r)
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"round {r}: the mean client loss is {metrics['loss']}; "
-                                             "the round's update was applied only if finite.")
-                completed = r + 1
-                seconds = time.perf_counter() - started
-                metrics |= {"seconds_per_round": seconds,
-                            "clients_per_second": float(metrics["clients"]) / seconds}
-                writer.write(completed, {"train": metrics})
+                state, metrics = apply_round(run, state, block, jax.random.fold_in(run_key, r))
+                check_metrics(metrics, r)
+                progress.completed = r + 1
+                writer.write(progress.completed, {"train": metrics})
                 wer = None
-                if completed % config.eval.every == 0 or completed == num_rounds:
-                    last_eval = evaluate(completed)
-                    wer = last_eval["wer"]
-                    best_wer = min(best_wer, wer)
-                if completed % config.checkpoint.every == 0 or completed == num_rounds:
-                    save(completed, wer)
+                if utils.itstime(progress.completed, config.eval.every, num_rounds):
+                    progress.last_eval = evaluate(state, run, data, config, progress.completed)
+                    writer.write(progress.completed, {"eval": progress.last_eval})
+                    wer = progress.last_eval["wer"]
+                    progress.best_wer = min(progress.best_wer, wer)
+                if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
+                    save(checkpoints, state, progress, run, config, wer)
                 bar.update(1)
                 bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
-                                wer=f"{last_eval.get('wer', float('nan')):.3f}",
-                                eps=f"{last_eval.get(shown_epsilon, float('nan')):.3g}")
+                                wer=f"{progress.last_eval.get('wer', float('nan')):.3f}",
+                                eps=f"{progress.last_eval.get(shown, float('nan')):.3g}")
                 # All processes of a multi-process run stop (and save) at the same round.
-                if distributed.any_process(stop["signal"] is not None):
-                    raise StopRequested(stop["signal"] or "a signal to another process")
+                if distributed.any_process(stop.received is not None):
+                    raise StopRequested(stop.received or "a signal to another process")
     except StopRequested as stopped:
-        save(completed)
-        log(f"\n{stopped} received: saved round {completed} to {checkpoints.directory}; "
-            "run the same command to resume.")
+        save(checkpoints, state, progress, run, config)
+        log(f"\n{stopped} received: saved round {progress.completed} to "
+            f"{checkpoints.directory}; run the same command to resume.")
     except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
             FloatingPointError):
-        save(completed)  # the state before the failing round: the round step kept it
+        save(checkpoints, state, progress, run, config)  # the round step kept the state
         raise
     finally:
         bar.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        checkpoints.wait()
+        checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
         checkpoints.close()
         writer.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
 
-    summary = {
-        "workdir": workdir, "seed_model": seed_source, "rounds": completed,
-        "population": population, "cohort_size": sampler.cohort_size,
-        "sampling": sampler.name,
-        "noise_multiplier": noise_multiplier, "sigma_dp": sigma_dp, "delta": config.dp.delta,
-        "clipping": config.dp.clipping, "allocation": str(config.dp.allocation),
-        "seed_wer": seed_eval["wer"] if seed_eval else None,
-        "seed_cer": seed_eval["cer"] if seed_eval else None,
-        "final_wer": last_eval.get("wer"), "final_cer": last_eval.get("cer"),
-        "epsilon_rdp": last_eval.get("epsilon_rdp"), "epsilon_pld": last_eval.get("epsilon_pld"),
-        "extrapolated_cohort": config.privacy.target_cohort or None,
-        "extrapolated_population": (config.privacy.target_population
-                                    if config.privacy.target_cohort else None),
-        "extrapolated_epsilon_rdp": last_eval.get("extrapolated_epsilon_rdp"),
-        "extrapolated_epsilon_pld": last_eval.get("extrapolated_epsilon_pld"),
-    }
+    summary = run_summary(workdir, config, run, progress, data)
     if chief:
-        path = os.path.join(workdir, "summary.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(path + ".tmp", path)  # atomic: a reader never sees half a summary
+        utils.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progress: Progress,
+                data: utils.Data) -> dict[str, Any]:
+    """The run's settings and its seed → final WER/CER and ε (``summary.json``)."""
+    seed, last, dp = progress.seed_eval or {}, progress.last_eval, config.dp
+    return {
+        "workdir": workdir, "seed_model": run.seed_source, "rounds": progress.completed,
+        "population": data.train.num_users, "cohort_size": run.sampler.cohort_size,
+        "sampling": run.sampler.name, "noise_multiplier": run.noise_multiplier,
+        "sigma_dp": run.sigma_dp, "delta": dp.delta, "clipping": dp.clipping,
+        "allocation": str(dp.allocation), "seed_wer": seed.get("wer"),
+        "seed_cer": seed.get("cer"), "final_wer": last.get("wer"), "final_cer": last.get("cer"),
+        "epsilon_rdp": last.get("epsilon_rdp"), "epsilon_pld": last.get("epsilon_pld"),
+        "extrapolated_cohort": dp.target_cohort,
+        "extrapolated_population": dp.target_population if dp.target_cohort else None,
+        "extrapolated_epsilon_rdp": last.get("extrapolated_epsilon_rdp"),
+        "extrapolated_epsilon_pld": last.get("extrapolated_epsilon_pld"),
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -326,11 +358,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from fl_dp_asr.train import cli
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_main(main, "train_fl")

@@ -38,7 +38,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 
-from fl_dp_asr.dp import accounting
+from fl_dp_asr.dp import accounting, adaptive
 
 PROG = "fl-dp-asr-privacy"
 PAPER_DELTA = 1e-9
@@ -91,6 +91,38 @@ def parse_number(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def parse_count(text: str) -> int:
+    """An integer >= 1 (a cohort, a population, a number of rounds), as :func:`parse_integer`."""
+    value = parse_integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    """A finite number > 0 (a noise multiplier, σ_DP, a target ε)."""
+    value = parse_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def parse_probability(text: str) -> float:
+    """A number strictly between 0 and 1 (δ)."""
+    value = parse_number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def check_cohort(cohort: int, population: int, cohort_name: str, population_name: str,
+                 where: str) -> None:
+    """CliError naming both inputs (flags or columns) when the cohort exceeds the population."""
+    if cohort > population:
+        raise CliError(f"{where}: {cohort_name} ({cohort:,}) must not exceed {population_name} "
+                       f"({population:,}): a cohort is drawn from the population")
 
 
 # --------------------------------------------------------------------------------------
@@ -169,6 +201,7 @@ def _check_accountant_choice(sampling: str, choice: str) -> None:
 # --------------------------------------------------------------------------------------
 def _run_epsilon(args: argparse.Namespace) -> str:
     _check_accountant_choice(args.sampling, args.accountant)
+    check_cohort(args.cohort, args.population, "--cohort", "--population", "epsilon")
     if args.sigma_dp is not None:
         z = accounting.sigma_dp_to_noise_multiplier(args.sigma_dp, args.cohort)
     else:
@@ -181,8 +214,10 @@ def _run_epsilon(args: argparse.Namespace) -> str:
             results.append((name, accounting.epsilon(z, args.cohort, args.population,
                                                      args.rounds, args.delta, args.sampling,
                                                      name)))
+    split = _adaptive_split(args, z)
     settings = {"noise_multiplier": z,
                 "sigma_dp": accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
+                **split,
                 "cohort_size": args.cohort, "population": args.population,
                 "sampling_rate": args.cohort / args.population, "rounds": args.rounds,
                 "delta": args.delta, "sampling": args.sampling,
@@ -199,6 +234,7 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         ("q = S/K", _fmt_sig(settings["sampling_rate"])),
         ("z", f"{_fmt_sig(z)}  (noise std on the sum / C)"),
         ("σ_DP = z/S", f"{_fmt_sig(settings['sigma_dp'])}  (noise std on the mean / C)"),
+        *_adaptive_lines(split),
         ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
     rows = [[name.upper(), _fmt_eps(g.epsilon) if g else "n/a",
              _fmt_sig(g.rdp_order) if g else "-",
@@ -206,11 +242,37 @@ def _run_epsilon(args: argparse.Namespace) -> str:
     return summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
 
 
+def _adaptive_split(args: argparse.Namespace, z: float) -> dict[str, float]:
+    """Adaptive clipping (``--clipped-count-stddev``): z_Δ and z_b of the two queries whose
+    composition is z (fl_dp_asr.dp.adaptive); ``{}`` without it."""
+    if args.clipped_count_stddev is None:
+        return {}
+    try:
+        z_b = adaptive.count_noise_multiplier(args.clipped_count_stddev, args.clip_bounds)
+        z_delta = adaptive.delta_noise_multiplier(z, z_b)
+    except ValueError as error:
+        raise CliError(f"epsilon: --clipped-count-stddev {args.clipped_count_stddev:g} with "
+                       f"--clip-bounds {args.clip_bounds}: {error}") from None
+    return {"clipped_count_stddev": args.clipped_count_stddev, "clip_bounds": args.clip_bounds,
+            "delta_noise_multiplier": z_delta, "count_noise_multiplier": z_b}
+
+
+def _adaptive_lines(split: dict[str, float]) -> list[tuple[str, str]]:
+    if not split:
+        return []
+    return [("z_Δ", f"{_fmt_sig(split['delta_noise_multiplier'])}  (delta sum's share: "
+                    "z = (z_Δ⁻² + z_b⁻²)^-½)"),
+            ("z_b = 2σ_b/√H", f"{_fmt_sig(split['count_noise_multiplier'])}  (clipped counts: "
+                              f"σ_b = {split['clipped_count_stddev']:g}, "
+                              f"H = {split['clip_bounds']} bounds)")]
+
+
 # --------------------------------------------------------------------------------------
 # calibrate
 # --------------------------------------------------------------------------------------
 def _run_calibrate(args: argparse.Namespace) -> str:
     _check_accountant_choice(args.sampling, args.accountant)
+    check_cohort(args.cohort, args.population, "--cohort", "--population", "calibrate")
     results = []
     for name in _accountants(args.accountant):
         if not accounting.supports(args.sampling, name):
@@ -319,17 +381,18 @@ def read_rows(path: str, default_delta: float, default_simulated_cohort: int
             except argparse.ArgumentTypeError as err:
                 raise CliError(f"{where}: column {column!r}: {err}") from None
 
-        cohort = value("target_cohort", parse_integer)
+        cohort = value("target_cohort", parse_count)
         if population_columns[0] == "target_population":
-            population = value("target_population", parse_integer)
+            population = value("target_population", parse_count)
+            check_cohort(cohort, population, "target_cohort", "target_population", where)
         else:
             population = _population_from_rate(
                 cohort, value("target_sampling_rate", parse_number), where)
         rows.append(ExtrapolationRow(
-            sigma_dp=value("sigma_dp", parse_number), target_cohort=cohort,
-            target_population=population, rounds=value("rounds", parse_integer),
-            delta=value("delta", parse_number, default_delta),
-            simulated_cohort=value("simulated_cohort", parse_integer,
+            sigma_dp=value("sigma_dp", parse_positive), target_cohort=cohort,
+            target_population=population, rounds=value("rounds", parse_count),
+            delta=value("delta", parse_probability, default_delta),
+            simulated_cohort=value("simulated_cohort", parse_count,
                                    default_simulated_cohort),
             label=record.get("label", "")))
     if not rows:
@@ -351,6 +414,9 @@ def _grid_rows(args: argparse.Namespace) -> list[ExtrapolationRow]:
         for cohort in args.target_cohort:
             if args.target_population is not None:
                 populations = args.target_population
+                for population in populations:
+                    check_cohort(cohort, population, "--target-cohort", "--target-population",
+                                 "extrapolate")
             else:
                 populations = [_population_from_rate(cohort, rate, "extrapolate")
                                for rate in args.target_sampling_rate]
@@ -432,12 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     def run_settings(p: argparse.ArgumentParser, accountant_default: str = "both") -> None:
-        p.add_argument("--cohort", type=parse_integer, required=True,
+        p.add_argument("--cohort", type=parse_count, required=True,
                        help="users per round S (expected, for Poisson sampling)")
-        p.add_argument("--population", type=parse_integer, required=True,
+        p.add_argument("--population", type=parse_count, required=True,
                        help="users K that can be sampled (6.95e6-style input accepted)")
-        p.add_argument("--rounds", type=parse_integer, required=True, help="rounds T")
-        p.add_argument("--delta", type=parse_number, default=PAPER_DELTA,
+        p.add_argument("--rounds", type=parse_count, required=True, help="rounds T")
+        p.add_argument("--delta", type=parse_probability, default=PAPER_DELTA,
                        help="δ (default: %(default)g, the paper's)")
         p.add_argument("--sampling", choices=accounting.SAMPLING_SCHEMES, default="poisson",
                        help="poisson: each user joins with probability q = S/K "
@@ -451,17 +517,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_eps = sub.add_parser("epsilon", help="ε of a run",
                            description="User-level ε after T rounds.")
     noise = p_eps.add_mutually_exclusive_group(required=True)
-    noise.add_argument("--noise-multiplier", type=parse_number,
+    noise.add_argument("--noise-multiplier", type=parse_positive,
                        help="z: noise std on the SUM of clipped deltas / C")
-    noise.add_argument("--sigma-dp", type=parse_number,
+    noise.add_argument("--sigma-dp", type=parse_positive,
                        help="σ_DP: noise std on the cohort MEAN / C (z = S·σ_DP)")
+    p_eps.add_argument("--clipped-count-stddev", type=parse_positive, metavar="SIGMA_B",
+                       help="adaptive clipping: noise std σ_b on the clipped counts; prints "
+                            "z_Δ and z_b next to the overall z (ε is that of z)")
+    p_eps.add_argument("--clip-bounds", type=parse_count, default=1, metavar="H",
+                       help="adaptive clipping: number of adapted bounds (1 = global; per "
+                            "layer: the number of layers); default %(default)s")
     run_settings(p_eps)
     p_eps.set_defaults(run=_run_epsilon)
 
     p_cal = sub.add_parser("calibrate", help="smallest noise for a target ε",
                            description="Smallest z (and σ_DP = z/S) with ε(z) ≤ target "
                                        "(tolerance 1e-3 on z).")
-    p_cal.add_argument("--target-epsilon", type=parse_number, required=True)
+    p_cal.add_argument("--target-epsilon", type=parse_positive, required=True)
     run_settings(p_cal)
     p_cal.set_defaults(run=_run_calibrate)
 
@@ -474,18 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CSV with columns sigma_dp, target_cohort, rounds, "
                             "target_population (or target_sampling_rate); optional label, "
                             "delta, simulated_cohort; '#' lines are comments")
-    p_ext.add_argument("--sigma-dp", type=parse_number, nargs="+", help="σ_DP grid")
-    p_ext.add_argument("--target-cohort", type=parse_integer, nargs="+", help="S' grid")
+    p_ext.add_argument("--sigma-dp", type=parse_positive, nargs="+", help="σ_DP grid")
+    p_ext.add_argument("--target-cohort", type=parse_count, nargs="+", help="S' grid")
     population = p_ext.add_mutually_exclusive_group()
-    population.add_argument("--target-population", type=parse_integer, nargs="+",
+    population.add_argument("--target-population", type=parse_count, nargs="+",
                             help="K' grid")
     population.add_argument("--target-sampling-rate", type=parse_number, nargs="+",
                             help="q' grid instead of K' (K' = round(S'/q'))")
-    p_ext.add_argument("--rounds", type=parse_integer, nargs="+", default=[PAPER_ROUNDS],
+    p_ext.add_argument("--rounds", type=parse_count, nargs="+", default=[PAPER_ROUNDS],
                        help="T grid (default: %(default)s)")
-    p_ext.add_argument("--delta", type=parse_number, default=PAPER_DELTA,
+    p_ext.add_argument("--delta", type=parse_probability, default=PAPER_DELTA,
                        help="δ (default: %(default)g)")
-    p_ext.add_argument("--simulated-cohort", type=parse_integer,
+    p_ext.add_argument("--simulated-cohort", type=parse_count,
                        default=PAPER_SIMULATED_COHORT, help="S (default: %(default)s)")
     p_ext.add_argument("--accountant", choices=("rdp", "pld", "both"), default="both",
                        help="PLD takes up to a few seconds per row at T=2000 "

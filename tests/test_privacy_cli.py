@@ -43,6 +43,29 @@ def test_epsilon_json_converts_sigma_dp(capsys):
     assert by_name["pld"]["epsilon"] <= by_name["rdp"]["epsilon"]
 
 
+def test_adaptive_clipping_prints_the_split_and_keeps_the_epsilon_of_z(capsys):
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL, "--json",
+                         "--accountant", "rdp", "--clipped-count-stddev", "3", "--clip-bounds", "4")
+    assert status == 0
+    settings = json.loads(out)["settings"]
+    z_delta, z_b = settings["delta_noise_multiplier"], settings["count_noise_multiplier"]
+    assert z_b == pytest.approx(3.0)                          # 2σ_b/√H
+    assert (z_delta ** -2 + z_b ** -2) ** -0.5 == pytest.approx(1.0)
+    assert json.loads(out)["results"][0]["epsilon"] == pytest.approx(
+        accounting.epsilon(1.0, 10, 1000, 20, 1e-5).epsilon)
+    status, text, _ = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL,
+                          "--accountant", "rdp", "--clipped-count-stddev", "3")
+    assert status == 0 and "z_Δ" in text and "z_b = 2σ_b/√H" in text
+
+
+def test_adaptive_clipping_with_too_little_count_noise_names_the_flags(capsys):
+    status, _, err = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL,
+                         "--clipped-count-stddev", "0.4")
+    assert status == 2
+    assert "--clipped-count-stddev 0.4" in err and "must exceed" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_epsilon_fixed_sampling_marks_pld_unsupported(capsys):
     status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", *SMALL,
                          "--sampling", "fixed", "--json")
@@ -131,18 +154,33 @@ def test_generated_privacy_table_is_up_to_date():
     (["epsilon", "--noise-multiplier", "1", "--cohort", "10", "--population", "1e3",
       "--rounds", "2.5"], "--rounds"),
     (["epsilon", "--noise-multiplier", "1", "--cohort", "2000", "--population", "1000",
-      "--rounds", "5"], "must not exceed"),
-    (["epsilon", "--noise-multiplier", "0", *SMALL], "noise_multiplier"),
-    (["epsilon", "--noise-multiplier", "1", *SMALL[:-1], "1.5"], "delta"),
+      "--rounds", "5"], "epsilon: --cohort (2,000) must not exceed --population (1,000)"),
+    (["calibrate", "--target-epsilon", "1", "--cohort", "100", "--population", "50",
+      "--rounds", "5"], "calibrate: --cohort (100) must not exceed --population (50)"),
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "10", "--population", "1e3",
+      "--rounds", "0"], "epsilon: argument --rounds: expected an integer >= 1, got '0'"),
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "0", "--population", "1e3",
+      "--rounds", "5"], "epsilon: argument --cohort: expected an integer >= 1, got '0'"),
+    (["epsilon", "--noise-multiplier", "0", *SMALL],
+     "epsilon: argument --noise-multiplier: expected a number > 0, got '0'"),
+    (["epsilon", "--sigma-dp", "0", *SMALL],
+     "epsilon: argument --sigma-dp: expected a number > 0, got '0'"),
+    (["epsilon", "--noise-multiplier", "1", *SMALL[:-1], "1.5"],
+     "epsilon: argument --delta: expected a number in (0, 1), got '1.5'"),
     (["epsilon", *SMALL], "--noise-multiplier"),
     (["epsilon", "--noise-multiplier", "1", *SMALL, "--sampling", "fixed",
       "--accountant", "pld"], "--accountant rdp with --sampling fixed"),
-    (["calibrate", "--target-epsilon", "-1", *SMALL], "target_epsilon"),
+    (["calibrate", "--target-epsilon", "-1", *SMALL],
+     "calibrate: argument --target-epsilon: expected a number > 0, got '-1'"),
     (["extrapolate", "--sigma-dp", "1e-5"], "--target-cohort"),
     (["extrapolate"], "--rows"),
     (["extrapolate", "--rows", "/nonexistent/rows.csv"], "cannot read"),
     (["extrapolate", "--sigma-dp", "1e-5", "--target-cohort", "51200",
-      "--target-population", "1000"], "must not exceed"),
+      "--target-population", "1000"],
+     "extrapolate: --target-cohort (51,200) must not exceed --target-population (1,000)"),
+    (["extrapolate", "--sigma-dp", "1e-5", "--target-cohort", "512",
+      "--target-population", "1000", "--rounds", "0"],
+     "extrapolate: argument --rounds: expected an integer >= 1, got '0'"),
     (["extrapolate", "--sigma-dp", "1e-5", "--target-cohort", "51200",
       "--target-sampling-rate", "1.5"], "sampling rate"),
     (["frobnicate"], "invalid choice"),
@@ -162,6 +200,10 @@ def test_bad_input_exits_nonzero_with_one_line(capsys, argv, fragment):
      ":2: column 'target_population'"),
     ("sigma_dp,target_cohort,target_population,rounds\n1e-5,10,100\n", ":2: expected 4"),
     ("sigma_dp,target_cohort,target_population,rounds\n", "no rows"),
+    ("sigma_dp,target_cohort,target_population,rounds\n1e-5,10,100,0\n",
+     ":2: column 'rounds': expected an integer >= 1, got '0'"),
+    ("sigma_dp,target_cohort,target_population,rounds\n1e-5,200,100,5\n",
+     ":2: target_cohort (200) must not exceed target_population (100)"),
 ])
 def test_bad_rows_file_names_file_line_and_column(capsys, tmp_path, content, fragment):
     rows = tmp_path / "rows.csv"

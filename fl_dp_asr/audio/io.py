@@ -27,9 +27,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     """Any file soundfile reads (wav, flac, mp3, ogg, ...) as int16 [S] mono at ``sample_rate``.
 
     Channels are averaged; other sample rates are resampled with a polyphase filter.
+
+    Raises:
+        FileNotFoundError: ``{path}: no such file`` (libsndfile would only say
+            "System error.").
+        ValueError: ``cannot read audio file {path}: {libsndfile's reason}``.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
     try:
         samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise ValueError(f"cannot read audio file {path}: {error}") from error
+        reason = getattr(error, "error_string", str(error))
+        raise ValueError(f"cannot read audio file {path}: {reason}") from error
     return to_int16(resample(samples.mean(axis=1), rate, sample_rate))

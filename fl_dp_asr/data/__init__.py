@@ -15,8 +15,8 @@ from fl_dp_asr.data.builders import (BUILDERS, CommonVoiceLocal, LibrispeechLoca
                                      load_federated, load_split, prepare)
 from fl_dp_asr.data.cohorts import CohortStream, cohort_summary
 from fl_dp_asr.data.errors import (CohortPackingError, CorruptAudioError, DataError,
-                                   EmptyTranscriptError, LayoutError, SchemaError,
-                                   TranscriptError, UnsupportedCharactersError)
+                                   EmptyTranscriptError, LayoutError, MissingTranscriptError,
+                                   SchemaError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import (FederatedDataset, LengthBuckets, client_steps,
                                       epoch_batches, iterate_batches, make_batch, pack_cohort)
 from fl_dp_asr.data.prefetch import Prefetcher
@@ -24,7 +24,7 @@ from fl_dp_asr.data.prefetch import Prefetcher
 __all__ = [
     "BUILDERS", "CohortPackingError", "CohortStream", "CommonVoiceLocal", "CorruptAudioError",
     "DataError", "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
-    "LibrispeechLocal", "Prefetcher", "SchemaError", "TranscriptError",
+    "LibrispeechLocal", "MissingTranscriptError", "Prefetcher", "SchemaError", "TranscriptError",
     "UnsupportedCharactersError", "client_steps", "cohort_summary", "epoch_batches", "get_builder",
     "iterate_batches", "load_federated", "load_split", "make_batch", "pack_cohort", "prepare",
 ]

@@ -13,7 +13,7 @@ feature            type                       meaning
 ``user_id``        text                       LibriSpeech speaker id / Common Voice client_id
 ``utterance_id``   text                       ``19-198-0000`` / clip name without extension
 ``duration``       float32                    seconds
-``gender``         text                       from SPEAKERS.TXT / the tsv ("" if unknown)
+``gender``         text                       ``female``/``male``/``other``/``""`` (unknown)
 =================  =========================  ==============================================
 
 TFDS 4.9.10 builds without TensorFlow with ``file_format="array_record"``, with two
@@ -34,7 +34,6 @@ Usage::
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
 import pathlib
@@ -46,8 +45,8 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from fl_dp_asr.data import layouts
-from fl_dp_asr.data.errors import (CorruptAudioError, EmptyTranscriptError, LayoutError,
-                                   TranscriptError, UnsupportedCharactersError)
+from fl_dp_asr.data.errors import (CorruptAudioError, DataError, EmptyTranscriptError,
+                                   LayoutError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import FederatedDataset
 from fl_dp_asr.text import normalize
 
@@ -81,18 +80,28 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """Shared build logic: index → validate transcript → decode audio → example.
 
     Args:
-        skip_bad_files: False (default): the first corrupt audio file, empty transcript or
-            transcript with characters outside the tokenizer's vocabulary fails the build with
-            :class:`CorruptAudioError` / :class:`TranscriptError` naming the file (and line).
-            True: such utterances are skipped and counted in ``info.metadata["skipped"]``
-            (per split and reason), the first few listed in ``info.metadata["skipped_files"]``.
+        skip_bad_files: False (default): the first corrupt or truncated audio file, empty
+            transcript, transcript with characters outside the tokenizer's vocabulary or
+            LibriSpeech chapter without its transcript file fails the build with
+            :class:`CorruptAudioError` / :class:`TranscriptError` /
+            :class:`MissingTranscriptError` naming the file (and line). True: such utterances
+            are skipped and counted in ``info.metadata["skipped"]`` (per split and reason),
+            the first few listed in ``info.metadata["skipped_files"]``; a split whose every
+            utterance is skipped still fails (:class:`DataError`). Either way, a split whose
+            index lists no utterance (an empty Common Voice ``test.tsv``) is not built and is
+            named in ``info.metadata["empty_splits"]``.
         decode_workers: threads that decode and resample audio.
         **kwargs: passed to ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ``config``,
             ...); ``file_format`` defaults to ``"array_record"``.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "gender in one vocabulary (female, male, other, ''); empty splits are not "
+                 "built; truncated audio and LibriSpeech chapters without a transcript are "
+                 "bad files.",
+    }
 
     @tfds_utils.classproperty
     @classmethod
@@ -121,6 +130,10 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     def _split_names(self) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def _split_index(self, manual_dir: pathlib.Path, split: str) -> pathlib.Path:
+        """The file or directory that lists ``split``'s utterances (for messages)."""
+        raise NotImplementedError
+
     # -----------------------------------------------------------------------------------------
     def source_fingerprint(self, manual_dir: str | pathlib.Path) -> str:
         """Hash of the corpus index files this config reads (LayoutError if they are absent)."""
@@ -140,9 +153,37 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             "skip_bad_files": self._skip_bad_files,
             "skipped": {},
             "skipped_files": [],
+            "empty_splits": {},
         })
-        return {split: self._generate_examples(self._records(manual_dir, split), split)
-                for split in self._split_names()}
+        generators = {}
+        for split in self._split_names():
+            self.info.metadata["skipped"][split] = {}
+            records = self._records(manual_dir, split)
+            if records:
+                generators[split] = self._generate_examples(records, split)
+            elif self.info.metadata["skipped"][split]:
+                self._fail_all_skipped(split)
+            else:
+                self._set_aside_empty(split, self._split_index(manual_dir, split))
+        if not generators:
+            raise LayoutError(f"every split of {self.name}/{self.builder_config.name} in "
+                              f"{manual_dir} is empty: {self.info.metadata['empty_splits']}")
+        return generators
+
+    def _set_aside_empty(self, split: str, index: pathlib.Path) -> None:
+        """Records that ``split`` lists no utterance; the split is not built."""
+        del self.info.metadata["skipped"][split]
+        self.info.metadata["empty_splits"][split] = str(index)
+        logger.warning("%s lists no utterance: split %r of %s/%s is not built (the other "
+                       "splits are)", index, split, self.name, self.builder_config.name)
+
+    def _fail_all_skipped(self, split: str) -> None:
+        """DataError: ``split`` would be empty because every utterance was skipped."""
+        counts = self.info.metadata["skipped"][split]
+        first = next((m.removeprefix(f"[{split}] ") for m in self.info.metadata["skipped_files"]
+                      if m.startswith(f"[{split}] ")), "see the warnings above")
+        raise DataError(f"every utterance of split {split!r} was skipped ({counts}); the first: "
+                        f"{first}")
 
     def _validated_transcript(self, record: layouts.UtteranceRecord) -> str:
         if not record.raw_transcript:
@@ -157,18 +198,20 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                                        f"{record.raw_transcript!r} is empty after normalization")
         return normalized.text
 
-    def _skip(self, split: str, reason: str, error: Exception, counts: collections.Counter) -> None:
+    def _skip(self, split: str, reason: str, error: DataError, count: int = 1) -> None:
+        """Raises ``error``, or (``skip_bad_files``) counts ``count`` utterances as skipped."""
         if not self._skip_bad_files:
             raise error
-        counts[reason] += 1
+        counts = self.info.metadata["skipped"][split]
+        counts[reason] = counts.get(reason, 0) + count
         listed = self.info.metadata["skipped_files"]
         if len(listed) < _MAX_LISTED_SKIPS:
-            listed.append(f"[{split}] {error}")
+            listed.append(f"[{split}] {' '.join(str(error).split())}")
         logger.warning("skipping: %s", error)
 
     def _generate_examples(self, records: list[layouts.UtteranceRecord],
                            split: str) -> Iterator[tuple[str, dict]]:
-        counts: collections.Counter[str] = collections.Counter()
+        yielded = 0
         with concurrent.futures.ThreadPoolExecutor(self._decode_workers) as pool:
             for start in range(0, len(records), _DECODE_CHUNK):
                 valid = []
@@ -178,12 +221,13 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                     except TranscriptError as error:
                         reason = ("empty_transcript" if isinstance(error, EmptyTranscriptError)
                                   else "unsupported_characters")
-                        self._skip(split, reason, error, counts)
+                        self._skip(split, reason, error)
                 audios = pool.map(_decode, [record.audio_path for record, _ in valid])
                 for (record, transcript), audio in zip(valid, audios):
                     if isinstance(audio, CorruptAudioError):
-                        self._skip(split, "corrupt_audio", audio, counts)
+                        self._skip(split, "corrupt_audio", audio)
                         continue
+                    yielded += 1
                     yield record.utterance_id, {
                         "audio": audio,
                         "transcript": transcript,
@@ -193,7 +237,8 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                         "duration": np.float32(len(audio) / layouts.SAMPLE_RATE),
                         "gender": record.gender,
                     }
-        self.info.metadata["skipped"][split] = dict(counts)
+        if not yielded:  # before TFDS's raw "No examples were yielded"
+            self._fail_all_skipped(split)
 
 
 class LibrispeechLocal(_LocalSpeechBuilder):
@@ -219,7 +264,13 @@ class LibrispeechLocal(_LocalSpeechBuilder):
         return layouts.librispeech_index_files(subset_dir) + ([speakers] if speakers.is_file()
                                                               else [])
 
+    def _split_index(self, manual_dir: pathlib.Path, split: str) -> pathlib.Path:
+        return layouts.find_librispeech_dir(manual_dir, split)
+
     def _records(self, manual_dir: pathlib.Path, split: str) -> list[layouts.UtteranceRecord]:
+        subset_dir = layouts.find_librispeech_dir(manual_dir, split)
+        for error in layouts.librispeech_chapters_without_transcript(subset_dir):
+            self._skip(split, "missing_transcript", error, count=error.num_files)
         return list(layouts.iter_librispeech(manual_dir, split))
 
 
@@ -244,6 +295,10 @@ class CommonVoiceLocal(_LocalSpeechBuilder):
     def _index_files(self, manual_dir: pathlib.Path) -> list[pathlib.Path]:
         language_dir = layouts.find_common_voice_dir(manual_dir, self.builder_config.name)
         return layouts.common_voice_index_files(language_dir)
+
+    def _split_index(self, manual_dir: pathlib.Path, split: str) -> pathlib.Path:
+        language_dir = layouts.find_common_voice_dir(manual_dir, self.builder_config.name)
+        return layouts.common_voice_index_files(language_dir, (split,))[0]
 
     def _records(self, manual_dir: pathlib.Path, split: str) -> list[layouts.UtteranceRecord]:
         return list(layouts.iter_common_voice(manual_dir, self.builder_config.name, split))
@@ -290,10 +345,10 @@ def prepare(name: str, config: str, *, manual_dir: str | pathlib.Path | None,
     manual_exists = manual_dir is not None and pathlib.Path(manual_dir).is_dir()
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if builder.is_prepared():
-        if not (manual_exists and rebuild_if_stale):
-            return builder
         built_from = builder.info.metadata.get("source_fingerprint")
-        if builder.source_fingerprint(manual_dir) == built_from:
+        if (not (manual_exists and rebuild_if_stale)
+                or builder.source_fingerprint(manual_dir) == built_from):
+            _report_skipped(builder, skip_bad_files)
             return builder
         logger.warning("%s/%s in %s was built from another version of %s; rebuilding.", name,
                        config, builder.data_dir, manual_dir)
@@ -307,13 +362,32 @@ def prepare(name: str, config: str, *, manual_dir: str | pathlib.Path | None,
     return get_builder(name, config, data_dir=data_dir, skip_bad_files=skip_bad_files)
 
 
+def _report_skipped(builder: _LocalSpeechBuilder, skip_bad_files: bool) -> None:
+    """Logs (a warning for a caller that does not skip) what a reused dataset lacks."""
+    skipped = builder.info.metadata.get("skipped", {})
+    total = sum(n for reasons in skipped.values() for n in reasons.values())
+    if not total:
+        return
+    log = logger.info if skip_bad_files else logger.warning
+    log("%s/%s in %s was prepared with skip_bad_files=True and lacks %d skipped utterance(s) "
+        "(%s), the first: %s. To include them, fix those files and delete %s (it is rebuilt "
+        "on next use).", builder.name, builder.builder_config.name, builder.data_dir, total,
+        "; ".join(f"{split}: " + ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+                  for split, reasons in skipped.items() if reasons),
+        builder.info.metadata["skipped_files"][0], builder.data_dir)
+
+
 def _resolve_split(builder: _LocalSpeechBuilder, split: str | None) -> str:
     splits = list(builder.info.splits.keys())
+    empty = builder.info.metadata.get("empty_splits", {})
     if split is None:
         if len(splits) != 1:
             raise ValueError(f"{builder.name}/{builder.builder_config.name} has splits {splits}: "
                              "name one")
         return splits[0]
+    if split in empty:
+        raise DataError(f"split {split!r} of {builder.name}/{builder.builder_config.name} is "
+                        f"empty: {empty[split]} lists no utterance; use one of {splits}")
     if split not in splits:
         raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
                          f"it has {splits}")

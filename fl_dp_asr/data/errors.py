@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-_SKIP_HINT = ("build with skip_bad_files=True to skip such utterances (they are counted in the "
-              "dataset's metadata)")
+_SKIP_HINT = ("skip such utterances: prepare the dataset with skip_bad_files=True (on the command "
+              "line: python -m fl_dp_asr.data.stats ... --skip-bad-files; the trainers then reuse "
+              "the prepared dataset) and they are counted in its metadata")
 
 
 class DataError(Exception):
@@ -14,6 +15,20 @@ class DataError(Exception):
 
 class LayoutError(DataError):
     """A corpus directory or index file is missing; the message shows the expected layout."""
+
+
+class MissingTranscriptError(LayoutError):
+    """A LibriSpeech chapter directory holds files but not its ``*.trans.txt``.
+
+    Attributes:
+        directory: the chapter directory.
+        num_files: the files in it (the utterances that cannot be read).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], num_files: int, message: str):
+        self.directory = str(directory)
+        self.num_files = num_files
+        super().__init__(message)
 
 
 class SchemaError(DataError):

@@ -26,6 +26,7 @@ for ``max_samples`` and ``max_label_len``, so a jitted step compiles a bounded n
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -36,11 +37,14 @@ import numpy as np
 import tqdm
 
 from fl_dp_asr.data.errors import CohortPackingError, DataError
-from fl_dp_asr.data.layouts import SAMPLE_RATE
+from fl_dp_asr.data.layouts import SAMPLE_RATE, normalize_gender
 
 Tokenize = Callable[[str], np.ndarray]
 Batch = dict[str, np.ndarray]
 _INDEX_CHUNK = 256
+#: Per-row strings of the cached index: constructor argument → npz name.
+_INDEX_FIELDS = {"user_ids": "users", "utterance_ids": "utterances",
+                 "transcripts": "transcripts", "genders": "genders"}
 
 
 def _text(value: Any) -> str:
@@ -72,19 +76,23 @@ class FederatedDataset:
         source_indices: int64 [N] example index in ``source`` of each row.
         user_ids, utterance_ids, transcripts: N strings.
         num_samples: int64 [N] audio length of each row (16 kHz samples).
+        genders: N strings, normalized to :data:`fl_dp_asr.data.layouts.GENDERS` (whatever
+            corpus and builder version they come from); None: all unknown (``""``).
     """
 
     def __init__(self, source: Any, *, source_indices: np.ndarray, user_ids: Sequence[str],
                  utterance_ids: Sequence[str], transcripts: Sequence[str],
-                 num_samples: np.ndarray):
+                 num_samples: np.ndarray, genders: Sequence[str] | None = None):
         self.source = source
         self.source_indices = np.asarray(source_indices, np.int64)
         self.user_of_row = list(user_ids)
         self.utterance_ids = list(utterance_ids)
         self.transcripts = list(transcripts)
         self.num_samples = np.asarray(num_samples, np.int64)
+        self.genders = ([normalize_gender(g) for g in genders] if genders is not None
+                        else [""] * len(self.user_of_row))
         sizes = {len(self.source_indices), len(self.user_of_row), len(self.utterance_ids),
-                 len(self.transcripts), len(self.num_samples)}
+                 len(self.transcripts), len(self.num_samples), len(self.genders)}
         if len(sizes) != 1:
             raise ValueError(f"per-utterance arrays differ in length: {sorted(sizes)}")
         rows_of: dict[str, list[int]] = {}
@@ -101,22 +109,21 @@ class FederatedDataset:
 
         Args:
             source: see the class docstring; examples need ``audio``, ``user_id``,
-                ``utterance_id`` and ``transcript`` (str or bytes).
+                ``utterance_id`` and ``transcript`` (str or bytes), and may have ``gender``.
             cache_path: ``.npz`` file to load the index from / save it to (written
-                atomically). Ignored when its length differs from ``len(source)``.
+                atomically). Ignored when its length differs from ``len(source)`` or it
+                lacks a field (written by an older version).
             progress: show a progress bar while indexing.
         """
         if cache_path is not None and pathlib.Path(cache_path).is_file():
             with np.load(cache_path) as cached:
-                if len(cached["num_samples"]) == len(source):
+                if (set(_INDEX_FIELDS) <= set(cached.files)
+                        and len(cached["num_samples"]) == len(source)):
                     return cls(source, source_indices=np.arange(len(source)),
-                               user_ids=_unpack_strings(cached["users"], cached["users_offsets"]),
-                               utterance_ids=_unpack_strings(cached["utterances"],
-                                                             cached["utterances_offsets"]),
-                               transcripts=_unpack_strings(cached["transcripts"],
-                                                           cached["transcripts_offsets"]),
-                               num_samples=cached["num_samples"])
-        user_ids, utterance_ids, transcripts = [], [], []
+                               num_samples=cached["num_samples"],
+                               **{field: _unpack_strings(cached[name], cached[f"{name}_offsets"])
+                                  for field, name in _INDEX_FIELDS.items()})
+        user_ids, utterance_ids, transcripts, genders = [], [], [], []
         num_samples = np.zeros(len(source), np.int64)
         bar = tqdm.tqdm(total=len(source), desc="indexing users", unit="utt",
                         disable=not progress)
@@ -128,21 +135,23 @@ class FederatedDataset:
                 user_ids.append(_text(example["user_id"]))
                 utterance_ids.append(_text(example["utterance_id"]))
                 transcripts.append(_text(example["transcript"]))
+                genders.append(_text(example.get("gender", "")))
                 num_samples[i] = len(example["audio"])
             bar.update(len(indices))
         bar.close()
         dataset = cls(source, source_indices=np.arange(len(source)), user_ids=user_ids,
                       utterance_ids=utterance_ids, transcripts=transcripts,
-                      num_samples=num_samples)
+                      num_samples=num_samples, genders=genders)
         if cache_path is not None:
             dataset._save_index(pathlib.Path(cache_path))
         return dataset
 
     def _save_index(self, path: pathlib.Path) -> None:
         arrays = {"num_samples": self.num_samples}
-        for name, strings in (("users", self.user_of_row), ("utterances", self.utterance_ids),
-                              ("transcripts", self.transcripts)):
-            arrays[name], arrays[f"{name}_offsets"] = _pack_strings(strings)
+        strings = {"user_ids": self.user_of_row, "utterance_ids": self.utterance_ids,
+                   "transcripts": self.transcripts, "genders": self.genders}
+        for field, name in _INDEX_FIELDS.items():
+            arrays[name], arrays[f"{name}_offsets"] = _pack_strings(strings[field])
         partial = path.with_name(path.name + ".partial.npz")
         np.savez(partial, **arrays)
         os.replace(partial, path)
@@ -153,7 +162,8 @@ class FederatedDataset:
             self.source, source_indices=self.source_indices[rows],
             user_ids=[self.user_of_row[r] for r in rows],
             utterance_ids=[self.utterance_ids[r] for r in rows],
-            transcripts=[self.transcripts[r] for r in rows], num_samples=self.num_samples[rows])
+            transcripts=[self.transcripts[r] for r in rows], num_samples=self.num_samples[rows],
+            genders=[self.genders[r] for r in rows])
 
     # Users -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -170,6 +180,16 @@ class FederatedDataset:
         except KeyError:
             raise CohortPackingError(f"user {user!r} is not in this dataset "
                                      f"({self.num_users} users)") from None
+
+    def user_genders(self) -> list[str]:
+        """The gender of each user, in the order of :attr:`users`: the most frequent known
+        one among the user's utterances, ``""`` if none is known."""
+        genders = []
+        for user in self.users:
+            known = collections.Counter(self.genders[r] for r in self._rows_of[user])
+            known.pop("", None)
+            genders.append(known.most_common(1)[0][0] if known else "")
+        return genders
 
     def user_num_utterances(self) -> np.ndarray:
         """int64 [num_users]: utterances of each user, in the order of :attr:`users`."""

@@ -33,7 +33,8 @@ import numpy as np
 import scipy.signal
 import soundfile
 
-from fl_dp_asr.data.errors import CorruptAudioError, LayoutError, SchemaError
+from fl_dp_asr.data.errors import (CorruptAudioError, LayoutError, MissingTranscriptError,
+                                   SchemaError)
 
 SAMPLE_RATE = 16_000
 
@@ -56,6 +57,17 @@ COMMON_VOICE_LAYOUT = """\
   <manual_dir>/<cv-corpus-VERSION>/<lang>/clips/<path>            (mp3)
 (<manual_dir> may also be the directory that holds <lang>/ directly)"""
 
+#: The gender vocabulary of both corpora ("" = not given).
+GENDERS = ("female", "male", "other", "")
+_GENDER_OF = {
+    "f": "female", "female": "female", "female_feminine": "female",   # LibriSpeech F, CV <= v16
+    "m": "male", "male": "male", "male_masculine": "male",            # and CV >= v17
+    "other": "other", "intersex": "other", "transgender": "other", "non-binary": "other",
+}
+#: A decoded stream may fall short of the length its header declares by this fraction before
+#: the file counts as truncated: libmpg123's own tolerance ("stream size off by more than 1%").
+_TRUNCATION_TOLERANCE = 0.01
+
 
 @dataclasses.dataclass(frozen=True)
 class UtteranceRecord:
@@ -69,7 +81,7 @@ class UtteranceRecord:
         raw_transcript: the text as written in the index.
         index_path: the file that holds the transcript.
         line: 1-based line of the transcript in ``index_path``.
-        gender: as given by the corpus ("" when unknown).
+        gender: one of :data:`GENDERS` (normalized with :func:`normalize_gender`).
     """
     utterance_id: str
     user_id: str
@@ -78,6 +90,19 @@ class UtteranceRecord:
     index_path: pathlib.Path
     line: int
     gender: str = ""
+
+
+def normalize_gender(raw: str) -> str:
+    """One of :data:`GENDERS` for a LibriSpeech ``SEX`` (``F``/``M``) or a Common Voice
+    ``gender`` (``female_feminine``, ``male_masculine``, ``intersex``, ``transgender``,
+    ``non-binary``, ``do_not_wish_to_say``, or the older ``female``/``male``/``other``).
+
+    ``do_not_wish_to_say``, empty and unrecognized values are ``""``.
+
+    >>> normalize_gender("female_feminine"), normalize_gender("M"), normalize_gender("")
+    ('female', 'male', '')
+    """
+    return _GENDER_OF.get(raw.strip().lower(), "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +154,23 @@ def librispeech_index_files(subset_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(subset_dir.glob("*/*/*.trans.txt"))
 
 
+def librispeech_chapters_without_transcript(
+        subset_dir: pathlib.Path) -> list[MissingTranscriptError]:
+    """An error for each ``<speaker>/<chapter>`` directory of a subset that holds files but not
+    its ``<speaker>-<chapter>.trans.txt`` (its utterances would otherwise silently be lost)."""
+    errors = []
+    for chapter_dir in sorted(p for p in subset_dir.glob("*/*") if p.is_dir()):
+        transcript = chapter_dir / f"{chapter_dir.parent.name}-{chapter_dir.name}.trans.txt"
+        files = sorted(p.name for p in chapter_dir.iterdir() if p.is_file())
+        if files and not transcript.is_file():
+            errors.append(MissingTranscriptError(chapter_dir, len(files), (
+                f"{chapter_dir} holds {len(files)} file(s) ({_some(files)}) but no "
+                f"{transcript.name}, so none of its utterances can be read. Restore the "
+                "transcript file or delete the directory. Expected layout:\n"
+                f"{LIBRISPEECH_LAYOUT}")))
+    return errors
+
+
 def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[UtteranceRecord]:
     """Lists the utterances of a LibriSpeech subset, in sorted order.
 
@@ -144,8 +186,7 @@ def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[Utteranc
     speakers = read_librispeech_speakers(speakers_txt) if speakers_txt.is_file() else {}
     for index_path in index_files:
         speaker_id = index_path.parent.parent.name
-        gender = {"F": "female", "M": "male"}.get(
-            speakers[speaker_id].sex if speaker_id in speakers else "", "")
+        gender = normalize_gender(speakers[speaker_id].sex if speaker_id in speakers else "")
         lines = index_path.read_text(encoding="utf-8").splitlines()
         for line_number, line in enumerate(lines, 1):
             if not line.strip():
@@ -219,7 +260,7 @@ def iter_common_voice(root: str | pathlib.Path, language: str,
                 audio_path=language_dir / "clips" / clip,
                 raw_transcript=row[column["sentence"]].strip(), index_path=tsv_path,
                 line=line_number,
-                gender=row[column["gender"]] if "gender" in column else "")
+                gender=normalize_gender(row[column["gender"]] if "gender" in column else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +288,40 @@ def resample_to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
 
 
+def _some(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
+                                       else "")
+
+
+def _check_exists(path: pathlib.Path) -> None:
+    """LayoutError if ``path`` is missing but the same name with other audio extensions is
+    there (a corpus converted to another format); CorruptAudioError if it is just missing."""
+    if path.is_file():
+        return
+    extensions = {f".{f.lower()}" for f in soundfile.available_formats()}
+    others = sorted(path.with_suffix(e).name for e in extensions
+                    if e != path.suffix and path.with_suffix(e).is_file())
+    if others:
+        raise LayoutError(f"{path} is missing, but {', '.join(others)} is there: the corpus "
+                          f"index names {path.suffix} files. Convert the audio to "
+                          f"{path.suffix} (e.g. sox {others[0]} {path.name}), or list the "
+                          "files as they are in the index.")
+    raise CorruptAudioError(path, "no such file")
+
+
+def _read_int16(path: pathlib.Path) -> tuple[np.ndarray, int]:
+    """int16 ``[samples, channels]`` and the sample rate; CorruptAudioError if the stream
+    is shorter than its header declares (e.g. a truncated MP3, which libmpg123 decodes
+    without an error)."""
+    with soundfile.SoundFile(str(path)) as stream:
+        audio = stream.read(dtype="int16", always_2d=True)
+        declared, sample_rate = stream.frames, stream.samplerate
+    if len(audio) < declared * (1 - _TRUNCATION_TOLERANCE):
+        raise CorruptAudioError(path, f"truncated: {len(audio) / sample_rate:.2f} s decode "
+                                f"of the {declared / sample_rate:.2f} s its header declares")
+    return audio, sample_rate
+
+
 def read_audio_16k(path: str | pathlib.Path) -> np.ndarray:
     """Decodes an audio file (FLAC, MP3, WAV, OGG, ...) to mono 16 kHz int16 ``[samples]``.
 
@@ -254,12 +329,18 @@ def read_audio_16k(path: str | pathlib.Path) -> np.ndarray:
     ``scipy.signal.resample_poly``; several channels are averaged.
 
     Raises:
-        CorruptAudioError: the file is missing, unreadable, or holds no samples.
+        CorruptAudioError: the file is missing, unreadable, truncated (fewer samples decode
+            than its header declares) or holds no samples.
+        LayoutError: the file is missing but the same name with another audio extension is
+            there (e.g. ``.wav`` files where LibriSpeech has ``.flac``).
     """
+    path = pathlib.Path(path)
+    _check_exists(path)
     try:
-        audio, sample_rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+        audio, sample_rate = _read_int16(path)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
-        raise CorruptAudioError(path, f"{type(error).__name__}: {error}") from error
+        reason = getattr(error, "error_string", None) or f"{type(error).__name__}: {error}"
+        raise CorruptAudioError(path, reason) from error
     if audio.shape[0] == 0:
         raise CorruptAudioError(path, "no audio samples")
     mono = audio[:, 0] if audio.shape[1] == 1 else audio.astype(np.float32).mean(axis=1)

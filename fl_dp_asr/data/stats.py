@@ -9,6 +9,7 @@ Builds the dataset first if needed (see :func:`fl_dp_asr.data.load_split`).
 from __future__ import annotations
 
 import argparse
+import collections
 import pathlib
 import sys
 from typing import Any, Sequence
@@ -24,7 +25,8 @@ _BIN_EDGES = (1, 2, 5, 10, 20, 50, 100, 1000)
 
 
 def summarize(dataset: FederatedDataset) -> dict[str, Any]:
-    """Users, utterances, hours, per-user quantiles and the utterances-per-user histogram."""
+    """Users, utterances, hours, users by gender, per-user quantiles and the
+    utterances-per-user histogram."""
     counts = dataset.user_num_utterances()
     seconds = dataset.durations()
     lower = 1
@@ -42,6 +44,8 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
         "users": dataset.num_users,
         "utterances": len(dataset),
         "hours": dataset.hours,
+        "users_by_gender": {gender or "unknown": n for gender, n in sorted(
+            collections.Counter(dataset.user_genders()).items())},
         "utterances_per_user": {q: float(np.percentile(counts, p)) if counts.size else 0.0
                                 for q, p in (("min", 0), ("median", 50), ("p90", 90),
                                              ("max", 100))},
@@ -62,6 +66,8 @@ def format_summary(title: str, summary: dict[str, Any]) -> str:
              f"mean {summary['mean_utterances_per_user']:.2f}",
              f"  seconds/utterance: min {seconds['min']:.2f}, median {seconds['median']:.2f}, "
              f"max {seconds['max']:.2f}",
+             "  users by gender: " + ", ".join(f"{gender} {n}" for gender, n
+                                               in summary["users_by_gender"].items()),
              "  users by utterance count:"]
     width = max((len(label) for label, _ in summary["histogram"]), default=1)
     top = max((n for _, n in summary["histogram"]), default=1) or 1
@@ -104,10 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manual-dir", default=None, help="corpus directory (to build)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--plot", default=None, help="PNG file to write")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="when building: skip (and count) corrupt audio files and bad "
+                             "transcripts instead of failing on the first one")
     args = parser.parse_args(argv)
     try:
         dataset = load_federated(args.dataset, args.config, args.split,
-                                 manual_dir=args.manual_dir, data_dir=args.data_dir)
+                                 manual_dir=args.manual_dir, data_dir=args.data_dir,
+                                 skip_bad_files=args.skip_bad_files)
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

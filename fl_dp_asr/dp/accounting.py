@@ -50,7 +50,6 @@ References:
 """
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Literal
 

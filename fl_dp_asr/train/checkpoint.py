@@ -34,6 +34,8 @@ from fl_dp_asr.models.config import ModelConfig
 
 PyTree = Any
 COMMIT_MARKER = "commit_success.txt"
+#: The trainers keep their checkpoints in ``<workdir>/checkpoints``.
+CHECKPOINTS_SUBDIR = "checkpoints"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 logger = logging.getLogger(__name__)
@@ -92,16 +94,11 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _remove_incomplete(self) -> None:
-        for name in sorted(os.listdir(self.directory)):
+        for name in incomplete_checkpoints(self.directory):
             path = os.path.join(self.directory, name)
-            if not os.path.isdir(path):
-                continue
-            temporary = _TMP_SUFFIX in name
-            unfinished = name.isdigit() and not os.path.exists(os.path.join(path, COMMIT_MARKER))
-            if temporary or unfinished:
-                logger.warning("removing incomplete checkpoint %s (an unfinished save, "
-                               "e.g. interrupted by a crash)", path)
-                shutil.rmtree(path)
+            logger.warning("removing incomplete checkpoint %s (an unfinished save, "
+                           "e.g. interrupted by a crash)", path)
+            shutil.rmtree(path)
 
     def save(self, step: int, state: PyTree, meta: dict[str, Any],
              metric: float | None = None) -> None:
@@ -109,13 +106,14 @@ class Checkpointer:
 
         ``metric`` is required to rank the checkpoint when ``best_metric`` is set (it is
         also stored in the checkpoint); a checkpoint saved without it is kept only while
-        among the most recent. Raises ValueError if ``step`` already exists.
+        among the most recent. Raises ValueError if ``step`` is saved or being saved
+        (check with :meth:`has_step`).
         """
         if self.read_only:
             raise ValueError(f"Checkpointer({self.directory}) was opened read_only")
         if metric is not None and self.best_metric is None:
             raise ValueError("a metric was given but this Checkpointer has no best_metric")
-        if step in self._manager.all_steps():
+        if self.has_step(step):
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
         metrics = None if metric is None else {self.best_metric: float(metric)}
         self._manager.save(
@@ -147,6 +145,12 @@ class Checkpointer:
         state, meta = self.restore(step, abstract_state)
         return step, state, meta
 
+    def has_step(self, step: int) -> bool:
+        """Whether ``step`` is saved or being saved: an asynchronous save still in flight
+        counts (it is not in :meth:`all_steps` until committed, but cannot be started again).
+        """
+        return step in self._manager.all_steps()
+
     def all_steps(self) -> list[int]:
         """Complete checkpoint steps, ascending (waits for nothing)."""
         return sorted(s for s in self._manager.all_steps()
@@ -176,19 +180,48 @@ class Checkpointer:
         self.close()
 
 
+def incomplete_checkpoints(directory: str) -> list[str]:
+    """Names of the step directories without orbax's commit marker and of orbax's temporary
+    directories in ``directory``: saves that never finished."""
+    names = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        unfinished = name.isdigit() and not os.path.exists(os.path.join(path, COMMIT_MARKER))
+        if os.path.isdir(path) and (unfinished or _TMP_SUFFIX in name):
+            names.append(name)
+    return names
+
+
+def checkpoint_directory(directory: str | os.PathLike) -> str:
+    """``directory/checkpoints`` when ``directory`` is a trainer's work directory that holds
+    one, else ``directory`` itself."""
+    nested = os.path.join(os.fspath(directory), CHECKPOINTS_SUBDIR)
+    return nested if os.path.isdir(nested) else os.fspath(directory)
+
+
 def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
                           ) -> tuple[ModelConfig, PyTree, int]:
     """``(model_config, params, step)`` from a trainer checkpoint, opened read-only.
 
+    ``directory`` is a trainer's work directory or its ``checkpoints/`` directory.
     Follows the conventions above: parameters under ``state["params"]`` and
     ``meta["model_config"]``. ``step=None`` takes the latest complete checkpoint.
     Used by the transcription CLI and to start federated training from a seed model.
+
+    Raises:
+        FileNotFoundError: no such directory, no complete checkpoint (the message lists the
+            unfinished saves found), or no complete checkpoint ``step`` (it lists the steps).
     """
-    checkpointer = Checkpointer(directory, read_only=True)
+    checkpointer = Checkpointer(checkpoint_directory(directory), read_only=True)
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
+            unfinished = incomplete_checkpoints(checkpointer.directory)
+            found = (f"only unfinished saves: {', '.join(unfinished)}" if unfinished
+                     else "no step directory")
+            raise FileNotFoundError(
+                f"no complete checkpoint in {checkpointer.directory} ({found}); give a "
+                f"trainer's work directory or its {CHECKPOINTS_SUBDIR}/ directory")
         state, meta = checkpointer.restore(step)
     finally:
         checkpointer.close()

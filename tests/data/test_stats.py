@@ -17,6 +17,7 @@ def test_summary_histogram():
     assert summary["hours"] == 17 / 3600
     assert summary["histogram"] == [("1", 2), ("2", 0), ("3-5", 1), ("6-10", 0), ("11-20", 1)]
     assert summary["utterances_per_user"]["max"] == 12
+    assert summary["users_by_gender"] == {"unknown": 4}   # the source has no gender
 
 
 def test_command_prints_and_plots(tiny_corpus, tfds_dir, tmp_path, capsys):
@@ -26,6 +27,9 @@ def test_command_prints_and_plots(tiny_corpus, tfds_dir, tmp_path, capsys):
                  "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "common_voice_local/en train: 3 users, 8 utterances" in out
+    genders = out.split("users by gender: ")[1].splitlines()[0]
+    assert sum(int(part.split()[1]) for part in genders.split(", ")) == 3
+    assert {part.split()[0] for part in genders.split(", ")} <= {"female", "male"}
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["--dataset", "librispeech_local", "--config", "dev-other",
                  "--manual-dir", str(tmp_path / "missing")]) == 1

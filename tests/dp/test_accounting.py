@@ -104,10 +104,10 @@ def test_guarantee_reports_its_assumptions():
 
 
 def test_dp_accounting_replace_one_gaussian_is_normalised_by_sensitivity():
-    # Our "fixed" event passes z/2 because dp_accounting 0.6 treats the Gaussian's
-    # multiplier under REPLACE_ONE as std / (L2 sensitivity), not std / C
-    # (google/differential-privacy #378). If this fails, dp_accounting changed: remove
-    # the halving in make_dp_event.
+    # Our "fixed" event passes z·C / sensitivity(C, replace-one) = z/2 because
+    # dp_accounting 0.6 treats the Gaussian's multiplier under REPLACE_ONE as
+    # std / (L2 sensitivity), not std / C (google/differential-privacy #378). If this
+    # fails, dp_accounting changed: make_dp_event must stop dividing by the sensitivity.
     event = dp_accounting.GaussianDpEvent(1.0)
     replace_one = rdp.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
@@ -172,7 +172,8 @@ def test_extrapolation_keeps_sigma_dp_and_scales_cohort_and_population():
 
 def test_extrapolation_computes_only_the_requested_accountants():
     e = accounting.extrapolate(1e-5, 1024, 51200, 5_120_000, 100, DELTA, accountants=["rdp"])
-    assert e.epsilon_pld is None and e.epsilon_rdp is not None
+    assert e.epsilon_pld is None
+    assert e.epsilon_rdp == accounting.epsilon(51200 * 1e-5, 51200, 5_120_000, 100, DELTA).epsilon
     with pytest.raises(ValueError, match="accountants"):
         accounting.extrapolate(1e-5, 1024, 51200, 5_120_000, 100, DELTA, accountants=[])
 

@@ -3,31 +3,31 @@
 import os
 
 from experiments import demo
-from experiments.configs import demo_central
+from experiments.configs import central
 from tests.experiments.test_train_fl import small_config
 
 
 def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
-    central = demo_central.get_config()
-    central.data.manual_dir = str(tiny_corpus)
-    central.data.data_dir = str(tfds_dir)
-    central.data.num_buckets = 1
-    central.data.min_seconds = 0.0
-    central.train.num_steps = 2
-    central.train.batch_size = 2
-    central.train.log_every = 1
-    central.optimizer.warmup_steps = 1
-    central.eval.every = 2
-    central.checkpoint.every = 2
+    central_config = central.get_config("demo")
+    central_config.data.manual_dir = str(tiny_corpus)
+    central_config.data.data_dir = str(tfds_dir)
+    central_config.data.num_buckets = 1
+    central_config.data.min_seconds = 0.0
+    central_config.train.num_steps = 2
+    central_config.train.batch_size = 2
+    central_config.train.log_every = 1
+    central_config.optimizer.warmup_steps = 1
+    central_config.eval.every = 2
+    central_config.checkpoint.every = 2
     fl = small_config(tiny_corpus, tfds_dir, 2)
     fl.fl.sampling = "poisson"
     fl.dp.noise_multiplier = None
     fl.dp.sigma_dp = 0.5
-    fl.eval.pld = True
-    fl.privacy.target_cohort = 20
-    fl.privacy.target_population = 30
+    fl.dp.pld = True
+    fl.dp.target_cohort = 20
+    fl.dp.target_population = 30
 
-    text = demo.run(str(tmp_path), central, fl)
+    text = demo.run(str(tmp_path), central_config, fl)
 
     assert "seed model" in text and "(FL + DP)" in text
     assert "eps_PLD=n/a" not in text  # both accountants for the run and its extrapolation

@@ -1,16 +1,19 @@
 """The federated trainer: resume is exact, crashes and bad configs are handled."""
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from experiments import train_fl
-from experiments.configs import demo_fl_dp
+from experiments.configs import fl_dp
 from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
@@ -21,24 +24,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def small_config(corpus, tfds_dir, rounds):
     """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
-    c = demo_fl_dp.get_config()
-    c.init_checkpoint = ""
+    c = fl_dp.get_config("demo")
+    c.init_checkpoint = None
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
+    c.data.synthesize_if_missing = False
     c.data.num_buckets = 1
     c.fl.rounds = rounds
     c.fl.sampling = "fixed"
     c.dp.sigma_dp = None
     c.dp.noise_multiplier = 0.5
     c.dp.delta = 1e-5
-    c.privacy.target_cohort = 0
+    c.dp.target_cohort = None
     c.fl.cohort_size = 2
     c.fl.chunk_size = 2
     c.fl.local_steps = 2
     c.fl.local_batch_size = 2
     c.eval.every = 2
-    c.eval.pld = False
+    c.dp.pld = False
     c.checkpoint.every = 1
     c.checkpoint.keep = 2
     return c
@@ -74,6 +78,33 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_co
     assert steps == [1, 2, 3]  # one consistent history in the metrics file
 
 
+def adaptive_config(tiny_corpus, tfds_dir, rounds):
+    """Per-layer adaptive clipping, one bound per module, noisy deltas and counts."""
+    c = small_config(tiny_corpus, tfds_dir, rounds)
+    c.dp.layers = "module"
+    c.dp.target_unclipped_quantile = 0.5
+    c.dp.clipped_count_stddev = 2.0
+    return c
+
+
+def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tfds_dir,
+                                                                 tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 3), str(whole))
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 1), str(parts))
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 3), str(parts))
+    (step_a, state_a), (step_b, state_b) = final_state(whole), final_state(parts)
+    assert step_a == step_b == 3
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    records = [r for r in read_jsonl(os.path.join(whole, "metrics.jsonl"))
+               if "train/clip_norm" in r]
+    prefix = "train/layer_clip_norms/"
+    modules = {"block_00", "block_01", "block_02", "block_03", "final_norm", "front_end", "output"}
+    assert set(state_a["clip_bounds"]) == modules        # dp.layers="module": one per module
+    assert {k[len(prefix):] for k in records[-1] if k.startswith(prefix)} == modules
+    assert len({r["train/clip_norm"] for r in records}) == 3     # the bounds moved every round
+
+
 def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, tfds_dir,
                                                     tmp_path):
     train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(tmp_path))
@@ -103,6 +134,57 @@ def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkey
     assert final_state(tmp_path)[0] == 1
 
 
+@pytest.mark.parametrize("signal_name, rounds, saved_round", [
+    ("SIGINT", 2, 1),    # a checkpoint round in the middle of the run
+    ("SIGTERM", 2, 2),   # the last round, whose checkpoint is always written
+])
+def test_signal_during_an_async_checkpoint_save_saves_and_exits_cleanly(
+        tiny_corpus, tfds_dir, tmp_path, monkeypatch, capsys, signal_name, rounds, saved_round):
+    """The signal lands while round ``saved_round``'s checkpoint is still being written (its
+    commit is held until the trainer waits for it), and a SIGINT lands during that wait."""
+    committed = threading.Event()
+    committed.set()
+    hold_commit = ocp.AsyncOptions(post_finalization_callback=lambda: committed.wait(120))
+    monkeypatch.setattr(ocp, "CheckpointManagerOptions", functools.partial(
+        ocp.CheckpointManagerOptions, async_options=hold_commit))
+    save, wait = Checkpointer.save, Checkpointer.wait
+
+    def save_then_signal(self, step, *args, **kwargs):
+        if step == saved_round:
+            committed.clear()
+        save(self, step, *args, **kwargs)
+        if step == saved_round:
+            assert self.has_step(step) and step not in self.all_steps()  # in flight
+            os.kill(os.getpid(), getattr(signal, signal_name))
+
+    def signal_then_wait(self):
+        committed.set()
+        os.kill(os.getpid(), signal.SIGINT)
+        wait(self)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_signal)
+    monkeypatch.setattr(Checkpointer, "wait", signal_then_wait)
+    config = small_config(tiny_corpus, tfds_dir, rounds)
+    try:
+        summary = train_fl.train(config, str(tmp_path))
+    except KeyboardInterrupt:
+        pytest.fail("SIGINT while waiting for the last checkpoint escaped the trainer")
+    monkeypatch.undo()
+    assert summary["rounds"] == saved_round
+    assert f"{signal_name} received: saved round {saved_round}" in capsys.readouterr().out
+    assert final_state(tmp_path)[0] == saved_round
+
+
+def test_a_refused_round_saves_the_state_before_it_and_raises(tiny_corpus, tfds_dir, tmp_path):
+    config = small_config(tiny_corpus, tfds_dir, 3)
+    config.server.learning_rate = float("nan")   # the first update makes params NaN
+    with pytest.raises(round_lib.NonFiniteParamsError, match="round 0"):
+        train_fl.train(config, str(tmp_path))
+    step, state = final_state(tmp_path)
+    assert step == 0 and int(state["round"]) == 0
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
 def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_dir, tmp_path):
     config = small_config(tiny_corpus, tfds_dir, 50)
     config.dp.noise_multiplier = 8.0
@@ -115,14 +197,34 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
     assert over.epsilon > 2.0
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
-    result = subprocess.run(
+def run_train_fl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/demo_fl_dp.py", "--workdir", str(tmp_path),
-         "--config.fl.cohort_sise=4"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "cohort_sise" in result.stderr
+         "--config", "experiments/configs/fl_dp.py:demo", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
+    result = run_train_fl("--workdir", str(tmp_path / "run"), "--config.fl.cohort_sise=4")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/fl_dp.py has no "
+        'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n')
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, tfds_dir,
+                                                                 tmp_path):
+    result = run_train_fl(
+        "--workdir", str(tmp_path / "run"), "--config.init_checkpoint=",
+        f"--config.data.manual_dir={tiny_corpus}", f"--config.data.data_dir={tfds_dir}",
+        "--config.fl.cohort_size=10")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "train_fl: error: config.fl.cohort_size=10 must be in [1, population=3] (the number of "
+        "training users).")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
@@ -133,7 +235,7 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
 
 
 def test_bad_multi_process_settings_are_clear_errors():
-    config = demo_fl_dp.get_config()
+    config = fl_dp.get_config("demo")
     config.distributed.num_processes = 2
     with pytest.raises(ValueError, match="executor='sharded'"):
         train_fl.join_processes(config)

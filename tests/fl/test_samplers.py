@@ -1,5 +1,7 @@
 """Cohort samplers: reproducible draws, static slots, and the privacy analysis they own."""
 
+import doctest
+
 import dp_accounting
 import numpy as np
 import pytest
@@ -70,3 +72,8 @@ def test_the_gaussian_event_is_noise_std_over_the_sensitivity(name):
     assert gaussian.noise_multiplier == pytest.approx(
         stddev / dp.sensitivity(sampler.neighboring_relation))
     assert gaussian.noise_multiplier == (1.6 if name == "poisson" else 0.8)
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(samplers)
+    assert tried >= 1 and failures == 0

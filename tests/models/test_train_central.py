@@ -1,18 +1,21 @@
 """experiments/train_central.py end to end on the tiny synthetic corpus: trains, evaluates,
 checkpoints, and resumes bit-exactly."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 
 from experiments import train_central
-from experiments.configs import demo_central
+from experiments.configs import central
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 
 
 def _config(corpus, tfds_dir):
-    config = demo_central.get_config()
+    config = central.get_config("demo")
     config.data.manual_dir = str(corpus)
     config.data.data_dir = str(tfds_dir)
     config.data.synthesize_if_missing = False
@@ -45,3 +48,17 @@ def test_trains_checkpoints_and_resumes_exactly(tiny_corpus, tfds_dir, tmp_path)
               for run in ("a", "b")]
     for x, y in zip(*(jax.tree.leaves(f) for f in finals)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_command_line_mistake_is_one_line_with_status_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train_central", "--config",
+         "experiments/configs/central.py:demo", "--workdir", str(tmp_path / "run"),
+         "--config.train.num_stepz=3"],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "train_central: error: --config.train.num_stepz=3: experiments/configs/central.py "
+        'has no field train.num_stepz. Did you mean "num_steps" instead of "num_stepz"?\n')
+    assert not (tmp_path / "run").exists()

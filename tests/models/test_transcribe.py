@@ -8,6 +8,7 @@ import soundfile
 from fl_dp_asr import transcribe
 from fl_dp_asr.audio.io import load_audio
 from fl_dp_asr.models import init_params, transcribe_batch
+from fl_dp_asr.text import normalize
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 from tests.models.test_model import CONFIG
 
@@ -25,8 +26,11 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
     assert audio.dtype == np.int16 and abs(len(audio) - 24_000) <= 1
     expected_peak = 0.75 * 0.3 * 32768  # mean of the two channels
     assert abs(np.abs(audio).max() - expected_peak) < 0.03 * expected_peak
-    with pytest.raises(ValueError, match="cannot read audio file"):
+    with pytest.raises(FileNotFoundError, match="missing.flac: no such file"):
         load_audio(tmp_path / "missing.flac")
+    (tmp_path / "garbage.flac").write_bytes(b"fLaC" + b"\x00" * 64)
+    with pytest.raises(ValueError, match="cannot read audio file .*garbage.flac: "):
+        load_audio(tmp_path / "garbage.flac")
 
 
 def test_cli_decodes_wav_flac_mp3_with_the_checkpointed_model(tmp_path, capsys):
@@ -49,6 +53,61 @@ def test_cli_decodes_wav_flac_mp3_with_the_checkpointed_model(tmp_path, capsys):
         padded = np.zeros((1, 16_000), np.int16)
         padded[0, :len(audio)] = audio
         expected = transcribe_batch(restored, padded, np.array([len(audio)]), config)[0]
-        assert line.split("\t")[1] == expected
+        assert line.split("\t")[1] == normalize(expected).text
 
-    assert transcribe.main(["--checkpoint", str(tmp_path / "empty"), paths[0]]) == 1
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A trainer work directory: the checkpoint in ``checkpoints/``."""
+    work = tmp_path_factory.mktemp("work")
+    with Checkpointer(work / "checkpoints") as ckpt:
+        ckpt.save(3, {"params": init_params(CONFIG, jax.random.key(0))},
+                  {"model_config": CONFIG.to_dict()})
+    return work
+
+
+def test_cli_transcribes_the_good_files_and_reports_each_bad_one(workdir, tmp_path, capsys):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, _tone(0.9, 16_000, 1), 16_000)
+    empty, short = tmp_path / "empty.wav", tmp_path / "short.wav"
+    soundfile.write(empty, np.zeros((0, 1)), 16_000)            # a header, no samples
+    soundfile.write(short, _tone(0.004, 16_000, 1), 16_000)     # 4 ms < one 25 ms frame
+    garbage = tmp_path / "garbage.flac"
+    garbage.write_bytes(b"fLaC" + b"\x00" * 64)
+    files = [tmp_path / "missing.wav", empty, good, short, garbage]
+    assert transcribe.main(["--checkpoint", str(workdir), *map(str, files)]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(good)]
+    errors = err.splitlines()
+    assert errors[:3] + errors[4:] == [
+        f"error: {files[0]}: no such file",
+        f"error: {empty}: too short to transcribe (0 ms; the model needs at least one 25 ms "
+        "frame)",
+        f"error: {short}: too short to transcribe (4 ms; the model needs at least one 25 ms "
+        "frame)",
+        "error: 4 of 5 files could not be transcribed"]
+    assert errors[3].startswith(f"error: cannot read audio file {garbage}: ")  # libsndfile's
+
+
+def test_cli_prints_single_spaced_text(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(transcribe, "transcribe_batch", lambda *args, **kwargs: ["  t aarl  ho "])
+    good = tmp_path / "good.wav"
+    soundfile.write(good, _tone(0.9, 16_000, 1), 16_000)
+    assert transcribe.main(["--checkpoint", str(workdir), str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}\tt aarl ho\n"
+
+
+def test_cli_accepts_the_work_dir_and_says_which_steps_exist(workdir, tmp_path, capsys):
+    assert load_model_checkpoint(workdir)[2] == load_model_checkpoint(workdir / "checkpoints")[2]
+    audio = tmp_path / "a.wav"
+    soundfile.write(audio, _tone(0.9, 16_000, 1), 16_000)
+    assert transcribe.main(["--checkpoint", str(workdir), "--step", "7", str(audio)]) == 1
+    assert "no complete checkpoint for step 7" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)   # a save cut off by a crash
+    assert transcribe.main(["--checkpoint", str(tmp_path / "run"), str(audio)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: no complete checkpoint in {tmp_path}/run/checkpoints (only unfinished saves: "
+        "5); give a trainer's work directory or its checkpoints/ directory\n")
+    (tmp_path / "empty").mkdir()
+    assert transcribe.main(["--checkpoint", str(tmp_path / "empty"), str(audio)]) == 1
+    assert "(no step directory)" in capsys.readouterr().err

@@ -38,6 +38,7 @@ def test_round_trip_is_bit_exact(tmp_path):
         assert os.path.isabs(ckpt.directory)
         assert ckpt.restore_latest(_abstract(state)) is None
         ckpt.save(7, state, meta)
+        assert ckpt.has_step(7) and not ckpt.has_step(8)  # in flight or committed
         ckpt.wait()
         step, restored, restored_meta = ckpt.restore_latest(_abstract(state))
         assert step == 7 and restored_meta == meta

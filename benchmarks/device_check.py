@@ -1,0 +1,425 @@
+"""The device check: everything a session with a lent accelerator measures, in one command.
+
+    python -m benchmarks.device_check --out $OUT/device_check.md   # on a GPU/TPU
+    python -m benchmarks.device_check --only "local step,paper round"
+    python -m benchmarks.device_check --dry-run    # tiny shapes on any machine (< 2 min)
+
+Sections, cheapest first (each one's failure is reported and the next one runs):
+
+1. **tests**: the executor, sharded, memory and transfer tests of ``tests/fl/test_round.py``
+   on the device (a subprocess).
+2. **cohort rounds**: the round step of the tiny and small models, cohort 256,
+   vectorized (chunk 16, 64) vs sequential clients/s, Common Voice-like clients
+   (benchmarks.common.ClientShape).
+3. **compile per bucket**: compile time of the round step per length bucket (tiny, small;
+   benchmarks.compile's buckets). The paper model's compile times are the first-call
+   columns of the next two sections.
+4. **local step** of the paper model (255.8 M parameters, bf16 compute, fp32 parameters,
+   ``remat`` per block, layer-drop off so every step does the same work): one client's
+   SGD step (CTC loss, gradient, per-step clip, update) on 8 × 8 s utterances and on
+   15 × 8 s = 120 s of audio (the paper's ~120 s batches). Time, model TFLOP/s
+   (6 · params · frames) and MFU against the device's dense bf16 peak
+   (:data:`PEAK_BF16_TFLOPS`), next to the HLO FLOP count of the compiled step.
+5. **paper round**: the round step of the paper model, cohort 16: the largest vectorized
+   chunk that fits (16, 8, 4, 2, 1 in turn; an out-of-memory compile or run moves to the
+   next), vectorized vs sequential clients/s.
+
+Cost, measured on one H200 (2026-11-28, jax 0.11.2): the paper model's local step compiles
+in 96-112 s and its vectorized round step in more than 220 s, so the whole check takes
+about 15-20 min, more than one 10-minute device call: split it with ``--only`` (e.g.
+``tests,cohort rounds,compile per bucket`` then ``local step,paper round``).
+
+The report is printed and appended to docs/benchmarks.md (``--no-write``: not); with
+``--out FILE`` it is also written there row by row, so a run killed midway keeps every
+row it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks import common
+
+# Dense (no sparsity) bf16 tensor peaks, TFLOP/s, from the vendors' datasheets. Matched
+# against ``jax.devices()[0].device_kind`` in order: the first substring found wins.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0),
+    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10G", 70.0),
+    ("TPU v6 lite", 918.0), ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0),
+    ("TPU v4", 275.0),
+)
+PAPER_OVERRIDES = dict(remat=True, layer_drop_rate=0.0)   # dtype bfloat16 is the paper's
+# In the order they run: cheapest first, so a run cut short still has the most rows.
+SECTIONS = ("tests", "cohort rounds", "compile per bucket", "local step", "paper round")
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run measures: the full plan on a device, tiny shapes for ``--dry-run``."""
+    step_size: str = "paper"
+    step_batches: tuple[tuple[int, float], ...] = ((8, 8.0), (15, 8.0))  # (utterances, s)
+    round_size: str = "paper"
+    round_cohort: int = 16
+    round_chunks: tuple[int, ...] = (16, 8, 4, 2, 1)
+    round_shape: common.ClientShape = common.ClientShape(
+        min_utterances=80, max_utterances=80, min_seconds=2.0, max_seconds=8.0,
+        batch_size=8, local_steps=10, max_seconds_padded=8.0, max_label_len=128)
+    cohort_sizes: tuple[str, ...] = ("tiny", "small")
+    cohort: int = 256
+    cohort_shape: common.ClientShape = common.ClientShape()
+    cohort_chunks: tuple[int, ...] = (16, 64)
+    compile_sizes: tuple[str, ...] = ("tiny", "small")   # the paper model's: sections 1-2
+    repeats: int = 3
+    run_tests: bool = True
+
+
+DRY_RUN = Plan(step_size="tiny", step_batches=((2, 1.0), (3, 1.0)), round_size="tiny",
+               round_cohort=4, round_chunks=(4, 2),
+               round_shape=common.ClientShape(min_utterances=2, max_utterances=4,
+                                              max_seconds=1.0, max_seconds_padded=1.0,
+                                              local_steps=2, max_label_len=16),
+               cohort_shape=common.ClientShape(max_utterances=6, max_seconds=1.0,
+                                               max_seconds_padded=1.0, local_steps=3,
+                                               max_label_len=16),
+               cohort_sizes=("tiny",), cohort=4, cohort_chunks=(4,), compile_sizes=(),
+               repeats=1, run_tests=False)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """Dense bf16 peak (TFLOP/s) of a device kind, or None when unknown (e.g. a CPU)."""
+    for name, peak in PEAK_BF16_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an exception from XLA compile or run says the device ran out of memory."""
+    return any(marker in str(error) for marker in OOM_MARKERS)
+
+
+def largest_fitting(candidates: Sequence[int], attempt: Callable[[int], Any]
+                    ) -> tuple[int, Any, list[str]]:
+    """Calls ``attempt(c)`` for each candidate, largest first, until one fits in memory.
+
+    Returns ``(candidate, its result, notes on the ones that did not fit)``. An error
+    that is not out-of-memory is raised at once; if none fits, a RuntimeError says so.
+    """
+    notes = []
+    for candidate in sorted(candidates, reverse=True):
+        try:
+            return candidate, attempt(candidate), notes
+        except Exception as error:      # noqa: BLE001 -- XlaRuntimeError is not public
+            if not is_out_of_memory(error):
+                raise
+            first_line = str(error).strip().splitlines()[0][:160]
+            notes.append(f"{candidate}: out of memory ({first_line})")
+            common.log(f"    {candidate} does not fit: {first_line}")
+    raise RuntimeError(f"nothing fits in device memory; tried {sorted(candidates, reverse=True)}: "
+                       + "; ".join(notes))
+
+
+# ------------------------------------------------------------------ 1. local step
+
+
+def local_step(size: str, utterances: int, seconds: float, repeats: int) -> dict[str, float]:
+    """Compile and time one client's local SGD step on ``utterances × seconds`` of audio."""
+    import jax
+    import optax
+
+    from fl_dp_asr.fl import client
+    from fl_dp_asr.models import asr
+    config, params, _, _ = common.asr_task(size, **_overrides(size))
+    shape = dataclasses.replace(common.ClientShape(), batch_size=utterances, local_steps=1,
+                                min_utterances=utterances, max_utterances=utterances,
+                                min_seconds=seconds, max_seconds=seconds,
+                                max_seconds_padded=seconds,
+                                max_label_len=int(seconds * 16))
+    block = common.synthetic_cohort(1, shape, vocab_size=config.vocab_size)
+    batch = jax.device_put(jax.tree.map(lambda x: x[0, 0], block["batches"]))
+    grad_fn = jax.value_and_grad(asr.make_loss_fn(config, train=True), has_aux=True)
+    sgd = client.local_sgd(0.2, 1.0)
+
+    def step(params, opt_state, batch, key):
+        (loss, _), grads = grad_fn(params, batch, key)
+        updates, opt_state = sgd.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    key = jax.random.key(0)
+    opt_state = sgd.init(params)
+    start = time.perf_counter()
+    compiled = jax.jit(step).lower(params, opt_state, batch, key).compile()
+    compile_s = time.perf_counter() - start
+    flops = _flops(compiled)
+    run = lambda: common.block_until_ready(compiled(params, opt_state, batch, key))
+    run()
+    seconds_per_step = common.median([common.time_call(run) for _ in range(max(repeats, 3))])
+    return {"compile_s": compile_s, "step_s": seconds_per_step, "flops": flops}
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):       # older jax: one dict per computation
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def model_flops(params: int, utterances: int, seconds: float, frame_seconds: float) -> float:
+    """The usual MFU numerator: 6 · parameters · encoder frames (forward + backward,
+    no attention term, no remat recompute)."""
+    return 6.0 * params * utterances * seconds / frame_seconds
+
+
+def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
+    add_row = rec.table(
+        f"One client's local step, {plan.step_size} model "
+        f"({'bf16 compute, remat, layer-drop off' if plan.step_size == 'paper' else 'float32'}). "
+        "MFU = model FLOPs (6 · params · frames) per second ÷ peak; the HLO count of the "
+        "compiled step is shown beside it",
+        ["batch", "compile s", "ms / step", "model TFLOP / step", "HLO TFLOP / step",
+         "model TFLOP/s", "MFU"])
+    config, params = common.asr_task(plan.step_size, **_overrides(plan.step_size))[:2]
+    from fl_dp_asr.models import asr
+    num_params = asr.count_params(params)
+    for utterances, seconds in plan.step_batches:
+        common.log(f"  local step: {plan.step_size}, {utterances} × {seconds:g} s")
+        r = local_step(plan.step_size, utterances, seconds, plan.repeats)
+        flops = model_flops(num_params, utterances, seconds, config.frame_seconds)
+        tflops = flops / r["step_s"] / 1e12
+        add_row([f"{utterances} × {seconds:g} s = {utterances * seconds:g} s", r["compile_s"],
+                 1e3 * r["step_s"], flops / 1e12, r["flops"] / 1e12, tflops,
+                 f"{100 * tflops / peak:.1f} %" if peak else "n/a"])
+
+
+def _overrides(size: str) -> dict[str, Any]:
+    return PAPER_OVERRIDES if size == "paper" else {}
+
+
+# ------------------------------------------------------------------ 2./3. round steps
+
+
+def time_round(step, params, opt, block, key, repeats: int) -> tuple[float, float]:
+    """(first-call seconds incl. compile, median seconds per round)."""
+    first = common.time_call(lambda: common.block_until_ready(
+        step(common.fresh_state(params, opt), block, key)))
+
+    def run():
+        state = common.fresh_state(params, opt)
+        common.block_until_ready(state)
+        common.block_until_ready(step(state, block, key))
+    return first, common.median([common.time_call(run) for _ in range(repeats)])
+
+
+def compare_executors(size: str, cohort: int, chunks: Sequence[int],
+                      shape: common.ClientShape, repeats: int,
+                      add_row: Callable[[list[Any]], None], *, search: bool) -> None:
+    """Rows ``[executor, first call s, s/round, clients/s]``: vectorized chunks, sequential.
+
+    ``search``: chunks are alternatives, largest first; only the largest that fits runs.
+    Otherwise a chunk that does not fit gets an "out of memory" row.
+    """
+    import jax
+    overrides = _overrides(size)
+    config = common.asr_task(size, **overrides)[0]
+    block = jax.device_put(common.synthetic_cohort(cohort, shape, vocab_size=config.vocab_size))
+    key = jax.random.key(0)
+
+    def row(name: str, first: float, per_round: float) -> None:
+        add_row([name, first, per_round, cohort / per_round])
+
+    def vectorized(chunk):
+        common.log(f"  round: {size}/{cohort} vectorized chunk {chunk}")
+        step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **overrides)
+        return time_round(step, params, opt, block, key, repeats)
+
+    if search:
+        chunk, result, notes = largest_fitting(chunks, vectorized)
+        row(f"vectorized, chunk {chunk} (largest that fits"
+            + (f"; {', '.join(notes)}" if notes else "") + ")", *result)
+    else:
+        for chunk in chunks:
+            try:
+                row(f"vectorized, chunk {chunk}", *vectorized(chunk))
+            except Exception as error:      # noqa: BLE001
+                if not is_out_of_memory(error):
+                    raise
+                add_row([f"vectorized, chunk {chunk}", "out of memory", "", ""])
+    common.log(f"  round: {size}/{cohort} sequential")
+    step, params, opt = common.make_asr_step(size, cohort, executor="sequential", **overrides)
+    row("sequential", *time_round(step, params, opt, block, key, repeats))
+
+
+ROUND_HEADERS = ["executor", "first call s (compile)", "s / round", "clients/s"]
+
+
+def section_paper_round(plan: Plan, rec: Recorder) -> None:
+    s = plan.round_shape
+    add_row = rec.table(
+        f"Round step, {plan.round_size} model, cohort {plan.round_cohort}: every client "
+        f"{s.local_steps} local steps × {s.batch_size} utterances of "
+        f"{s.min_seconds:g}–{s.max_seconds:g} s (padded {s.max_seconds_padded:g} s), "
+        "per-layer clipping, noise, LAMB", ROUND_HEADERS)
+    compare_executors(plan.round_size, plan.round_cohort, plan.round_chunks, plan.round_shape,
+                      plan.repeats, add_row, search=True)
+
+
+def section_cohort_rounds(plan: Plan, rec: Recorder) -> None:
+    s = plan.cohort_shape
+    add_row = rec.table(
+        f"Round step, cohort {plan.cohort}, Common Voice-like clients ({s.min_utterances}–"
+        f"{s.max_utterances} utterances of {s.min_seconds:g}–{s.max_seconds:g} s, batch "
+        f"{s.batch_size}, ≤ {s.local_steps} local steps)", ["model", *ROUND_HEADERS])
+    for size in plan.cohort_sizes:
+        compare_executors(size, plan.cohort, plan.cohort_chunks, plan.cohort_shape,
+                          plan.repeats, lambda row, size=size: add_row([size, *row]),
+                          search=False)
+
+
+# ------------------------------------------------------------------ 4. compile per bucket
+
+
+def section_compile(plan: Plan, rec: Recorder) -> None:
+    from benchmarks import compile as compile_bench
+    if not plan.compile_sizes:
+        return
+    add_row = rec.table(
+        "Compile time of the vectorized round step (cohort 16, chunk 4) per length bucket, "
+        "nothing cached", ["model", "bucket (audio / label)", "trace+lower s", "XLA compile s"])
+    for size in plan.compile_sizes:
+        for seconds, label_len in compile_bench.BUCKETS:
+            common.log(f"  compile: {size} bucket {seconds:g} s")
+            add_row([size, f"{seconds:g} s / {label_len}",
+                     *compile_bench.compile_seconds(size, seconds, label_len)])
+
+
+# ------------------------------------------------------------------ 5. tests on the device
+
+
+TEST_COMMAND = ("-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/fl/test_round.py",
+                "-k", "sharded or memory or transfer or agree")
+
+
+def section_tests(rec: Recorder, timeout_s: float) -> None:
+    command = [sys.executable, *TEST_COMMAND]
+    # This process holds most device memory (the allocator preallocates): the child
+    # allocates on demand.
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    common.log("  tests: " + " ".join(TEST_COMMAND))
+    try:
+        done = subprocess.run(command, cwd=common.REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout_s)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        summary = lines[-1] if lines else "(no output)"
+        status = "passed" if done.returncode == 0 else f"FAILED (rc {done.returncode})"
+        if done.returncode:
+            print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        status, summary = "TIMED OUT", f"after {timeout_s:.0f} s"
+    rec.note(f"`python {' '.join(TEST_COMMAND[1:])}` on the device: {status}: {summary}")
+
+
+# ------------------------------------------------------------------ driver
+
+
+class Recorder:
+    """The report under construction; every new row or note is printed and, with ``out``,
+    written to that file at once, so a run killed mid-section keeps what it measured."""
+
+    def __init__(self, report: common.Report, out: pathlib.Path | None):
+        self.report, self.out = report, out
+
+    def table(self, caption: str, headers: Sequence[str]) -> Callable[[list[Any]], None]:
+        """Adds an empty table; returns ``add_row(row)``."""
+        rows: list[list[Any]] = []
+        index = len(self.report.tables)
+        self.report.tables.append((caption, common.markdown_table(headers, rows)))
+
+        def add_row(row: list[Any]) -> None:
+            rows.append(row)
+            self.report.tables[index] = (caption, common.markdown_table(headers, rows))
+            common.log("    | " + " | ".join(str(v) for v in row))
+            self.flush()
+        self.flush()
+        return add_row
+
+    def note(self, text: str) -> None:
+        self.report.notes.append(text)
+        common.log(f"    {text}")
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out is not None:
+            self.out.write_text(self.report.markdown(), encoding="utf-8")
+
+
+def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 480.0,
+        only: Sequence[str] | None = None) -> common.Report:
+    """Runs the sections of ``plan`` (cheapest first); a failing section is noted, not fatal."""
+    import jax
+    device = jax.devices()[0]
+    peak = peak_tflops(device.device_kind)
+    rec = Recorder(common.Report(
+        "Device check" + (" (dry run: tiny shapes)" if plan is DRY_RUN else ""),
+        f"`python -m benchmarks.device_check{' --dry-run' if plan is DRY_RUN else ''}"
+        f"{' --only ' + ','.join(only) if only else ''}`; {jax.device_count()} × "
+        f"{device.device_kind}; dense bf16 peak used for MFU: "
+        f"{f'{peak:g} TFLOP/s' if peak else 'unknown (no MFU)'}; repeats {plan.repeats} "
+        "(medians), first calls include compilation"), out)
+    start = time.perf_counter()
+    sections: dict[str, Callable[[], None]] = {
+        "tests": lambda: section_tests(rec, max(60.0, budget_s - (time.perf_counter() - start))),
+        "cohort rounds": lambda: section_cohort_rounds(plan, rec),
+        "compile per bucket": lambda: section_compile(plan, rec),
+        "local step": lambda: section_local_step(plan, rec, peak),
+        "paper round": lambda: section_paper_round(plan, rec),
+    }
+    assert tuple(sorted(sections)) == tuple(sorted(SECTIONS))
+    for name in SECTIONS:
+        if (only and name not in only) or (name == "tests" and not plan.run_tests):
+            continue
+        began = time.perf_counter()
+        common.log(f"section {name}")
+        try:
+            sections[name]()
+        except Exception as error:      # noqa: BLE001 -- report and go on to the next one
+            lines = str(error).strip().splitlines()
+            rec.note(f"section '{name}' FAILED: {type(error).__name__}: "
+                     f"{lines[0][:300] if lines else ''}")
+        common.log(f"section {name}: {time.perf_counter() - began:.0f} s")
+        jax.clear_caches()
+    rec.note(f"whole check: {time.perf_counter() - start:.0f} s")
+    return rec.report
+
+
+def main(argv: Sequence[str] | None = None) -> common.Report:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny shapes, any machine (< 2 min on 2 CPU cores)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="do not append to docs/benchmarks.md")
+    parser.add_argument("--out", type=pathlib.Path,
+                        help="also write the report here, row by row")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="the tests section may run until this many seconds from the start")
+    parser.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
+    args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else None
+    if only and (unknown := set(only) - set(SECTIONS)):
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    common.setup()
+    report = run(DRY_RUN if args.dry_run else Plan(), args.out, args.budget_s, only)
+    common.publish(report, None if args.no_write else common.REPORT)
+    return report
+
+
+if __name__ == "__main__":
+    main()

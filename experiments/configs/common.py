@@ -1,0 +1,60 @@
+"""Config sections both trainers share: one ``data.*`` and one ``model.*`` schema.
+
+``None`` means "off" (no filter, no override) throughout; such fields are typed
+placeholders, so ``--config.data.max_seconds=20`` works on the command line.
+"""
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ("paper", "demo")   # a config file's recipe, and its small CPU variant
+
+# ModelConfig fields a config may override (None keeps the named size's value).
+MODEL_OVERRIDES = {"num_blocks": int, "model_dim": int, "mlp_dim": int, "num_heads": int,
+                   "conv_channels": int, "dropout_rate": float, "attention_dropout_rate": float,
+                   "layer_drop_rate": float, "dtype": str, "remat": bool,
+                   "loss_normalization": str, "cape_max_global_shift": float,
+                   "spec_augment_enabled": bool}
+
+
+def check_variant(variant: str, config_file: str) -> None:
+    """Raises for a variant (the text after ``file.py:``) the config file does not have."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of {config_file}: choose one of "
+                         f"{VARIANTS}")
+
+
+def optional(kind: type, value: Any = None) -> config_dict.FieldReference:
+    """A field that may be ``None`` ("off") and keeps its type for command-line overrides."""
+    return config_dict.FieldReference(value, field_type=kind)
+
+
+def data(name: str, *, manual_dir: str, data_dir: str, train_config: str, train_split: str,
+         eval_config: str, eval_split: str, num_buckets: int, language: str = "en",
+         synthesize_if_missing: bool = False) -> ml_collections.ConfigDict:
+    """The ``data`` section: a TFDS builder over a local corpus, a training and a held-out
+    split (speakers must be disjoint), and the padded-length buckets."""
+    c = ml_collections.ConfigDict()
+    c.name = name                   # fl_dp_asr.data.BUILDERS
+    c.language = language           # tokenizer alphabet
+    c.manual_dir = manual_dir       # the corpus, in its official layout
+    c.data_dir = data_dir           # where TFDS writes the prepared dataset
+    c.synthesize_if_missing = synthesize_if_missing  # generate the synthetic corpus there
+    c.corpus_seed = 0               # seed of the synthetic corpus
+    c.train_config, c.train_split = train_config, train_split
+    c.eval_config, c.eval_split = eval_config, eval_split
+    c.min_seconds = optional(float)   # drop shorter training utterances
+    c.max_seconds = optional(float)   # drop longer training utterances
+    c.num_buckets = num_buckets     # padded lengths per dimension (recompilations)
+    return c
+
+
+def model(size: str) -> ml_collections.ConfigDict:
+    """The ``model`` section: a named size (fl_dp_asr.models.MODEL_SIZES) and overrides."""
+    c = ml_collections.ConfigDict()
+    c.size = size
+    for name, kind in MODEL_OVERRIDES.items():  # e.g. --config.model.dtype=bfloat16
+        c[name] = optional(kind)
+    return c

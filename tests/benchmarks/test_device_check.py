@@ -1,0 +1,57 @@
+"""The device check cannot rot: its dry run (tiny shapes, CPU) runs every measuring section."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from benchmarks import common, device_check
+
+
+def test_dry_run_measures_every_section(tmp_path, monkeypatch):
+    # Keep the test session's compilation cache (the benchmark would switch to its own).
+    monkeypatch.setenv(common.CACHE_ENV, jax.config.jax_compilation_cache_dir)
+    out = tmp_path / "device_check.md"
+    report = device_check.main(["--dry-run", "--no-write", "--out", str(out)])
+    captions = [caption for caption, _ in report.tables]
+    assert [c.split(",")[0] for c in captions] == [
+        "Round step", "One client's local step", "Round step"]
+    for caption, table in report.tables:
+        rows = table.splitlines()[2:]
+        assert rows, caption
+        assert all("out of memory" not in row for row in rows)
+    paper_round = report.tables[2][1].splitlines()[2:]
+    assert "largest that fits" in paper_round[0] and "sequential" in paper_round[1]
+    assert not [n for n in report.notes if "FAILED" in n], report.notes
+    assert out.read_text() == report.markdown()
+
+
+def oom(chunk):
+    raise RuntimeError(f"RESOURCE_EXHAUSTED: Out of memory while trying to allocate chunk {chunk}")
+
+
+def test_largest_fitting_falls_back_to_the_next_smaller_chunk():
+    def attempt(chunk):
+        if chunk > 4:
+            oom(chunk)
+        return f"ran {chunk}"
+    chunk, result, notes = device_check.largest_fitting((1, 16, 4, 8), attempt)
+    assert (chunk, result) == (4, "ran 4")
+    assert [n.split(":")[0] for n in notes] == ["16", "8"]
+
+
+def test_largest_fitting_says_when_nothing_fits_and_passes_other_errors_through():
+    with pytest.raises(RuntimeError, match=r"nothing fits in device memory; tried \[2, 1\]"):
+        device_check.largest_fitting((1, 2), oom)
+
+    def broken(chunk):
+        raise ValueError("shapes do not match")
+    with pytest.raises(ValueError, match="shapes"):
+        device_check.largest_fitting((1, 2), broken)
+
+
+@pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989.0),
+                                        ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+                                        ("TPU v5 lite", 197.0), ("cpu", None)])
+def test_peak_by_device_kind(kind, peak):
+    assert device_check.peak_tflops(kind) == peak

@@ -1,0 +1,61 @@
+"""The trainers' command line: every mistake is one line naming the flag, field or file."""
+
+import pathlib
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from fl_dp_asr.train import cli
+
+CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "experiments/configs/fl_dp.py")
+
+
+def parse(*args: str) -> list[str]:
+    """``cli.parse_flags`` on ``train_fl --config CONFIG --workdir w *args`` (own FlagValues)."""
+    argv = ["train_fl", *args]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values,
+                                    sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "work dir", flag_values=flag_values)
+    flags.DEFINE_bool("debug", False, "tracebacks", flag_values=flag_values)
+    return cli.parse_flags(argv, "train_fl", flag_values)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", CONFIG, "--config.fl.cohort_sise=4"],
+     f'--config.fl.cohort_sise=4: {CONFIG} has no field fl.cohort_sise. Did you mean '
+     '"cohort_size" instead of "cohort_sise"?'),
+    (["--config", CONFIG, "--config.fll.cohort_size=4"],
+     f'--config.fll.cohort_size=4: {CONFIG} has no field fll. Did you mean "fl" instead of '
+     '"fll"?'),
+    (["--config=configs/missing.py", "--config.fl.cohort_size=4"],
+     "--config configs/missing.py: no such file (experiment configs are Python files with "
+     "get_config(), e.g. in experiments/configs/)"),
+    (["--config", CONFIG, "--config.dp.sigma_dp=nan"],
+     "config.dp.sigma_dp=nan is not a number: give it a finite value (--config.dp.sigma_dp=...)"),
+    (["--config", CONFIG, "--config.fl.cohort_size=abc"],
+     "flag --config.fl.cohort_size=abc: invalid literal for int() with base 10: 'abc'"),
+])
+def test_mistakes_are_one_line_with_status_2(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*args, "--workdir", "w")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"train_fl: error: {message}\n"
+
+
+def test_debug_shows_the_error_itself():
+    with pytest.raises((AttributeError, KeyError), match="cohort_sise"):  # ml_collections
+        parse("--config", CONFIG, "--workdir", "w", "--config.fl.cohort_sise=4", "--debug")
+
+
+def test_good_flags_parse():
+    assert parse("--config", CONFIG, "--workdir", "w", "--config.fl.cohort_size=4") == ["train_fl"]
+
+
+def test_a_quoted_traceback_becomes_its_last_line():
+    message = ("flag --config=c.py: Error whilst parsing config file:\n\n"
+               "Traceback (most recent call last):\n  File \"c.py\", line 3\n"
+               "ValueError: rounds must be positive\n")
+    assert cli.one_line(message) == ("flag --config=c.py: Error whilst parsing config file: "
+                                     "ValueError: rounds must be positive")
