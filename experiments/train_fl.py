@@ -286,43 +286,46 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm.tqdm(total=num_rounds, initial=progress.completed, desc="FL rounds",
                     unit="round", disable=not (config.progress_bar and chief))
     cohorts = run.stream.blocks(progress.completed, num_rounds)
-    try:
-        with utils.StopSignals() as stop, prefetch.Prefetcher(cohorts, 2) as blocks:
-            for r, block in blocks:
-                state, metrics = apply_round(run, state, block, jax.random.fold_in(run_key, r))
-                check_metrics(metrics, r)
-                progress.completed = r + 1
-                writer.write(progress.completed, {"train": metrics})
-                wer = None
-                if utils.itstime(progress.completed, config.eval.every, num_rounds):
-                    progress.last_eval = evaluate(state, run, data, config, progress.completed)
-                    writer.write(progress.completed, {"eval": progress.last_eval})
-                    wer = progress.last_eval["wer"]
-                    progress.best_wer = min(progress.best_wer, wer)
-                if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
-                    save(checkpoints, state, progress, run, config, wer)
-                bar.update(1)
-                bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
-                                wer=f"{progress.last_eval.get('wer', float('nan')):.3f}",
-                                eps=f"{progress.last_eval.get(shown, float('nan')):.3g}")
-                # All processes of a multi-process run stop (and save) at the same round.
-                if distributed.any_process(stop.received is not None):
-                    raise StopRequested(stop.received or "a signal to another process")
-    except StopRequested as stopped:
-        save(checkpoints, state, progress, run, config)
-        log(f"\n{stopped} received: saved round {progress.completed} to "
-            f"{checkpoints.directory}; run the same command to resume.")
-    except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
-            FloatingPointError):
-        save(checkpoints, state, progress, run, config)  # the round step kept the state
-        raise
-    finally:
-        bar.close()
-        checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
-        checkpoints.close()
-        writer.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+    # The stop handlers stay installed until the last checkpoint is written: a signal that
+    # lands during a save (or the wait for it) cannot cut it.
+    with utils.StopSignals() as stop:
+        try:
+            with prefetch.Prefetcher(cohorts, 2) as blocks:
+                for r, block in blocks:
+                    key = jax.random.fold_in(run_key, r)
+                    state, metrics = apply_round(run, state, block, key)
+                    check_metrics(metrics, r)
+                    progress.completed = r + 1
+                    writer.write(progress.completed, {"train": metrics})
+                    wer = None
+                    if utils.itstime(progress.completed, config.eval.every, num_rounds):
+                        progress.last_eval = evaluate(state, run, data, config,
+                                                      progress.completed)
+                        writer.write(progress.completed, {"eval": progress.last_eval})
+                        wer = progress.last_eval["wer"]
+                        progress.best_wer = min(progress.best_wer, wer)
+                    if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
+                        save(checkpoints, state, progress, run, config, wer)
+                    bar.update(1)
+                    bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
+                                    wer=f"{progress.last_eval.get('wer', float('nan')):.3f}",
+                                    eps=f"{progress.last_eval.get(shown, float('nan')):.3g}")
+                    # All processes of a multi-process run stop (and save) at the same round.
+                    if distributed.any_process(stop.received is not None):
+                        raise StopRequested(stop.received or "a signal to another process")
+        except StopRequested as stopped:
+            save(checkpoints, state, progress, run, config)
+            log(f"\n{stopped} received: saved round {progress.completed} to "
+                f"{checkpoints.directory}; run the same command to resume.")
+        except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
+                FloatingPointError):
+            save(checkpoints, state, progress, run, config)  # the round step kept the state
+            raise
+        finally:
+            bar.close()
+            checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
+            checkpoints.close()
+            writer.close()
 
     summary = run_summary(workdir, config, run, progress, data)
     if chief:
