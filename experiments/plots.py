@@ -5,7 +5,8 @@ r"""Plots of federated runs from their ``metrics.jsonl``.
 Writes ``wer_vs_round.png``, ``wer_vs_epsilon.png`` and, per run,
 ``layer_norms_<run>.png``: the heat map (layers × rounds) of the mean pre-clipping norm of
 client deltas, log10 scale — the paper's argument that per-layer norms of a transformer's
-deltas differ by orders of magnitude.
+deltas differ by orders of magnitude — and ``clip_bounds_<run>.png``: the same heat map of
+the clip bounds C_{h,t} (adaptive clipping moves them; fixed bounds give flat rows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import numpy as np  # noqa: E402
 from fl_dp_asr.train.metrics import read_jsonl  # noqa: E402
 
 LAYER_PREFIX = "train/layer_delta_norms/"
+BOUND_PREFIX = "train/layer_clip_norms/"
+HEAT_MAPS = {  # file prefix: (metric prefix, title, colour-bar label)
+    "layer_norms": (LAYER_PREFIX, "per-layer client delta norms",
+                    "log10 mean ‖Δ_h‖ (before clipping)"),
+    "clip_bounds": (BOUND_PREFIX, "clip bounds", "log10 C_h (this round's bound)"),
+}
 
 
 def _series(records, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,17 +72,21 @@ def plot_wer_vs_epsilon(runs: dict[str, list[dict]], path: str) -> None:
     plt.close(fig)
 
 
-def layer_norm_matrix(records: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Layer names, rounds, and the [layers, rounds] matrix of mean delta norms."""
-    rows = [r for r in records if any(k.startswith(LAYER_PREFIX) for k in r)]
-    layers = sorted({k[len(LAYER_PREFIX):] for r in rows for k in r if k.startswith(LAYER_PREFIX)})
-    matrix = np.array([[r.get(LAYER_PREFIX + layer, np.nan) for r in rows] for layer in layers],
+def layer_norm_matrix(records: list[dict], prefix: str = LAYER_PREFIX
+                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Layer names, rounds, and the [layers, rounds] matrix of the per-layer metric
+    ``prefix + layer`` (default: mean delta norms)."""
+    rows = [r for r in records if any(k.startswith(prefix) for k in r)]
+    layers = sorted({k[len(prefix):] for r in rows for k in r if k.startswith(prefix)})
+    matrix = np.array([[r.get(prefix + layer, np.nan) for r in rows] for layer in layers],
                       dtype=float)
     return layers, np.array([r["step"] for r in rows]), matrix
 
 
-def plot_layer_norms(records: list[dict], path: str, title: str) -> None:
-    layers, rounds, matrix = layer_norm_matrix(records)
+def plot_layer_norms(records: list[dict], path: str, title: str, prefix: str = LAYER_PREFIX,
+                     label: str = HEAT_MAPS["layer_norms"][2]) -> None:
+    """Heat map (layers × rounds, log10) of a per-layer metric; nothing if it is absent."""
+    layers, rounds, matrix = layer_norm_matrix(records, prefix)
     if not layers:
         return
     fig, ax = plt.subplots(figsize=(8, max(3, 0.16 * len(layers))))
@@ -83,7 +94,7 @@ def plot_layer_norms(records: list[dict], path: str, title: str) -> None:
                       extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(layers) - 0.5, -0.5))
     ax.set_yticks(range(len(layers)), layers, fontsize=5)
     ax.set(xlabel="round", title=title)
-    fig.colorbar(image, ax=ax, label="log10 mean ‖Δ_h‖ (before clipping)")
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -102,10 +113,11 @@ def make_plots(run_dirs: Sequence[str], out_dir: str) -> list[str]:
     plot_wer_vs_round(runs, written[0])
     plot_wer_vs_epsilon(runs, written[1])
     for name, records in runs.items():
-        path = os.path.join(out_dir, f"layer_norms_{name}.png")
-        plot_layer_norms(records, path, f"{name}: per-layer client delta norms")
-        if os.path.exists(path):
-            written.append(path)
+        for file_prefix, (prefix, title, label) in HEAT_MAPS.items():
+            path = os.path.join(out_dir, f"{file_prefix}_{name}.png")
+            plot_layer_norms(records, path, f"{name}: {title}", prefix, label)
+            if os.path.exists(path):
+                written.append(path)
     return written
 
 

@@ -79,6 +79,7 @@ class Run(NamedTuple):
     round_step: round_lib.RoundStep
     stream: CohortStream
     mesh: jax.sharding.Mesh | None           # the global client mesh of a multi-process run
+    dp: DPConfig
 
 
 def dp_config(dp: ml_collections.ConfigDict) -> DPConfig:
@@ -98,6 +99,8 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
         raise ValueError(f"config.fl.{error}") from None
     dp = dp_config(config.dp)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
+    # Adaptive clipping: refuse a count noise that leaves nothing for the deltas now.
+    dp.noise_multipliers(sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
     accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
                   if noise_multiplier > 0 else None)
     server_optimizer = utils.server_optimizer_from_config(config.server)
@@ -120,7 +123,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     return Run(model_config, seed_params, seed_source, sampler, noise_multiplier,
                accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
                accountant, server_optimizer, round_step, stream,
-               mesh if multi_process else None)
+               mesh if multi_process else None, dp)
 
 
 def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log) -> int:
@@ -131,6 +134,12 @@ def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log) -> in
             raise ValueError("config.dp.max_epsilon is set but the run adds no noise (ε = ∞).")
         return num_rounds
     log(f"Privacy of the full run: {run.accountant.guarantee(num_rounds, 'rdp')}")
+    if run.dp.adaptive:
+        num_bounds = len(run.dp.initial_clip_bounds(run.seed_params))
+        z, z_delta, z_b = run.dp.noise_multipliers(run.sampler.expected_size, num_bounds)
+        log(f"Adaptive clipping: the accountant's z = {z:.4g} is the composition of the delta "
+            f"noise z_Δ = {z_delta:.4g} and the clipped-count noise z_b = {z_b:.4g} "
+            f"(σ_b = {run.dp.count_stddev(run.sampler.expected_size):.4g}, {num_bounds} bounds).")
     if budget is None:
         return num_rounds
     allowed = run.accountant.max_rounds_within(budget, "rdp", num_rounds)
@@ -176,7 +185,7 @@ class Progress:
 
 def resume(checkpoints: Checkpointer, run: Run, log) -> tuple[round_lib.ServerState, Progress]:
     """The newest checkpoint of the work directory, else round 0 from the seed model."""
-    state = round_lib.init_server_state(run.seed_params, run.server_optimizer)
+    state = round_lib.init_server_state(run.seed_params, run.server_optimizer, run.dp)
     restored = checkpoints.restore_latest(state._asdict())
     if restored is None:
         log(f"Starting from the seed model: {run.seed_source}.")

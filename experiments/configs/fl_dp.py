@@ -65,6 +65,14 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.dp.clipping = "per_layer"         # "none", "global", "per_layer", "rescale_per_layer"
     c.dp.clip_norm = 0.01
     c.dp.allocation = "uniform"         # "uniform" or "by_dim"
+    c.dp.layers = "leaf"                # per-layer clipping's layers: "leaf" or "module"
+    # Adaptive clipping (README "Adaptive clipping"): γ, the unclipped quantile each bound
+    # tracks (None: fixed bounds; clip_norm is then the initial bound), its learning rate η
+    # and the clipped-count noise σ_b (None: S/20). noise_multiplier/sigma_dp stay the
+    # overall z of the round.
+    c.dp.target_unclipped_quantile = common.optional(float)
+    c.dp.clip_norm_lr = 0.2
+    c.dp.clipped_count_stddev = common.optional(float)
     c.dp.noise_multiplier = common.optional(float)  # z: std on the sum / clip_norm
     # The paper's protocol: simulate a cohort S with the noise on the mean (σ_DP, std on the
     # mean / C) that a large cohort S' of a large population K' would get (same q), and report

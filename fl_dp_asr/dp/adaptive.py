@@ -37,6 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fl_dp_asr.dp import transforms
+
 GLOBAL = "global"     # the one key of a global bound
 Bounds = dict[str, jax.Array]
 
@@ -103,6 +105,22 @@ def unclipped_bits(norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Arra
     ``{GLOBAL: ‖Δ‖}``).
     """
     return {name: (norms[name] <= bound).astype(jnp.float32) for name, bound in bounds.items()}
+
+
+def clip(delta: Any, bounds: Mapping[str, jax.Array],
+         layer_fn: transforms.LayerFn = transforms.leaf_layer_name
+         ) -> tuple[Any, transforms.ClipStats, dict[str, jax.Array]]:
+    """Clips one client's delta to the current bounds: ``(Δ̃, ClipStats, bits)``.
+
+    ``bounds = {"global": C_t}``: global clipping to C_t; otherwise per-layer clipping to
+    ``{layer name: C_{h,t}}`` (names from ``layer_fn``). ``bits`` are the unclipped
+    indicators b_h = 1[‖Δ_h‖ ≤ C_{h,t}] (float32), one per bound.
+    """
+    if set(bounds) == {GLOBAL}:
+        clipped, stats = transforms.clip_global(delta, bounds[GLOBAL], layer_fn)
+        return clipped, stats, unclipped_bits({GLOBAL: stats.global_norm}, bounds)
+    clipped, stats = transforms.clip_layers(delta, bounds, layer_fn)
+    return clipped, stats, unclipped_bits(stats.layer_norms, bounds)
 
 
 def update_bounds(bounds: Mapping[str, jax.Array], unclipped_sums: Mapping[str, jax.Array],

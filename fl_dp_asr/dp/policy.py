@@ -12,18 +12,29 @@ DP semantics (one user = one client, Δ = θ_server − θ_client):
     multiplier, and divides by the expected cohort size S;
 * the paper's σ_DP is the noise std on the mean in units of C: z = S·σ_DP
     (:func:`fl_dp_asr.dp.accounting.sigma_dp_to_noise_multiplier`).
+
+With ``target_unclipped_quantile`` set, the bounds adapt every round
+(:mod:`fl_dp_asr.dp.adaptive`): C is the *initial* bound, the delta noise uses the current
+bound C_t and z_Δ = (z⁻² − z_b⁻²)^(−½), and z (what the accountant sees) stays the overall
+noise multiplier of the round.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
-from fl_dp_asr.dp import accounting, checks, transforms
+from fl_dp_asr.dp import accounting, adaptive, checks, transforms
 
 CLIPPINGS = ("none", "global", "per_layer", "rescale_per_layer")
+ADAPTIVE_CLIPPINGS = ("global", "per_layer")
+# clip(delta, clip_bounds) -> (clipped delta, ClipStats, {bound name: unclipped bit})
+ClientClip = Callable[[Any, dict[str, Any]], tuple[Any, transforms.ClipStats, dict[str, Any]]]
+LAYER_GROUPINGS = {"leaf": transforms.leaf_layer_name, "module": transforms.top_module_name}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +52,17 @@ class DPConfig:
         noise_multiplier: z ≥ 0, noise std on the **sum** in units of C.
         sigma_dp: σ_DP ≥ 0, noise std on the **mean** in units of C (the paper's knob).
             Give at most one of ``noise_multiplier`` and ``sigma_dp``; neither means no
-            noise.
+            noise. With adaptive clipping both are the *overall* z of the round (delta and
+            clipped-count queries together).
+        layers: what a "layer" of per-layer clipping is: ``"leaf"`` (every parameter
+            array) or ``"module"`` (the top-level modules, e.g. one per transformer
+            block: fewer bounds H).
+        target_unclipped_quantile: γ ∈ [0, 1] turns on adaptive clipping (global or
+            per layer): each bound tracks the γ-quantile of its clients' delta norms;
+            ``None``: fixed bounds.
+        clip_norm_lr: η ≥ 0, the geometric learning rate of the adaptive bounds.
+        clipped_count_stddev: σ_b ≥ 0, noise std on each summed unclipped-count;
+            ``None``: S/20 (TFF's default), S the expected cohort size.
 
     Raises:
         ValueError: at construction, naming the field: an unknown ``clipping``; a NaN,
@@ -59,6 +80,10 @@ class DPConfig:
     allocation: transforms.Allocation = "uniform"
     noise_multiplier: float | None = None
     sigma_dp: float | None = None
+    layers: str = "leaf"
+    target_unclipped_quantile: float | None = None
+    clip_norm_lr: float = 0.2
+    clipped_count_stddev: float | None = None
 
     def __post_init__(self):
         if self.clipping not in CLIPPINGS:
@@ -76,6 +101,68 @@ class DPConfig:
         if (self.noise_multiplier or self.sigma_dp) and self.clipping == "none":
             raise ValueError("noise without clipping gives no privacy: set dp.clipping and "
                              "dp.clip_norm, or remove the noise.")
+        if self.layers not in LAYER_GROUPINGS:
+            raise ValueError(f"dp.layers={self.layers!r}: choose one of "
+                             f"{tuple(LAYER_GROUPINGS)}.")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        checks.check_positive("dp.clip_norm_lr", self.clip_norm_lr, allow_zero=True)
+        if self.clipped_count_stddev is not None:
+            checks.check_positive("dp.clipped_count_stddev", self.clipped_count_stddev,
+                                  allow_zero=True)
+        gamma = self.target_unclipped_quantile
+        if gamma is None:
+            return
+        if not (checks.check_positive("dp.target_unclipped_quantile", gamma,
+                                      allow_zero=True) <= 1.0):
+            raise ValueError(f"dp.target_unclipped_quantile must be in [0, 1], got {gamma!r}")
+        if self.clipping not in ADAPTIVE_CLIPPINGS:
+            raise ValueError(f"adaptive clipping (dp.target_unclipped_quantile) needs "
+                             f"dp.clipping in {ADAPTIVE_CLIPPINGS}, got {self.clipping!r}.")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the clip bounds adapt (``target_unclipped_quantile`` is set)."""
+        return self.target_unclipped_quantile is not None
+
+    @property
+    def layer_fn(self) -> transforms.LayerFn:
+        """Maps a parameter's key path to its layer name (``layers``)."""
+        return LAYER_GROUPINGS[self.layers]
+
+    def initial_clip_bounds(self, params: Any) -> dict[str, float]:
+        """The bounds of round 0, ``{name: C_h}``: ``{"global": C}`` for global clipping,
+        the allocation's per-layer bounds for per-layer clipping, ``{}`` for none."""
+        if self.clipping == "none":
+            return {}
+        if self.clipping == "global":
+            return {adaptive.GLOBAL: float(self.clip_norm)}
+        return transforms.layer_bounds(self.clip_norm, self.allocation, params, self.layer_fn)
+
+    def count_stddev(self, expected_cohort_size: float) -> float:
+        """σ_b: the given ``clipped_count_stddev`` or S/20; 0 without adaptive clipping."""
+        if not self.adaptive:
+            return 0.0
+        if self.clipped_count_stddev is not None:
+            return float(self.clipped_count_stddev)
+        return expected_cohort_size / 20.0
+
+    def noise_multipliers(self, expected_cohort_size: float, num_bounds: int
+                          ) -> tuple[float, float, float]:
+        """``(z, z_Δ, z_b)``: the overall multiplier the accountant uses, the delta sum's
+        and the clipped-count query's (z_b = 2σ_b/√H; without adaptive clipping
+        ``(z, z, 0)``).
+
+        Raises:
+            ValueError: ``0 ≤ z_b ≤ z`` with ``z > 0`` (nothing left for the deltas).
+        """
+        z = self.resolve_noise_multiplier(expected_cohort_size)
+        if not self.adaptive:
+            return z, z, 0.0
+        z_b = adaptive.count_noise_multiplier(self.count_stddev(expected_cohort_size),
+                                              num_bounds)
+        return z, adaptive.delta_noise_multiplier(z, z_b), z_b
 
     def resolve_noise_multiplier(self, expected_cohort_size: float) -> float:
         """z for this run: given directly, or z = S·σ_DP for the expected cohort size S."""
@@ -107,7 +194,22 @@ class DPConfig:
         if self.clipping == "global":
             return transforms.clip_by_global_norm(self.clip_norm)
         if self.clipping == "per_layer":
-            return transforms.clip_per_layer(self.clip_norm, self.allocation)
+            return transforms.clip_per_layer(self.clip_norm, self.allocation, self.layer_fn)
         if self.clipping == "rescale_per_layer":
-            return transforms.rescale_per_layer(self.clip_norm, self.allocation)
+            return transforms.rescale_per_layer(self.clip_norm, self.allocation, self.layer_fn)
         return transforms.clip_by_global_norm(math.inf)
+
+    def client_clip(self) -> ClientClip:
+        """How the round clips one client's delta: ``clip(delta, clip_bounds) -> (Δ̃,
+        ClipStats, bits)``. Fixed clipping applies :meth:`clipping_transform` (bounds
+        ``{}``, no bits); adaptive clipping clips to the round's bounds
+        (:func:`fl_dp_asr.dp.adaptive.clip`)."""
+        if self.adaptive:
+            layer_fn = self.layer_fn
+            return lambda delta, bounds: adaptive.clip(delta, bounds, layer_fn)
+        transform = self.clipping_transform()
+
+        def fixed(delta, bounds):
+            del bounds
+            return (*transform.update(delta, transform.init(delta)), {})
+        return fixed

@@ -67,6 +67,11 @@ def leaf_layer_name(path: tuple) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
+def top_module_name(path: tuple) -> str:
+    """Coarse layers: one per top-level module (``"block_00"``, ``"front_end"``, ...)."""
+    return jax.tree_util.keystr(path[:1], simple=True, separator="/")
+
+
 def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, int]:
     """Number of coordinates per layer, ``{name: d_h}`` (static Python ints)."""
     sizes: dict[str, int] = {}

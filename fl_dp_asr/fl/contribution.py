@@ -1,9 +1,9 @@
 """One client's contribution to a round: local training, then clip and mask.
 
-A :class:`Contribution` turns ``(server params, one client's block, key)`` into what the
-round sums over clients: the clipped delta Δ̃ (zero for padding clients and for clients
-whose update is NaN/inf, which keeps the sensitivity of the sum at C) and the client's
-:class:`RoundSums` (counts and norms for the round's metrics). Executors
+A :class:`Contribution` turns ``(what the server broadcasts, one client's block, key)``
+into what the round sums over clients: the clipped delta Δ̃ (zero for padding clients and
+for clients whose update is NaN/inf, which keeps the sensitivity of the sum at C) and the
+client's :class:`RoundSums` (counts, norms and, with adaptive clipping, unclipped bits). Executors
 (:mod:`fl_dp_asr.fl.executors`) decide how clients are run; the contribution decides what
 one client adds.
 """
@@ -17,11 +17,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fl_dp_asr.dp import transforms
+from fl_dp_asr.dp import policy, transforms
 from fl_dp_asr.fl.client import ClientMetrics, ClientUpdate
 
 PyTree = Any
 ClientBlock = dict[str, Any]
+
+
+class Broadcast(NamedTuple):
+    """What the server sends every client of a round.
+
+    Attributes:
+        params: the server parameters θ.
+        clip_bounds: the current adaptive clip bounds ``{name: C_{h,t}}`` (float32
+            scalars); ``{}`` with fixed clipping.
+    """
+    params: PyTree
+    clip_bounds: dict[str, jax.Array]
 
 
 class RoundSums(NamedTuple):
@@ -38,6 +50,8 @@ class RoundSums(NamedTuple):
         steps: real local steps, summed over kept clients.
         delta_norm: ‖Δ‖ before clipping, summed over kept clients.
         layer_norms: ``{layer name: ‖Δ_h‖}`` before clipping, summed over kept clients.
+        unclipped: ``{bound name: Σ_i b_{i,h}}``, the adaptive-clipping bits
+            b_{i,h} = 1[‖Δ_{i,h}‖ ≤ C_{h,t}] summed over kept clients (``{}``: fixed).
     """
     clients: jax.Array
     dropped: jax.Array
@@ -46,9 +60,11 @@ class RoundSums(NamedTuple):
     steps: jax.Array
     delta_norm: jax.Array
     layer_norms: dict[str, jax.Array]
+    unclipped: dict[str, jax.Array]
 
 
-Finish = Callable[[ClientBlock, PyTree, ClientMetrics], tuple[PyTree, RoundSums]]
+Finish = Callable[[ClientBlock, PyTree, ClientMetrics, dict[str, jax.Array]],
+                  tuple[PyTree, RoundSums]]
 
 
 class Contribution(NamedTuple):
@@ -56,33 +72,35 @@ class Contribution(NamedTuple):
 
     Attributes:
         client_update: the local training (:class:`fl_dp_asr.fl.client.ClientUpdate`).
-        finish: ``finish(client_block, delta, metrics) -> (clipped delta, RoundSums)``, the
-            part after local training: clip, then zero the padding and non-finite clients.
+        finish: ``finish(client_block, delta, metrics, clip_bounds) -> (clipped delta,
+            RoundSums)``, the part after local training: clip, then zero the padding and
+            non-finite clients.
     """
     client_update: ClientUpdate
     finish: Finish
 
-    def run(self, params: PyTree, client_block: ClientBlock, key: jax.Array
+    def run(self, broadcast: Broadcast, client_block: ClientBlock, key: jax.Array
             ) -> tuple[PyTree, RoundSums]:
         """One client: float32 ``(clipped delta, RoundSums)`` (delta shaped like params)."""
-        return self.finish(client_block, *self.client_update.run(params, client_block, key))
+        delta, metrics = self.client_update.run(broadcast.params, client_block, key)
+        return self.finish(client_block, delta, metrics, broadcast.clip_bounds)
 
-    def run_chunk(self, params: PyTree, clients: ClientBlock, keys: jax.Array
+    def run_chunk(self, broadcast: Broadcast, clients: ClientBlock, keys: jax.Array
                   ) -> tuple[PyTree, RoundSums]:
         """A chunk of clients (leading axis ``[chunk]`` on every input and output leaf)."""
-        deltas, metrics = self.client_update.run_chunk(params, clients, keys)
-        return jax.vmap(self.finish)(clients, deltas, metrics)
+        deltas, metrics = self.client_update.run_chunk(broadcast.params, clients, keys)
+        return jax.vmap(self.finish, in_axes=(0, 0, 0, None))(clients, deltas, metrics,
+                                                               broadcast.clip_bounds)
 
 
 def make_contribution(client_update: ClientUpdate,
-                      clip: optax.GradientTransformation) -> Contribution:
+                      clip: policy.ClientClip) -> Contribution:
     """The contribution of a client: ``client_update``, then ``clip`` and the masks.
 
     Args:
         client_update: local training.
-        clip: a clipping transform of :mod:`fl_dp_asr.dp.transforms` (its state is the
-            :class:`~fl_dp_asr.dp.transforms.ClipStats` of the delta it saw), e.g.
-            ``DPConfig.clipping_transform()``.
+        clip: ``clip(delta, clip_bounds) -> (clipped, ClipStats, unclipped bits)``,
+            e.g. ``DPConfig.client_clip()``.
 
     Returns:
         A :class:`Contribution`. A client counts as *kept* when it is real
@@ -90,8 +108,8 @@ def make_contribution(client_update: ClientUpdate,
         exactly zero delta and zero sums (``dropped`` counts the real, non-finite ones).
     """
 
-    def finish(client, delta, metrics):
-        clipped, stats = clip.update(delta, clip.init(delta))
+    def finish(client, delta, metrics, clip_bounds):
+        clipped, stats, bits = clip(delta, clip_bounds)
         finite = transforms.tree_is_finite(delta) & jnp.isfinite(metrics.loss)
         real = client["client_mask"] > 0
         kept = real & finite
@@ -106,6 +124,7 @@ def make_contribution(client_update: ClientUpdate,
             steps=masked(metrics.steps),
             delta_norm=masked(metrics.delta_norm),
             layer_norms={k: masked(v) for k, v in stats.layer_norms.items()},
+            unclipped={k: masked(v) for k, v in bits.items()},
         )
         return jax.tree.map(lambda x: x.astype(jnp.float32), clipped), sums
 

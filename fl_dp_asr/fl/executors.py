@@ -4,7 +4,7 @@ An :class:`Executor` sums a :class:`~fl_dp_asr.fl.contribution.Contribution` ove
 slots of a cohort block. All executors have one signature and give the same numbers (one
 shared test suite, ``tests/fl/test_round.py``); the round step does not know which one runs:
 
-    aggregate(contribution, params, cohort_block, keys) -> (Σ clipped deltas, RoundSums)
+    aggregate(contribution, broadcast, cohort_block, keys) -> (Σ clipped deltas, RoundSums)
 
 * :func:`vectorized` (default): ``lax.scan`` over chunks of clients, ``vmap`` inside a
   chunk. Memory is O(chunk_size × params) whatever the cohort size.
@@ -29,11 +29,12 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from fl_dp_asr.fl import distributed
-from fl_dp_asr.fl.contribution import Contribution, RoundSums
+from fl_dp_asr.fl.contribution import Broadcast, Contribution, RoundSums
 
 PyTree = Any
 CohortBlock = dict[str, Any]
-Aggregate = Callable[[Contribution, PyTree, CohortBlock, jax.Array], tuple[PyTree, RoundSums]]
+Aggregate = Callable[[Contribution, Broadcast, CohortBlock, jax.Array],
+                     tuple[PyTree, RoundSums]]
 EXECUTORS = ("vectorized", "sequential", "sharded")
 
 
@@ -41,12 +42,10 @@ class Executor(NamedTuple):
     """A backend of the round step.
 
     Attributes:
-        aggregate: ``(contribution, params, cohort_block, keys) -> (total, RoundSums)``:
-            the sum over all client slots of ``contribution.run(params, client, key)``;
-            ``keys`` is ``[slots]`` (one key per slot). ``params`` is what the server sends
-            every client: executors pass it through untouched (replicated across devices),
-            so it may be any pytree the contribution takes (the model parameters today;
-            the parameters and the current clip bounds for adaptive clipping).
+        aggregate: ``(contribution, broadcast, cohort_block, keys) -> (total, RoundSums)``:
+            the sum over all client slots of ``contribution.run(broadcast, client, key)``;
+            ``broadcast`` (:class:`~fl_dp_asr.fl.contribution.Broadcast`: server params and
+            clip bounds) is the same for every client, ``keys`` is ``[slots]``.
         client_multiple: the number of client slots must be a multiple of this.
         traceable: ``aggregate`` can run inside ``jax.jit`` (then the whole round step is
             one jitted function); ``False`` for a host loop.
@@ -78,18 +77,18 @@ def pad_clients(cohort_block: CohortBlock, multiple: int) -> CohortBlock:
                         cohort_block)
 
 
-def _zero_sums(contribution: Contribution, params: PyTree, cohort_block: CohortBlock,
+def _zero_sums(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
                keys: jax.Array) -> tuple[PyTree, RoundSums]:
     """Zero accumulators with the shapes/dtypes of one client's contribution."""
     one = jax.tree.map(lambda x: x[0], (cohort_block, keys))
-    shapes = jax.eval_shape(contribution.run, params, *one)
+    shapes = jax.eval_shape(contribution.run, broadcast, *one)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 # ------------------------------------------------------------------ vectorized
 
 
-def _sum_in_chunks(contribution: Contribution, params: PyTree, cohort_block: CohortBlock,
+def _sum_in_chunks(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
                    keys: jax.Array, chunk_size: int) -> tuple[PyTree, RoundSums]:
     """Σ over clients: ``lax.scan`` over chunks of ``chunk_size`` clients, ``vmap`` inside.
 
@@ -106,7 +105,7 @@ def _sum_in_chunks(contribution: Contribution, params: PyTree, cohort_block: Coh
     order = jnp.argsort(-steps, stable=True).reshape(num // chunk_size, chunk_size)
 
     def add_chunk(acc, chunk):
-        outputs = contribution.run_chunk(params, *chunk)
+        outputs = contribution.run_chunk(broadcast, *chunk)
         return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs)
 
     def body(acc, chunk_order):
@@ -114,7 +113,8 @@ def _sum_in_chunks(contribution: Contribution, params: PyTree, cohort_block: Coh
         has_clients = jnp.any(chunk[0]["client_mask"] > 0)
         return jax.lax.cond(has_clients, add_chunk, lambda acc, _: acc, acc, chunk), None
 
-    total, _ = jax.lax.scan(body, _zero_sums(contribution, params, cohort_block, keys), order)
+    init = _zero_sums(contribution, broadcast, cohort_block, keys)
+    total, _ = jax.lax.scan(body, init, order)
     return total
 
 
@@ -151,18 +151,18 @@ def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Exec
     mesh = mesh or distributed.client_mesh()
     axis = distributed.CLIENTS_AXIS
 
-    def per_device(contribution, params, cohort_block, keys):
-        local = _sum_in_chunks(contribution, params, cohort_block, keys, chunk_size)
+    def per_device(contribution, broadcast, cohort_block, keys):
+        local = _sum_in_chunks(contribution, broadcast, cohort_block, keys, chunk_size)
         return jax.lax.psum(local, axis)
 
-    def aggregate(contribution, params, cohort_block, keys):
+    def aggregate(contribution, broadcast, cohort_block, keys):
         return jax.shard_map(
             functools.partial(per_device, contribution), mesh=mesh,
             in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis)),
             out_specs=PartitionSpec(),
-            # Local training carries replicated params into per-device scans; the only
+            # Local training carries the replicated broadcast into per-device scans; the only
             # cross-device value is the explicit psum above.
-            check_vma=False)(params, cohort_block, keys)
+            check_vma=False)(broadcast, cohort_block, keys)
 
     return Executor(aggregate, chunk_size * mesh.shape[axis], traceable=True)
 
@@ -171,18 +171,18 @@ def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Exec
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _add_client(contribution: Contribution, acc, params, client, key):
-    return jax.tree.map(jnp.add, acc, contribution.run(params, client, key))
+def _add_client(contribution: Contribution, acc, broadcast, client, key):
+    return jax.tree.map(jnp.add, acc, contribution.run(broadcast, client, key))
 
 
-def _sum_one_by_one(contribution: Contribution, params: PyTree, cohort_block: CohortBlock,
+def _sum_one_by_one(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
                     keys: jax.Array) -> tuple[PyTree, RoundSums]:
     """Σ over clients, one jitted client at a time (summed on the device)."""
-    acc = _zero_sums(contribution, params, cohort_block, keys)
+    acc = _zero_sums(contribution, broadcast, cohort_block, keys)
     host_block = jax.tree.map(np.asarray, cohort_block)
     for i in range(num_slots(cohort_block)):
         client = jax.tree.map(lambda x: x[i], host_block)
-        acc = _add_client(contribution, acc, params, client, keys[i])
+        acc = _add_client(contribution, acc, broadcast, client, keys[i])
     return acc
 
 

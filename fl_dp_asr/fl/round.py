@@ -25,6 +25,13 @@ DP semantics (user-level, one user = one client; :mod:`fl_dp_asr.dp.policy`):
 
 σ_DP (the paper's noise std on the mean, in units of C) and z relate by z = S·σ_DP
 (:func:`fl_dp_asr.dp.accounting.sigma_dp_to_noise_multiplier`).
+
+Adaptive clipping (``DPConfig.target_unclipped_quantile``, :mod:`fl_dp_asr.dp.adaptive`):
+the bounds are part of the server state and broadcast with the parameters; every client
+also reports its unclipped bits, summed with the deltas by the same executor; the server
+adds N(0, (z_Δ·C_t)²) to the delta sum and N(0, σ_b²) to every bit count (both once, after
+the cross-device sum, each from its own key) and moves the bounds inside the same jitted
+step.
 """
 
 from __future__ import annotations
@@ -37,15 +44,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fl_dp_asr.dp import DPConfig, transforms
+from fl_dp_asr.dp import DPConfig, adaptive, transforms
 from fl_dp_asr.fl import executors
 from fl_dp_asr.fl.client import ClientUpdate
-from fl_dp_asr.fl.contribution import RoundSums, make_contribution
+from fl_dp_asr.fl.contribution import Broadcast, RoundSums, make_contribution
 
 PyTree = Any
 RoundStep = Callable[["ServerState", dict[str, Any], jax.Array],
                      tuple["ServerState", dict[str, Any]]]
-_CLIENT_STREAM, _NOISE_STREAM = 0, 1
+_CLIENT_STREAM, _NOISE_STREAM, _COUNT_NOISE_STREAM = 0, 1, 2
 
 
 class AllClientsDroppedError(RuntimeError):
@@ -57,16 +64,22 @@ class NonFiniteParamsError(FloatingPointError):
 
 
 class ServerState(NamedTuple):
-    """Server parameters, server optimizer state and the number of rounds applied."""
+    """Server parameters, server optimizer state, the number of rounds applied and the
+    adaptive clip bounds ``{name: C_{h,t}}`` (float32 scalars; ``{}`` with fixed clipping)."""
     params: PyTree
     opt_state: PyTree
     round: jax.Array
+    clip_bounds: dict[str, jax.Array] = {}
 
 
-def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation
-                      ) -> ServerState:
-    """Round 0: the given parameters and a fresh server optimizer state."""
-    return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation,
+                      dp: DPConfig | None = None) -> ServerState:
+    """Round 0: the given parameters, a fresh server optimizer state and, with adaptive
+    clipping in ``dp``, its initial bounds."""
+    bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params))
+              if dp is not None and dp.adaptive else {})
+    return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32),
+                       bounds)
 
 
 def client_keys(key: jax.Array, num_slots: int) -> jax.Array:
@@ -79,23 +92,98 @@ def client_keys(key: jax.Array, num_slots: int) -> jax.Array:
 # ------------------------------------------------------------------ server side
 
 
-def _server_update(state: ServerState, total, sums: RoundSums, key, *, server_optimizer,
-                   noise_stddev: float, expected_cohort_size: float):
-    """Noise once on the sum, divide by the expected cohort size, server optimizer."""
+class ServerUpdate(NamedTuple):
+    """The server's half of a round (static settings; see :func:`_server_update`).
+
+    Attributes:
+        server_optimizer: applied to the pseudo-gradient.
+        expected_cohort_size: S, the sum is divided by it.
+        noise_stddev: fixed clipping: z·C, the std of the noise on the sum.
+        fixed_bounds: fixed clipping: ``{name: C_h}`` (reported in the metrics).
+        delta_noise_multiplier: adaptive clipping: z_Δ, the noise std is z_Δ · C_t.
+        count_stddev: adaptive clipping: σ_b (0: noise-free counts).
+        target_quantile, clip_norm_lr: adaptive clipping: γ and η.
+    """
+    server_optimizer: optax.GradientTransformation
+    expected_cohort_size: float
+    noise_stddev: float = 0.0
+    fixed_bounds: dict[str, float] = {}
+    delta_noise_multiplier: float = 0.0
+    count_stddev: float = 0.0
+    target_quantile: float = 0.5
+    clip_norm_lr: float = 0.0
+
+
+def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
+                   expected_cohort_size: float, state: ServerState, total, sums: RoundSums,
+                   key):
+    """Noise once on the sum, divide by the expected cohort size, server optimizer, and
+    (adaptive clipping) the new bounds from the noisy unclipped counts."""
+    # Traced params still have static shapes: the per-layer bounds come from them.
+    config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params)
+    if state.clip_bounds:       # adaptive: this round's bounds, noise std z_Δ · C_t
+        bounds = state.clip_bounds
+        clip_norm = adaptive.total_bound(bounds)
+        noise_stddev = config.delta_noise_multiplier * clip_norm
+        noisy_round = config.delta_noise_multiplier > 0
+    else:
+        bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
+        clip_norm = adaptive.total_bound(bounds) if bounds else None
+        noise_stddev, noisy_round = config.noise_stddev, config.noise_stddev > 0
     noisy = (transforms.gaussian_noise(total, noise_stddev, jax.random.fold_in(key, _NOISE_STREAM))
-             if noise_stddev > 0 else total)
-    pseudo_grad = jax.tree.map(lambda x, p: (x / expected_cohort_size).astype(p.dtype),
+             if noisy_round else total)
+    pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
                                noisy, state.params)
-    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
+    updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state,
+                                                        state.params)
     params = optax.apply_updates(state.params, updates)
-    applied = ServerState(params, opt_state, state.round + 1)
+    applied = ServerState(params, opt_state, state.round + 1,
+                          _next_bounds(config, state.clip_bounds, sums, key))
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
     metrics = _metrics(sums, updates, noisy, total)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
+    if clip_norm is not None:
+        metrics["clip_norm"] = clip_norm
+        metrics["layer_clip_norms"] = bounds
     return new_state, metrics
+
+
+def _next_bounds(config: ServerUpdate, bounds: dict[str, jax.Array], sums: RoundSums, key
+                 ) -> dict[str, jax.Array]:
+    """The adaptive bounds of the next round ({} with fixed clipping)."""
+    if not bounds:
+        return bounds
+    noise = adaptive.count_noise(jax.random.fold_in(key, _COUNT_NOISE_STREAM), bounds,
+                                 config.count_stddev)
+    return adaptive.update_bounds(
+        bounds, sums.unclipped, sums.clients - sums.dropped, noise,
+        expected_cohort_size=config.expected_cohort_size,
+        target_quantile=config.target_quantile, learning_rate=config.clip_norm_lr)
+
+
+def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransformation,
+                         expected_cohort_size: float, params: PyTree) -> ServerUpdate:
+    """The server-side settings of a round from the DP policy (``params``: any pytree with
+    the parameters' structure and shapes, for the per-layer bounds).
+
+    Raises:
+        ValueError: adaptive clipping whose clipped-count noise leaves no budget for the
+            deltas (``DPConfig.noise_multipliers``).
+    """
+    common = dict(server_optimizer=server_optimizer,
+                  expected_cohort_size=float(expected_cohort_size))
+    if not dp.adaptive:
+        return ServerUpdate(**common, noise_stddev=dp.noise_stddev(expected_cohort_size),
+                            fixed_bounds=dp.initial_clip_bounds(params))
+    num_bounds = len(dp.initial_clip_bounds(params))
+    _, z_delta, _ = dp.noise_multipliers(expected_cohort_size, num_bounds)
+    return ServerUpdate(**common, delta_noise_multiplier=z_delta,
+                        count_stddev=dp.count_stddev(expected_cohort_size),
+                        target_quantile=float(dp.target_unclipped_quantile),
+                        clip_norm_lr=float(dp.clip_norm_lr))
 
 
 def _metrics(sums: RoundSums, updates, noisy, total) -> dict[str, Any]:
@@ -164,17 +252,16 @@ def make_round_step(
     if not expected_cohort_size > 0:
         raise ValueError(f"expected_cohort_size must be > 0, got {expected_cohort_size}.")
     executor = executor or executors.vectorized()
-    contribution = make_contribution(client_update, dp.clipping_transform())
-    server_update = functools.partial(
-        _server_update, server_optimizer=server_optimizer,
-        noise_stddev=dp.noise_stddev(expected_cohort_size),
-        expected_cohort_size=float(expected_cohort_size))
+    contribution = make_contribution(client_update, dp.client_clip())
+    server_update = functools.partial(_server_update, dp, server_optimizer,
+                                      float(expected_cohort_size))
 
     def compose(update):
         def round_step(state: ServerState, cohort_block, key):
             cohort_block = executors.pad_clients(cohort_block, executor.client_multiple)
             keys = client_keys(key, executors.num_slots(cohort_block))
-            total, sums = executor.aggregate(contribution, state.params, cohort_block, keys)
+            broadcast = Broadcast(state.params, state.clip_bounds)
+            total, sums = executor.aggregate(contribution, broadcast, cohort_block, keys)
             return update(state, total, sums, key)
         return round_step
 

@@ -78,6 +78,33 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_co
     assert steps == [1, 2, 3]  # one consistent history in the metrics file
 
 
+def adaptive_config(tiny_corpus, tfds_dir, rounds):
+    """Per-layer adaptive clipping, one bound per module, noisy deltas and counts."""
+    c = small_config(tiny_corpus, tfds_dir, rounds)
+    c.dp.layers = "module"
+    c.dp.target_unclipped_quantile = 0.5
+    c.dp.clipped_count_stddev = 2.0
+    return c
+
+
+def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tfds_dir,
+                                                                 tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 2), str(whole))
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 1), str(parts))
+    train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 2), str(parts))
+    (step_a, state_a), (step_b, state_b) = final_state(whole), final_state(parts)
+    assert step_a == step_b == 2
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    records = [r for r in read_jsonl(os.path.join(whole, "metrics.jsonl"))
+               if "train/clip_norm" in r]
+    prefix = "train/layer_clip_norms/"
+    modules = {"block_00", "block_01", "block_02", "block_03", "final_norm", "front_end", "output"}
+    assert set(state_a["clip_bounds"]) == modules        # dp.layers="module": one per module
+    assert {k[len(prefix):] for k in records[-1] if k.startswith(prefix)} == modules
+    assert len({r["train/clip_norm"] for r in records}) == 2     # the bounds moved
+
+
 def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, tfds_dir,
                                                     tmp_path):
     train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(tmp_path))
