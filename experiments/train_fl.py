@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -35,6 +36,7 @@ from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import MetricWriter
 
 PyTree = Any
+Log = Callable[[str], None]
 
 
 class StopRequested(Exception):
@@ -120,7 +122,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
                mesh if multi_process else None)
 
 
-def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log) -> int:
+def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) -> int:
     """``fl.rounds``, or fewer when ``dp.max_epsilon`` would be exceeded; prints the plan."""
     num_rounds, budget = config.fl.rounds, config.dp.max_epsilon
     if run.accountant is None:
@@ -171,7 +173,8 @@ class Progress:
     last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def resume(checkpoints: Checkpointer, run: Run, log) -> tuple[round_lib.ServerState, Progress]:
+def resume(checkpoints: Checkpointer, run: Run, log: Log
+           ) -> tuple[round_lib.ServerState, Progress]:
     """The newest checkpoint of the work directory, else round 0 from the seed model."""
     state = round_lib.init_server_state(run.seed_params, run.server_optimizer)
     restored = checkpoints.restore_latest(state._asdict())
@@ -208,7 +211,7 @@ def evaluate(state: round_lib.ServerState, run: Run, data: utils.Data,
     return result | privacy_metrics(run, round_index, config.dp)
 
 
-def apply_round(run: Run, state: round_lib.ServerState, block, key: jax.Array
+def apply_round(run: Run, state: round_lib.ServerState, block: dict[str, Any], key: jax.Array
                 ) -> tuple[round_lib.ServerState, dict[str, Any]]:
     """One round on its cohort block: the new state and host metrics (with timing).
 
