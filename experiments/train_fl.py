@@ -25,7 +25,7 @@ import optax
 import tqdm
 from absl import logging as absl_logging
 
-from fl_dp_asr.data import CohortStream, prefetch
+from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
 from fl_dp_asr.dp import DPConfig, accounting
 from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
@@ -102,7 +102,8 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     server_optimizer = utils.server_optimizer_from_config(config.server)
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
-        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
+        PaddingBuckets())  # each local step runs on the smallest cut of its batch
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
