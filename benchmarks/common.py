@@ -123,19 +123,21 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
 
 @functools.lru_cache(maxsize=None)
 def asr_task(size: str, **model_overrides):
-    """``(config, params, client_update, server_optimizer)`` for a named model size.
+    """``(config, params, client_update, server_optimizer)`` for a named model size; local
+    steps run on the smallest cut of their batch (``PaddingBuckets()``), as in the trainer.
 
     ``model_overrides`` go to :func:`~fl_dp_asr.models.config.get_model_config` (e.g.
     ``remat=True``)."""
     import jax
 
+    from fl_dp_asr.data import PaddingBuckets
     from fl_dp_asr.fl import client, server
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
     config = get_model_config(size, **model_overrides)
     params = asr.init_params(config, jax.random.key(0))
     update = client.make_client_update(asr.make_loss_fn(config, train=True),
-                                       client.local_sgd(0.2, 1.0))
+                                       client.local_sgd(0.2, 1.0), PaddingBuckets())
     return config, params, update, server.make_server_optimizer("lamb", 2e-3)
 
 

@@ -22,7 +22,8 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from ml_collections import config_flags
 
 from fl_dp_asr.data import federated, prefetch
 from fl_dp_asr.models import asr
+from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train import cli, utils
 from fl_dp_asr.train.checkpoint import Checkpointer
@@ -43,7 +45,7 @@ PyTree = Any
 
 
 def training_batches(dataset: federated.FederatedDataset, config: ml_collections.ConfigDict,
-                     tokenize, buckets: federated.LengthBuckets,
+                     tokenize: federated.Tokenize, buckets: federated.LengthBuckets,
                      start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """The batch of every step from ``start_step`` on (epochs repeat forever)."""
     batch_size = config.train.batch_size
@@ -58,8 +60,8 @@ def training_batches(dataset: federated.FederatedDataset, config: ml_collections
         epoch, index = epoch + 1, 0
 
 
-def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, rng: jax.Array):
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, rng: jax.Array) -> Callable:
     """The jitted step ``(state, batch) -> (state, measurements)``; the state is donated and
     the PRNG key of step s is ``fold_in(rng, s)``."""
 
@@ -90,7 +92,8 @@ def mean_measurements(window: list[dict[str, Any]], step: int, seconds: float) -
     return mean
 
 
-def evaluate(params: PyTree, model_config, eval_batches, step: int) -> dict[str, Any]:
+def evaluate(params: PyTree, model_config: ModelConfig, eval_batches: list[dict[str, Any]],
+             step: int) -> dict[str, Any]:
     """Greedy WER/CER on the held-out speakers, printed with three examples."""
     result = asr.evaluate(params, model_config, eval_batches, max_examples=3)
     for reference, hypothesis in result.pop("examples"):
@@ -176,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summary
 
 
-def save(checkpoints: Checkpointer, step: int, state: PyTree, model_config,
+def save(checkpoints: Checkpointer, step: int, state: PyTree, model_config: ModelConfig,
          config: ml_collections.ConfigDict, result: dict[str, Any]) -> None:
     """Checkpoints ``state`` at ``step`` (once), ranked by dev CER."""
     if step in checkpoints.all_steps():

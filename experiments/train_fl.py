@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ import optax
 import tqdm
 from absl import logging as absl_logging
 
-from fl_dp_asr.data import CohortStream, prefetch
+from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
 from fl_dp_asr.dp import DPConfig, accounting
 from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
@@ -35,6 +36,7 @@ from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import MetricWriter
 
 PyTree = Any
+Log = Callable[[str], None]
 
 
 class StopRequested(Exception):
@@ -106,7 +108,8 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     server_optimizer = utils.server_optimizer_from_config(config.server)
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
-        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm))
+        client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
+        PaddingBuckets())  # each local step runs on the smallest cut of its batch
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
@@ -126,7 +129,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
                mesh if multi_process else None, dp)
 
 
-def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log) -> int:
+def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) -> int:
     """``fl.rounds``, or fewer when ``dp.max_epsilon`` would be exceeded; prints the plan."""
     num_rounds, budget = config.fl.rounds, config.dp.max_epsilon
     if run.accountant is None:
@@ -183,7 +186,8 @@ class Progress:
     last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def resume(checkpoints: Checkpointer, run: Run, log) -> tuple[round_lib.ServerState, Progress]:
+def resume(checkpoints: Checkpointer, run: Run, log: Log
+           ) -> tuple[round_lib.ServerState, Progress]:
     """The newest checkpoint of the work directory, else round 0 from the seed model."""
     state = round_lib.init_server_state(run.seed_params, run.server_optimizer, run.dp)
     restored = checkpoints.restore_latest(state._asdict())
@@ -220,7 +224,7 @@ def evaluate(state: round_lib.ServerState, run: Run, data: utils.Data,
     return result | privacy_metrics(run, round_index, config.dp)
 
 
-def apply_round(run: Run, state: round_lib.ServerState, block, key: jax.Array
+def apply_round(run: Run, state: round_lib.ServerState, block: dict[str, Any], key: jax.Array
                 ) -> tuple[round_lib.ServerState, dict[str, Any]]:
     """One round on its cohort block: the new state and host metrics (with timing).
 

@@ -9,6 +9,7 @@ See README.md, section "Data". Entry points for the trainers::
     CohortStream(dataset, sampler, tokenize, buckets, ...).block(round) -> cohort block
     iterate_batches(dataset, batch_size=..., tokenize=..., buckets=...) -> batches [B, ...]
     Prefetcher(iterable, buffer_size=2)
+    PaddingBuckets()     # the cuts a local step runs on (make_client_update(..., buckets=))
 """
 
 from fl_dp_asr.data.builders import (BUILDERS, CommonVoiceLocal, LibrispeechLocal, get_builder,
@@ -19,12 +20,14 @@ from fl_dp_asr.data.errors import (CohortPackingError, CorruptAudioError, DataEr
                                    SchemaError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import (FederatedDataset, LengthBuckets, client_steps,
                                       epoch_batches, iterate_batches, make_batch, pack_cohort)
+from fl_dp_asr.data.padding import PaddingBuckets
 from fl_dp_asr.data.prefetch import Prefetcher
 
 __all__ = [
     "BUILDERS", "CohortPackingError", "CohortStream", "CommonVoiceLocal", "CorruptAudioError",
     "DataError", "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
-    "LibrispeechLocal", "MissingTranscriptError", "Prefetcher", "SchemaError", "TranscriptError",
+    "LibrispeechLocal", "MissingTranscriptError", "PaddingBuckets", "Prefetcher", "SchemaError",
+    "TranscriptError",
     "UnsupportedCharactersError", "client_steps", "cohort_summary", "epoch_batches", "get_builder",
     "iterate_batches", "load_federated", "load_split", "make_batch", "pack_cohort", "prepare",
 ]

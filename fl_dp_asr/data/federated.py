@@ -413,12 +413,19 @@ def client_steps(dataset: FederatedDataset, user: str, *, local_steps: int, batc
     return steps[:local_steps]
 
 
+def _plan_size(dataset: FederatedDataset, plan: list[list[int]]) -> tuple[int, int, int]:
+    """(local steps, rows of the fullest batch, samples of the longest utterance) of a plan."""
+    return (len(plan), max(map(len, plan), default=0),
+            int(max((dataset.num_samples[r] for step in plan for r in step), default=0)))
+
+
 def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, tokenize: Tokenize,
                 local_steps: int, batch_size: int, buckets: LengthBuckets, seed: int,
                 round_index: int, num_clients: int | None = None,
                 max_batch_seconds: float | None = None,
                 max_local_epochs: int | None = None,
-                keep: Sequence[int] | None = None) -> dict[str, Any]:
+                keep: Sequence[int] | None = None,
+                largest_first: bool = False) -> dict[str, Any]:
     """Packs a cohort into the fixed-shape client block of ``docs/CONTRACTS.md``.
 
     Args:
@@ -439,6 +446,11 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
             multi-process cohort, :func:`fl_dp_asr.fl.distributed.process_client_indices`);
             the bucket is still chosen from the whole cohort, so every part has the same
             shape, and only the kept clients' audio is read. None: all ``num_clients``.
+        largest_first: order the users by decreasing (real local steps, rows of their
+            fullest batch, longest utterance) before packing (ties keep the given order),
+            so that neighbouring client slots need similar cuts of their batches
+            (:class:`fl_dp_asr.data.PaddingBuckets`): the ``vectorized`` executor trains
+            neighbours together. Slots (and ``keep``) refer to this order. False: as given.
 
     Returns:
         ``{"batches": {audio [C, L, B, S] int16, audio_lengths [C, L, B] int32,
@@ -453,11 +465,16 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
         raise CohortPackingError(f"{len(users)} users do not fit num_clients={num_clients}")
     if local_steps < 1 or batch_size < 1:
         raise ValueError(f"local_steps={local_steps} and batch_size={batch_size} must be >= 1")
-    users = list(users) + [None] * (num_clients - len(users))
     plans = [[] if user is None else client_steps(
         dataset, user, local_steps=local_steps, batch_size=batch_size, seed=seed,
         round_index=round_index, max_batch_seconds=max_batch_seconds,
         max_local_epochs=max_local_epochs) for user in users]
+    if largest_first:
+        order = sorted(range(len(users)), key=lambda i: _plan_size(dataset, plans[i]),
+                       reverse=True)
+        users, plans = [users[i] for i in order], [plans[i] for i in order]
+    users = list(users) + [None] * (num_clients - len(users))
+    plans = list(plans) + [[]] * (num_clients - len(plans))
     used = [row for plan in plans for step in plan for row in step]
     labels = _labels(dataset, used, tokenize)
     max_samples, max_label_len = buckets.fit(

@@ -8,6 +8,12 @@ with the convolution, padded positions are zeroed after the front end, and atten
 never looks at padded keys. Blocks are separate modules (``block_00`` ...), so every
 parameter tensor is its own leaf, which is what per-layer clipping works on.
 
+**Padding invariance.** The output at real frames of real utterances does not depend on how
+much padding (rows or frames) the batch carries, in training mode too: dropout and CAPE's
+local shifts draw per utterance and frame (:mod:`fl_dp_asr.models.layers`). So a local step
+may cut padding away (:class:`fl_dp_asr.data.PaddingBuckets`) without changing any number
+beyond float rounding, and every executor computes the same update.
+
 References:
     Likhomanenko et al., "CAPE: Encoding Relative Positions with Continuous Augmented
     Positional Embeddings", arXiv 2106.03143.
@@ -22,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fl_dp_asr.models.config import ModelConfig
+from fl_dp_asr.models.layers import FrameDropout, attention_with_frame_dropout, gelu, row_uniform
 
 
 def cape_positions(
@@ -39,7 +46,8 @@ def cape_positions(
     Δ ~ U(−max_global_shift, max_global_shift) seconds per utterance, local shift
     ε_n ~ U(−s/2, s/2) · frame_seconds with s = ``max_local_shift`` per frame, and
     global scale log λ ~ U(−log max_global_scaling, log max_global_scaling) per utterance.
-    ``key=None`` (evaluation) gives the centred positions only.
+    ``key=None`` (evaluation) gives the centred positions only. Padding-invariant: a real
+    frame's position does not depend on the padded B or T (:func:`row_uniform`).
     """
     batch, frames = paddings.shape
     valid = 1.0 - paddings
@@ -53,7 +61,7 @@ def cape_positions(
     shift = jax.random.uniform(shift_key, (batch, 1), minval=-max_global_shift,
                                maxval=max_global_shift)
     half_local = 0.5 * max_local_shift * frame_seconds
-    local = jax.random.uniform(local_key, (batch, frames), minval=-half_local, maxval=half_local)
+    local = row_uniform(local_key, (batch, frames), -half_local, half_local)
     log_scale = math.log(max_global_scaling)
     scale = jnp.exp(jax.random.uniform(scale_key, (batch, 1), minval=-log_scale,
                                        maxval=log_scale))
@@ -127,14 +135,15 @@ class TransformerBlock(nn.Module):
         h = nn.MultiHeadDotProductAttention(
             num_heads=cfg.num_heads, qkv_features=cfg.model_dim,
             dropout_rate=cfg.attention_dropout_rate, force_fp32_for_softmax=True,
+            attention_fn=attention_with_frame_dropout,
             name="attention", **dense)(h, h, mask=attention_mask, deterministic=not train)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        x = x + FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="mlp_norm")(x)
         h = nn.Dense(cfg.mlp_dim, name="mlp_in", **dense)(h)
-        h = nn.gelu(h) if cfg.activation == "gelu" else nn.relu(h)
-        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        h = gelu(h) if cfg.activation == "gelu" else nn.relu(h)
+        h = FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
         h = nn.Dense(cfg.model_dim, name="mlp_out", **dense)(h)
-        return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        return x + FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
 
 
 class Encoder(nn.Module):
@@ -157,7 +166,7 @@ class Encoder(nn.Module):
             paddings, cfg.frame_seconds, self.make_rng("cape") if train else None,
             cfg.cape_max_global_shift, cfg.cape_max_local_shift, cfg.cape_max_global_scaling)
         x = x + sinusoidal_embedding(positions, cfg.model_dim, cfg.cape_freq_scale).astype(x.dtype)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+        x = FrameDropout(cfg.dropout_rate)(x, deterministic=not train)
         attention_mask = (paddings < 0.5)[:, None, None, :]           # [B, 1, 1, T'] keys
         block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
         for i in range(cfg.num_blocks):
