@@ -182,7 +182,8 @@ def evaluate(params: PyTree, config: ModelConfig, batches: Iterable[Batch],
              max_examples: int = 0) -> dict[str, float]:
     """Greedy-decoding WER/CER and loss of ``params`` over ``batches`` (real utterances only).
 
-    References are the batches' ``labels`` decoded to text (already normalized). Returns
+    References are the batches' ``labels`` decoded to text (already normalized); hypotheses
+    are single-spaced the same way. Returns
     ``wer``, ``cer`` (corpus level, weighted by reference length, equal to jiwer), ``loss``
     (mean per-utterance loss), ``loss_per_token``, ``num_utterances``, the raw error counts,
     and ``examples``: up to ``max_examples`` ``(reference, hypothesis)`` pairs.
@@ -194,7 +195,10 @@ def evaluate(params: PyTree, config: ModelConfig, batches: Iterable[Batch],
     for batch in batches:
         out = jax.device_get(_eval_step(params, batch, config))
         real = np.asarray(batch["mask"]) > 0
-        hyps = [h for h, r in zip(tokenizer.decode_batch(out["ids"], out["lengths"]), real) if r]
+        # CTC emits word separators at both ends and in runs: single-space the hypotheses
+        # like the references, so CER does not count spurious spaces.
+        hyps = [" ".join(h.split())
+                for h, r in zip(tokenizer.decode_batch(out["ids"], out["lengths"]), real) if r]
         refs = [t for t, r in zip(tokenizer.decode_batch(batch["labels"], batch["label_lengths"]),
                                   real) if r]
         counts.add(refs, hyps)

@@ -163,3 +163,22 @@ def test_front_end_matmul_equals_the_strided_convolution():
                                         dimension_numbers=("NWC", "WIO", "NWC"))
     got = strided_conv1d_as_matmul(x, kernel, (3,), [(3, 3)])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_does_not_count_spurious_ctc_spaces_as_errors(monkeypatch):
+    from fl_dp_asr.models import asr
+    tokenizer = CharTokenizer()
+    reference = tokenizer.encode("the cat sat")
+    hypothesis = tokenizer.encode("  the  cat sat ")         # CTC word separators in runs
+    ids = np.zeros((1, 32), np.int32)
+    ids[0, :len(hypothesis)] = hypothesis
+    labels = np.zeros((1, 16), np.int32)
+    labels[0, :len(reference)] = reference
+    monkeypatch.setattr(asr, "_eval_step", lambda params, batch, config: {
+        "ids": ids, "lengths": np.array([len(hypothesis)]), "loss_sum": 0.0, "nll_sum": 0.0,
+        "num_tokens": 1.0})
+    batch = {"mask": np.ones(1, np.float32), "labels": labels,
+             "label_lengths": np.array([len(reference)])}
+    result = asr.evaluate(None, CONFIG, [batch], max_examples=1)
+    assert result["cer"] == 0.0 and result["wer"] == 0.0
+    assert result["examples"] == [("the cat sat", "the cat sat")]
