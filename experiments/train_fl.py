@@ -162,7 +162,8 @@ def privacy_metrics(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dic
     if run.accountant is None or rounds == 0:
         return {}
     out = {"epsilon_rdp": run.accountant.epsilon(rounds, "rdp")}
-    if dp.pld and accounting.supports(run.sampler.name, "pld"):
+    if (dp.pld and accounting.supports(run.sampler.name, "pld")
+            and accounting.pld_feasible(run.accountant.noise_multiplier)):
         out["epsilon_pld"] = run.accountant.epsilon(rounds, "pld")
     if dp.target_cohort is not None:
         extrapolated = accounting.extrapolate(

@@ -208,7 +208,8 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         z = args.noise_multiplier
     results: list[tuple[str, accounting.PrivacyGuarantee | None]] = []
     for name in _accountants(args.accountant):
-        if not accounting.supports(args.sampling, name):
+        if not accounting.supports(args.sampling, name) or (
+                name == "pld" and not accounting.pld_feasible(z)):
             results.append((name, None))
         else:
             results.append((name, accounting.epsilon(z, args.cohort, args.population,
@@ -238,8 +239,15 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
     rows = [[name.upper(), _fmt_eps(g.epsilon) if g else "n/a",
              _fmt_sig(g.rdp_order) if g else "-",
-             "" if g else "PLD does not support fixed-size sampling"] for name, g in results]
+             "" if g else _why_no_pld(args.sampling)] for name, g in results]
     return summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
+
+
+def _why_no_pld(sampling: str) -> str:
+    if not accounting.supports(sampling, "pld"):
+        return "PLD does not support fixed-size sampling"
+    return (f"PLD refused at z < {accounting.MIN_PLD_NOISE_MULTIPLIER} (memory grows like "
+            f"1/z²; use RDP)")
 
 
 def _adaptive_split(args: argparse.Namespace, z: float) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Tests of the privacy command line (fl_dp_asr.privacy), mostly through main() in-process."""
 
 import json
+import re
 import pathlib
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def test_epsilon_fixed_sampling_marks_pld_unsupported(capsys):
     pld = next(r for r in data["results"] if r["accountant"] == "pld")
     assert pld == {"accountant": "pld", "supported": False, "epsilon": None,
                    "rdp_order": None}
+
+
+def test_epsilon_at_tiny_noise_refuses_pld_and_still_prints_rdp(capsys):
+    status, out, _ = run(capsys, "epsilon", "--sigma-dp", "1e-4", "--cohort", "16",
+                         "--population", "300", "--rounds", "20")
+    assert status == 0
+    assert "PLD refused at z < 0.05" in out
+    assert re.search(r"RDP\s+\|?\s*[0-9.]+", out)
 
 
 def test_calibrate_reaches_the_target(capsys):

@@ -159,6 +159,14 @@ def test_pld_with_fixed_sampling_names_the_alternatives():
     assert "sampling='poisson'" in message
 
 
+def test_pld_below_its_minimum_noise_is_refused_with_the_alternative():
+    # Regression: PLD at z = 1.6e-3 (the demo's simulated z) was killed for memory.
+    with pytest.raises(ValueError, match="accountant='rdp'"):
+        accounting.epsilon(1.6e-3, 16, 300, 20, DELTA, accountant="pld")
+    e = accounting.extrapolate(1e-4, 16, 100, 1875, 20, DELTA)  # z' = 0.01
+    assert e.epsilon_pld is None and e.epsilon_rdp > 0
+
+
 def test_extrapolation_keeps_sigma_dp_and_scales_cohort_and_population():
     e = accounting.extrapolate(1e-5, 1024, 51200, 5_120_000, 100, DELTA)
     assert e.noise_multiplier == pytest.approx(0.512)
