@@ -143,7 +143,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
-    metrics = _metrics(sums, updates, noisy, total)
+    metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
+                       dp.layer_fn)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
@@ -186,9 +187,18 @@ def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransform
                         clip_norm_lr=float(dp.clip_norm_lr))
 
 
-def _metrics(sums: RoundSums, updates, noisy, total) -> dict[str, Any]:
+def _metrics(sums: RoundSums, updates, noisy, total, expected_cohort_size: float,
+             layer_fn: Callable) -> dict[str, Any]:
+    """Round metrics; per layer h the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S on the
+    mean (what per-layer clipping trades off: docs/replication.md)."""
     kept = jnp.maximum(sums.clients - sums.dropped, 1.0)
+    noise = jax.tree.map(jnp.subtract, noisy, total)
+    per_mean = 1.0 / expected_cohort_size
     return {
+        "layer_signal_norms": {k: v * per_mean
+                               for k, v in transforms.layer_norms(total, layer_fn).items()},
+        "layer_noise_norms": {k: v * per_mean
+                              for k, v in transforms.layer_norms(noise, layer_fn).items()},
         "clients": sums.clients,
         "dropped_clients": sums.dropped,
         "clip_fraction": sums.clipped / kept,

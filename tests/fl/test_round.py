@@ -135,6 +135,26 @@ def test_noise_std_is_z_c_over_s():
     assert abs(np.mean(mean_noise)) < 5 * expected / np.sqrt(NOISE_PARAMS)
 
 
+def test_layer_signal_and_noise_norms_are_those_of_the_mean():
+    """The per-layer metrics are ‖Σ clip(Δ)_h‖/S and ‖ξ_h‖/S (docs/replication.md)."""
+    dp = DPConfig("global", 0.5, noise_multiplier=2.0)
+    block = toy_task.make_cohort(8)
+    _, noiseless, clean_sum = run_round(block, dp=DPConfig("global", 0.5), params=fresh_params(1000))
+    _, metrics, noisy_sum = run_round(block, dp=dp, params=fresh_params(1000))
+    for name in noiseless["layer_signal_norms"]:
+        clean, noisy = clean_sum, noisy_sum
+        for key in name.split("/"):
+            clean, noisy = clean[key], noisy[key]
+        signal = np.linalg.norm(clean) / 8
+        noise = np.linalg.norm(np.asarray(noisy) - clean) / 8
+        assert float(metrics["layer_signal_norms"][name]) == pytest.approx(signal, rel=1e-4)
+        assert float(metrics["layer_noise_norms"][name]) == pytest.approx(noise, rel=1e-3,
+                                                                          abs=1e-6)
+        assert float(noiseless["layer_noise_norms"][name]) == 0.0
+    expected = 2.0 * 0.5 / 8 * np.sqrt(1000)   # ‖ξ‖/S of the 1000 zero-gradient coordinates
+    assert float(metrics["layer_noise_norms"]["unused"]) == pytest.approx(expected, rel=0.1)
+
+
 def test_noise_is_added_once_with_eight_devices():
     """Eight fake CPU devices (subprocess): same noise, not √8 times more."""
     script = textwrap.dedent("""
