@@ -1,86 +1,510 @@
-r"""The paper's clipping comparison in small, on the synthetic corpus.
+r"""The paper's clipping comparison at CPU scale: methods × σ_DP × seeds, plus depth and cohort.
 
-    python -m experiments.replicate [--workdir runs/replicate] [--rounds N]
+    python -m experiments.replicate [--quick] [--workdir runs/replicate] [--stages ...]
+        [--methods "global,per-layer by dim"]
 
-Fine-tunes the demo seed model (``runs/demo/central``; run ``make demo`` first) four times
-with the same seed, rounds and noise: no DP; DP with global clipping; DP with per-layer
-clipping, uniform and by-dimension allocation. Writes the WER table to
-``docs/replication.md`` and between the ``replication:begin/end`` markers of README.md.
+Every cell is one federated run of the demo recipe (``experiments/configs/fl_dp.py:demo``:
+Poisson cohorts of an expected 16 of the 300 synthetic Common Voice-part users, LAMB server)
+from the same seed model, changing only the clipping method, σ_DP (noise std on the cohort
+mean / C), the seed of the run, and — for the two extra axes — the simulated cohort size and
+the depth of the model. Cells are cached (``<workdir>/cells/<name>/result.json``): an
+interrupted study resumes where it stopped, and a larger study reuses a smaller one's cells.
+
+Stages (``--stages``, in this order):
+
+- ``probe``: no DP and global clipping at the highest σ_DP on one seed: whether global
+  clipping loses ≥ 5 CER points (the condition that the experiment can detect a difference).
+- ``curve``: no DP for ``curve_rounds`` rounds, evaluated along the way: where training
+  levels off at this scale.
+- ``grid``: every method × σ_DP × seed (3 seeds for global vs per-layer by dim at the highest
+  σ_DP).
+- ``adam``: Adam instead of LAMB (no layer-wise normalization) for global and per-layer by
+  dim at the highest σ_DP.
+- ``cohort``: per-layer by dim at the highest σ_DP with simulated cohorts ``cohorts``.
+- ``depth``: seed models of ``depths`` blocks at the tiny width (trained centrally once,
+  cached), each fine-tuned with no DP, global and per-layer by dim at the highest σ_DP.
+
+Writes ``docs/replication.md`` (tables, plots in ``docs/replication/``, the per-layer
+signal/noise analysis) and the README's ``replication:begin/end`` block.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
+import statistics
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-from experiments import train_fl
-from experiments.configs import fl_dp
+import jax
+import ml_collections
 
-SETTINGS = {
-    "no DP (no clipping, no noise)": dict(clipping="none", sigma_dp=None),
-    "DP, global clipping": dict(clipping="global"),
-    "DP, per-layer clipping, uniform": dict(clipping="per_layer", allocation="uniform"),
-    "DP, per-layer clipping, by dim": dict(clipping="per_layer", allocation="by_dim"),
+from experiments import plots, train_central, train_fl
+from experiments.configs import central, fl_dp
+from fl_dp_asr.models.config import get_model_config
+from fl_dp_asr.train import utils
+
+# method name → dp.* settings (σ_DP comes from the cell). The paper's rows.
+METHODS: dict[str, dict[str, Any]] = {
+    "no DP": dict(clipping="none", sigma_dp=None),
+    "global": dict(clipping="global"),
+    "per-layer uniform": dict(clipping="per_layer", allocation="uniform"),
+    "per-layer by dim": dict(clipping="per_layer", allocation="by_dim"),
+    "rescale per-layer": dict(clipping="rescale_per_layer", allocation="by_dim"),
+    "adaptive global": dict(clipping="global", target_unclipped_quantile=0.5),
+    "adaptive per-layer": dict(clipping="per_layer", allocation="by_dim", layers="module",
+                               target_unclipped_quantile=0.5),
 }
+KEY_METHODS = ("global", "per-layer by dim")   # the paper's key comparison
+ADAM_LEARNING_RATE = 1e-3   # the Adam rows' server learning rate (LAMB: the recipe's)
+DEMO_DEPTH = get_model_config("tiny").num_blocks  # blocks of the demo's seed model
 BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
 
 
-def run_all(workdir: str, seed_checkpoint: str, rounds: int | None) -> list[tuple[str, dict]]:
-    results = []
-    for index, (name, dp) in enumerate(SETTINGS.items()):
-        config = fl_dp.get_config("demo")
-        config.init_checkpoint = seed_checkpoint
-        config.progress_bar = False
-        if rounds:
-            config.fl.rounds = rounds
-        for key, value in dp.items():
-            config.dp[key] = value
-        print(f"== {name}", flush=True)
-        results.append((name, train_fl.train(config, os.path.join(workdir, f"setting_{index}"))))
-    return results
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What to run. ``sigmas`` include 0 (clipping, no noise); the last is the highest."""
+    sigmas: tuple[float, ...] = (0.0, 1e-3, 5e-3, 3e-2)
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: int = 2
+    key_seeds: int = 3          # seeds of the key comparison at the highest σ_DP
+    rounds: int = 20            # evaluated at the seed and after the last round
+    curve_rounds: int = 60      # the no-DP run that shows where training levels off ...
+    curve_every: int = 10       # ... evaluated every this many rounds
+    cohort: int = 16
+    cohorts: tuple[int, ...] = (16, 32, 64)
+    depths: tuple[int, ...] = (DEMO_DEPTH, 8)
+    adam: tuple[str, ...] = KEY_METHODS
+    seed_steps: int | None = None   # central steps of extra-depth seeds (None: the demo's)
+
+    @property
+    def top(self) -> float:
+        return self.sigmas[-1]
 
 
-def table(results: list[tuple[str, dict]]) -> str:
-    first = results[0][1]
-    lines = [
-        f"Seed model on held-out Common Voice-part users: WER {100 * first['seed_wer']:.1f} %, "
-        f"CER {100 * first['seed_cer']:.1f} %. Each row: {first['rounds']} rounds, Poisson "
-        f"sampling with expected cohort {first['cohort_size']} of {first['population']} users, "
-        f"σ_DP = {results[1][1]['sigma_dp']:.3g} (extrapolated: S' = "
-        f"{first['extrapolated_cohort']}, K' = {first['extrapolated_population']}, "
-        f"ε_RDP = {results[1][1]['extrapolated_epsilon_rdp']:.2f}, δ = {first['delta']:g}).",
-        "",
-        "| setting | WER | CER |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {100 * r['final_wer']:.1f} % | {100 * r['final_cer']:.1f} % |"
-              for name, r in results]
+FULL = Study()
+QUICK = Study(sigmas=(0.0, 3e-2), methods=("no DP", *KEY_METHODS), seeds=1, key_seeds=1,
+              rounds=2, curve_rounds=4, curve_every=2, cohorts=(), depths=(), adam=(),
+              seed_steps=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One federated run."""
+    method: str
+    sigma_dp: float
+    seed: int = 0
+    cohort: int = 16
+    depth: int = DEMO_DEPTH
+    server: str = "lamb"
+    rounds: int | None = None   # None: the study's
+
+    @property
+    def name(self) -> str:
+        method = self.method.replace(" ", "_")
+        rounds = f"__T{self.rounds}" if self.rounds else ""
+        return (f"{method}__s{self.sigma_dp:g}__seed{self.seed}__S{self.cohort}"
+                f"__d{self.depth}__{self.server}{rounds}")
+
+
+def probe_cells(study: Study) -> list[Cell]:
+    return [Cell("no DP", 0.0, cohort=study.cohort),
+            Cell("global", study.top, cohort=study.cohort)]
+
+
+def curve_cells(study: Study) -> list[Cell]:
+    return [Cell("no DP", 0.0, cohort=study.cohort, rounds=study.curve_rounds)]
+
+
+def grid_cells(study: Study) -> list[Cell]:
+    cells = [Cell("no DP", 0.0, seed, study.cohort) for seed in range(study.seeds)]
+    for method in study.methods:
+        if method == "no DP":
+            continue
+        for sigma in study.sigmas:
+            key = method in KEY_METHODS and sigma == study.top
+            seeds = study.key_seeds if key else study.seeds
+            cells += [Cell(method, sigma, seed, study.cohort) for seed in range(seeds)]
+    return cells
+
+
+def adam_cells(study: Study) -> list[Cell]:
+    return [Cell(m, study.top, seed, study.cohort, server="adam") for m in study.adam
+            for seed in range(study.seeds)]
+
+
+def cohort_cells(study: Study) -> list[Cell]:
+    return [Cell("per-layer by dim", study.top, 0, cohort) for cohort in study.cohorts]
+
+
+def depth_cells(study: Study) -> list[Cell]:
+    return [Cell(method, 0.0 if method == "no DP" else study.top, seed, study.cohort, depth)
+            for depth in study.depths for method in ("no DP", *KEY_METHODS)
+            for seed in range(study.seeds)]
+
+
+STAGES = {"probe": probe_cells, "curve": curve_cells, "grid": grid_cells, "adam": adam_cells,
+          "cohort": cohort_cells, "depth": depth_cells}
+
+
+# ------------------------------------------------------------------ running cells
+
+
+class Recipes(NamedTuple):
+    """Factories of the base configs every cell changes (tests pass small-corpus ones)."""
+    central: Callable[[], ml_collections.ConfigDict] = functools.partial(central.get_config,
+                                                                        "demo")
+    fl: Callable[[], ml_collections.ConfigDict] = functools.partial(fl_dp.get_config, "demo")
+
+
+def seed_checkpoint(workdir: str, depth: int, study: Study, recipes: Recipes,
+                    demo_seed: str | None) -> str:
+    """The seed model of ``depth`` blocks: ``demo_seed`` (if it exists) for the demo's
+    depth, else the central recipe with ``depth`` blocks, trained once into the work dir."""
+    if depth == DEMO_DEPTH and demo_seed and os.path.isdir(demo_seed):
+        return demo_seed
+    run_dir = os.path.join(workdir, "seeds", f"depth{depth}")
+    done = os.path.join(run_dir, "seed.json")
+    if os.path.exists(done):
+        return os.path.join(run_dir, "checkpoints")
+    config = recipes.central()
+    config.model.num_blocks = depth
+    config.progress_bar = False
+    if study.seed_steps:
+        config.train.num_steps = study.seed_steps
+        config.eval.every = config.checkpoint.every = study.seed_steps
+    print(f"== seed model with {depth} blocks ({run_dir})", flush=True)
+    utils.write_json(done, train_central.train(config, run_dir))  # resumes if interrupted
+    return os.path.join(run_dir, "checkpoints")
+
+
+def cell_config(cell: Cell, study: Study, recipes: Recipes,
+                seed: str) -> ml_collections.ConfigDict:
+    """The FL recipe with the cell's method, σ_DP, seed, cohort, seed model and server."""
+    config = recipes.fl()
+    base_cohort = config.fl.cohort_size
+    config.init_checkpoint = seed
+    config.progress_bar = False
+    config.seed = cell.seed
+    config.fl.rounds = cell.rounds or study.rounds
+    config.fl.cohort_size = cell.cohort
+    config.eval.every = study.curve_every if cell.rounds else config.fl.rounds
+    config.checkpoint.every = config.fl.rounds
+    config.server.optimizer = cell.server
+    if cell.server == "adam":
+        config.server.learning_rate = ADAM_LEARNING_RATE
+    for key, value in METHODS[cell.method].items():
+        config.dp[key] = value
+    if cell.method != "no DP":
+        config.dp.sigma_dp = cell.sigma_dp
+    if not config.dp.sigma_dp:
+        config.dp.target_cohort = None    # no noise: no ε to extrapolate
+    elif config.dp.target_cohort is not None:  # same S', same q = S/K as simulated
+        config.dp.target_population = round(config.dp.target_population * base_cohort
+                                            / cell.cohort)
+    return config
+
+
+def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
+             demo_seed: str | None) -> dict[str, Any]:
+    """The cell's summary and wall time (cached in ``<workdir>/cells/<name>/result.json``)."""
+    run_dir = os.path.join(workdir, "cells", cell.name)
+    done = os.path.join(run_dir, "result.json")
+    if os.path.exists(done):
+        with open(done, encoding="utf-8") as f:
+            return json.load(f)
+    seed = seed_checkpoint(workdir, cell.depth, study, recipes, demo_seed)
+    print(f"== {cell.name}", flush=True)
+    began = time.perf_counter()
+    summary = train_fl.train(cell_config(cell, study, recipes, seed), run_dir)
+    result = {**summary, **dataclasses.asdict(cell), "seconds": time.perf_counter() - began}
+    utils.write_json(done, result)
+    return result
+
+
+def run_study(study: Study, stages: Sequence[str], workdir: str, recipes: Recipes = Recipes(),
+              demo_seed: str | None = None, cached_only: bool = False) -> list[dict[str, Any]]:
+    """Every cell of ``stages`` once (cached cells are read back), in stage order;
+    ``cached_only``: only the cells already run (a partial study's report)."""
+    cells: list[Cell] = []
+    for stage in stages:
+        cells += [cell for cell in STAGES[stage](study) if cell not in cells]
+    if cached_only:
+        cells = [c for c in cells
+                 if os.path.exists(os.path.join(workdir, "cells", c.name, "result.json"))]
+    return [run_cell(cell, study, workdir, recipes, demo_seed) for cell in cells]
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _stats(values: Sequence[float]) -> str:
+    points = [100 * v for v in values]
+    if len(points) == 1:
+        return f"{points[0]:.1f}"
+    return f"{statistics.mean(points):.1f} ± {statistics.stdev(points):.1f}"
+
+
+def _group(results: list[dict], **match) -> list[dict]:
+    match.setdefault("rounds", None)   # the curve cell runs longer: not part of the tables
+    return [r for r in results if all(r[k] == v for k, v in match.items())]
+
+
+def grid_table(results: list[dict], study: Study) -> str:
+    """Rows = methods, columns = σ_DP: held-out CER and WER, mean ± std over seeds."""
+    lines = ["| method | " + " | ".join(f"σ_DP = {s:g}" for s in study.sigmas) + " |",
+             "|---" * (len(study.sigmas) + 1) + "|"]
+    for method in study.methods:
+        cells = []
+        for sigma in study.sigmas:
+            runs = _group(results, method=method, server="lamb", depth=DEMO_DEPTH,
+                          cohort=study.cohort,
+                          **({} if method == "no DP" else {"sigma_dp": sigma}))
+            if method == "no DP" and sigma != 0.0:
+                cells.append("")
+                continue
+            cells.append(f"CER {_stats([r['final_cer'] for r in runs])} · WER "
+                         f"{_stats([r['final_wer'] for r in runs])} (n={len(runs)})"
+                         if runs else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    eps = {s: r["extrapolated_epsilon_rdp"] for r in results for s in [r["sigma_dp"]]
+           if r.get("extrapolated_epsilon_rdp") is not None}
+    lines.append("| ε (extrapolated, RDP) | " + " | ".join(
+        f"{eps[s]:.2f}" if s in eps else "∞ (no noise)" for s in study.sigmas) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(text: str, readme: str = "README.md",
-                   out: str = "docs/replication.md") -> None:
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("<!-- generated by python -m experiments.replicate -->\n" + text)
-    if os.path.exists(readme):
+def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: Sequence[str],
+               sigma: float, **fixed) -> str:
+    """CER/WER of ``methods`` along ``axis`` (cohort or depth) at σ_DP = ``sigma``."""
+    lines = [f"| method | " + " | ".join(f"{axis} {v}" for v in values) + " |",
+             "|---" * (len(values) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for value in values:
+            runs = _group(results, method=method, server="lamb", **{axis: value}, **fixed,
+                          **({} if method == "no DP" else {"sigma_dp": sigma}))
+            cells.append(f"CER {_stats([r['final_cer'] for r in runs])} · WER "
+                         f"{_stats([r['final_wer'] for r in runs])}" if runs else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ per-layer analysis
+
+SIGNAL, NOISE, DELTA = ("train/layer_signal_norms/", "train/layer_noise_norms/",
+                        "train/layer_delta_norms/")
+
+
+def module_means(records: list[dict], prefix: str) -> dict[str, float]:
+    """Per module (a leaf name without its last part, e.g. ``block_00/attention/query``):
+    the norm over its leaves of the per-layer metric ``prefix``, averaged over rounds."""
+    per_round: dict[str, list[float]] = {}
+    for record in records:
+        squares: dict[str, float] = {}
+        for key, value in record.items():
+            if key.startswith(prefix):
+                module = key[len(prefix):].rsplit("/", 1)[0]
+                squares[module] = squares.get(module, 0.0) + value ** 2
+        for module, square in squares.items():
+            per_round.setdefault(module, []).append(square ** 0.5)
+    return {module: statistics.mean(values) for module, values in per_round.items()}
+
+
+def signal_noise_table(runs: dict[str, list[dict]]) -> str:
+    """Per module and run: mean client delta ‖Δ_h‖, signal ‖Σclip(Δ)_h‖/S, noise ‖ξ_h‖/S,
+    and signal/noise, averaged over the rounds."""
+    columns = {name: (module_means(r, DELTA), module_means(r, SIGNAL), module_means(r, NOISE))
+               for name, r in runs.items()}
+    modules = sorted(next(iter(columns.values()))[0])
+    head = "| module | " + " | ".join(f"{n}: ‖Δ‖ · signal · noise · S/N" for n in runs) + " |"
+    lines = [head, "|---" * (len(runs) + 1) + "|"]
+    for module in modules:
+        cells = []
+        for delta, signal, noise in columns.values():
+            snr = signal.get(module, 0.0) / max(noise.get(module, 0.0), 1e-30)
+            cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
+                         f"{noise.get(module, 0.0):.2e} · **{snr:.2f}**")
+        lines.append(f"| {module} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(result: dict) -> list[dict]:
+    return plots.read_jsonl(os.path.join(result["workdir"], "metrics.jsonl"))
+
+
+def plot_curve(result: dict, path: str) -> None:
+    """Held-out CER and WER vs round of one run (the no-DP curve)."""
+    records = read_metrics(result)
+    fig, ax = plots.plt.subplots(figsize=(6, 3.6))
+    for key, label in (("eval/cer", "CER"), ("eval/wer", "WER")):
+        steps, values = plots._series(records, key)
+        ax.plot(steps, 100 * values, marker="o", label=label)
+    ax.set(xlabel="round", ylabel="% on held-out users", title="no DP: error vs round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plots.plt.close(fig)
+
+
+def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
+    """One line per method: mean final CER vs the extrapolated ε (log x), like the paper's
+    WER-vs-ε figure; the no-DP level as a horizontal line."""
+    fig, ax = plots.plt.subplots(figsize=(6.5, 4.2))
+    for method in study.methods:
+        points = []
+        for sigma in study.sigmas[1:]:
+            runs = _group(results, method=method, sigma_dp=sigma, server="lamb", depth=DEMO_DEPTH,
+                          cohort=study.cohort)
+            if runs and method != "no DP" and runs[0].get("extrapolated_epsilon_rdp"):
+                points.append((runs[0]["extrapolated_epsilon_rdp"],
+                               100 * statistics.mean(r["final_cer"] for r in runs)))
+        if method == "no DP":
+            runs = _group(results, method=method, server="lamb", depth=DEMO_DEPTH,
+                          cohort=study.cohort)
+            if runs:
+                ax.axhline(100 * statistics.mean(r["final_cer"] for r in runs), color="k",
+                           linestyle="--", label="no DP")
+        elif points:
+            ax.plot(*zip(*sorted(points)), marker="o", label=method)
+    ax.set(xscale="log", xlabel="ε (RDP, extrapolated deployment)",
+           ylabel="CER on held-out users (%)", title="CER vs ε per clipping method")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plots.plt.close(fig)
+
+
+def detectability(results: list[dict], study: Study) -> str:
+    """Whether global clipping at the highest σ_DP loses ≥ 5 CER points against no DP."""
+    base = _group(results, method="no DP", server="lamb", depth=DEMO_DEPTH, cohort=study.cohort)
+    top = _group(results, method="global", sigma_dp=study.top, server="lamb", depth=DEMO_DEPTH,
+                 cohort=study.cohort)
+    if not (base and top):
+        return "Detectability: not measured (run the `probe` stage)."
+    gap = 100 * (statistics.mean(r["final_cer"] for r in top)
+                 - statistics.mean(r["final_cer"] for r in base))
+    verdict = "met" if gap >= 5 else "NOT met: raise the highest σ_DP"
+    return (f"Detectability: at the highest σ_DP = {study.top:g} global clipping loses "
+            f"{gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
+
+
+def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
+    """The markdown of ``docs/replication.md``; writes its plots next to it."""
+    figures = os.path.join(os.path.dirname(out) or ".", "replication")
+    os.makedirs(figures, exist_ok=True)
+    plot_cer_vs_epsilon(results, study, os.path.join(figures, "cer_vs_epsilon.png"))
+    first = results[0]
+    parts = [
+        "<!-- generated by python -m experiments.replicate -->",
+        "# Replication: global vs per-layer clipping under DP noise, at CPU scale", "",
+        f"{len(results)} federated runs, {seconds / 60:.0f} min of wall time (2 CPU cores). "
+        f"Each: the demo recipe for {study.rounds} rounds from the same seed model (held-out "
+        f"WER {100 * first['seed_wer']:.1f} %, CER {100 * first['seed_cer']:.1f} %), Poisson "
+        f"cohorts of expected size S = {study.cohort} of {first['population']} users, 3 "
+        "local SGD steps, LAMB server (lr 0.01), C = 0.01. Final CER and WER on the held-out "
+        "users' utterances, mean ± std over seeds (n = runs). ε: the extrapolated "
+        "deployment with the same σ_DP and q (S' = 10,000, δ = 1e-6, RDP).", "",
+        detectability(results, study), "",
+        "## Methods × σ_DP", "", grid_table(results, study),
+        "![CER vs ε](replication/cer_vs_epsilon.png)", ""]
+    curve = [r for r in results if r["rounds"] == study.curve_rounds and r["method"] == "no DP"]
+    if curve:
+        plot_curve(curve[0], os.path.join(figures, "no_dp_curve.png"))
+        evals = [(r["step"], r["eval/cer"]) for r in read_metrics(curve[0]) if "eval/cer" in r]
+        parts += ["## How many rounds: the no-DP curve", "",
+                  "Held-out CER by round: " + ", ".join(f"{step}: {100 * cer:.1f} %"
+                                                       for step, cer in evals) + ".", "",
+                  "![no-DP curve](replication/no_dp_curve.png)", ""]
+    adam = [r for r in results if r["server"] == "adam"]
+    if adam:
+        parts += ["## Layer-wise normalization: LAMB vs Adam at σ_DP = "
+                  f"{study.top:g}", "",
+                  axis_table(results, "server", ["lamb", "adam"], study.adam, study.top,
+                             depth=DEMO_DEPTH, cohort=study.cohort), ""]
+    if len(study.cohorts) > 1:
+        parts += [f"## Simulated cohort size at σ_DP = {study.top:g} (per-layer by dim)", "",
+                  axis_table(results, "cohort", study.cohorts, ["per-layer by dim"], study.top,
+                             depth=DEMO_DEPTH, seed=0), ""]
+    if len(study.depths) > 1:
+        parts += [f"## Depth at σ_DP = {study.top:g}", "",
+                  axis_table(results, "depth", study.depths, ("no DP", *KEY_METHODS), study.top,
+                             cohort=study.cohort), ""]
+    key_runs = {m: _group(results, method=m, sigma_dp=study.top, seed=0, server="lamb",
+                          depth=DEMO_DEPTH, cohort=study.cohort) for m in KEY_METHODS}
+    if all(key_runs.values()):
+        metrics = {m: read_metrics(runs[0]) for m, runs in key_runs.items()}
+        parts += [f"## Per layer at σ_DP = {study.top:g}: signal vs noise", "",
+                  "Per module, averaged over rounds: the mean client delta norm ‖Δ_h‖ "
+                  "(before clipping), the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S on "
+                  "the cohort mean, and their ratio S/N.", "",
+                  signal_noise_table(metrics), ""]
+        for method, records in metrics.items():
+            for prefix, what in ((DELTA, "delta_norms"), (plots.BOUND_PREFIX, "clip_bounds")):
+                name = f"{what}_{method.replace(' ', '_')}.png"
+                plots.plot_layer_norms(records, os.path.join(figures, name),
+                                       f"{method}, σ_DP = {study.top:g}: {what}", prefix)
+                if os.path.exists(os.path.join(figures, name)):
+                    parts += [f"![{method}: {what}](replication/{name})", ""]
+    return "\n".join(parts)
+
+
+def write_markdown(text: str, out: str, readme: str | None) -> None:
+    """``out`` (atomically) and, if given, the README block between the markers."""
+    utils.write_text(out, text)
+    if readme and os.path.exists(readme):
         with open(readme, encoding="utf-8") as f:
             content = f.read()
         if BEGIN in content:
+            table = text.split("## Methods × σ_DP", 1)[-1].split("![", 1)[0].strip()
             content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
-                             lambda _: f"{BEGIN}\n{text}{END}", content, flags=re.S)
-            with open(readme, "w", encoding="utf-8") as f:
-                f.write(content)
+                             lambda _: f"{BEGIN}\n{table}\n{END}", content, flags=re.S)
+            utils.write_text(readme, content)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/replicate")
     parser.add_argument("--seed-checkpoint", default="runs/demo/central/checkpoints")
-    parser.add_argument("--rounds", type=int, default=None, help="override config.fl.rounds")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 σ, 3 rows, 2 rounds")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--methods", help=f"comma-separated subset of the rows: {list(METHODS)}")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="report the cells already run, run nothing")
+    parser.add_argument("--out", help="default: docs/replication.md (--quick: in --workdir)")
     args = parser.parse_args(argv)
-    text = table(run_all(args.workdir, args.seed_checkpoint, args.rounds))
-    write_markdown(text)
+    study = QUICK if args.quick else FULL
+    if args.methods:
+        methods = tuple(args.methods.split(","))
+        if set(methods) - set(METHODS):
+            parser.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from "
+                         f"{list(METHODS)}")
+        study = dataclasses.replace(study, methods=methods)
+    stages = args.stages.split(",")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
+    # Seeds of one (method, σ_DP) compile the same round step: reuse it across cells.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    began = time.perf_counter()
+    results = run_study(study, stages, args.workdir, demo_seed=args.seed_checkpoint,
+                        cached_only=args.cached_only)
+    seconds = sum(r["seconds"] for r in results)
+    print(f"study: {len(results)} cells, {seconds:.0f} s of runs "
+          f"({time.perf_counter() - began:.0f} s this call)", flush=True)
+    out = args.out or (os.path.join(args.workdir, "replication.md") if args.quick
+                       else "docs/replication.md")
+    text = report(results, study, out, seconds)
+    write_markdown(text, out, None if args.quick else "README.md")
     print(text)
 
 

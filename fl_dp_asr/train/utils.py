@@ -196,6 +196,11 @@ def chief_print(enabled: bool) -> Callable[[str], None]:
 
 def write_json(path: str, value: Any) -> None:
     """Writes ``value`` as indented JSON atomically (a reader never sees half a file)."""
+    write_text(path, json.dumps(value, indent=2))
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` atomically: to ``path.tmp``, then renamed over ``path``."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
+        f.write(text)
     os.replace(path + ".tmp", path)

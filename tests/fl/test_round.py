@@ -139,7 +139,8 @@ def test_layer_signal_and_noise_norms_are_those_of_the_mean():
     """The per-layer metrics are ‖Σ clip(Δ)_h‖/S and ‖ξ_h‖/S (docs/replication.md)."""
     dp = DPConfig("global", 0.5, noise_multiplier=2.0)
     block = toy_task.make_cohort(8)
-    _, noiseless, clean_sum = run_round(block, dp=DPConfig("global", 0.5), params=fresh_params(1000))
+    _, noiseless, clean_sum = run_round(block, dp=DPConfig("global", 0.5),
+                                        params=fresh_params(1000))
     _, metrics, noisy_sum = run_round(block, dp=dp, params=fresh_params(1000))
     for name in noiseless["layer_signal_norms"]:
         clean, noisy = clean_sum, noisy_sum

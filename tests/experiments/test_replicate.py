@@ -1,0 +1,72 @@
+"""`python -m experiments.replicate --quick` on the tiny corpus: every stage, the report."""
+
+import dataclasses
+import functools
+
+import pytest
+
+from experiments import replicate
+from experiments.configs import central
+from tests.experiments.test_train_fl import small_config
+
+
+def tiny_central(corpus, tfds_dir):
+    config = central.get_config("demo")
+    config.data.manual_dir = str(corpus)
+    config.data.data_dir = str(tfds_dir)
+    config.data.num_buckets = 1
+    config.data.min_seconds = 0.0
+    config.train.batch_size = 2
+    config.train.log_every = 1
+    config.optimizer.warmup_steps = 1
+    return config
+
+
+def tiny_fl(corpus, tfds_dir):
+    config = small_config(corpus, tfds_dir, 2)
+    config.fl.sampling = "poisson"
+    config.dp.noise_multiplier = None
+    config.dp.target_cohort, config.dp.target_population = 20, 30
+    return config
+
+
+def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp_path,
+                                                      monkeypatch):
+    # One σ level keeps it to three compiled round steps (no DP, global, per layer).
+    study = dataclasses.replace(replicate.QUICK, sigmas=(0.03,), cohort=2, seed_steps=2)
+    recipes = replicate.Recipes(functools.partial(tiny_central, tiny_corpus, tfds_dir),
+                                functools.partial(tiny_fl, tiny_corpus, tfds_dir))
+    stages = list(replicate.STAGES)
+    results = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
+
+    cells = {(r["method"], r["sigma_dp"]) for r in results}
+    assert cells == {("no DP", 0.0), ("global", 0.03), ("per-layer by dim", 0.03)}
+    assert len(results) == len(cells) + 1     # + the longer no-DP curve
+    assert [r["rounds"] for r in results if r["rounds"]] == [study.curve_rounds]
+    noisy = [r for r in results if r["sigma_dp"] > 0]
+    assert all(r["noise_multiplier"] == pytest.approx(2 * 0.03) for r in noisy)
+    assert all(r["extrapolated_epsilon_rdp"] > 0 for r in noisy)
+    assert all(r["clipping"] == "none" for r in results if r["method"] == "no DP")
+
+    out = tmp_path / "docs" / "replication.md"
+    text = replicate.report(results, study, str(out), 1.0)
+    assert "| global | CER" in text and "| per-layer by dim | CER" in text
+    assert "σ_DP = 0.03" in text and "signal vs noise" in text and "Detectability: " in text
+    assert "Held-out CER by round: 0: " in text
+    for module in ("block_00/attention/query", "output"):
+        assert f"| {module} |" in text
+    figures = tmp_path / "docs" / "replication"
+    for name in ("cer_vs_epsilon.png", "no_dp_curve.png", "delta_norms_global.png",
+                 "clip_bounds_per-layer_by_dim.png"):
+        assert (figures / name).stat().st_size > 1000
+
+    # A second call reads every cell back instead of training it again.
+    monkeypatch.setattr(replicate.train_fl, "train", lambda *a: pytest.fail("retrained"))
+    again = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
+    assert [r["final_cer"] for r in again] == [r["final_cer"] for r in results]
+
+
+def test_unknown_stage_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        replicate.main(["--stages", "probe,gird"])
+    assert "unknown stages ['gird']" in capsys.readouterr().err
