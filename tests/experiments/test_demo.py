@@ -7,18 +7,23 @@ from experiments.configs import central
 from tests.experiments.test_train_fl import small_config
 
 
+def tiny_central_config(corpus, tfds_dir, steps=2):
+    """The demo's central config on the tiny corpus, ``steps`` steps of 2 utterances."""
+    config = central.get_config("demo")
+    config.data.manual_dir = str(corpus)
+    config.data.data_dir = str(tfds_dir)
+    config.data.num_buckets = 1
+    config.data.min_seconds = 0.0
+    config.train.num_steps = steps
+    config.train.batch_size = 2
+    config.train.log_every = 1
+    config.optimizer.warmup_steps = 1
+    config.eval.every = config.checkpoint.every = steps
+    return config
+
+
 def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
-    central_config = central.get_config("demo")
-    central_config.data.manual_dir = str(tiny_corpus)
-    central_config.data.data_dir = str(tfds_dir)
-    central_config.data.num_buckets = 1
-    central_config.data.min_seconds = 0.0
-    central_config.train.num_steps = 2
-    central_config.train.batch_size = 2
-    central_config.train.log_every = 1
-    central_config.optimizer.warmup_steps = 1
-    central_config.eval.every = 2
-    central_config.checkpoint.every = 2
+    central_config = tiny_central_config(tiny_corpus, tfds_dir)
     fl = small_config(tiny_corpus, tfds_dir, 2)
     fl.fl.sampling = "poisson"
     fl.dp.noise_multiplier = None

@@ -6,20 +6,8 @@ import functools
 import pytest
 
 from experiments import replicate
-from experiments.configs import central
+from tests.experiments.test_demo import tiny_central_config
 from tests.experiments.test_train_fl import small_config
-
-
-def tiny_central(corpus, tfds_dir):
-    config = central.get_config("demo")
-    config.data.manual_dir = str(corpus)
-    config.data.data_dir = str(tfds_dir)
-    config.data.num_buckets = 1
-    config.data.min_seconds = 0.0
-    config.train.batch_size = 2
-    config.train.log_every = 1
-    config.optimizer.warmup_steps = 1
-    return config
 
 
 def tiny_fl(corpus, tfds_dir):
@@ -34,7 +22,7 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
                                                       monkeypatch):
     # One σ level keeps it to three compiled round steps (no DP, global, per layer).
     study = dataclasses.replace(replicate.QUICK, sigmas=(0.03,), cohort=2, seed_steps=2)
-    recipes = replicate.Recipes(functools.partial(tiny_central, tiny_corpus, tfds_dir),
+    recipes = replicate.Recipes(functools.partial(tiny_central_config, tiny_corpus, tfds_dir),
                                 functools.partial(tiny_fl, tiny_corpus, tfds_dir))
     stages = list(replicate.STAGES)
     results = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
