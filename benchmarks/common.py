@@ -122,9 +122,10 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
 
 
 @functools.lru_cache(maxsize=None)
-def asr_task(size: str, **model_overrides):
+def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_overrides):
     """``(config, params, client_update, server_optimizer)`` for a named model size; local
-    steps run on the smallest cut of their batch (``PaddingBuckets()``), as in the trainer.
+    steps run on the smallest cut of their batch (``PaddingBuckets(*padding_cuts)``: row
+    and length levels; ``(1, 1)``: no cuts), as in the trainer.
 
     ``model_overrides`` go to :func:`~fl_dp_asr.models.config.get_model_config` (e.g.
     ``remat=True``)."""
@@ -137,7 +138,7 @@ def asr_task(size: str, **model_overrides):
     config = get_model_config(size, **model_overrides)
     params = asr.init_params(config, jax.random.key(0))
     update = client.make_client_update(asr.make_loss_fn(config, train=True),
-                                       client.local_sgd(0.2, 1.0), PaddingBuckets())
+                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts))
     return config, params, update, server.make_server_optimizer("lamb", 2e-3)
 
 

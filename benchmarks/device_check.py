@@ -201,7 +201,9 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
 
 
 def _overrides(size: str) -> dict[str, Any]:
-    return PAPER_OVERRIDES if size == "paper" else {}
+    # The paper model without padding cuts: one compiled local step (its compile time, not
+    # its run time, limits it on a GPU today; six cut copies would multiply it).
+    return {**PAPER_OVERRIDES, "padding_cuts": (1, 1)} if size == "paper" else {}
 
 
 # ------------------------------------------------------------------ 2./3. round steps

@@ -109,7 +109,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
         client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
-        PaddingBuckets())  # each local step runs on the smallest cut of its batch
+        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels))
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
