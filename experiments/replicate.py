@@ -64,6 +64,8 @@ KEY_METHODS = ("global", "per-layer by dim")   # the paper's key comparison
 ADAM_LEARNING_RATE = 1e-3   # the Adam rows' server learning rate (LAMB: the recipe's)
 DEMO_DEPTH = get_model_config("tiny").num_blocks  # blocks of the demo's seed model
 BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
+# The hand-written analysis in docs/replication.md, kept when the study rewrites the file.
+ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +415,7 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
         "users' utterances, mean ± std over seeds (n = runs). ε: the extrapolated "
         "deployment with the same σ_DP and q (S' = 10,000, δ = 1e-6, RDP).", "",
         detectability(results, study), "",
+        "## Analysis", "", ANALYSIS_BEGIN, ANALYSIS_END, "",
         "## Methods × σ_DP", "", grid_table(results, study),
         "![CER vs ε](replication/cer_vs_epsilon.png)", ""]
     curve = [r for r in results if r["rounds"] == study.curve_rounds and r["method"] == "no DP"]
@@ -456,9 +459,22 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
     return "\n".join(parts)
 
 
+def _kept_analysis(out: str) -> str:
+    """The analysis block of an existing ``out`` (with its markers), or empty markers."""
+    empty = f"{ANALYSIS_BEGIN}\n{ANALYSIS_END}\n"
+    if not os.path.exists(out):
+        return empty
+    with open(out, encoding="utf-8") as f:
+        found = re.search(re.escape(ANALYSIS_BEGIN) + ".*?" + re.escape(ANALYSIS_END), f.read(),
+                          flags=re.S)
+    return found.group(0) + "\n" if found else empty
+
+
 def write_markdown(text: str, out: str, readme: str | None) -> None:
-    """``out`` (atomically) and, if given, the README block between the markers."""
-    utils.write_text(out, text)
+    """``out`` (atomically; its analysis block is kept) and, if given, the README block
+    between the markers."""
+    utils.write_text(out, text.replace(f"{ANALYSIS_BEGIN}\n{ANALYSIS_END}\n",
+                                       _kept_analysis(out)))
     if readme and os.path.exists(readme):
         with open(readme, encoding="utf-8") as f:
             content = f.read()

@@ -58,3 +58,19 @@ def test_unknown_stage_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         replicate.main(["--stages", "probe,gird"])
     assert "unknown stages ['gird']" in capsys.readouterr().err
+
+
+def test_hand_written_analysis_survives_regeneration(tmp_path):
+    out = str(tmp_path / "replication.md")
+    generated = "\n".join(["# Study", "", replicate.ANALYSIS_BEGIN, replicate.ANALYSIS_END,
+                           "", "table v1", ""])
+    replicate.write_markdown(generated, out, None)
+    with open(out, encoding="utf-8") as f:
+        edited = f.read().replace(replicate.ANALYSIS_END, "Per-layer wins.\n"
+                                  + replicate.ANALYSIS_END)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(edited)
+    replicate.write_markdown(generated.replace("v1", "v2"), out, None)
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
+    assert "Per-layer wins." in text and "table v2" in text and "table v1" not in text
