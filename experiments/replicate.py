@@ -71,7 +71,7 @@ ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->
 @dataclasses.dataclass(frozen=True)
 class Study:
     """What to run. ``sigmas`` include 0 (clipping, no noise); the last is the highest."""
-    sigmas: tuple[float, ...] = (0.0, 1e-3, 5e-3, 3e-2)
+    sigmas: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
     methods: tuple[str, ...] = tuple(METHODS)
     seeds: int = 2
     key_seeds: int = 3          # seeds of the key comparison at the highest σ_DP
