@@ -329,9 +329,10 @@ def signal_noise_table(runs: dict[str, list[dict]]) -> str:
     for module in modules:
         cells = []
         for delta, signal, noise in columns.values():
-            snr = signal.get(module, 0.0) / max(noise.get(module, 0.0), 1e-30)
+            noisy = noise.get(module, 0.0) > 0
+            snr = f"{signal.get(module, 0.0) / noise[module]:.2f}" if noisy else "∞"
             cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
-                         f"{noise.get(module, 0.0):.2e} · **{snr:.2f}**")
+                         f"{noise.get(module, 0.0):.2e} · **{snr}**")
         lines.append(f"| {module} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
