@@ -441,15 +441,21 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
         parts += [f"## Depth at σ_DP = {study.top:g}", "",
                   axis_table(results, "depth", study.depths, ("no DP", *KEY_METHODS), study.top,
                              cohort=study.cohort), ""]
+    noisy = [sigma for sigma in study.sigmas if sigma > 0]
+    for sigma in sorted({noisy[0], study.top}) if noisy else []:
+        key_runs = {m: _group(results, method=m, sigma_dp=sigma, seed=0, server="lamb",
+                              depth=DEMO_DEPTH, cohort=study.cohort) for m in KEY_METHODS}
+        if all(key_runs.values()):
+            parts += [f"## Per layer at σ_DP = {sigma:g}: signal vs noise", "",
+                      "Per module, averaged over rounds: the mean client delta norm ‖Δ_h‖ "
+                      "(before clipping), the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S "
+                      "on the cohort mean, and their ratio S/N.", "",
+                      signal_noise_table({m: read_metrics(runs[0])
+                                          for m, runs in key_runs.items()}), ""]
     key_runs = {m: _group(results, method=m, sigma_dp=study.top, seed=0, server="lamb",
                           depth=DEMO_DEPTH, cohort=study.cohort) for m in KEY_METHODS}
     if all(key_runs.values()):
         metrics = {m: read_metrics(runs[0]) for m, runs in key_runs.items()}
-        parts += [f"## Per layer at σ_DP = {study.top:g}: signal vs noise", "",
-                  "Per module, averaged over rounds: the mean client delta norm ‖Δ_h‖ "
-                  "(before clipping), the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S on "
-                  "the cohort mean, and their ratio S/N.", "",
-                  signal_noise_table(metrics), ""]
         for method, records in metrics.items():
             for prefix, what in ((DELTA, "delta_norms"), (plots.BOUND_PREFIX, "clip_bounds")):
                 name = f"{what}_{method.replace(' ', '_')}.png"
