@@ -433,11 +433,11 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
                   f"{study.top:g}", "",
                   axis_table(results, "server", ["lamb", "adam"], study.adam, study.top,
                              depth=DEMO_DEPTH, cohort=study.cohort), ""]
-    if len(study.cohorts) > 1:
+    if any(r["cohort"] != study.cohort for r in results):
         parts += [f"## Simulated cohort size at σ_DP = {study.top:g} (per-layer by dim)", "",
                   axis_table(results, "cohort", study.cohorts, ["per-layer by dim"], study.top,
                              depth=DEMO_DEPTH, seed=0), ""]
-    if len(study.depths) > 1:
+    if any(r["depth"] != DEMO_DEPTH for r in results):
         parts += [f"## Depth at σ_DP = {study.top:g}", "",
                   axis_table(results, "depth", study.depths, ("no DP", *KEY_METHODS), study.top,
                              cohort=study.cohort), ""]
