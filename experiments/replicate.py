@@ -7,7 +7,7 @@ Every cell is one federated run of the demo recipe (``experiments/configs/fl_dp.
 Poisson cohorts of an expected 16 of the 300 synthetic Common Voice-part users, LAMB server)
 from the same seed model, changing only the clipping method, σ_DP (noise std on the cohort
 mean / C), the seed of the run, and — for the two extra axes — the simulated cohort size and
-the depth of the model. Cells are cached (``<workdir>/cells/<name>/result.json``): an
+the depth of the model. Cells are cached (``<workdir>/cells/<name>__T<rounds>/result.json``): an
 interrupted study resumes where it stopped, and a larger study reuses a smaller one's cells.
 
 Stages (``--stages``, in this order):
@@ -212,10 +212,17 @@ def cell_config(cell: Cell, study: Study, recipes: Recipes,
     return config
 
 
+def cell_dir(workdir: str, cell: Cell, study: Study) -> str:
+    """Where a cell runs: its name and its number of rounds (a study with other rounds
+    does not reuse it)."""
+    return os.path.join(workdir, "cells",
+                        cell.name if cell.rounds else f"{cell.name}__T{study.rounds}")
+
+
 def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
              demo_seed: str | None) -> dict[str, Any]:
-    """The cell's summary and wall time (cached in ``<workdir>/cells/<name>/result.json``)."""
-    run_dir = os.path.join(workdir, "cells", cell.name)
+    """The cell's summary and wall time (cached in ``<cell_dir>/result.json``)."""
+    run_dir = cell_dir(workdir, cell, study)
     done = os.path.join(run_dir, "result.json")
     if os.path.exists(done):
         with open(done, encoding="utf-8") as f:
@@ -238,7 +245,7 @@ def run_study(study: Study, stages: Sequence[str], workdir: str, recipes: Recipe
         cells += [cell for cell in STAGES[stage](study) if cell not in cells]
     if cached_only:
         cells = [c for c in cells
-                 if os.path.exists(os.path.join(workdir, "cells", c.name, "result.json"))]
+                 if os.path.exists(os.path.join(cell_dir(workdir, c, study), "result.json"))]
     return [run_cell(cell, study, workdir, recipes, demo_seed) for cell in cells]
 
 
