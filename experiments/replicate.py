@@ -296,8 +296,10 @@ def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: S
     for method in methods:
         cells = []
         for value in values:
-            runs = _group(results, method=method, server="lamb", **{axis: value}, **fixed,
-                          **({} if method == "no DP" else {"sigma_dp": sigma}))
+            match = {"server": "lamb", **fixed, axis: value}
+            if method != "no DP":
+                match["sigma_dp"] = sigma
+            runs = _group(results, method=method, **match)
             cells.append(f"CER {_stats([r['final_cer'] for r in runs])} · WER "
                          f"{_stats([r['final_wer'] for r in runs])}" if runs else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
