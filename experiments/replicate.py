@@ -259,6 +259,15 @@ def _stats(values: Sequence[float]) -> str:
     return f"{statistics.mean(points):.1f} ± {statistics.stdev(points):.1f}"
 
 
+def _errors(runs: list[dict], with_count: bool = False) -> str:
+    """A table cell: final CER and WER over ``runs`` ("–" when none ran)."""
+    if not runs:
+        return "–"
+    count = f" (n={len(runs)})" if with_count else ""
+    return (f"CER {_stats([r['final_cer'] for r in runs])} · WER "
+            f"{_stats([r['final_wer'] for r in runs])}{count}")
+
+
 def _group(results: list[dict], **match) -> list[dict]:
     match.setdefault("rounds", None)   # the curve cell runs longer: not part of the tables
     return [r for r in results if all(r[k] == v for k, v in match.items())]
@@ -277,9 +286,7 @@ def grid_table(results: list[dict], study: Study) -> str:
             if method == "no DP" and sigma != 0.0:
                 cells.append("")
                 continue
-            cells.append(f"CER {_stats([r['final_cer'] for r in runs])} · WER "
-                         f"{_stats([r['final_wer'] for r in runs])} (n={len(runs)})"
-                         if runs else "–")
+            cells.append(_errors(runs, with_count=True))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     eps = {s: r["extrapolated_epsilon_rdp"] for r in results for s in [r["sigma_dp"]]
            if r.get("extrapolated_epsilon_rdp") is not None}
@@ -300,8 +307,7 @@ def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: S
             if method != "no DP":
                 match["sigma_dp"] = sigma
             runs = _group(results, method=method, **match)
-            cells.append(f"CER {_stats([r['final_cer'] for r in runs])} · WER "
-                         f"{_stats([r['final_wer'] for r in runs])}" if runs else "–")
+            cells.append(_errors(runs))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
