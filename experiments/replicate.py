@@ -62,6 +62,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 KEY_METHODS = ("global", "per-layer by dim")   # the paper's key comparison
 ADAM_LEARNING_RATE = 1e-3   # the Adam rows' server learning rate (LAMB: the recipe's)
+# Adaptive rows: the clipped-count noise multiplier z_b is at least this many times the
+# run's z, so the deltas keep z_Δ = z/√(1 − 1/3²) ≤ 1.06·z (the fixed rows' noise, +6 %).
+COUNT_NOISE_RATIO = 3.0
 DEMO_DEPTH = get_model_config("tiny").num_blocks  # blocks of the demo's seed model
 BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
 # The hand-written analysis in docs/replication.md, kept when the study rewrites the file.
@@ -73,6 +76,9 @@ class Study:
     """What to run. ``sigmas`` include 0 (clipping, no noise); the last is the highest."""
     sigmas: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
     methods: tuple[str, ...] = tuple(METHODS)
+    # σ_DP levels of the rows beyond no DP and the key comparison (the full sweep of every
+    # row does not fit the 2 h budget on 2 cores; these are the two noisy levels that matter)
+    side_sigmas: tuple[float, ...] = (1e-2, 1e-1)
     seeds: int = 2
     key_seeds: int = 3          # seeds of the key comparison at the highest σ_DP
     rounds: int = 20            # evaluated at the seed and after the last round
@@ -80,7 +86,7 @@ class Study:
     curve_every: int = 10       # ... evaluated every this many rounds
     cohort: int = 16
     cohorts: tuple[int, ...] = (16, 32, 64)
-    depths: tuple[int, ...] = (DEMO_DEPTH, 8)
+    depths: tuple[int, ...] = (2, DEMO_DEPTH, 8)
     adam: tuple[str, ...] = KEY_METHODS
     seed_steps: int | None = None   # central steps of extra-depth seeds (None: the demo's)
 
@@ -128,7 +134,7 @@ def grid_cells(study: Study) -> list[Cell]:
     for method in study.methods:
         if method == "no DP":
             continue
-        for sigma in study.sigmas:
+        for sigma in study.sigmas if method in KEY_METHODS else study.side_sigmas:
             key = method in KEY_METHODS and sigma == study.top
             seeds = study.key_seeds if key else study.seeds
             cells += [Cell(method, sigma, seed, study.cohort) for seed in range(seeds)]
@@ -204,12 +210,33 @@ def cell_config(cell: Cell, study: Study, recipes: Recipes,
         config.dp[key] = value
     if cell.method != "no DP":
         config.dp.sigma_dp = cell.sigma_dp
+    if config.dp.target_unclipped_quantile is not None and cell.sigma_dp > 0:
+        config.dp.clipped_count_stddev = adaptive_count_stddev(config, seed)
     if not config.dp.sigma_dp:
         config.dp.target_cohort = None    # no noise: no ε to extrapolate
     elif config.dp.target_cohort is not None:  # same S', same q = S/K as simulated
         config.dp.target_population = round(config.dp.target_population * base_cohort
                                             / cell.cohort)
     return config
+
+
+def count_stddev_for_ratio(cohort: float, noise_multiplier: float, num_bounds: int) -> float:
+    """σ_b of an adaptive row: the default S/20, raised where needed so that the count's
+    z_b = 2σ_b/√H is ≥ ``COUNT_NOISE_RATIO``·z.
+
+    At σ_DP = z/S ≥ 1/(10√H) the default leaves nothing for the deltas (z_b ≤ z) at any S:
+    the count noise, as a fraction of the cohort, then grows with σ_DP (the table's note).
+    """
+    return max(cohort / 20.0, COUNT_NOISE_RATIO * noise_multiplier * num_bounds ** 0.5 / 2.0)
+
+
+def adaptive_count_stddev(config: ml_collections.ConfigDict, seed: str) -> float:
+    """:func:`count_stddev_for_ratio` for ``config`` (H: the seed model's clip bounds)."""
+    dp = train_fl.dp_config(config.dp)
+    _, params, _ = utils.load_seed_model(seed, config.model, jax.random.key(0))
+    return count_stddev_for_ratio(config.fl.cohort_size,
+                                  dp.resolve_noise_multiplier(config.fl.cohort_size),
+                                  len(dp.initial_clip_bounds(params)))
 
 
 def cell_dir(workdir: str, cell: Cell, study: Study) -> str:
@@ -333,6 +360,42 @@ def module_means(records: list[dict], prefix: str) -> dict[str, float]:
     return {module: statistics.mean(values) for module, values in per_round.items()}
 
 
+def module_snr(records: list[dict]) -> dict[str, float]:
+    """Per module: signal ‖Σclip(Δ)_h‖/S over noise ‖ξ_h‖/S (round means; noisy runs)."""
+    signal, noise = module_means(records, SIGNAL), module_means(records, NOISE)
+    return {module: signal.get(module, 0.0) / value for module, value in noise.items() if value}
+
+
+def depth_table(results: list[dict], study: Study) -> str:
+    """Per depth at the highest σ_DP: CER of no DP and the key methods (mean over seeds),
+    per-layer − global, and how unequal the layers are under each: the range of the
+    per-module S/N (seed 0). Under global clipping every coordinate gets the same noise,
+    so its S/N range is the range of the modules' per-coordinate signal."""
+    global_, per_layer = KEY_METHODS
+    lines = [f"| blocks | seed model | no DP | {global_} | {per_layer} | {per_layer} − {global_} | "
+             f"module S/N, {global_}: min – max (max/min) | module S/N, {per_layer} |",
+             "|---" * 8 + "|"]
+
+    def cer(runs: list[dict]) -> float:
+        return 100 * statistics.mean(r["final_cer"] for r in runs)
+
+    def snr_range(runs: list[dict]) -> str:
+        snr = module_snr(read_metrics(next(r for r in runs if r["seed"] == 0))).values()
+        return f"{min(snr):.2g} – {max(snr):.2g} ({max(snr) / min(snr):.0f}×)"
+
+    for depth in study.depths:
+        fixed = dict(server="lamb", depth=depth, cohort=study.cohort)
+        runs = {m: _group(results, method=m, sigma_dp=study.top, **fixed) for m in KEY_METHODS}
+        base = _group(results, method="no DP", **fixed)
+        if not (base and all(runs.values())):
+            continue
+        gap = cer(runs[per_layer]) - cer(runs[global_])
+        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {_errors(base)} | {_errors(runs[global_])} | "
+                     f"{_errors(runs[per_layer])} | {gap:+.1f} | {snr_range(runs[global_])} | "
+                     f"{snr_range(runs[per_layer])} |")
+    return "\n".join(lines) + "\n"
+
+
 def signal_noise_table(runs: dict[str, list[dict]]) -> str:
     """Per module and run: mean client delta ‖Δ_h‖, signal ‖Σclip(Δ)_h‖/S, noise ‖ξ_h‖/S,
     and signal/noise, averaged over the rounds."""
@@ -454,8 +517,10 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
                              depth=DEMO_DEPTH, seed=0), ""]
     if any(r["depth"] != DEMO_DEPTH for r in results):
         parts += [f"## Depth at σ_DP = {study.top:g}", "",
-                  axis_table(results, "depth", study.depths, ("no DP", *KEY_METHODS), study.top,
-                             cohort=study.cohort), ""]
+                  "Seed models of each depth at the tiny width, trained centrally with the "
+                  "demo's recipe, then fine-tuned like every other cell. CER points; the S/N "
+                  "columns are per module (signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S, "
+                  "averaged over rounds, seed 0).", "", depth_table(results, study), ""]
     noisy = [sigma for sigma in study.sigmas if sigma > 0]
     for sigma in sorted({noisy[0], study.top}) if noisy else []:
         key_runs = {m: _group(results, method=m, sigma_dp=sigma, seed=0, server="lamb",

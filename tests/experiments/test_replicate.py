@@ -2,10 +2,12 @@
 
 import dataclasses
 import functools
+import json
 
 import pytest
 
 from experiments import replicate
+from fl_dp_asr.dp.policy import DPConfig
 from tests.experiments.test_demo import tiny_central_config
 from tests.experiments.test_train_fl import small_config
 
@@ -74,3 +76,44 @@ def test_hand_written_analysis_survives_regeneration(tmp_path):
     with open(out, encoding="utf-8") as f:
         text = f.read()
     assert "Per-layer wins." in text and "table v2" in text and "table v1" not in text
+
+
+@pytest.mark.parametrize("num_bounds", [1, 7, 40])
+@pytest.mark.parametrize("sigma_dp", [1e-3, 1e-2, 1e-1, 1.0])
+def test_adaptive_rows_keep_the_delta_noise_within_six_percent(sigma_dp, num_bounds):
+    cohort = 16
+    z = sigma_dp * cohort
+    stddev = replicate.count_stddev_for_ratio(cohort, z, num_bounds)
+    dp = DPConfig(clipping="global", clip_norm=0.01, sigma_dp=sigma_dp,
+                  target_unclipped_quantile=0.5,
+                  clipped_count_stddev=stddev)
+    _, z_delta, z_count = dp.noise_multipliers(cohort, num_bounds)
+    assert z_count >= replicate.COUNT_NOISE_RATIO * z * (1 - 1e-9)
+    assert z <= z_delta <= 1.061 * z
+    assert stddev >= cohort / 20        # never below the default
+
+
+def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
+    def run(method, depth, seed, cer, snr):
+        workdir = tmp_path / f"{method}{depth}{seed}"
+        workdir.mkdir()
+        record = {"step": 1}
+        for module, ratio in snr.items():
+            record[f"{replicate.SIGNAL}{module}/kernel"] = ratio * 1e-3
+            record[f"{replicate.NOISE}{module}/kernel"] = 1e-3
+        (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        return dict(method=method, depth=depth, seed=seed, sigma_dp=0.0 if method == "no DP"
+                    else 0.1, server="lamb", cohort=16, rounds=None, final_cer=cer,
+                    final_wer=2 * cer, seed_cer=0.5, workdir=str(workdir))
+
+    results = [run("no DP", 8, s, 0.30, {}) for s in (0, 1)]
+    results += [run("global", 8, s, 0.40 + s / 100, {"a": 0.1, "b": 2.0}) for s in (0, 1)]
+    results += [run("per-layer by dim", 8, s, 0.35, {"a": 0.3, "b": 0.4}) for s in (0, 1)]
+    study = dataclasses.replace(replicate.FULL, depths=(4, 8))
+
+    table = replicate.depth_table(results, study)
+
+    row = next(line for line in table.splitlines() if line.startswith("| 8 |"))
+    assert "| -5.5 |" in row                     # 35.0 − 40.5 CER points
+    assert "0.1 – 2 (20×)" in row and "0.3 – 0.4 (1×)" in row
+    assert "| 4 |" not in table                  # a depth with no runs has no row
