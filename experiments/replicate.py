@@ -14,8 +14,9 @@ Stages (``--stages``, in this order):
 
 - ``probe``: no DP and global clipping at the highest σ_DP on one seed: whether global
   clipping loses ≥ 5 CER points (the condition that the experiment can detect a difference).
-- ``curve``: no DP for ``curve_rounds`` rounds, evaluated along the way: where training
-  levels off at this scale.
+- ``curve``: no DP, and the key comparison at the highest σ_DP, for ``curve_rounds`` rounds,
+  evaluated along the way: where training levels off at this scale, and whether the
+  comparison at ``rounds`` still holds there.
 - ``grid``: every method × σ_DP × seed (3 seeds for global vs per-layer by dim at the highest
   σ_DP).
 - ``adam``: Adam instead of LAMB (no layer-wise normalization) for global and per-layer by
@@ -82,8 +83,9 @@ class Study:
     seeds: int = 2
     key_seeds: int = 3          # seeds of the key comparison at the highest σ_DP
     rounds: int = 20            # evaluated at the seed and after the last round
-    curve_rounds: int = 60      # the no-DP run that shows where training levels off ...
+    curve_rounds: int = 60      # the runs that show where training levels off ...
     curve_every: int = 10       # ... evaluated every this many rounds
+    curve_methods: tuple[str, ...] = ("no DP", *KEY_METHODS)   # (noisy ones at the top σ_DP)
     cohort: int = 16
     cohorts: tuple[int, ...] = (16, 32, 64)
     depths: tuple[int, ...] = (2, DEMO_DEPTH, 8)
@@ -97,7 +99,8 @@ class Study:
 
 FULL = Study()
 QUICK = Study(sigmas=(0.0, 3e-2), methods=("no DP", *KEY_METHODS), seeds=1, key_seeds=1,
-              rounds=2, curve_rounds=4, curve_every=2, cohorts=(), depths=(), adam=(),
+              rounds=2, curve_rounds=4, curve_every=2, curve_methods=("no DP",), cohorts=(),
+              depths=(), adam=(),
               seed_steps=20)
 
 
@@ -126,7 +129,8 @@ def probe_cells(study: Study) -> list[Cell]:
 
 
 def curve_cells(study: Study) -> list[Cell]:
-    return [Cell("no DP", 0.0, cohort=study.cohort, rounds=study.curve_rounds)]
+    return [Cell(method, 0.0 if method == "no DP" else study.top, cohort=study.cohort,
+                 rounds=study.curve_rounds) for method in study.curve_methods]
 
 
 def grid_cells(study: Study) -> list[Cell]:
@@ -296,8 +300,14 @@ def _errors(runs: list[dict], with_count: bool = False) -> str:
 
 
 def _group(results: list[dict], **match) -> list[dict]:
-    match.setdefault("rounds", None)   # the curve cell runs longer: not part of the tables
+    match.setdefault("rounds", None)   # the curve cells run longer: not part of the tables
     return [r for r in results if all(r[k] == v for k, v in match.items())]
+
+
+def _grid_group(results: list[dict], study: Study, **match) -> list[dict]:
+    """:func:`_group` within the main grid: LAMB, the demo's depth, the study's cohort."""
+    return _group(results, **{"server": "lamb", "depth": DEMO_DEPTH, "cohort": study.cohort,
+                              **match})
 
 
 def grid_table(results: list[dict], study: Study) -> str:
@@ -307,9 +317,8 @@ def grid_table(results: list[dict], study: Study) -> str:
     for method in study.methods:
         cells = []
         for sigma in study.sigmas:
-            runs = _group(results, method=method, server="lamb", depth=DEMO_DEPTH,
-                          cohort=study.cohort,
-                          **({} if method == "no DP" else {"sigma_dp": sigma}))
+            runs = _grid_group(results, study, method=method,
+                               **({} if method == "no DP" else {"sigma_dp": sigma}))
             if method == "no DP" and sigma != 0.0:
                 cells.append("")
                 continue
@@ -419,16 +428,19 @@ def read_metrics(result: dict) -> list[dict]:
     return plots.read_jsonl(os.path.join(result["workdir"], "metrics.jsonl"))
 
 
-def plot_curve(result: dict, path: str) -> None:
-    """Held-out CER and WER vs round of one run (the no-DP curve)."""
-    records = read_metrics(result)
+def _label(result: dict) -> str:
+    return result["method"] + (f", σ_DP = {result['sigma_dp']:g}" if result["sigma_dp"] else "")
+
+
+def plot_curves(curves: list[dict], path: str) -> None:
+    """Held-out CER vs round, one line per run (the longer ``curve`` runs)."""
     fig, ax = plots.plt.subplots(figsize=(6, 3.6))
-    for key, label in (("eval/cer", "CER"), ("eval/wer", "WER")):
-        steps, values = plots._series(records, key)
-        ax.plot(steps, 100 * values, marker="o", label=label)
-    ax.set(xlabel="round", ylabel="% on held-out users", title="no DP: error vs round")
+    for result in curves:
+        steps, values = plots._series(read_metrics(result), "eval/cer")
+        ax.plot(steps, 100 * values, marker="o", label=_label(result))
+    ax.set(xlabel="round", ylabel="CER on held-out users (%)", title="CER vs round")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plots.plt.close(fig)
@@ -441,14 +453,12 @@ def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
     for method in study.methods:
         points = []
         for sigma in study.sigmas[1:]:
-            runs = _group(results, method=method, sigma_dp=sigma, server="lamb", depth=DEMO_DEPTH,
-                          cohort=study.cohort)
+            runs = _grid_group(results, study, method=method, sigma_dp=sigma)
             if runs and method != "no DP" and runs[0].get("extrapolated_epsilon_rdp"):
                 points.append((runs[0]["extrapolated_epsilon_rdp"],
                                100 * statistics.mean(r["final_cer"] for r in runs)))
         if method == "no DP":
-            runs = _group(results, method=method, server="lamb", depth=DEMO_DEPTH,
-                          cohort=study.cohort)
+            runs = _grid_group(results, study, method=method)
             if runs:
                 ax.axhline(100 * statistics.mean(r["final_cer"] for r in runs), color="k",
                            linestyle="--", label="no DP")
@@ -465,9 +475,8 @@ def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
 
 def detectability(results: list[dict], study: Study) -> str:
     """Whether global clipping at the highest σ_DP loses ≥ 5 CER points against no DP."""
-    base = _group(results, method="no DP", server="lamb", depth=DEMO_DEPTH, cohort=study.cohort)
-    top = _group(results, method="global", sigma_dp=study.top, server="lamb", depth=DEMO_DEPTH,
-                 cohort=study.cohort)
+    base = _grid_group(results, study, method="no DP")
+    top = _grid_group(results, study, method="global", sigma_dp=study.top)
     if not (base and top):
         return "Detectability: not measured (run the `probe` stage)."
     gap = 100 * (statistics.mean(r["final_cer"] for r in top)
@@ -497,14 +506,15 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
         "## Analysis", "", ANALYSIS_BEGIN, ANALYSIS_END, "",
         "## Methods × σ_DP", "", grid_table(results, study),
         "![CER vs ε](replication/cer_vs_epsilon.png)", ""]
-    curve = [r for r in results if r["rounds"] == study.curve_rounds and r["method"] == "no DP"]
-    if curve:
-        plot_curve(curve[0], os.path.join(figures, "no_dp_curve.png"))
-        evals = [(r["step"], r["eval/cer"]) for r in read_metrics(curve[0]) if "eval/cer" in r]
-        parts += ["## How many rounds: the no-DP curve", "",
-                  "Held-out CER by round: " + ", ".join(f"{step}: {100 * cer:.1f} %"
-                                                       for step, cer in evals) + ".", "",
-                  "![no-DP curve](replication/no_dp_curve.png)", ""]
+    curves = [r for r in results if r["rounds"] == study.curve_rounds]
+    if curves:
+        plot_curves(curves, os.path.join(figures, "curves.png"))
+        parts += ["## How many rounds: the curves", ""]
+        for curve in curves:
+            evals = [(r["step"], r["eval/cer"]) for r in read_metrics(curve) if "eval/cer" in r]
+            parts += [f"{_label(curve)}: held-out CER by round: " + ", ".join(
+                f"{step}: {100 * cer:.1f} %" for step, cer in evals) + ".", ""]
+        parts += ["![CER vs round](replication/curves.png)", ""]
     adam = [r for r in results if r["server"] == "adam"]
     if adam:
         parts += ["## Layer-wise normalization: LAMB vs Adam at σ_DP = "
@@ -523,8 +533,8 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
                   "averaged over rounds, seed 0).", "", depth_table(results, study), ""]
     noisy = [sigma for sigma in study.sigmas if sigma > 0]
     for sigma in sorted({noisy[0], study.top}) if noisy else []:
-        key_runs = {m: _group(results, method=m, sigma_dp=sigma, seed=0, server="lamb",
-                              depth=DEMO_DEPTH, cohort=study.cohort) for m in KEY_METHODS}
+        key_runs = {m: _grid_group(results, study, method=m, sigma_dp=sigma, seed=0)
+                    for m in KEY_METHODS}
         if all(key_runs.values()):
             parts += [f"## Per layer at σ_DP = {sigma:g}: signal vs noise", "",
                       "Per module, averaged over rounds: the mean client delta norm ‖Δ_h‖ "
@@ -532,8 +542,8 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
                       "on the cohort mean, and their ratio S/N.", "",
                       signal_noise_table({m: read_metrics(runs[0])
                                           for m, runs in key_runs.items()}), ""]
-    key_runs = {m: _group(results, method=m, sigma_dp=study.top, seed=0, server="lamb",
-                          depth=DEMO_DEPTH, cohort=study.cohort) for m in KEY_METHODS}
+    key_runs = {m: _grid_group(results, study, method=m, sigma_dp=study.top, seed=0)
+                for m in KEY_METHODS}
     if all(key_runs.values()):
         metrics = {m: read_metrics(runs[0]) for m, runs in key_runs.items()}
         for method, records in metrics.items():

@@ -42,11 +42,11 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
     text = replicate.report(results, study, str(out), 1.0)
     assert "| global | CER" in text and "| per-layer by dim | CER" in text
     assert "σ_DP = 0.03" in text and "signal vs noise" in text and "Detectability: " in text
-    assert "Held-out CER by round: 0: " in text
+    assert "no DP: held-out CER by round: 0: " in text
     for module in ("block_00/attention/query", "output"):
         assert f"| {module} |" in text
     figures = tmp_path / "docs" / "replication"
-    for name in ("cer_vs_epsilon.png", "no_dp_curve.png", "delta_norms_global.png",
+    for name in ("cer_vs_epsilon.png", "curves.png", "delta_norms_global.png",
                  "clip_bounds_per-layer_by_dim.png"):
         assert (figures / name).stat().st_size > 1000
 
