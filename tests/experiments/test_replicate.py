@@ -111,7 +111,7 @@ def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
     results += [run("per-layer by dim", 8, s, 0.35, {"a": 0.3, "b": 0.4}) for s in (0, 1)]
     study = dataclasses.replace(replicate.FULL, depths=(4, 8))
 
-    table = replicate.depth_table(results, study)
+    table = replicate.depth_table(results, study, 0.1)
 
     row = next(line for line in table.splitlines() if line.startswith("| 8 |"))
     assert "| -5.5 |" in row                     # 35.0 − 40.5 CER points
