@@ -17,13 +17,13 @@ Stages (``--stages``, in this order):
 - ``curve``: no DP, and the key comparison at the highest σ_DP, for ``curve_rounds`` rounds,
   evaluated along the way: where training levels off at this scale, and whether the
   comparison at ``rounds`` still holds there.
-- ``grid``: every method × σ_DP × seed (3 seeds for global vs per-layer by dim at the highest
-  σ_DP).
+- ``grid``: no DP and the key methods × ``sigmas`` × seed (3 seeds for global vs per-layer by
+  dim at the highest σ_DP); the other methods × ``side_sigmas`` × seed.
 - ``adam``: Adam instead of LAMB (no layer-wise normalization) for global and per-layer by
   dim at the highest σ_DP.
 - ``cohort``: per-layer by dim at the highest σ_DP with simulated cohorts ``cohorts``.
 - ``depth``: seed models of ``depths`` blocks at the tiny width (trained centrally once,
-  cached), each fine-tuned with no DP, global and per-layer by dim at the highest σ_DP.
+  cached), each fine-tuned with no DP, and global and per-layer by dim at ``depth_sigmas``.
 
 Writes ``docs/replication.md`` (tables, plots in ``docs/replication/``, the per-layer
 signal/noise analysis) and the README's ``replication:begin/end`` block.
