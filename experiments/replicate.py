@@ -47,6 +47,7 @@ import ml_collections
 
 from experiments import plots, train_central, train_fl
 from experiments.configs import central, fl_dp
+from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.models.config import get_model_config
 from fl_dp_asr.train import utils
 
@@ -228,23 +229,22 @@ def cell_config(cell: Cell, study: Study, recipes: Recipes,
     return config
 
 
-def count_stddev_for_ratio(cohort: float, noise_multiplier: float, num_bounds: int) -> float:
-    """σ_b of an adaptive row: the default S/20, raised where needed so that the count's
-    z_b = 2σ_b/√H is ≥ ``COUNT_NOISE_RATIO``·z.
+def count_stddev_for_ratio(dp: DPConfig, cohort: float, num_bounds: int) -> float:
+    """σ_b of an adaptive row: ``dp``'s own (default S/20), raised where needed so that the
+    count's z_b = 2σ_b/√H is ≥ ``COUNT_NOISE_RATIO``·z.
 
     At σ_DP = z/S ≥ 1/(10√H) the default leaves nothing for the deltas (z_b ≤ z) at any S:
     the count noise, as a fraction of the cohort, then grows with σ_DP (the table's note).
     """
-    return max(cohort / 20.0, COUNT_NOISE_RATIO * noise_multiplier * num_bounds ** 0.5 / 2.0)
+    z = dp.resolve_noise_multiplier(cohort)
+    return max(dp.count_stddev(cohort), COUNT_NOISE_RATIO * z * num_bounds ** 0.5 / 2.0)
 
 
 def adaptive_count_stddev(config: ml_collections.ConfigDict, seed: str) -> float:
     """:func:`count_stddev_for_ratio` for ``config`` (H: the seed model's clip bounds)."""
     dp = train_fl.dp_config(config.dp)
     _, params, _ = utils.load_seed_model(seed, config.model, jax.random.key(0))
-    return count_stddev_for_ratio(config.fl.cohort_size,
-                                  dp.resolve_noise_multiplier(config.fl.cohort_size),
-                                  len(dp.initial_clip_bounds(params)))
+    return count_stddev_for_ratio(dp, config.fl.cohort_size, len(dp.initial_clip_bounds(params)))
 
 
 def cell_dir(workdir: str, cell: Cell, study: Study) -> str:
@@ -301,6 +301,11 @@ def _errors(runs: list[dict], with_count: bool = False) -> str:
     count = f" (n={len(runs)})" if with_count else ""
     return (f"CER {_stats([r['final_cer'] for r in runs])} · WER "
             f"{_stats([r['final_wer'] for r in runs])}{count}")
+
+
+def _mean_cer(runs: list[dict]) -> float:
+    """Final CER over ``runs``, mean, in points."""
+    return 100 * statistics.mean(r["final_cer"] for r in runs)
 
 
 def _group(results: list[dict], **match) -> list[dict]:
@@ -373,10 +378,14 @@ def module_means(records: list[dict], prefix: str) -> dict[str, float]:
     return {module: statistics.mean(values) for module, values in per_round.items()}
 
 
+def _snr(signal: dict[str, float], noise: dict[str, float]) -> dict[str, float]:
+    """Per module with noise: signal over noise (modules without noise are left out)."""
+    return {module: signal.get(module, 0.0) / value for module, value in noise.items() if value}
+
+
 def module_snr(records: list[dict]) -> dict[str, float]:
     """Per module: signal ‖Σclip(Δ)_h‖/S over noise ‖ξ_h‖/S (round means; noisy runs)."""
-    signal, noise = module_means(records, SIGNAL), module_means(records, NOISE)
-    return {module: signal.get(module, 0.0) / value for module, value in noise.items() if value}
+    return _snr(module_means(records, SIGNAL), module_means(records, NOISE))
 
 
 def depth_table(results: list[dict], study: Study, sigma: float) -> str:
@@ -389,9 +398,6 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
              f"module S/N, {global_}: min – max (max/min) | module S/N, {per_layer} |",
              "|---" * 8 + "|"]
 
-    def cer(runs: list[dict]) -> float:
-        return 100 * statistics.mean(r["final_cer"] for r in runs)
-
     def snr_range(runs: list[dict]) -> str:
         snr = module_snr(read_metrics(next(r for r in runs if r["seed"] == 0))).values()
         return f"{min(snr):.2g} – {max(snr):.2g} ({max(snr) / min(snr):.0f}×)"
@@ -402,10 +408,10 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
         base = _group(results, method="no DP", **fixed)
         if not (base and all(runs.values())):
             continue
-        gap = cer(runs[per_layer]) - cer(runs[global_])
-        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {_errors(base)} | {_errors(runs[global_])} | "
-                     f"{_errors(runs[per_layer])} | {gap:+.1f} | {snr_range(runs[global_])} | "
-                     f"{snr_range(runs[per_layer])} |")
+        gap = _mean_cer(runs[per_layer]) - _mean_cer(runs[global_])
+        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {_errors(base)} | "
+                     f"{_errors(runs[global_])} | {_errors(runs[per_layer])} | {gap:+.1f} | "
+                     f"{snr_range(runs[global_])} | {snr_range(runs[per_layer])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -420,8 +426,8 @@ def signal_noise_table(runs: dict[str, list[dict]]) -> str:
     for module in modules:
         cells = []
         for delta, signal, noise in columns.values():
-            noisy = noise.get(module, 0.0) > 0
-            snr = f"{signal.get(module, 0.0) / noise[module]:.2f}" if noisy else "∞"
+            ratios = _snr(signal, noise)
+            snr = f"{ratios[module]:.2f}" if module in ratios else "∞"
             cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
                          f"{noise.get(module, 0.0):.2e} · **{snr}**")
         lines.append(f"| {module} | " + " | ".join(cells) + " |")
@@ -459,13 +465,11 @@ def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
         for sigma in study.sigmas[1:]:
             runs = _grid_group(results, study, method=method, sigma_dp=sigma)
             if runs and method != "no DP" and runs[0].get("extrapolated_epsilon_rdp"):
-                points.append((runs[0]["extrapolated_epsilon_rdp"],
-                               100 * statistics.mean(r["final_cer"] for r in runs)))
+                points.append((runs[0]["extrapolated_epsilon_rdp"], _mean_cer(runs)))
         if method == "no DP":
             runs = _grid_group(results, study, method=method)
             if runs:
-                ax.axhline(100 * statistics.mean(r["final_cer"] for r in runs), color="k",
-                           linestyle="--", label="no DP")
+                ax.axhline(_mean_cer(runs), color="k", linestyle="--", label="no DP")
         elif points:
             ax.plot(*zip(*sorted(points)), marker="o", label=method)
     ax.set(xscale="log", xlabel="ε (RDP, extrapolated deployment)",
@@ -483,8 +487,7 @@ def detectability(results: list[dict], study: Study) -> str:
     top = _grid_group(results, study, method="global", sigma_dp=study.top)
     if not (base and top):
         return "Detectability: not measured (run the `probe` stage)."
-    gap = 100 * (statistics.mean(r["final_cer"] for r in top)
-                 - statistics.mean(r["final_cer"] for r in base))
+    gap = _mean_cer(top) - _mean_cer(base)
     verdict = "met" if gap >= 5 else "NOT met: raise the highest σ_DP"
     return (f"Detectability: at the highest σ_DP = {study.top:g} global clipping loses "
             f"{gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
@@ -538,21 +541,19 @@ def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
         for sigma in study.depth_sigmas:
             parts += [f"At σ_DP = {sigma:g}:", "", depth_table(results, study, sigma), ""]
     noisy = [sigma for sigma in study.sigmas if sigma > 0]
+    key_metrics = {}    # σ_DP → key method → the seed-0 run's metrics
     for sigma in sorted({noisy[0], study.top}) if noisy else []:
         key_runs = {m: _grid_group(results, study, method=m, sigma_dp=sigma, seed=0)
                     for m in KEY_METHODS}
         if all(key_runs.values()):
+            key_metrics[sigma] = {m: read_metrics(runs[0]) for m, runs in key_runs.items()}
             parts += [f"## Per layer at σ_DP = {sigma:g}: signal vs noise", "",
                       "Per module, averaged over rounds: the mean client delta norm ‖Δ_h‖ "
                       "(before clipping), the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S "
                       "on the cohort mean, and their ratio S/N.", "",
-                      signal_noise_table({m: read_metrics(runs[0])
-                                          for m, runs in key_runs.items()}), ""]
-    key_runs = {m: _grid_group(results, study, method=m, sigma_dp=study.top, seed=0)
-                for m in KEY_METHODS}
-    if all(key_runs.values()):
-        metrics = {m: read_metrics(runs[0]) for m, runs in key_runs.items()}
-        for method, records in metrics.items():
+                      signal_noise_table(key_metrics[sigma]), ""]
+    if study.top in key_metrics:
+        for method, records in key_metrics[study.top].items():
             for prefix, what in ((DELTA, "delta_norms"), (plots.BOUND_PREFIX, "clip_bounds")):
                 name = f"{what}_{method.replace(' ', '_')}.png"
                 plots.plot_layer_norms(records, os.path.join(figures, name),

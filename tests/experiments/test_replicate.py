@@ -83,10 +83,10 @@ def test_hand_written_analysis_survives_regeneration(tmp_path):
 def test_adaptive_rows_keep_the_delta_noise_within_six_percent(sigma_dp, num_bounds):
     cohort = 16
     z = sigma_dp * cohort
-    stddev = replicate.count_stddev_for_ratio(cohort, z, num_bounds)
     dp = DPConfig(clipping="global", clip_norm=0.01, sigma_dp=sigma_dp,
-                  target_unclipped_quantile=0.5,
-                  clipped_count_stddev=stddev)
+                  target_unclipped_quantile=0.5)
+    stddev = replicate.count_stddev_for_ratio(dp, cohort, num_bounds)
+    dp = dataclasses.replace(dp, clipped_count_stddev=stddev)
     _, z_delta, z_count = dp.noise_multipliers(cohort, num_bounds)
     assert z_count >= replicate.COUNT_NOISE_RATIO * z * (1 - 1e-9)
     assert z <= z_delta <= 1.061 * z
