@@ -49,10 +49,13 @@ class Executor(NamedTuple):
         client_multiple: the number of client slots must be a multiple of this.
         traceable: ``aggregate`` can run inside ``jax.jit`` (then the whole round step is
             one jitted function); ``False`` for a host loop.
+        mesh: the client mesh the cohort is split over (``sharded``), else ``None``; the
+            round step's own device values are replicated over it.
     """
     aggregate: Aggregate
     client_multiple: int
     traceable: bool
+    mesh: jax.sharding.Mesh | None = None
 
 
 # ------------------------------------------------------------------ cohort blocks
@@ -164,7 +167,7 @@ def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Exec
             # cross-device value is the explicit psum above.
             check_vma=False)(broadcast, cohort_block, keys)
 
-    return Executor(aggregate, chunk_size * mesh.shape[axis], traceable=True)
+    return Executor(aggregate, chunk_size * mesh.shape[axis], traceable=True, mesh=mesh)
 
 
 # ------------------------------------------------------------------ sequential

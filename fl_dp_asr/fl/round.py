@@ -42,16 +42,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fl_dp_asr.dp import DPConfig, adaptive, transforms
-from fl_dp_asr.fl import executors
+from fl_dp_asr.fl import distributed, executors
 from fl_dp_asr.fl.client import ClientUpdate
 from fl_dp_asr.fl.contribution import Broadcast, RoundSums, make_contribution
 
 PyTree = Any
 RoundStep = Callable[["ServerState", dict[str, Any], jax.Array],
-                     tuple["ServerState", dict[str, Any]]]
+                     tuple["ServerState", dict[str, Any]]]   # e.g. a BoundRoundStep
 _CLIENT_STREAM, _NOISE_STREAM, _COUNT_NOISE_STREAM = 0, 1, 2
 
 
@@ -95,10 +96,12 @@ def client_keys(key: jax.Array, num_slots: int) -> jax.Array:
 class ServerUpdate(NamedTuple):
     """The server's half of a round (static settings; see :func:`_server_update`).
 
+    The fixed-clipping noise std is not among them: it is an argument of the compiled step
+    (:func:`make_round_step`), so runs that differ only in σ_DP share one compilation.
+
     Attributes:
         server_optimizer: applied to the pseudo-gradient.
         expected_cohort_size: S, the sum is divided by it.
-        noise_stddev: fixed clipping: z·C, the std of the noise on the sum.
         fixed_bounds: fixed clipping: ``{name: C_h}`` (reported in the metrics).
         delta_noise_multiplier: adaptive clipping: z_Δ, the noise std is z_Δ · C_t.
         count_stddev: adaptive clipping: σ_b (0: noise-free counts).
@@ -106,7 +109,6 @@ class ServerUpdate(NamedTuple):
     """
     server_optimizer: optax.GradientTransformation
     expected_cohort_size: float
-    noise_stddev: float = 0.0
     fixed_bounds: dict[str, float] = {}
     delta_noise_multiplier: float = 0.0
     count_stddev: float = 0.0
@@ -116,9 +118,13 @@ class ServerUpdate(NamedTuple):
 
 def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
                    expected_cohort_size: float, state: ServerState, total, sums: RoundSums,
-                   key):
+                   key, noise_stddev: jax.Array):
     """Noise once on the sum, divide by the expected cohort size, server optimizer, and
-    (adaptive clipping) the new bounds from the noisy unclipped counts."""
+    (adaptive clipping) the new bounds from the noisy unclipped counts.
+
+    ``noise_stddev``: fixed clipping's z·C (a float32 scalar, traced; 0: no noise — the draw
+    is then multiplied by 0 and changes nothing); unused with adaptive clipping.
+    """
     # Traced params still have static shapes: the per-layer bounds come from them.
     config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params)
     if state.clip_bounds:       # adaptive: this round's bounds, noise std z_Δ · C_t
@@ -129,7 +135,7 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     else:
         bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
         clip_norm = adaptive.total_bound(bounds) if bounds else None
-        noise_stddev, noisy_round = config.noise_stddev, config.noise_stddev > 0
+        noisy_round = dp.clipping != "none"   # noise is refused without clipping
     noisy = (transforms.gaussian_noise(total, noise_stddev, jax.random.fold_in(key, _NOISE_STREAM))
              if noisy_round else total)
     pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
@@ -177,8 +183,7 @@ def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransform
     common = dict(server_optimizer=server_optimizer,
                   expected_cohort_size=float(expected_cohort_size))
     if not dp.adaptive:
-        return ServerUpdate(**common, noise_stddev=dp.noise_stddev(expected_cohort_size),
-                            fixed_bounds=dp.initial_clip_bounds(params))
+        return ServerUpdate(**common, fixed_bounds=dp.initial_clip_bounds(params))
     num_bounds = len(dp.initial_clip_bounds(params))
     _, z_delta, _ = dp.noise_multipliers(expected_cohort_size, num_bounds)
     return ServerUpdate(**common, delta_noise_multiplier=z_delta,
@@ -254,7 +259,8 @@ def make_round_step(
             ``executors.vectorized()`` (chunks of 16 clients).
 
     Returns:
-        The round step. ``cohort_block`` follows docs/CONTRACTS.md (leading client axis,
+        The round step, a :class:`BoundRoundStep` (σ_DP is an argument of its compiled
+        program: steps that differ only in the noise share one compilation). ``cohort_block`` follows docs/CONTRACTS.md (leading client axis,
         padded here to a multiple of ``executor.client_multiple``); ``key`` should be
         ``fold_in(run_key, round)`` so resumed runs are exact. Metrics are float32 scalars
         (``layer_delta_norms`` a dict of them).
@@ -265,16 +271,44 @@ def make_round_step(
     contribution = make_contribution(client_update, dp.client_clip())
     server_update = functools.partial(_server_update, dp, server_optimizer,
                                       float(expected_cohort_size))
+    noise_stddev = _device_scalar(
+        0.0 if dp.adaptive else dp.noise_stddev(expected_cohort_size), executor.mesh)
 
     def compose(update):
-        def round_step(state: ServerState, cohort_block, key):
+        def round_step(state: ServerState, cohort_block, key, noise_stddev):
             cohort_block = executors.pad_clients(cohort_block, executor.client_multiple)
             keys = client_keys(key, executors.num_slots(cohort_block))
             broadcast = Broadcast(state.params, state.clip_bounds)
             total, sums = executor.aggregate(contribution, broadcast, cohort_block, keys)
-            return update(state, total, sums, key)
+            return update(state, total, sums, key, noise_stddev)
         return round_step
 
     if executor.traceable:
-        return jax.jit(compose(server_update), donate_argnums=(0,))
-    return compose(jax.jit(server_update, donate_argnums=(0,)))
+        return BoundRoundStep(jax.jit(compose(server_update), donate_argnums=(0,)),
+                              noise_stddev)
+    return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev)
+
+
+class BoundRoundStep(NamedTuple):
+    """A round step with its noise std bound: ``step(state, cohort_block, key)``.
+
+    ``step.lower(state, cohort_block, key)`` lowers the jitted step (traceable executors);
+    the noise std is an argument of the compiled program, not a constant in it, so steps
+    that differ only in σ_DP lower to the same program and share one compilation (also
+    across processes, through JAX's persistent compilation cache).
+    """
+    step: Callable
+    noise_stddev: jax.Array
+
+    def __call__(self, state: ServerState, cohort_block, key):
+        return self.step(state, cohort_block, key, self.noise_stddev)
+
+    def lower(self, state: ServerState, cohort_block, key):
+        return self.step.lower(state, cohort_block, key, self.noise_stddev)
+
+
+def _device_scalar(value: float, mesh: jax.sharding.Mesh | None) -> jax.Array:
+    """``value`` as a float32 scalar on the device (replicated over ``mesh`` if given), so
+    calling the round step moves nothing from the host."""
+    value = np.float32(value)
+    return jax.device_put(value) if mesh is None else distributed.replicate(value, mesh)

@@ -135,6 +135,33 @@ def test_noise_std_is_z_c_over_s():
     assert abs(np.mean(mean_noise)) < 5 * expected / np.sqrt(NOISE_PARAMS)
 
 
+def test_steps_that_differ_only_in_noise_share_one_program():
+    """σ_DP is an argument of the compiled step, not a constant: a sweep over σ_DP (and its
+    σ_DP = 0 point) lowers to one program, so it compiles once (persistent cache)."""
+    opt = server.make_server_optimizer("lamb", 1e-3)
+    update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1))
+    block, key = toy_task.make_cohort(4), jax.random.key(0)
+
+    def program(dp):
+        step = round_lib.make_round_step(update, opt, dp, 4, executors.vectorized(chunk_size=4))
+        return step.lower(round_lib.init_server_state(fresh_params(), opt), block,
+                          key).as_text()
+
+    noisy = program(DPConfig("global", 0.5, sigma_dp=0.1))
+    assert program(DPConfig("global", 0.5, sigma_dp=1e-3)) == noisy
+    assert program(DPConfig("global", 0.5, sigma_dp=0.0)) == noisy
+    assert program(DPConfig("global", 0.25, sigma_dp=0.1)) != noisy   # C is still static
+
+
+def test_zero_noise_changes_nothing():
+    """σ_DP = 0 draws the noise and multiplies it by 0: the sum is exactly the clean one."""
+    _, metrics, _ = run_round(toy_task.make_cohort(4), dp=DPConfig("global", 0.5, sigma_dp=0.0))
+    # ‖noisy_h − clean_h‖ = 0 for every layer: equal coordinate by coordinate
+    assert all(float(v) == 0.0 for v in metrics["layer_noise_norms"].values())
+    assert float(metrics["noisy_sum_norm"]) == pytest.approx(float(metrics["sum_norm"]), rel=1e-6)
+    assert float(metrics["sum_norm"]) > 0
+
+
 def test_layer_signal_and_noise_norms_are_those_of_the_mean():
     """The per-layer metrics are ‖Σ clip(Δ)_h‖/S and ‖ξ_h‖/S (docs/replication.md)."""
     dp = DPConfig("global", 0.5, noise_multiplier=2.0)
