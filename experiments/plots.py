@@ -32,6 +32,13 @@ HEAT_MAPS = {  # file prefix: (metric prefix, title, colour-bar label)
 }
 
 
+def save(fig, path: str) -> None:
+    """Lays out ``fig``, writes it to ``path`` (PNG, 120 dpi) and closes it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _series(records, key: str) -> tuple[np.ndarray, np.ndarray]:
     points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
     steps, values = zip(*points) if points else ((), ())
@@ -49,9 +56,7 @@ def plot_wer_vs_round(runs: dict[str, list[dict]], path: str) -> None:
     ax.set(xlabel="round", ylabel="WER (held-out users)", title="WER vs round")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_wer_vs_epsilon(runs: dict[str, list[dict]], path: str) -> None:
@@ -67,9 +72,7 @@ def plot_wer_vs_epsilon(runs: dict[str, list[dict]], path: str) -> None:
            title="WER vs ε (runs without noise have ε = ∞ and are not shown)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def layer_norm_matrix(records: list[dict], prefix: str = LAYER_PREFIX
@@ -95,9 +98,7 @@ def plot_layer_norms(records: list[dict], path: str, title: str, prefix: str = L
     ax.set_yticks(range(len(layers)), layers, fontsize=5)
     ax.set(xlabel="round", title=title)
     fig.colorbar(image, ax=ax, label=label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def make_plots(run_dirs: Sequence[str], out_dir: str) -> list[str]:

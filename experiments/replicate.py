@@ -34,8 +34,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
+import shutil
 import statistics
 import functools
 import time
@@ -196,8 +198,21 @@ def seed_checkpoint(workdir: str, depth: int, study: Study, recipes: Recipes,
         config.train.num_steps = study.seed_steps
         config.eval.every = config.checkpoint.every = study.seed_steps
     print(f"== seed model with {depth} blocks ({run_dir})", flush=True)
-    utils.write_json(done, train_central.train(config, run_dir))  # resumes if interrupted
+    began = time.perf_counter()
+    summary = train_central.train(config, run_dir)   # resumes if interrupted
+    utils.write_json(done, {**summary, "seconds": time.perf_counter() - began})
     return os.path.join(run_dir, "checkpoints")
+
+
+def seed_seconds(workdir: str, study: Study) -> float:
+    """Wall time of the seed models this study trained itself (not the demo's), seconds."""
+    total = 0.0
+    for depth in {DEMO_DEPTH, *study.depths}:
+        done = os.path.join(workdir, "seeds", f"depth{depth}", "seed.json")
+        if os.path.exists(done):
+            with open(done, encoding="utf-8") as f:
+                total += json.load(f).get("seconds", 0.0)
+    return total
 
 
 def cell_config(cell: Cell, study: Study, recipes: Recipes,
@@ -258,7 +273,7 @@ def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
              demo_seed: str | None) -> dict[str, Any]:
     """The cell's summary and wall time (cached in ``<cell_dir>/result.json``)."""
     run_dir = cell_dir(workdir, cell, study)
-    done = os.path.join(run_dir, "result.json")
+    done = _result_path(workdir, cell, study)
     if os.path.exists(done):
         with open(done, encoding="utf-8") as f:
             return json.load(f)
@@ -272,16 +287,110 @@ def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
 
 
 def run_study(study: Study, stages: Sequence[str], workdir: str, recipes: Recipes = Recipes(),
-              demo_seed: str | None = None, cached_only: bool = False) -> list[dict[str, Any]]:
+              demo_seed: str | None = None, cached_only: bool = False,
+              workers: int = 1) -> list[dict[str, Any]]:
     """Every cell of ``stages`` once (cached cells are read back), in stage order;
-    ``cached_only``: only the cells already run (a partial study's report)."""
+    ``cached_only``: only the cells already run (a partial study's report); ``workers``:
+    cells run by this many processes at once (:func:`run_in_parallel`)."""
     cells: list[Cell] = []
     for stage in stages:
         cells += [cell for cell in STAGES[stage](study) if cell not in cells]
     if cached_only:
-        cells = [c for c in cells
-                 if os.path.exists(os.path.join(cell_dir(workdir, c, study), "result.json"))]
+        cells = [c for c in cells if os.path.exists(_result_path(workdir, c, study))]
+    elif workers > 1:
+        run_in_parallel(cells, study, workdir, recipes, demo_seed, workers)
     return [run_cell(cell, study, workdir, recipes, demo_seed) for cell in cells]
+
+
+# ------------------------------------------------------------------ parallel cells
+
+
+def use_compilation_cache(workdir: str) -> None:
+    """JAX's persistent compilation cache in ``<workdir>/xla_cache``: cells that lower to
+    the same round step (same method, depth, server and cohort; any σ_DP and seed) compile
+    it once, across processes."""
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _program(cell: Cell) -> tuple:
+    """What decides a cell's compiled round step (σ_DP and the seed are arguments of it)."""
+    return cell.method, cell.depth, cell.server, cell.cohort
+
+
+def next_cell(pending: Sequence[Cell], done: Sequence[Cell], running: Sequence[Cell]
+              ) -> Cell | None:
+    """The first pending cell whose round step is not being compiled for the first time by
+    a running cell (``None``: wait for one to finish)."""
+    compiling = {_program(c) for c in running} - {_program(c) for c in done}
+    return next((c for c in pending if _program(c) not in compiling), None)
+
+
+def _result_path(workdir: str, cell: Cell, study: Study) -> str:
+    return os.path.join(cell_dir(workdir, cell, study), "result.json")
+
+
+def _work(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
+          demo_seed: str | None, claims: str) -> None:
+    """One worker: claims and runs cells until none is left. A cell whose round step is
+    being compiled by another worker for the first time waits (the other cells go first),
+    so that no two workers compile the same program."""
+    use_compilation_cache(workdir)
+
+    def claim_path(cell):
+        return os.path.join(claims, os.path.basename(cell_dir(workdir, cell, study)))
+
+    def claimed(cell):
+        return os.path.exists(claim_path(cell))
+
+    while True:
+        done = [c for c in cells if os.path.exists(_result_path(workdir, c, study))]
+        pending = [c for c in cells if c not in done and not claimed(c)]
+        if not pending:
+            return
+        cell = next_cell(pending, done, [c for c in cells if claimed(c) and c not in done])
+        if cell is None:
+            time.sleep(2.0)
+            continue
+        try:     # the claim: a file only one process can create
+            os.close(os.open(claim_path(cell), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        run_cell(cell, study, workdir, recipes, demo_seed)
+
+
+def run_in_parallel(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
+                    demo_seed: str | None, workers: int) -> None:
+    """Runs the missing ``cells`` with ``workers`` processes (this one and ``workers − 1``
+    spawned ones). The seed models are trained first, here, one at a time.
+
+    On 2 CPU cores one cell keeps ~1.5 cores busy in its rounds and one while it loads,
+    compiles and evaluates; two workers fill the gaps. A cell's numbers do not depend on
+    how many run beside it.
+
+    Raises:
+        RuntimeError: a worker process failed (its traceback is above); the cells it
+            finished are cached.
+    """
+    for depth in sorted({cell.depth for cell in cells}):
+        seed_checkpoint(workdir, depth, study, recipes, demo_seed)
+    claims = os.path.join(workdir, "claims")
+    shutil.rmtree(claims, ignore_errors=True)    # this call owns the work dir's cells
+    os.makedirs(claims)
+    context = multiprocessing.get_context("spawn")   # JAX does not survive a fork
+    others = [context.Process(target=_work, args=(cells, study, workdir, recipes, demo_seed,
+                                                  claims)) for _ in range(workers - 1)]
+    for process in others:
+        process.start()
+    try:
+        _work(cells, study, workdir, recipes, demo_seed, claims)
+    finally:
+        for process in others:
+            process.join()
+    failed = [p.exitcode for p in others if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {workers} replication workers failed (exit codes "
+                           f"{failed}); the finished cells are cached, run again to resume.")
 
 
 # ------------------------------------------------------------------ tables
@@ -451,9 +560,7 @@ def plot_curves(curves: list[dict], path: str) -> None:
     ax.set(xlabel="round", ylabel="CER on held-out users (%)", title="CER vs round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plots.plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
@@ -476,9 +583,7 @@ def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
            ylabel="CER on held-out users (%)", title="CER vs ε per clipping method")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plots.plt.close(fig)
+    plots.save(fig, path)
 
 
 def detectability(results: list[dict], study: Study) -> str:
@@ -493,22 +598,31 @@ def detectability(results: list[dict], study: Study) -> str:
             f"{gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
 
 
-def report(results: list[dict], study: Study, out: str, seconds: float) -> str:
-    """The markdown of ``docs/replication.md``; writes its plots next to it."""
+def report(results: list[dict], study: Study, out: str, seconds: float,
+           seed_seconds: float = 0.0, recipes: Recipes = Recipes()) -> str:
+    """The markdown of ``docs/replication.md``; writes its plots next to it.
+
+    ``seconds``: the federated runs' wall time; ``seed_seconds``: the seed models the study
+    trained itself; ``recipes``: the configs the cells change (for the header).
+    """
     figures = os.path.join(os.path.dirname(out) or ".", "replication")
     os.makedirs(figures, exist_ok=True)
     plot_cer_vs_epsilon(results, study, os.path.join(figures, "cer_vs_epsilon.png"))
-    first = results[0]
+    first, fl = results[0], recipes.fl()
     parts = [
         "<!-- generated by python -m experiments.replicate -->",
         "# Replication: global vs per-layer clipping under DP noise, at CPU scale", "",
-        f"{len(results)} federated runs, {seconds / 60:.0f} min of wall time (2 CPU cores). "
+        f"{len(results)} federated runs, {seconds / 60:.0f} min of wall time, plus "
+        f"{seed_seconds / 60:.0f} min of central training for the seed models of other depths "
+        f"({(seconds + seed_seconds) / 3600:.2f} h in all, 2 CPU cores). "
         f"Each: the demo recipe for {study.rounds} rounds from the same seed model (held-out "
-        f"WER {100 * first['seed_wer']:.1f} %, CER {100 * first['seed_cer']:.1f} %), Poisson "
-        f"cohorts of expected size S = {study.cohort} of {first['population']} users, 3 "
-        "local SGD steps, LAMB server (lr 0.01), C = 0.01. Final CER and WER on the held-out "
-        "users' utterances, mean ± std over seeds (n = runs). ε: the extrapolated "
-        "deployment with the same σ_DP and q (S' = 10,000, δ = 1e-6, RDP).", "",
+        f"WER {100 * first['seed_wer']:.1f} %, CER {100 * first['seed_cer']:.1f} %), "
+        f"{fl.fl.sampling.capitalize()} cohorts of expected size S = {study.cohort} of "
+        f"{first['population']} users, {fl.fl.local_steps} local SGD steps, "
+        f"{fl.server.optimizer.upper()} server (lr {fl.server.learning_rate:g}), "
+        f"C = {fl.dp.clip_norm:g}. Final CER and WER on the held-out users' utterances, "
+        "mean ± std over seeds (n = runs). ε: the extrapolated deployment with the same σ_DP "
+        f"and q (S' = {fl.dp.target_cohort:,}, δ = {fl.dp.delta:g}, RDP).", "",
         detectability(results, study), "",
         "## Analysis", "", ANALYSIS_BEGIN, ANALYSIS_END, "",
         "## Methods × σ_DP", "", grid_table(results, study),
@@ -599,6 +713,8 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", help=f"comma-separated subset of the rows: {list(METHODS)}")
     parser.add_argument("--cached-only", action="store_true",
                         help="report the cells already run, run nothing")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="cells run at once (processes; 2 fills 2 CPU cores best)")
     parser.add_argument("--out", help="default: docs/replication.md (--quick: in --workdir)")
     args = parser.parse_args(argv)
     study = QUICK if args.quick else FULL
@@ -612,18 +728,17 @@ def main(argv=None) -> None:
     unknown = set(stages) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
-    # Seeds of one (method, σ_DP) compile the same round step: reuse it across cells.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    use_compilation_cache(args.workdir)
     began = time.perf_counter()
     results = run_study(study, stages, args.workdir, demo_seed=args.seed_checkpoint,
-                        cached_only=args.cached_only)
+                        cached_only=args.cached_only, workers=args.workers)
     seconds = sum(r["seconds"] for r in results)
-    print(f"study: {len(results)} cells, {seconds:.0f} s of runs "
-          f"({time.perf_counter() - began:.0f} s this call)", flush=True)
+    seeds = seed_seconds(args.workdir, study)
+    print(f"study: {len(results)} cells, {seconds:.0f} s of runs, {seeds:.0f} s of seed "
+          f"models ({time.perf_counter() - began:.0f} s this call)", flush=True)
     out = args.out or (os.path.join(args.workdir, "replication.md") if args.quick
                        else "docs/replication.md")
-    text = report(results, study, out, seconds)
+    text = report(results, study, out, seconds, seeds)
     write_markdown(text, out, None if args.quick else "README.md")
     print(text)
 

@@ -27,7 +27,8 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
     recipes = replicate.Recipes(functools.partial(tiny_central_config, tiny_corpus, tfds_dir),
                                 functools.partial(tiny_fl, tiny_corpus, tfds_dir))
     stages = list(replicate.STAGES)
-    results = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
+    # Two worker processes (this one and a spawned one) share the cells.
+    results = replicate.run_study(study, stages, str(tmp_path / "study"), recipes, workers=2)
 
     cells = {(r["method"], r["sigma_dp"]) for r in results}
     assert cells == {("no DP", 0.0), ("global", 0.03), ("per-layer by dim", 0.03)}
@@ -50,10 +51,23 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
                  "clip_bounds_per-layer_by_dim.png"):
         assert (figures / name).stat().st_size > 1000
 
+    claims = sorted(p.name for p in (tmp_path / "study" / "claims").iterdir())
+    assert claims == sorted(p.name for p in (tmp_path / "study" / "cells").iterdir())
     # A second call reads every cell back instead of training it again.
     monkeypatch.setattr(replicate.train_fl, "train", lambda *a: pytest.fail("retrained"))
     again = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
     assert [r["final_cer"] for r in again] == [r["final_cer"] for r in results]
+
+
+def test_a_worker_does_not_compile_what_another_is_compiling():
+    cold, same_program, other = (replicate.Cell("global", 0.1), replicate.Cell("global", 0.01),
+                                 replicate.Cell("per-layer by dim", 0.1))
+    # cold's round step is compiling in another worker: run another program first ...
+    assert replicate.next_cell([same_program, other], [], [cold]) == other
+    assert replicate.next_cell([same_program], [], [cold]) is None        # ... or wait
+    # once one cell of that program is done, the cache has it: any number can run
+    warm = replicate.Cell("global", 0.0, seed=1)
+    assert replicate.next_cell([same_program, other], [warm], [cold]) == same_program
 
 
 def test_unknown_stage_is_a_clear_error(capsys):
