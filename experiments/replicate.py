@@ -204,6 +204,22 @@ def seed_checkpoint(workdir: str, depth: int, study: Study, recipes: Recipes,
     return os.path.join(run_dir, "checkpoints")
 
 
+def wall_seconds(results: Sequence[dict], workdir: str, study: Study) -> float:
+    """Wall time the cells took: the union of their [end − seconds, end] intervals (cells
+    of parallel workers overlap; a study resumed over several calls adds up its calls).
+    A cell's end is its ``ended`` time, else its result file's modification time."""
+    intervals = []
+    for result in results:
+        cell = Cell(**{f.name: result[f.name] for f in dataclasses.fields(Cell)})
+        ended = result.get("ended") or os.path.getmtime(_result_path(workdir, cell, study))
+        intervals.append((ended - result["seconds"], ended))
+    total, reach = 0.0, -float("inf")
+    for start, end in sorted(intervals):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def seed_seconds(workdir: str, study: Study) -> float:
     """Wall time of the seed models this study trained itself (not the demo's), seconds."""
     total = 0.0
@@ -269,6 +285,10 @@ def cell_dir(workdir: str, cell: Cell, study: Study) -> str:
                         cell.name if cell.rounds else f"{cell.name}__T{study.rounds}")
 
 
+# This process's jitted round steps: cells of one program (any σ_DP, seed) reuse one.
+_ROUND_STEPS: dict[str, Any] = {}
+
+
 def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
              demo_seed: str | None) -> dict[str, Any]:
     """The cell's summary and wall time (cached in ``<cell_dir>/result.json``)."""
@@ -280,8 +300,9 @@ def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
     seed = seed_checkpoint(workdir, cell.depth, study, recipes, demo_seed)
     print(f"== {cell.name}", flush=True)
     began = time.perf_counter()
-    summary = train_fl.train(cell_config(cell, study, recipes, seed), run_dir)
-    result = {**summary, **dataclasses.asdict(cell), "seconds": time.perf_counter() - began}
+    summary = train_fl.train(cell_config(cell, study, recipes, seed), run_dir, _ROUND_STEPS)
+    result = {**summary, **dataclasses.asdict(cell), "seconds": time.perf_counter() - began,
+              "ended": time.time()}
     utils.write_json(done, result)
     return result
 
@@ -602,7 +623,7 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
            seed_seconds: float = 0.0, recipes: Recipes = Recipes()) -> str:
     """The markdown of ``docs/replication.md``; writes its plots next to it.
 
-    ``seconds``: the federated runs' wall time; ``seed_seconds``: the seed models the study
+    ``seconds``: the federated runs' wall time (:func:`wall_seconds`); ``seed_seconds``: the seed models the study
     trained itself; ``recipes``: the configs the cells change (for the header).
     """
     figures = os.path.join(os.path.dirname(out) or ".", "replication")
@@ -732,10 +753,12 @@ def main(argv=None) -> None:
     began = time.perf_counter()
     results = run_study(study, stages, args.workdir, demo_seed=args.seed_checkpoint,
                         cached_only=args.cached_only, workers=args.workers)
-    seconds = sum(r["seconds"] for r in results)
+    seconds = wall_seconds(results, args.workdir, study)
     seeds = seed_seconds(args.workdir, study)
-    print(f"study: {len(results)} cells, {seconds:.0f} s of runs, {seeds:.0f} s of seed "
-          f"models ({time.perf_counter() - began:.0f} s this call)", flush=True)
+    print(f"study: {len(results)} cells, {seconds:.0f} s of wall time ({args.workers} "
+          f"workers; {sum(r['seconds'] for r in results):.0f} s summed over cells), "
+          f"{seeds:.0f} s of seed models ({time.perf_counter() - began:.0f} s this call)",
+          flush=True)
     out = args.out or (os.path.join(args.workdir, "replication.md") if args.quick
                        else "docs/replication.md")
     text = report(results, study, out, seconds, seeds)

@@ -70,6 +70,16 @@ def test_a_worker_does_not_compile_what_another_is_compiling():
     assert replicate.next_cell([same_program, other], [warm], [cold]) == same_program
 
 
+def test_wall_time_counts_overlapping_cells_once(tmp_path):
+    def result(method, ended, seconds):
+        return {**dataclasses.asdict(replicate.Cell(method, 0.0)), "ended": ended,
+                "seconds": seconds}
+    # two workers: [0, 10] and [5, 20] overlap, then [30, 31] after a pause
+    results = [result("global", 10.0, 10.0), result("no DP", 20.0, 15.0),
+               result("per-layer by dim", 31.0, 1.0)]
+    assert replicate.wall_seconds(results, str(tmp_path), replicate.QUICK) == 21.0
+
+
 def test_unknown_stage_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         replicate.main(["--stages", "probe,gird"])

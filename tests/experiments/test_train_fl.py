@@ -78,6 +78,29 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_co
     assert steps == [1, 2, 3]  # one consistent history in the metrics file
 
 
+def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny_corpus,
+                                                             tfds_dir, tmp_path):
+    """A shared cache: the second run reuses the first's jitted step with its own noise,
+    and ends exactly where the same run with a step of its own ends."""
+    round_steps = {}
+    train_fl.train(small_config(tiny_corpus, tfds_dir, 1), str(tmp_path / "z0.5"), round_steps)
+    config = small_config(tiny_corpus, tfds_dir, 3)
+    config.dp.noise_multiplier = 2.0
+    train_fl.train(config, str(tmp_path / "reused"), round_steps)
+    assert len(round_steps) == 1
+    train_fl.train(config, str(tmp_path / "own"))
+    step, reused = final_state(tmp_path / "reused")
+    assert step == 3
+    jax.tree.map(np.testing.assert_array_equal, reused, final_state(tmp_path / "own")[1])
+    # and the noise is the run's own: z = 2 moves the params elsewhere than z = 0.5
+    other = final_state(uninterrupted[0])[1]
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reused["params"]),
+                                                        jax.tree.leaves(other["params"])))
+    config.fl.local_learning_rate = 0.1     # another program: its own entry
+    train_fl.train(config, str(tmp_path / "other"), round_steps)
+    assert len(round_steps) == 2
+
+
 def adaptive_config(tiny_corpus, tfds_dir, rounds):
     """Per-layer adaptive clipping, one bound per module, noisy deltas and counts."""
     c = small_config(tiny_corpus, tfds_dir, rounds)
