@@ -70,6 +70,15 @@ def test_a_worker_does_not_compile_what_another_is_compiling():
     assert replicate.next_cell([same_program, other], [warm], [cold]) == same_program
 
 
+def test_a_cell_stopped_by_a_signal_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(replicate.train_fl, "train", lambda config, *a: {"rounds": 3})
+    monkeypatch.setattr(replicate, "seed_checkpoint", lambda *a: None)
+    cell = replicate.Cell("no DP", 0.0)
+    with pytest.raises(replicate.StudyStopped, match="stopped after 3 of 20 rounds"):
+        replicate.run_cell(cell, replicate.FULL, str(tmp_path), replicate.Recipes(), None)
+    assert not (tmp_path / "cells").exists() or not any((tmp_path / "cells").rglob("result.json"))
+
+
 def test_wall_time_counts_overlapping_cells_once(tmp_path):
     def result(method, ended, seconds):
         return {**dataclasses.asdict(replicate.Cell(method, 0.0)), "ended": ended,
