@@ -638,8 +638,9 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
            seed_seconds: float = 0.0, recipes: Recipes = Recipes()) -> str:
     """The markdown of ``docs/replication.md``; writes its plots next to it.
 
-    ``seconds``: the federated runs' wall time (:func:`wall_seconds`); ``seed_seconds``: the seed models the study
-    trained itself; ``recipes``: the configs the cells change (for the header).
+    ``seconds``: the federated runs' wall time (:func:`wall_seconds`); ``seed_seconds``:
+    the seed models the study trained itself; ``recipes``: the configs the cells change
+    (for the header).
     """
     figures = os.path.join(os.path.dirname(out) or ".", "replication")
     os.makedirs(figures, exist_ok=True)

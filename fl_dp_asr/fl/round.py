@@ -260,7 +260,8 @@ def make_round_step(
 
     Returns:
         The round step, a :class:`BoundRoundStep` (σ_DP is an argument of its compiled
-        program: steps that differ only in the noise share one compilation). ``cohort_block`` follows docs/CONTRACTS.md (leading client axis,
+        program: steps that differ only in the noise share one compilation).
+        ``cohort_block`` follows docs/CONTRACTS.md (leading client axis,
         padded here to a multiple of ``executor.client_multiple``); ``key`` should be
         ``fold_in(run_key, round)`` so resumed runs are exact. Metrics are float32 scalars
         (``layer_delta_norms`` a dict of them).
