@@ -572,7 +572,7 @@ def signal_noise_table(runs: dict[str, list[dict]]) -> str:
         cells = []
         for delta, signal, noise in columns.values():
             ratios = _snr(signal, noise)
-            snr = f"{ratios[module]:.2f}" if module in ratios else "∞"
+            snr = f"{ratios[module]:#.2g}" if module in ratios else "∞"
             cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
                          f"{noise.get(module, 0.0):.2e} · **{snr}**")
         lines.append(f"| {module} | " + " | ".join(cells) + " |")

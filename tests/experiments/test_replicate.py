@@ -150,3 +150,17 @@ def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
     assert "| -5.5 |" in row                     # 35.0 − 40.5 CER points
     assert "0.1 – 2 (20×)" in row and "0.3 – 0.4 (1×)" in row
     assert "| 4 |" not in table                  # a depth with no runs has no row
+
+
+def test_signal_noise_table_keeps_two_significant_digits_of_small_ratios():
+    record = {f"{replicate.DELTA}output/kernel": 0.2,
+              f"{replicate.SIGNAL}output/kernel": 2.2e-4, f"{replicate.NOISE}output/kernel": 0.1,
+              f"{replicate.SIGNAL}norm/scale": 3e-4, f"{replicate.NOISE}norm/scale": 1e-3,
+              f"{replicate.SIGNAL}bias_only/bias": 1e-4}
+    record |= {f"{replicate.DELTA}{module}": 0.1 for module in ("norm/scale", "bias_only/bias")}
+
+    table = replicate.signal_noise_table({"global": [record]})
+
+    assert "**0.0022**" in table                 # not rounded to 0.00
+    assert "**0.30**" in table                   # trailing zero kept
+    assert "**∞**" in table                      # a module without noise
