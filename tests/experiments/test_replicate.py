@@ -153,11 +153,11 @@ def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
 
 
 def test_signal_noise_table_keeps_two_significant_digits_of_small_ratios():
-    record = {f"{replicate.DELTA}output/kernel": 0.2,
-              f"{replicate.SIGNAL}output/kernel": 2.2e-4, f"{replicate.NOISE}output/kernel": 0.1,
-              f"{replicate.SIGNAL}norm/scale": 3e-4, f"{replicate.NOISE}norm/scale": 1e-3,
-              f"{replicate.SIGNAL}bias_only/bias": 1e-4}
-    record |= {f"{replicate.DELTA}{module}": 0.1 for module in ("norm/scale", "bias_only/bias")}
+    leaves = ("output/kernel", "norm/scale", "bias_only/bias")   # the table's rows: modules
+    record = {f"{replicate.DELTA}{leaf}": 0.1 for leaf in leaves}  # with a delta norm
+    record |= {f"{replicate.SIGNAL}output/kernel": 2.2e-4, f"{replicate.NOISE}output/kernel": 0.1,
+               f"{replicate.SIGNAL}norm/scale": 3e-4, f"{replicate.NOISE}norm/scale": 1e-3,
+               f"{replicate.SIGNAL}bias_only/bias": 1e-4}
 
     table = replicate.signal_noise_table({"global": [record]})
 
