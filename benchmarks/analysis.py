@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import glob
-import gzip
-import json
 import re
-import tempfile
 from unittest import mock
 
 from benchmarks import common
@@ -40,29 +36,40 @@ PAPER_COHORTS = (1024, 50_000)     # the paper's simulated and extrapolated coho
 
 
 def step_cost(size: str, shape: common.ClientShape = common.ClientShape(), **overrides):
-    """HLO cost analysis of one local step: ``{"flops", "bytes", "params"}``."""
+    """HLO cost analysis of one local step: ``{"flops", "bytes", "params"}``.
+
+    The blocks run as a ``lax.scan`` whose body XLA counts once, so the step is analysed at
+    0 and 1 blocks and the block's cost is multiplied by the depth:
+    cost(n) = cost(0) + n · (cost(1) − cost(0)).
+    """
     import jax
 
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
     config = get_model_config(size, **overrides)
-    params = asr.abstract_params(config)
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[2:], s.dtype),
                          common.abstract_cohort(1, shape)["batches"])
-    grad = jax.value_and_grad(asr.make_loss_fn(config, train=True), has_aux=True)
-    cost = jax.jit(grad).lower(params, batch, jax.random.key(0)).cost_analysis()
-    return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"]),
-            "params": asr.count_params(params)}
+
+    def cost(num_blocks):
+        shallow = config.replace(num_blocks=num_blocks)
+        grad = jax.value_and_grad(asr.make_loss_fn(shallow, train=True), has_aux=True)
+        lowered = jax.jit(grad).lower(asr.abstract_params(shallow), batch, jax.random.key(0))
+        analysis = lowered.cost_analysis()
+        return float(analysis["flops"]), float(analysis["bytes accessed"])
+
+    (flops0, bytes0), (flops1, bytes1) = cost(0), cost(1)
+    depth = config.num_blocks
+    return {"flops": flops0 + depth * (flops1 - flops0),
+            "bytes": bytes0 + depth * (bytes1 - bytes0),
+            "params": asr.count_params(asr.abstract_params(config))}
 
 
 # ------------------------------------------------------------------ profiling
 
 
 def _category(name: str) -> str | None:
-    if "::" in name or name.startswith(("$", "end:", "Pjit", "backend_compile")):
-        return None                                  # runtime / Python, not an XLA thunk
-    if name.startswith("while"):
-        return None                                  # loop thunks contain their body's
+    if common.is_runtime_event(name):
+        return None                                  # runtime / Python / loop, not a thunk
     if name.startswith("conv") or "conv_general" in name:
         return "convolution"
     if name.startswith(("ynn_fusion", "dot")) or ".dot" in name:
@@ -76,19 +83,10 @@ def _category(name: str) -> str | None:
 
 def profile(fn, calls: int = 2) -> tuple[dict[str, tuple[float, float]], list[tuple[str, float]]]:
     """Per-category (ms per call, thunks per call) and the top thunks of ``fn()``."""
-    import jax
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        for _ in range(calls):
-            common.block_until_ready(fn())
-        jax.profiler.stop_trace()
-        path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
-        with gzip.open(path) as f:
-            events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     per_category = collections.Counter()
     counts = collections.Counter()
     per_name = collections.Counter()
-    for event in events:
+    for event in common.trace_events(fn, calls):
         category = _category(event["name"])
         if category:
             per_category[category] += event["dur"] / 1e3 / calls

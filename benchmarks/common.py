@@ -138,7 +138,8 @@ def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_override
     config = get_model_config(size, **model_overrides)
     params = asr.init_params(config, jax.random.key(0))
     update = client.make_client_update(asr.make_loss_fn(config, train=True),
-                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts))
+                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts),
+                                       client.ParamLayout(asr.stack_blocks, asr.unstack_blocks))
     return config, params, update, server.make_server_optimizer("lamb", 2e-3)
 
 
@@ -189,6 +190,52 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, li
         for name, fn in fns.items():
             times[name].append(time_call(fn))
     return times
+
+
+def trace_events(fn: Callable[[], Any], calls: int) -> list[dict[str, Any]]:
+    """The complete events (``"ph": "X"``, durations in µs) of a ``jax.profiler`` trace of
+    ``calls`` calls of ``fn`` (each blocks until its result is ready); each event also gets
+    ``"process"``, the name of the trace process it ran in (e.g. ``/device:GPU:0``)."""
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    import jax
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        for _ in range(calls):
+            block_until_ready(fn())
+        jax.profiler.stop_trace()
+        path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    processes = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    return [{**e, "process": processes.get(e.get("pid"), "")} for e in events
+            if e.get("ph") == "X"]
+
+
+def is_runtime_event(name: str) -> bool:
+    """Host trace events of the runtime or Python (not an XLA:CPU thunk), and loop thunks
+    (which contain their body's ops)."""
+    return "::" in name or name.startswith(("$", "end:", "Pjit", "backend_compile", "while"))
+
+
+def trace_op_times(fn: Callable[[], Any], calls: int
+                   ) -> tuple[list[tuple[str, tuple[float, float]]], float]:
+    """Ops of ``calls`` traced calls of ``fn`` by time: ``([(name, (ms per call, calls per
+    call))] longest first, total op ms per call)``. On an accelerator the ops are the
+    kernels of its device streams; on a CPU, the XLA thunks."""
+    import collections
+    events = trace_events(fn, calls)
+    device = [e for e in events if "/device:" in e["process"] and "CPU" not in e["process"]]
+    ops = device or [e for e in events if not is_runtime_event(e["name"])]
+    ms, count = collections.Counter(), collections.Counter()
+    for event in ops:
+        ms[event["name"]] += event["dur"] / 1e3 / calls
+        count[event["name"]] += 1 / calls
+    return [(name, (t, count[name])) for name, t in ms.most_common()], sum(ms.values())
 
 
 def peak_rss_mib() -> float:

@@ -4,8 +4,8 @@ r"""Central (non-federated) training of the CTC seed model.
         --workdir runs/demo/central [--config.train.num_steps=2000 ...]
 
 Loads the training and evaluation splits with :mod:`fl_dp_asr.data` (TFDS builders over a
-local corpus; the synthetic espeak-ng corpus is generated first when
-``config.data.synthesize_if_missing`` is set and the corpus is missing), trains with SpecAugment
+local corpus; the synthetic espeak-ng corpus is generated first when ``config.data.manual_dir``
+is ``config.data.synthetic_dir`` and the corpus is missing), trains with SpecAugment
 and the optimizer of ``config.optimizer`` (LARS as in the paper, or Adam), evaluates greedy
 WER/CER on held-out speakers, and saves orbax checkpoints in ``<workdir>/checkpoints``
 (the seed model that ``experiments/train_fl.py`` starts from).
@@ -200,6 +200,11 @@ def main(argv):
     train(_CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The console script ``fl-dp-asr-train-central``: ``python -m experiments.train_central``."""
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run_main(main, "train_central")
+
+
+if __name__ == "__main__":
+    console_main()

@@ -26,7 +26,7 @@ import tqdm
 from absl import logging as absl_logging
 
 from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
-from fl_dp_asr.dp import DPConfig, accounting
+from fl_dp_asr.dp import DPConfig, accounting, adaptive
 from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
@@ -82,11 +82,62 @@ class Run(NamedTuple):
     stream: CohortStream
     mesh: jax.sharding.Mesh | None           # the global client mesh of a multi-process run
     dp: DPConfig
+    privacy: dict[int, dict[str, float]]     # privacy_metrics by rounds (PLD can take minutes)
 
 
 def dp_config(dp: ml_collections.ConfigDict) -> DPConfig:
     """The :class:`DPConfig` of the ``dp`` section (its fields are keys of the section)."""
     return DPConfig(**{f.name: dp[f.name] for f in dataclasses.fields(DPConfig)})
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for the config mistakes found without data, so that they stop the
+    run before its (slow) data preparation: the ``dp`` section (:class:`DPConfig`), the cohort
+    sampler's name and size (≥ 1; the population bound waits for the training split,
+    :func:`make_sampler`) and the executor's name."""
+    dp_config(config.dp)
+    if config.fl.sampling not in samplers.SAMPLERS:
+        raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: choose one of "
+                         f"{samplers.SAMPLERS}.")
+    if not config.fl.cohort_size >= 1:
+        raise ValueError(f"config.fl.cohort_size={config.fl.cohort_size} must be >= 1.")
+    if config.fl.executor not in executors.EXECUTORS:
+        raise ValueError(f"config.fl.executor={config.fl.executor!r}: choose one of "
+                         f"{executors.EXECUTORS}.")
+
+
+def make_sampler(config: ml_collections.ConfigDict, population: int) -> samplers.CohortSampler:
+    """The cohort sampler of ``config.fl`` over ``population`` training users.
+
+    Raises:
+        ValueError: naming the config field, e.g. a cohort larger than the population.
+    """
+    try:
+        return samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
+                                     config.seed)
+    except ValueError as error:  # "cohort_size=… must be …": name the config field
+        raise ValueError(f"config.fl.{error}") from None
+
+
+def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int) -> None:
+    """Adaptive clipping: raises ValueError, naming the command-line flags, when the
+    clipped-count noise z_b = 2σ_b/√H leaves the deltas nothing of the overall z (z_b ≤ z)."""
+    try:
+        dp.noise_multipliers(expected_cohort_size, num_bounds)
+    except ValueError:
+        z = dp.resolve_noise_multiplier(expected_cohort_size)
+        stddev = dp.count_stddev(expected_cohort_size)
+        z_b = adaptive.count_noise_multiplier(stddev, num_bounds)
+        given = ("" if dp.clipped_count_stddev is not None
+                 else f", its default S/20 for S = {expected_cohort_size:g}")
+        group = (", group layers with --config.dp.layers=module"
+                 if dp.clipping == "per_layer" and dp.layers == "leaf" else "")
+        raise ValueError(
+            f"adaptive clipping: the clipped-count noise multiplier z_b = 2σ_b/√H = {z_b:.4g} "
+            f"(σ_b = {stddev:.4g}{given}; H = {num_bounds} bounds) must exceed the overall "
+            f"noise multiplier z = {z:.4g}, or nothing is left for the deltas: raise "
+            f"--config.dp.clipped_count_stddev{group}, or lower the noise "
+            "(--config.dp.sigma_dp / --config.dp.noise_multiplier).") from None
 
 
 def round_step_key(config: ml_collections.ConfigDict, model_config: ModelConfig, dp: DPConfig,
@@ -114,22 +165,18 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     """
     model_config, seed_params, seed_source = utils.load_seed_model(
         config.init_checkpoint, config.model, jax.random.key(config.seed))
-    try:
-        sampler = samplers.make_sampler(config.fl.sampling, data.train.num_users,
-                                        config.fl.cohort_size, config.seed)
-    except ValueError as error:  # "cohort_size=… must be …": name the config field
-        raise ValueError(f"config.fl.{error}") from None
+    sampler = make_sampler(config, data.train.num_users)
     dp = dp_config(config.dp)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
-    # Adaptive clipping: refuse a count noise that leaves nothing for the deltas now.
-    dp.noise_multipliers(sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
+    check_count_noise(dp, sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
     accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
                   if noise_multiplier > 0 else None)
     server_optimizer = utils.server_optimizer_from_config(config.server)
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
         client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
-        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels))
+        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels),
+        client.ParamLayout(asr.stack_blocks, asr.unstack_blocks))
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
@@ -149,7 +196,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     return Run(model_config, seed_params, seed_source, sampler, noise_multiplier,
                accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
                accountant, server_optimizer, round_step, stream,
-               mesh if multi_process else None, dp)
+               mesh if multi_process else None, dp, {})
 
 
 def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) -> int:
@@ -176,7 +223,8 @@ def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) 
 
 
 def privacy_metrics(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict[str, float]:
-    """ε spent after ``rounds`` and the ε of the extrapolated population (RDP, optional PLD).
+    """ε spent after ``rounds`` and the ε of the extrapolated population (RDP, optional PLD;
+    cached per ``rounds`` in ``run.privacy``). ``{}`` without noise (ε = ∞) or rounds.
 
     PLD is opt-in per setting (``dp.pld`` for the run itself, ``dp.target_pld`` for the
     extrapolation): it is tighter but can take minutes for tiny noise multipliers, such as
@@ -184,9 +232,14 @@ def privacy_metrics(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dic
     """
     if run.accountant is None or rounds == 0:
         return {}
+    if rounds not in run.privacy:
+        run.privacy[rounds] = _privacy_after(run, rounds, dp)
+    return dict(run.privacy[rounds])
+
+
+def _privacy_after(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict[str, float]:
     out = {"epsilon_rdp": run.accountant.epsilon(rounds, "rdp")}
-    if (dp.pld and accounting.supports(run.sampler.name, "pld")
-            and accounting.pld_feasible(run.accountant.noise_multiplier)):
+    if dp.pld and run.accountant.pld_feasible(rounds):   # else ε_PLD empty (README)
         out["epsilon_pld"] = run.accountant.epsilon(rounds, "pld")
     if dp.target_cohort is not None:
         extrapolated = accounting.extrapolate(
@@ -207,7 +260,9 @@ class Progress:
     completed: int = 0                       # rounds applied
     best_wer: float = float("inf")
     seed_eval: dict[str, float] | None = None    # WER/CER/loss of the seed model
-    last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The latest evaluation of the trained model: {"round", "wer", "cer"} (None: none yet).
+    trained_eval: dict[str, Any] | None = None
+    last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the bar
 
 
 def resume(checkpoints: Checkpointer, run: Run, log: Log
@@ -221,8 +276,8 @@ def resume(checkpoints: Checkpointer, run: Run, log: Log
     completed, state_dict, meta = restored
     log(f"Resumed from {checkpoints.directory} at round {completed}.")
     best = float("inf") if meta["best_wer"] is None else meta["best_wer"]
-    return round_lib.ServerState(**state_dict), Progress(completed, best, meta["seed_eval"],
-                                                        dict(meta["seed_eval"]))
+    return round_lib.ServerState(**state_dict), Progress(
+        completed, best, meta["seed_eval"], meta.get("trained_eval"), dict(meta["seed_eval"]))
 
 
 def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Progress,
@@ -232,6 +287,7 @@ def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Prog
         return
     meta = {"round": progress.completed, "model_config": run.model_config.to_dict(),
             "config": config.to_dict(), "seed_eval": progress.seed_eval,
+            "trained_eval": progress.trained_eval,
             "best_wer": progress.best_wer if np.isfinite(progress.best_wer) else None}
     checkpoints.save(progress.completed, distributed.to_host(state._asdict()), meta, metric=wer)
 
@@ -289,6 +345,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     ``distributed.process_id``) and the same shared ``workdir``; process 0 writes the
     metrics and the summary, all processes take part in checkpointing.
     """
+    check_config(config)   # before anything slow: the config mistakes found without data
     multi_process = join_processes(config)
     chief = jax.process_index() == 0
     log = utils.chief_print(chief)
@@ -297,7 +354,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     tokenizer = CharTokenizer(config.data.language)
 
     # ---- 1. data, 2. model, DP, round step, cohorts -----------------------------------------
-    data = utils.load_data(config.data, tokenizer, config.eval.batch_size)
+    # The cohort size is checked against the population as soon as the training split is
+    # there, before the held-out split and the seed model are prepared.
+    data = utils.load_data(config.data, tokenizer, config.eval.batch_size,
+                           check_train=lambda train: make_sampler(config, train.num_users))
     run = build_run(config, data, tokenizer, multi_process, round_steps)
     num_rounds = rounds_within_budget(config, run, log)
 
@@ -338,6 +398,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                                       progress.completed)
                         writer.write(progress.completed, {"eval": progress.last_eval})
                         wer = progress.last_eval["wer"]
+                        progress.trained_eval = {"round": progress.completed, "wer": wer,
+                                                 "cer": progress.last_eval["cer"]}
                         progress.best_wer = min(progress.best_wer, wer)
                     if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
                         save(checkpoints, state, progress, run, config, wer)
@@ -370,20 +432,30 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progress: Progress,
                 data: utils.Data) -> dict[str, Any]:
-    """The run's settings and its seed → final WER/CER and ε (``summary.json``)."""
-    seed, last, dp = progress.seed_eval or {}, progress.last_eval, config.dp
+    """The run's settings and its seed → final WER/CER and ε (``summary.json``).
+
+    ε (``epsilon_*``, ``extrapolated_epsilon_*``) is that of the ``rounds`` released, also
+    when a signal stopped the run between evaluations (None: no noise, or no round).
+    ``final_wer``/``final_cer`` are the latest evaluation of the *trained* model, after
+    round ``final_eval_round`` (= ``rounds`` unless the run was stopped between
+    evaluations); all three are None when no round was evaluated (the seed model's are
+    ``seed_wer``/``seed_cer``).
+    """
+    seed, trained, dp = progress.seed_eval or {}, progress.trained_eval or {}, config.dp
+    privacy = privacy_metrics(run, progress.completed, dp)
     return {
         "workdir": workdir, "seed_model": run.seed_source, "rounds": progress.completed,
         "population": data.train.num_users, "cohort_size": run.sampler.cohort_size,
         "sampling": run.sampler.name, "noise_multiplier": run.noise_multiplier,
         "sigma_dp": run.sigma_dp, "delta": dp.delta, "clipping": dp.clipping,
         "allocation": str(dp.allocation), "seed_wer": seed.get("wer"),
-        "seed_cer": seed.get("cer"), "final_wer": last.get("wer"), "final_cer": last.get("cer"),
-        "epsilon_rdp": last.get("epsilon_rdp"), "epsilon_pld": last.get("epsilon_pld"),
+        "seed_cer": seed.get("cer"), "final_wer": trained.get("wer"),
+        "final_cer": trained.get("cer"), "final_eval_round": trained.get("round"),
+        "epsilon_rdp": privacy.get("epsilon_rdp"), "epsilon_pld": privacy.get("epsilon_pld"),
         "extrapolated_cohort": dp.target_cohort,
         "extrapolated_population": dp.target_population if dp.target_cohort else None,
-        "extrapolated_epsilon_rdp": last.get("extrapolated_epsilon_rdp"),
-        "extrapolated_epsilon_pld": last.get("extrapolated_epsilon_pld"),
+        "extrapolated_epsilon_rdp": privacy.get("extrapolated_epsilon_rdp"),
+        "extrapolated_epsilon_pld": privacy.get("extrapolated_epsilon_pld"),
     }
 
 
@@ -395,14 +467,20 @@ def main(argv: list[str]) -> None:
         print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    from absl import flags
-    from ml_collections import config_flags
+def console_main() -> None:
+    """The console script ``fl-dp-asr-train-fl``: ``python -m experiments.train_fl``."""
+    global _CONFIG, _WORKDIR  # pylint: disable=global-statement
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
-    from fl_dp_asr.train import cli
+    from fl_dp_asr.train import cli  # pylint: disable=import-outside-toplevel
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run_main(main, "train_fl")
+
+
+if __name__ == "__main__":
+    console_main()

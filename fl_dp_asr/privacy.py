@@ -207,14 +207,21 @@ def _run_epsilon(args: argparse.Namespace) -> str:
     else:
         z = args.noise_multiplier
     results: list[tuple[str, accounting.PrivacyGuarantee | None]] = []
+    notes: dict[str, str] = {}
+    footnotes: list[str] = []
     for name in _accountants(args.accountant):
-        if not accounting.supports(args.sampling, name) or (
-                name == "pld" and not accounting.pld_feasible(z)):
+        if not accounting.supports(args.sampling, name):
             results.append((name, None))
-        else:
+            notes[name] = "PLD does not support fixed-size sampling"
+            continue
+        try:
             results.append((name, accounting.epsilon(z, args.cohort, args.population,
                                                      args.rounds, args.delta, args.sampling,
                                                      name)))
+        except accounting.PldRefusedError as refused:
+            results.append((name, None))
+            notes[name] = "refused (see below)"
+            footnotes.append(refused.explain("--accountant rdp"))
     split = _adaptive_split(args, z)
     settings = {"noise_multiplier": z,
                 "sigma_dp": accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
@@ -238,31 +245,36 @@ def _run_epsilon(args: argparse.Namespace) -> str:
         *_adaptive_lines(split),
         ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
     rows = [[name.upper(), _fmt_eps(g.epsilon) if g else "n/a",
-             _fmt_sig(g.rdp_order) if g else "-",
-             "" if g else _why_no_pld(args.sampling)] for name, g in results]
-    return summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
+             _fmt_sig(g.rdp_order) if g else "-", notes.get(name, "")]
+            for name, g in results]
+    return (summary + "\n\n" + format_table(["accountant", "ε", "RDP order", ""], rows)
+            + _footnotes(footnotes))
 
 
-def _why_no_pld(sampling: str) -> str:
-    if not accounting.supports(sampling, "pld"):
-        return "PLD does not support fixed-size sampling"
-    return (f"PLD refused at z < {accounting.MIN_PLD_NOISE_MULTIPLIER} (memory grows like "
-            f"1/z²; use RDP)")
+def _footnotes(lines: Sequence[str]) -> str:
+    return "".join(f"\n\nPLD: {line}" for line in lines)
 
 
 def _adaptive_split(args: argparse.Namespace, z: float) -> dict[str, float]:
     """Adaptive clipping (``--clipped-count-stddev``): z_Δ and z_b of the two queries whose
     composition is z (fl_dp_asr.dp.adaptive); ``{}`` without it."""
     if args.clipped_count_stddev is None:
+        if args.clip_bounds is not None:
+            raise CliError("epsilon: --clip-bounds needs --clipped-count-stddev: H only sets "
+                           "the clipped-count noise multiplier z_b = 2σ_b/√H of adaptive "
+                           "clipping")
         return {}
-    try:
-        z_b = adaptive.count_noise_multiplier(args.clipped_count_stddev, args.clip_bounds)
-        z_delta = adaptive.delta_noise_multiplier(z, z_b)
-    except ValueError as error:
-        raise CliError(f"epsilon: --clipped-count-stddev {args.clipped_count_stddev:g} with "
-                       f"--clip-bounds {args.clip_bounds}: {error}") from None
-    return {"clipped_count_stddev": args.clipped_count_stddev, "clip_bounds": args.clip_bounds,
-            "delta_noise_multiplier": z_delta, "count_noise_multiplier": z_b}
+    sigma_b, bounds = args.clipped_count_stddev, args.clip_bounds or 1
+    z_b = adaptive.count_noise_multiplier(sigma_b, bounds)
+    if z_b <= z:
+        raise CliError(f"epsilon: --clipped-count-stddev {sigma_b:g} with --clip-bounds "
+                       f"{bounds} gives the clipped-count noise multiplier z_b = 2σ_b/√H = "
+                       f"{z_b:.4g}, which must exceed the overall z = {z:.4g} (z_Δ = "
+                       f"(z⁻² − z_b⁻²)^-½): raise --clipped-count-stddev, lower "
+                       f"--clip-bounds, or lower the noise")
+    return {"clipped_count_stddev": sigma_b, "clip_bounds": bounds,
+            "delta_noise_multiplier": adaptive.delta_noise_multiplier(z, z_b),
+            "count_noise_multiplier": z_b}
 
 
 def _adaptive_lines(split: dict[str, float]) -> list[tuple[str, str]]:
@@ -282,12 +294,21 @@ def _run_calibrate(args: argparse.Namespace) -> str:
     _check_accountant_choice(args.sampling, args.accountant)
     check_cohort(args.cohort, args.population, "--cohort", "--population", "calibrate")
     results = []
+    notes: dict[str, str] = {}
+    footnotes: list[str] = []
     for name in _accountants(args.accountant):
         if not accounting.supports(args.sampling, name):
             results.append((name, None, None))
+            notes[name] = "PLD does not support fixed-size sampling"
             continue
-        z = accounting.calibrate_noise(args.target_epsilon, args.cohort, args.population,
-                                       args.rounds, args.delta, args.sampling, name)
+        try:
+            z = accounting.calibrate_noise(args.target_epsilon, args.cohort, args.population,
+                                           args.rounds, args.delta, args.sampling, name)
+        except accounting.PldRefusedError as refused:
+            results.append((name, None, None))
+            notes[name] = "refused (see below)"
+            footnotes.append(refused.explain("--accountant rdp"))
+            continue
         achieved = accounting.epsilon(z, args.cohort, args.population, args.rounds,
                                       args.delta, args.sampling, name).epsilon
         results.append((name, z, achieved))
@@ -312,13 +333,14 @@ def _run_calibrate(args: argparse.Namespace) -> str:
         ("population K", _fmt_int(args.population)),
         ("q = S/K", _fmt_sig(args.cohort / args.population)),
         ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")], args.sampling)
-    rows = [[name.upper(), "n/a", "-", "-", "PLD does not support fixed-size sampling"]
+    rows = [[name.upper(), "n/a", "-", "-", notes[name]]
             if z is None else
             [name.upper(), f"{z:.5g}",
              _fmt_sig(accounting.noise_multiplier_to_sigma_dp(z, args.cohort)),
              _fmt_eps(eps), ""] for name, z, eps in results]
     return summary + "\n\n" + format_table(
-        ["accountant", "z (sum / C)", "σ_DP (mean / C)", "ε at z", ""], rows)
+        ["accountant", "z (sum / C)", "σ_DP (mean / C)", "ε at z", ""], rows
+    ) + _footnotes(footnotes)
 
 
 # --------------------------------------------------------------------------------------
@@ -498,9 +520,14 @@ def _run_extrapolate(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
+def _plain(text: str) -> str:
+    """Help text without reStructuredText's double backticks (argparse prints them raw)."""
+    return text.replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fl-dp-asr-privacy``."""
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog=PROG, description=_plain(__doc__.split("\n\n")[0]),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
@@ -532,9 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_eps.add_argument("--clipped-count-stddev", type=parse_positive, metavar="SIGMA_B",
                        help="adaptive clipping: noise std σ_b on the clipped counts; prints "
                             "z_Δ and z_b next to the overall z (ε is that of z)")
-    p_eps.add_argument("--clip-bounds", type=parse_count, default=1, metavar="H",
+    p_eps.add_argument("--clip-bounds", type=parse_count, metavar="H",
                        help="adaptive clipping: number of adapted bounds (1 = global; per "
-                            "layer: the number of layers); default %(default)s")
+                            "layer: the number of layers); default 1; needs "
+                            "--clipped-count-stddev")
     run_settings(p_eps)
     p_eps.set_defaults(run=_run_epsilon)
 

@@ -8,9 +8,11 @@ like the reference transcripts (single spaces, none at the ends). ``--checkpoint
 trainer's work directory or its ``checkpoints/`` directory (see
 :mod:`fl_dp_asr.train.checkpoint`); the model is rebuilt from the config stored in the
 checkpoint. Files are decoded one by one (lengths are padded to whole seconds to limit
-recompilation). A file that cannot be transcribed (missing, unreadable, shorter than one
-feature frame) is reported on stderr as ``error: <file>: <reason>``; the other files are
-still transcribed, and the exit status is 1.
+recompilation). Audio is read by :func:`fl_dp_asr.audio.io.load_audio`, the decoder the
+dataset builders use, with the same checks. A file that cannot be transcribed (missing, a
+directory, unreadable, truncated, empty, shorter than one feature frame) is reported on
+stderr as ``error: <file>: <reason>``; the other files are still transcribed, and the exit
+status is 1. Bad flags (e.g. ``--beam-width 0``) exit with status 2.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def read_audio(path: str, config: ModelConfig) -> np.ndarray:
     """int16 [samples] at the model's sample rate.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable, or shorter than one feature frame
-            (``config.features.frame_length_ms``): ``too short to transcribe (N ms ...)``.
+        AudioFileError: missing, a directory, unreadable, truncated or empty
+            (:func:`fl_dp_asr.audio.io.load_audio`).
+        ValueError: shorter than one feature frame (``config.features.frame_length_ms``):
+            ``too short to transcribe (N ms ...)``.
     """
     audio = load_audio(path, config.features.sample_rate)
     rate, frame_ms = config.features.sample_rate, config.features.frame_length_ms
@@ -58,13 +61,26 @@ def transcribe_audio(audio: np.ndarray, config: ModelConfig, params: Any,
     return normalize(text).text  # CTC emits word separators at both ends and in runs
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 1 a file or checkpoint failed,
+    2 bad flags)."""
     parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.transcribe",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="trainer work directory, or its checkpoints/ directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    parser.add_argument("--beam-width", type=int, default=1,
+    parser.add_argument("--beam-width", type=positive_int, default=1,
                         help="1 = greedy decoding, >1 = CTC prefix beam search")
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ...)")
     args = parser.parse_args(argv)
@@ -77,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.files:
         try:
             text = transcribe_audio(read_audio(path, config), config, params, args.beam_width)
-        except (FileNotFoundError, ValueError) as error:
+        except ValueError as error:  # AudioFileError, too short
             print(f"error: {error}", file=sys.stderr, flush=True)
             failed += 1
             continue

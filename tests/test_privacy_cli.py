@@ -1,8 +1,10 @@
 """Tests of the privacy command line (fl_dp_asr.privacy), mostly through main() in-process."""
 
 import json
+import os
 import re
 import pathlib
+import resource
 import subprocess
 import sys
 
@@ -64,7 +66,24 @@ def test_adaptive_clipping_with_too_little_count_noise_names_the_flags(capsys):
                          "--clipped-count-stddev", "0.4")
     assert status == 2
     assert "--clipped-count-stddev 0.4" in err and "must exceed" in err
+    assert "raise --clipped-count-stddev" in err and "dp.clipped_count_stddev" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_clip_bounds_without_count_noise_is_an_error(capsys):
+    status, out, err = run(capsys, "epsilon", "--noise-multiplier", "1.0", *SMALL,
+                           "--clip-bounds", "4")
+    assert status == 2 and out == ""
+    assert "--clip-bounds needs --clipped-count-stddev" in err
+
+
+@pytest.mark.parametrize("command", [[], ["epsilon"], ["calibrate"], ["extrapolate"]])
+def test_help_is_plain_text(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        privacy.main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "usage:" in out
+    assert "``" not in out
 
 
 def test_epsilon_fixed_sampling_marks_pld_unsupported(capsys):
@@ -82,8 +101,39 @@ def test_epsilon_at_tiny_noise_refuses_pld_and_still_prints_rdp(capsys):
     status, out, _ = run(capsys, "epsilon", "--sigma-dp", "1e-4", "--cohort", "16",
                          "--population", "300", "--rounds", "20")
     assert status == 0
-    assert "PLD refused at z < 0.05" in out
+    assert re.search(r"PLD\s+n/a\s+-\s+refused \(see below\)", out)
     assert re.search(r"RDP\s+\|?\s*[0-9.]+", out)
+
+
+def test_epsilon_refuses_pld_where_it_would_take_gigabytes(capsys):
+    # Regression: z = 0.05 passed the old guard and took 47 s and 2.6 GB.
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "0.05", "--cohort", "16",
+                         "--population", "300", "--rounds", "20", "--delta", "1e-6")
+    assert status == 0
+    footnote = out.split("\n\nPLD: ")[1]
+    assert "refused at z=0.05, q=0.05333, T=20" in footnote and " GB" in footnote
+    assert "Use --accountant rdp" in footnote
+
+
+def _limited_run(*argv: str) -> subprocess.CompletedProcess:
+    """The CLI in a child with 3 GB of address space and a minute: a runaway fails fast."""
+    return subprocess.run(
+        [sys.executable, "-m", "fl_dp_asr.privacy", *argv], capture_output=True, text=True,
+        cwd=ROOT, timeout=60, check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)),
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+
+
+def test_calibrate_with_a_loose_target_refuses_pld_instead_of_eating_memory():
+    # Regression: PLD's search ran 14 minutes and grew to 15 GB (RDP: 2.6 s, z = 0.0332).
+    result = _limited_run("calibrate", "--target-epsilon", "1e4", "--cohort", "16",
+                          "--population", "300", "--rounds", "20", "--delta", "1e-6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rdp_row = next(line for line in result.stdout.splitlines() if line.startswith("RDP"))
+    assert rdp_row.split()[1].startswith("0.033")
+    assert re.search(r"PLD\s+n/a\s+-\s+-\s+refused \(see below\)", result.stdout)
+    footnote = result.stdout.split("\n\nPLD: ")[1]
+    assert "the PLD answer is ≤ z=0.03319" in footnote and "Use --accountant rdp" in footnote
 
 
 def test_calibrate_reaches_the_target(capsys):

@@ -82,7 +82,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
 def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
     """The CPU demo: ``tiny`` model, synthetic corpus, Adam, 1,500 steps."""
     c.data.manual_dir = "data/synthetic"
-    c.data.synthesize_if_missing = True
+    c.data.synthetic_dir = "data/synthetic"     # generated there if missing
     c.data.max_seconds = 20.0
     c.data.num_buckets = 3
     c.model = common.model("tiny")

@@ -32,16 +32,20 @@ def optional(kind: type, value: Any = None) -> config_dict.FieldReference:
 
 
 def data(name: str, *, manual_dir: str, data_dir: str, train_config: str, train_split: str,
-         eval_config: str, eval_split: str, num_buckets: int, language: str = "en",
-         synthesize_if_missing: bool = False) -> ml_collections.ConfigDict:
+         eval_config: str, eval_split: str, num_buckets: int, language: str = "en"
+         ) -> ml_collections.ConfigDict:
     """The ``data`` section: a TFDS builder over a local corpus, a training and a held-out
     split (speakers must be disjoint), and the padded-length buckets."""
     c = ml_collections.ConfigDict()
     c.name = name                   # fl_dp_asr.data.BUILDERS
     c.language = language           # tokenizer alphabet
-    c.manual_dir = manual_dir       # the corpus, in its official layout
+    # The corpus, in its official layout: a named directory must exist ('': use only the
+    # dataset already prepared in data_dir).
+    c.manual_dir = manual_dir
     c.data_dir = data_dir           # where TFDS writes the prepared dataset
-    c.synthesize_if_missing = synthesize_if_missing  # generate the synthetic corpus there
+    # Where the synthetic corpus lives: generated there if missing, when manual_dir is it
+    # (None: never generated; a manual_dir elsewhere is never generated into).
+    c.synthetic_dir = optional(str)
     # Skip (count and list) corrupt audio and bad transcripts instead of stopping at the first
     # one; the prepared dataset remembers what it skipped (README "Data", "Errors").
     c.skip_bad_files = False

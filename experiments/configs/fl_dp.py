@@ -118,7 +118,7 @@ def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
     c.init_checkpoint = "runs/demo/central/checkpoints"
     c.data.manual_dir = "data/synthetic"
     c.data.data_dir = "data/tfds"
-    c.data.synthesize_if_missing = True
+    c.data.synthetic_dir = "data/synthetic"     # generated there if missing
     c.data.num_buckets = 2
     c.model = common.model("tiny")
     c.fl.rounds = 20

@@ -24,15 +24,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import math
 import pathlib
 import sys
 from typing import Iterator
 
 import numpy as np
-import scipy.signal
 import soundfile
 
+from fl_dp_asr.audio import io as audio_io
 from fl_dp_asr.data.errors import (CorruptAudioError, LayoutError, MissingTranscriptError,
                                    SchemaError)
 
@@ -64,9 +63,6 @@ _GENDER_OF = {
     "m": "male", "male": "male", "male_masculine": "male",            # and CV >= v17
     "other": "other", "intersex": "other", "transgender": "other", "non-binary": "other",
 }
-#: A decoded stream may fall short of the length its header declares by this fraction before
-#: the file counts as truncated: libmpg123's own tolerance ("stream size off by more than 1%").
-_TRUNCATION_TOLERANCE = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,27 +272,15 @@ def fingerprint_files(paths: list[pathlib.Path]) -> str:
     return digest.hexdigest()
 
 
-def resample_to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Resamples int16 or float audio ``[samples]`` to 16 kHz int16 (polyphase filter)."""
-    if sample_rate == SAMPLE_RATE and audio.dtype == np.int16:
-        return audio
-    divisor = math.gcd(SAMPLE_RATE, sample_rate)
-    resampled = np.asarray(audio, np.float32)
-    if sample_rate != SAMPLE_RATE:
-        resampled = scipy.signal.resample_poly(resampled, SAMPLE_RATE // divisor,
-                                               sample_rate // divisor)
-    return np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
-
-
 def _some(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
                                        else "")
 
 
-def _check_exists(path: pathlib.Path) -> None:
+def _check_other_format(path: pathlib.Path) -> None:
     """LayoutError if ``path`` is missing but the same name with other audio extensions is
-    there (a corpus converted to another format); CorruptAudioError if it is just missing."""
-    if path.is_file():
+    there (a corpus converted to another format)."""
+    if path.exists():
         return
     extensions = {f".{f.lower()}" for f in soundfile.available_formats()}
     others = sorted(path.with_suffix(e).name for e in extensions
@@ -306,42 +290,24 @@ def _check_exists(path: pathlib.Path) -> None:
                           f"index names {path.suffix} files. Convert the audio to "
                           f"{path.suffix} (e.g. sox {others[0]} {path.name}), or list the "
                           "files as they are in the index.")
-    raise CorruptAudioError(path, "no such file")
-
-
-def _read_int16(path: pathlib.Path) -> tuple[np.ndarray, int]:
-    """int16 ``[samples, channels]`` and the sample rate; CorruptAudioError if the stream
-    is shorter than its header declares (e.g. a truncated MP3, which libmpg123 decodes
-    without an error)."""
-    with soundfile.SoundFile(str(path)) as stream:
-        audio = stream.read(dtype="int16", always_2d=True)
-        declared, sample_rate = stream.frames, stream.samplerate
-    if len(audio) < declared * (1 - _TRUNCATION_TOLERANCE):
-        raise CorruptAudioError(path, f"truncated: {len(audio) / sample_rate:.2f} s decode "
-                                f"of the {declared / sample_rate:.2f} s its header declares")
-    return audio, sample_rate
 
 
 def read_audio_16k(path: str | pathlib.Path) -> np.ndarray:
     """Decodes an audio file (FLAC, MP3, WAV, OGG, ...) to mono 16 kHz int16 ``[samples]``.
 
-    Files already at 16 kHz come back bit-exact; others are resampled with
-    ``scipy.signal.resample_poly``; several channels are averaged.
+    The project's one decoder, :func:`fl_dp_asr.audio.io.load_audio`, with its checks; its
+    errors become data errors naming the file. Files already at 16 kHz come back bit-exact;
+    others are resampled with ``scipy.signal.resample_poly``; several channels are averaged.
 
     Raises:
-        CorruptAudioError: the file is missing, unreadable, truncated (fewer samples decode
-            than its header declares) or holds no samples.
+        CorruptAudioError: the file is missing, a directory, unreadable, truncated (fewer
+            samples decode than its header declares) or holds no samples.
         LayoutError: the file is missing but the same name with another audio extension is
             there (e.g. ``.wav`` files where LibriSpeech has ``.flac``).
     """
     path = pathlib.Path(path)
-    _check_exists(path)
+    _check_other_format(path)
     try:
-        audio, sample_rate = _read_int16(path)
-    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
-        reason = getattr(error, "error_string", None) or f"{type(error).__name__}: {error}"
-        raise CorruptAudioError(path, reason) from error
-    if audio.shape[0] == 0:
-        raise CorruptAudioError(path, "no audio samples")
-    mono = audio[:, 0] if audio.shape[1] == 1 else audio.astype(np.float32).mean(axis=1)
-    return resample_to_16k(mono, sample_rate)
+        return audio_io.load_audio(path, SAMPLE_RATE)
+    except audio_io.AudioFileError as error:
+        raise CorruptAudioError(path, error.reason) from error

@@ -102,6 +102,8 @@ def plot(title: str, dataset: FederatedDataset, path: str | pathlib.Path) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad flags or a data error,
+    like the trainers)."""
     parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.data.stats",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  skip_bad_files=args.skip_bad_files)
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     title = f"{args.dataset}/{args.config}" + (f" {args.split}" if args.split else "")
     print(format_summary(title, summarize(dataset)))
     if args.plot:

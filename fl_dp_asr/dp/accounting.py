@@ -35,7 +35,8 @@ of ``C``; :func:`sigma_dp_to_noise_multiplier` is the one place that converts it
 
 Cost (2-core CPU, T = 2000 rounds): one RDP ε takes 0.01–0.05 s, one PLD ε
 0.05–3 s (slowest for small noise multipliers, whose privacy-loss distribution is
-wide); :func:`calibrate_noise` evaluates the accountant 10–30 times.
+wide; refused beyond :data:`MAX_PLD_CELLS`, see :func:`pld_cost`); :func:`calibrate_noise`
+evaluates the accountant 10–30 times.
 
 References:
     Pelikan, Azam, Feldman, Silovsky, Talwar, Brinton, Likhomanenko. "Enabling
@@ -56,6 +57,8 @@ from typing import Literal
 import dp_accounting
 from dp_accounting import pld
 from dp_accounting import rdp
+from dp_accounting.pld import common as pld_common
+from dp_accounting.pld import privacy_loss_distribution
 
 from fl_dp_asr.dp import checks
 
@@ -82,17 +85,120 @@ SAMPLING_DESCRIPTIONS: dict[str, str] = {
 # Lowest noise multiplier `calibrate_noise` considers (z -> 0 means no privacy at all).
 MIN_CALIBRATED_NOISE_MULTIPLIER = 1e-3
 
-# Lowest z the PLD accountant is run at. Its privacy-loss grid (dp_accounting's default
-# 1e-4 spacing) grows like 1/z²: measured on 2 CPU cores at T=20, q=16/300, z=0.1 took 19 s
-# and 0.8 GB, z=0.03 more than 120 s and 6.4 GB, z=1.6e-3 was killed for memory. At such z
-# ε is in the hundreds anyway (RDP answers in milliseconds), so PLD is refused below this.
-MIN_PLD_NOISE_MULTIPLIER = 0.05
+# The PLD accountant's cost. It composes a discretised privacy-loss grid (dp_accounting's
+# default spacing 1e-4) by FFT, then scans it in Python; one round's grid spans about
+# 1/z² + 20/z in loss, and T rounds widen it (Chernoff-truncated). Measured on 2 CPU cores
+# (peak RSS of a bare process; grid cells = the sum of the composed grids):
+#   q=16/300 T=20:   z=0.3  1.6e6 cells 0.22 GB 2.1 s | z=0.2  3.1e6 0.29 GB  3.4 s
+#                    z=0.15 5.1e6 cells 0.45 GB 5.8 s | z=0.1  1.1e7 0.71 GB 13 s
+#                    z=0.07 2.0e7 cells 1.31 GB  23 s | z=0.05 3.8e7 2.50 GB 39 s
+#   q=16/300 z=0.2:  T=200 6.3e6 cells 0.55 GB 5.1 s  | T=2000 2.0e7 1.47 GB 11 s
+#   q=16/300 z=0.3 T=2000 8.3e6 0.63 GB 4.3 s; q=1 z=0.2 T=20 1.0e7 0.50 GB 3.4 s;
+#   q=2.9e-4 z=0.2 T=2000 (the paper's smallest z') 2.7e6 0.26 GB 3.5 s.
+# So about 0.15 GB + ≤ 70 bytes and ≤ 1.25 µs per cell; earlier, z=1.6e-3 was killed for
+# memory and z=0.0332 grew to 15 GB in 14 min. `pld_cost` estimates the cells within ±15 %.
+# PLD is refused above this many cells: ≤ 0.7 GB peak and ≤ 10 s here, with that error.
+# At such z and T, ε is in the hundreds anyway.
+MAX_PLD_CELLS = 6_000_000
+PLD_BYTES_PER_CELL = 70
+PLD_SECONDS_PER_CELL = 1.25e-6
+_PLD_DISCRETIZATION = 1e-4      # dp_accounting's PLDAccountant default
+_PLD_PROBE_COARSENING = 100     # the cost probe's grid is this much coarser (and cheaper)
 
 
-def pld_feasible(noise_multiplier: float) -> bool:
-    """Whether the PLD accountant runs at this z in bounded time and memory
-    (z ≥ :data:`MIN_PLD_NOISE_MULTIPLIER`)."""
-    return noise_multiplier >= MIN_PLD_NOISE_MULTIPLIER
+@dataclasses.dataclass(frozen=True)
+class PldCost:
+    """Estimated cost of one PLD ε (:func:`pld_cost`).
+
+    Attributes:
+        cells: composed privacy-loss grid cells (a lower bound when z is too small to probe).
+    """
+
+    cells: float
+
+    @property
+    def gigabytes(self) -> float:
+        """Memory above the interpreter's, GB (10⁹ bytes)."""
+        return self.cells * PLD_BYTES_PER_CELL / 1e9
+
+    @property
+    def seconds(self) -> float:
+        """Time on a 2-core CPU, seconds."""
+        return self.cells * PLD_SECONDS_PER_CELL
+
+    @property
+    def feasible(self) -> bool:
+        """Whether PLD is allowed to run (``cells ≤ MAX_PLD_CELLS``)."""
+        return self.cells <= MAX_PLD_CELLS
+
+
+class PldRefusedError(ValueError):
+    """The PLD accountant would exceed :data:`MAX_PLD_CELLS`; says why and what to do.
+
+    Attributes:
+        cost: the estimate that was refused.
+        noise_multiplier, sampling_rate, rounds: where it was estimated (z, q, T).
+        context: what was asked, prefixed to the explanation.
+    """
+
+    def __init__(self, cost: PldCost, noise_multiplier: float, sampling_rate: float,
+                 rounds: int, context: str = ""):
+        self.cost, self.context = cost, context
+        self.noise_multiplier, self.sampling_rate, self.rounds = (
+            noise_multiplier, sampling_rate, rounds)
+        super().__init__(self.explain("accountant='rdp'"))
+
+    def explain(self, alternative: str) -> str:
+        """The message, recommending ``alternative`` (e.g. a command-line flag)."""
+        return (f"{self.context}the PLD accountant is refused at z={self.noise_multiplier:.4g}, "
+                f"q={self.sampling_rate:.4g}, T={self.rounds}: its privacy-loss grid would "
+                f"have {self.cost.cells:.2g} cells (about {self.cost.gigabytes:.1f} GB and "
+                f"{self.cost.seconds:.0f} s on 2 CPU cores), over the limit of "
+                f"{MAX_PLD_CELLS:.2g} (about {MAX_PLD_CELLS * PLD_BYTES_PER_CELL / 1e9:.1f} GB, "
+                f"{MAX_PLD_CELLS * PLD_SECONDS_PER_CELL:.0f} s); the grid grows like T/z². "
+                f"Use {alternative} (a looser bound, in milliseconds) or more noise")
+
+
+def _single_round_cells(noise_multiplier: float) -> float:
+    """Upper estimate of one round's PLD grid, any q: loss span 1/z² + 20/z (±10 σ tails)."""
+    return (noise_multiplier ** -2 + 20 / noise_multiplier) / _PLD_DISCRETIZATION
+
+
+def pld_cost(noise_multiplier: float, sampling_rate: float, rounds: int) -> PldCost:
+    """Estimated size of the PLD accountant's composed grid for T Poisson-sampled rounds.
+
+    Builds one round's privacy-loss distribution on a 100× coarser grid and applies
+    ``dp_accounting``'s own Chernoff truncation of the T-fold composition to it (≤ 0.4 s,
+    a few MB); the sizes scale with the spacing (within ±15 %). Below z ≈ 0.015 it does
+    not probe and returns a lower bound (already several times :data:`MAX_PLD_CELLS`).
+
+    Args:
+        noise_multiplier: z > 0 (noise std on the sum / C).
+        sampling_rate: q = S/K in (0, 1].
+        rounds: T ≥ 1.
+
+    Returns:
+        A :class:`PldCost`; ``cost.feasible`` says whether :func:`epsilon` will run PLD.
+    """
+    single = _single_round_cells(noise_multiplier)
+    if single > 10 * MAX_PLD_CELLS:   # one round's true span is ≥ 0.45 of the estimate
+        return PldCost(cells=0.45 * single)
+    probe = privacy_loss_distribution.from_gaussian_mechanism(
+        noise_multiplier, sampling_prob=sampling_rate,
+        value_discretization_interval=_PLD_DISCRETIZATION * _PLD_PROBE_COARSENING)
+    # Private attributes, pinned by dp-accounting<0.7 and tests/dp/test_accounting.py.
+    pmfs = {id(pmf): pmf.to_dense_pmf() for pmf in (probe._pmf_remove, probe._pmf_add)}
+    cells = 0
+    for pmf in pmfs.values():
+        low, high = pld_common.compute_self_convolve_bounds(pmf._probs, rounds, 1e-15)
+        cells += max(high - low + 1, pmf.size)
+    return PldCost(cells=float(cells * _PLD_PROBE_COARSENING))
+
+
+def pld_feasible(noise_multiplier: float, sampling_rate: float, rounds: int) -> bool:
+    """Whether :func:`epsilon` runs the PLD accountant at (z, q, T) (within
+    :data:`MAX_PLD_CELLS`; the cost grows with T, so z alone cannot tell)."""
+    return pld_cost(noise_multiplier, sampling_rate, rounds).feasible
 
 
 # --------------------------------------------------------------------------------------
@@ -280,6 +386,7 @@ def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: 
 
     Raises:
         ValueError: an invalid argument, or ``accountant="pld"`` with ``sampling="fixed"``.
+        PldRefusedError: ``accountant="pld"`` beyond :data:`MAX_PLD_CELLS` (:func:`pld_cost`).
 
     References:
         arXiv 2310.00098 (noise and accounting); arXiv 1908.10530 (sampled Gaussian RDP).
@@ -297,11 +404,10 @@ def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: 
     num_rounds = checks.check_integer("rounds", rounds)
     delta = checks.check_delta(delta)
     _check_method(sampling, accountant)
-    if accountant == "pld" and not pld_feasible(z):
-        raise ValueError(
-            f"the PLD accountant is refused at noise_multiplier z={z:.4g} < "
-            f"{MIN_PLD_NOISE_MULTIPLIER}: its privacy-loss grid grows like 1/z² (gigabytes "
-            f"and minutes here, ε in the hundreds); use accountant='rdp'")
+    if accountant == "pld":
+        cost = pld_cost(z, cohort / users, num_rounds)
+        if not cost.feasible:
+            raise PldRefusedError(cost, z, cohort / users, num_rounds)
     composed = _new_accountant(sampling, accountant).compose(
         make_dp_event(z, cohort, users, num_rounds, sampling))
     order = None
@@ -344,6 +450,8 @@ def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, ro
         ValueError: an invalid argument, a target so loose that
             z = ``MIN_CALIBRATED_NOISE_MULTIPLIER`` already meets it, or so tight that
             no z below about 1e9 does.
+        PldRefusedError: ``accountant="pld"`` and the PLD answer lies where PLD would
+            exceed :data:`MAX_PLD_CELLS` (the message gives the RDP answer).
 
     >>> z = calibrate_noise(2.0, cohort_size=10, population=1000, rounds=100, delta=1e-5)
     >>> round(z, 3)
@@ -377,10 +485,17 @@ def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, ro
     else:
         upper = calibrate_noise(target, cohort, users, num_rounds, delta, sampling, "rdp", tol)
         lower = upper
-        while True:  # z_PLD is typically 80-95 % of z_RDP; small z makes PLD slow
-            lower *= 0.75
-            if lower < MIN_CALIBRATED_NOISE_MULTIPLIER:
+        while True:  # z_PLD is typically 80-95 % of z_RDP; the PLD cost grows as z shrinks
+            candidate = lower * 0.75
+            if candidate < MIN_CALIBRATED_NOISE_MULTIPLIER:
                 raise too_loose
+            cost = pld_cost(candidate, cohort / users, num_rounds)
+            if not cost.feasible:
+                raise PldRefusedError(
+                    cost, candidate, cohort / users, num_rounds,
+                    f"calibrating to target ε={target:g}: the PLD answer is ≤ z={lower:.4g} "
+                    f"(RDP's answer z={upper:.5g} also meets the target: ε_PLD ≤ ε_RDP); ")
+            lower = candidate
             if epsilon_at(lower) > target:
                 break
         bracket = dp_accounting.ExplicitBracketInterval(lower, upper)
@@ -458,7 +573,7 @@ class Extrapolation:
         epsilon_rdp: ε from the RDP accountant, or ``None`` if not computed.
         rdp_order: the optimal Rényi order, or ``None``.
         epsilon_pld: ε from the PLD accountant, or ``None`` if not computed (not asked
-            for, or z' below :data:`MIN_PLD_NOISE_MULTIPLIER`).
+            for, or refused by :func:`pld_cost`: z' too small for T).
         sampling: always ``"poisson"`` (the paper's sampled-Gaussian analysis).
     """
 
@@ -527,7 +642,7 @@ def extrapolate(sigma_dp: float, simulated_cohort: int, target_cohort: int,
     if "rdp" in accountants:
         result = epsilon(z, cohort, users, num_rounds, delta, "poisson", "rdp")
         eps_rdp, order = result.epsilon, result.rdp_order
-    if "pld" in accountants and pld_feasible(z):  # else None: see MIN_PLD_NOISE_MULTIPLIER
+    if "pld" in accountants and pld_feasible(z, cohort / users, num_rounds):  # else None
         eps_pld = epsilon(z, cohort, users, num_rounds, delta, "poisson", "pld").epsilon
     return Extrapolation(
         sigma_dp=sigma, simulated_cohort=simulated, target_cohort=cohort,
@@ -590,6 +705,14 @@ class RunAccountant:
     def epsilon(self, rounds: int, accountant: AccountantName = "rdp") -> float:
         """ε after ``rounds`` rounds (cached per ``(rounds, accountant)``)."""
         return self.guarantee(rounds, accountant).epsilon
+
+    def pld_feasible(self, rounds: int) -> bool:
+        """Whether the PLD accountant runs for ``rounds`` rounds of this run: its sampling
+        supports PLD and :func:`pld_cost` at (z, q = S/K, T) is within :data:`MAX_PLD_CELLS`
+        (else ``epsilon(rounds, "pld")`` raises :class:`PldRefusedError`)."""
+        return supports(self.sampling, "pld") and pld_feasible(
+            self.noise_multiplier, self.cohort_size / self.population,
+            checks.check_integer("rounds", rounds))
 
     def max_rounds_within(self, max_epsilon: float, accountant: AccountantName = "rdp",
                           max_rounds: int = 10_000_000) -> int:

@@ -94,7 +94,7 @@ def initial_bounds(bounds: Mapping[str, float]) -> Bounds:
 
 def total_bound(bounds: Mapping[str, jax.Array]) -> jax.Array:
     """C_t = √(Σ_h C_h²): the L2 sensitivity of a sum of per-layer clipped deltas."""
-    return jnp.sqrt(sum(jnp.square(b) for b in bounds.values()))
+    return transforms.l2_norm(list(bounds.values()))
 
 
 def unclipped_bits(norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Array]

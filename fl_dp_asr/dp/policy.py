@@ -65,9 +65,10 @@ class DPConfig:
             ``None``: S/20 (TFF's default), S the expected cohort size.
 
     Raises:
-        ValueError: at construction, naming the field: an unknown ``clipping``; a NaN,
-            infinite or negative (``clip_norm``: non-positive) number; clipping without
-            ``clip_norm``; both noise settings; noise without clipping.
+        ValueError: at construction, naming the field: an unknown ``clipping``,
+            ``allocation`` string or ``layers``; a NaN, infinite or negative (``clip_norm``:
+            non-positive) number; clipping without ``clip_norm``; both noise settings; noise
+            without clipping.
 
     Example:
         >>> from fl_dp_asr.dp import DPConfig
@@ -101,6 +102,7 @@ class DPConfig:
         if (self.noise_multiplier or self.sigma_dp) and self.clipping == "none":
             raise ValueError("noise without clipping gives no privacy: set dp.clipping and "
                              "dp.clip_norm, or remove the noise.")
+        transforms.check_allocation("dp.allocation", self.allocation)
         if self.layers not in LAYER_GROUPINGS:
             raise ValueError(f"dp.layers={self.layers!r}: choose one of "
                              f"{tuple(LAYER_GROUPINGS)}.")

@@ -26,12 +26,15 @@ References:
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fl_dp_asr.dp import checks
@@ -39,6 +42,7 @@ from fl_dp_asr.dp import checks
 PyTree = Any
 LayerFn = Callable[[tuple], str]
 Allocation = Union[str, Mapping[str, float], PyTree]
+ALLOCATIONS = ("uniform", "by_dim")   # the allocation rules named by a string
 
 
 class ClipStats(NamedTuple):
@@ -81,14 +85,51 @@ def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, 
     return sizes
 
 
+def l2_norm(arrays: Sequence[jax.Array]) -> jax.Array:
+    """√(Σ x²) over every coordinate of ``arrays`` (float32), without overflow.
+
+    The squares are summed after scaling by 2^-e, 2^e the largest power of two ≤ max|x|
+    (read off the float's exponent bits), and the root is scaled back. Powers of two scale
+    exactly, so the result equals the plain formula's wherever that one neither overflows
+    nor underflows; a finite layer of values ~1e20 (whose plain sum of squares is ∞ in
+    float32) gets its finite norm. A NaN coordinate gives NaN, ±∞ gives ∞ (as the plain
+    formula does). Costs one max-abs pass more than the plain formula. (``frexp``/``ldexp``
+    would do the same but expand into enough ops to multiply XLA:CPU's compile time of a
+    deep model's round step: the exponent is masked out of the bits instead.)
+
+    >>> round(float(l2_norm([jnp.array([3e20, 4e20])])) / 1e20, 4)
+    5.0
+    """
+    arrays = [jnp.asarray(x, jnp.float32) for x in arrays]
+    max_abs = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in arrays],
+                               jnp.float32(0.0))
+    # Biased exponent E of max|x|, kept in 1…253 so that 2^(E-127) and 2^(127-E) are normal.
+    exponent_bits = jnp.clip(jax.lax.bitcast_convert_type(max_abs, jnp.uint32)
+                             & np.uint32(0x7F800000), np.uint32(1 << 23), np.uint32(253 << 23))
+    up = jax.lax.bitcast_convert_type(exponent_bits, jnp.float32)                  # 2^e
+    down = jax.lax.bitcast_convert_type(np.uint32(254 << 23) - exponent_bits, jnp.float32)
+    return up * jnp.sqrt(sum(jnp.sum(jnp.square(x * down)) for x in arrays))
+
+
 def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, jax.Array]:
-    """L2 norm of every layer, ``{name: ‖Δ_h‖}`` (float32 scalars)."""
-    squares: dict[str, jax.Array] = {}
+    """L2 norm of every layer, ``{name: ‖Δ_h‖}`` (float32 scalars; :func:`l2_norm`: finite
+    for every finite layer, however large)."""
+    leaves: dict[str, list[jax.Array]] = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = layer_fn(path)
-        square = jnp.sum(jnp.square(jnp.asarray(leaf, jnp.float32)))
-        squares[name] = squares[name] + square if name in squares else square
-    return {name: jnp.sqrt(square) for name, square in squares.items()}
+        leaves.setdefault(layer_fn(path), []).append(leaf)
+    return {name: l2_norm(layer) for name, layer in leaves.items()}
+
+
+def check_allocation(name: str, allocation: Allocation) -> None:
+    """Raises ValueError, naming the setting ``name``, for a string that is not one of
+    :data:`ALLOCATIONS` (mappings and pytrees of bounds are checked against the layers when
+    the bounds are made, :func:`layer_bounds`)."""
+    if isinstance(allocation, str) and allocation not in ALLOCATIONS:
+        close = difflib.get_close_matches(allocation, ALLOCATIONS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{name}={allocation!r} is not an allocation{hint}: use one of "
+                         f"{ALLOCATIONS}, a mapping {{layer name: bound}} or a pytree of "
+                         "per-leaf bounds.")
 
 
 def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dict[str, float]:
@@ -138,16 +179,13 @@ def layer_bounds(
         >>> transforms.layer_bounds(1.0, {"a": 0.6, "b": 0.8}, delta)
         {'a': 0.6, 'b': 0.8}
     """
+    check_allocation("allocation", allocation)
     sizes = layer_sizes(tree, layer_fn)
     if isinstance(allocation, str):
         if allocation == "uniform":
             return {name: clip_norm / math.sqrt(len(sizes)) for name in sizes}
-        if allocation == "by_dim":
-            total = sum(sizes.values())
-            return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
-        raise ValueError(
-            f"allocation={allocation!r} is not supported: use 'uniform', 'by_dim', a "
-            "mapping {layer name: bound} or a pytree of per-leaf bounds.")
+        total = sum(sizes.values())   # "by_dim"
+        return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
     bounds = _bounds_by_layer(allocation, tree, layer_fn)
     if set(bounds) != set(sizes):
         raise ValueError(
@@ -167,7 +205,7 @@ def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: Layer
 
 
 def _global_norm(norms: Mapping[str, jax.Array]) -> jax.Array:
-    return jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
+    return l2_norm(list(norms.values()))
 
 
 def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
@@ -315,6 +353,7 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
         (0.7071, [0.10000000149011612, 0.0])
     """
     checks.check_positive("clip_norm", clip_norm, allow_inf=True)
+    check_allocation("allocation", allocation)
 
     def rule(delta):
         return clip_layers(delta, layer_bounds(clip_norm, allocation, delta, layer_fn), layer_fn)
@@ -349,6 +388,7 @@ def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
         0.7071
     """
     checks.check_positive("clip_norm", clip_norm, allow_inf=True)
+    check_allocation("allocation", allocation)
 
     def rule(delta):
         bounds = layer_bounds(clip_norm, allocation, delta, layer_fn)

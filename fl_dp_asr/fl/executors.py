@@ -20,10 +20,12 @@ pads it with :func:`pad_clients` (padding clients contribute exactly zero).
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
@@ -107,33 +109,49 @@ def _sum_in_chunks(contribution: Contribution, broadcast: Broadcast, cohort_bloc
     steps = jnp.sum(cohort_block["step_mask"] > 0, axis=1) * (cohort_block["client_mask"] > 0)
     order = jnp.argsort(-steps, stable=True).reshape(num // chunk_size, chunk_size)
 
+    # The running sum is carried as ONE flat float32 vector, not a pytree: XLA's passes over
+    # a loop's carried tuple grow faster than linearly with its length (hundreds of leaves
+    # for a deep model's deltas and per-layer norms), while a flat carry keeps compile time
+    # flat in depth.
+    zeros, unflatten = jax.flatten_util.ravel_pytree(
+        _zero_sums(contribution, broadcast, cohort_block, keys))
+
     def add_chunk(acc, chunk):
         outputs = contribution.run_chunk(broadcast, *chunk)
-        return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs)
+        return acc + jax.flatten_util.ravel_pytree(
+            jax.tree.map(lambda x: jnp.sum(x, axis=0), outputs))[0]
 
     def body(acc, chunk_order):
         chunk = jax.tree.map(lambda x: x[chunk_order], (cohort_block, keys))
         has_clients = jnp.any(chunk[0]["client_mask"] > 0)
         return jax.lax.cond(has_clients, add_chunk, lambda acc, _: acc, acc, chunk), None
 
-    init = _zero_sums(contribution, broadcast, cohort_block, keys)
-    total, _ = jax.lax.scan(body, init, order)
-    return total
+    total, _ = jax.lax.scan(body, zeros, order)
+    return unflatten(total)
 
 
-def _check_chunk_size(chunk_size: int) -> None:
+def _check_chunk_size(chunk_size: int) -> int:
+    """``chunk_size`` as an int ≥ 1 (numpy integers pass; bools and floats do not)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise ValueError(f"chunk_size must be an integer (clients per vmap), got "
+                         f"{chunk_size!r} of type {type(chunk_size).__name__}.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    return int(chunk_size)
 
 
 def vectorized(chunk_size: int = 16) -> Executor:
     """Chunked ``vmap`` on one device (the default executor).
 
     Args:
-        chunk_size: clients trained at once (the vmap width); memory grows with it, not
-            with the cohort size. Small chunks are fastest on CPU (docs/benchmarks.md).
+        chunk_size: clients trained at once (the vmap width), an int ≥ 1; memory grows with
+            it, not with the cohort size. Small chunks are fastest on CPU
+            (docs/benchmarks.md).
+
+    Raises:
+        ValueError: ``chunk_size`` is not an integer (a float, a bool) or is < 1.
     """
-    _check_chunk_size(chunk_size)
+    chunk_size = _check_chunk_size(chunk_size)
     return Executor(functools.partial(_sum_in_chunks, chunk_size=chunk_size), chunk_size,
                     traceable=True)
 
@@ -145,12 +163,13 @@ def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Exec
     adds the noise after it, once, from one key (identical on every device).
 
     Args:
-        chunk_size: clients trained at once per device.
+        chunk_size: clients trained at once per device, an int ≥ 1 (as in
+            :func:`vectorized`).
         mesh: a 1-D mesh with axis ``"clients"`` (default: every device of every process,
             :func:`fl_dp_asr.fl.distributed.client_mesh`). The cohort needs a multiple of
             ``chunk_size × devices`` client slots.
     """
-    _check_chunk_size(chunk_size)
+    chunk_size = _check_chunk_size(chunk_size)
     mesh = mesh or distributed.client_mesh()
     axis = distributed.CLIENTS_AXIS
 

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fl_dp_asr.dp import DPConfig, adaptive, transforms
+from fl_dp_asr.dp import DPConfig, adaptive, checks, transforms
 from fl_dp_asr.fl import distributed, executors
 from fl_dp_asr.fl.client import ClientUpdate
 from fl_dp_asr.fl.contribution import Broadcast, RoundSums, make_contribution
@@ -258,6 +258,13 @@ def make_round_step(
         executor: how clients are run (:mod:`fl_dp_asr.fl.executors`); default
             ``executors.vectorized()`` (chunks of 16 clients).
 
+    Raises:
+        ValueError: at once, naming the argument: ``expected_cohort_size`` not finite and
+            > 0, ``dp`` not a ``DPConfig``, ``executor`` not an ``Executor``, or adaptive
+            clipping whose clipped-count noise leaves the deltas nothing (z_b ≤ z; per-layer
+            clipping: even with one bound). At a call: a server state that does not fit
+            ``dp`` (:func:`check_server_state`).
+
     Returns:
         The round step, a :class:`BoundRoundStep` (σ_DP is an argument of its compiled
         program: steps that differ only in the noise share one compilation).
@@ -266,9 +273,16 @@ def make_round_step(
         ``fold_in(run_key, round)`` so resumed runs are exact. Metrics are float32 scalars
         (``layer_delta_norms`` a dict of them).
     """
-    if not expected_cohort_size > 0:
-        raise ValueError(f"expected_cohort_size must be > 0, got {expected_cohort_size}.")
-    executor = executor or executors.vectorized()
+    checks.check_positive("expected_cohort_size", expected_cohort_size)
+    if not isinstance(dp, DPConfig):
+        raise ValueError(f"dp must be a fl_dp_asr.dp.DPConfig, got {dp!r}.")
+    executor = executors.vectorized() if executor is None else executor
+    if not isinstance(executor, executors.Executor):
+        raise ValueError(f"executor must be an fl_dp_asr.fl.executors.Executor (e.g. "
+                         f"executors.vectorized(16), executors.make('sharded')), got "
+                         f"{executor!r}.")
+    if dp.adaptive:
+        _check_count_noise(dp, expected_cohort_size)
     contribution = make_contribution(client_update, dp.client_clip())
     server_update = functools.partial(_server_update, dp, server_optimizer,
                                       float(expected_cohort_size))
@@ -284,10 +298,64 @@ def make_round_step(
             return update(state, total, sums, key, noise_stddev)
         return round_step
 
+    check = functools.partial(check_server_state, dp=dp,
+                              expected_cohort_size=float(expected_cohort_size))
     if executor.traceable:
         return BoundRoundStep(jax.jit(compose(server_update), donate_argnums=(0,)),
-                              noise_stddev)
-    return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev)
+                              noise_stddev, check)
+    return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev,
+                          check)
+
+
+def _check_count_noise(dp: DPConfig, expected_cohort_size: float) -> None:
+    """Adaptive clipping: refuses, when the step is made, a clipped-count noise that leaves
+    the deltas nothing (z_b ≤ z) whatever the number of bounds H. Global clipping has one
+    bound, so this is the whole check; per-layer clipping's z_b = 2σ_b/√H shrinks with H,
+    known only from the parameters: :func:`check_server_state` checks it at every call."""
+    try:
+        dp.noise_multipliers(expected_cohort_size, 1)
+    except ValueError as error:
+        if dp.clipping == "global":
+            raise
+        raise ValueError(f"{error} (Per-layer clipping: z_b is that of one bound here; H "
+                         "bounds give z_b = 2σ_b/√H, smaller still.)") from None
+
+
+def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: float) -> None:
+    """Raises ValueError, before anything is traced, when ``state`` does not fit ``dp``.
+
+    Adaptive clipping needs the bounds of :func:`init_server_state` called with ``dp``
+    (one per layer of ``dp.layers``, or ``"global"``), and a clipped-count noise that leaves
+    the deltas a share of z with that many bounds (z_b > z); fixed clipping needs a state
+    without bounds (otherwise the step would add the adaptive noise z_Δ·C_t, which is 0).
+    Only names and shapes are read: nothing moves between host and device.
+    """
+    bounds = state.clip_bounds
+    make = ("make the state with fl_round.init_server_state(params, server_optimizer, dp), "
+            "passing the round step's DPConfig")
+    if dp.adaptive and not bounds:
+        raise ValueError(
+            "the server state was initialized without adaptive clip bounds "
+            "(ServerState.clip_bounds is {}), but the round step's DPConfig clips adaptively "
+            f"(dp.target_unclipped_quantile={dp.target_unclipped_quantile}): {make}.")
+    if not dp.adaptive and bounds:
+        raise ValueError(
+            f"the server state carries adaptive clip bounds ({len(bounds)}: "
+            f"{sorted(bounds)[:3]}...), but the round step's DPConfig clips with fixed bounds "
+            f"(dp.target_unclipped_quantile=None): {make}, or set "
+            "dp.target_unclipped_quantile to go on adapting them.")
+    if not dp.adaptive:
+        return
+    # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
+    # the allocation's bounds): this runs at every call.
+    expected = ({adaptive.GLOBAL} if dp.clipping == "global"
+                else set(transforms.layer_sizes(state.params, dp.layer_fn)))
+    if set(bounds) != expected:
+        raise ValueError(
+            f"the server state's clip bounds {sorted(bounds)[:3]}... ({len(bounds)}) are not "
+            f"those of dp.clipping={dp.clipping!r}, dp.layers={dp.layers!r} "
+            f"{sorted(expected)[:3]}... ({len(expected)}): {make}.")
+    dp.noise_multipliers(expected_cohort_size, len(bounds))
 
 
 class BoundRoundStep(NamedTuple):
@@ -296,15 +364,20 @@ class BoundRoundStep(NamedTuple):
     ``step.lower(state, cohort_block, key)`` lowers the jitted step (traceable executors);
     the noise std is an argument of the compiled program, not a constant in it, so steps
     that differ only in σ_DP lower to the same program and share one compilation (also
-    across processes, through JAX's persistent compilation cache).
+    across processes, through JAX's persistent compilation cache). Both first run
+    ``check(state)`` (:func:`check_server_state`): a state that does not fit the step's
+    DP settings is a clear error, not a failure inside the trace.
     """
     step: Callable
     noise_stddev: jax.Array
+    check: Callable[[ServerState], None]
 
     def __call__(self, state: ServerState, cohort_block, key):
+        self.check(state)
         return self.step(state, cohort_block, key, self.noise_stddev)
 
     def lower(self, state: ServerState, cohort_block, key):
+        self.check(state)
         return self.step.lower(state, cohort_block, key, self.noise_stddev)
 
 

@@ -25,7 +25,7 @@ import optax
 from fl_dp_asr.audio.augment import spec_augment
 from fl_dp_asr.audio.features import log_mel
 from fl_dp_asr.models.config import ModelConfig
-from fl_dp_asr.models.encoder import Encoder
+from fl_dp_asr.models.encoder import Encoder, stack_blocks, unstack_blocks
 from fl_dp_asr.text.ctc import beam_search_batch, greedy_decode
 from fl_dp_asr.text.metrics import ErrorCounts
 from fl_dp_asr.text.tokenizer import BLANK_ID, CharTokenizer
@@ -40,12 +40,26 @@ def build_model(config: ModelConfig) -> Encoder:
     return Encoder(config)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init_params(config: ModelConfig, key: jax.Array) -> PyTree:
-    """Freshly initialized parameters (a nested dict of ``param_dtype`` arrays)."""
-    features = jnp.zeros((1, 4 * config.conv_stride, config.features.num_mel_bins), jnp.float32)
-    paddings = jnp.zeros(features.shape[:2], jnp.float32)
-    return build_model(config).init({"params": key}, features, paddings, train=False)["params"]
+def init_params(config: ModelConfig, key: jax.Array,
+                sharding: jax.sharding.Sharding | None = None) -> PyTree:
+    """Freshly initialized parameters (a nested dict of ``param_dtype`` arrays).
+
+    One jitted function creates them on the device (the paper model's 255.8 M in seconds,
+    nothing on the host); with ``sharding`` (e.g. ``NamedSharding(mesh, P())``, replicated
+    over a client mesh) every array is created with it.
+    """
+    return _init_fn(config, sharding)(key)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(config: ModelConfig, sharding: jax.sharding.Sharding | None):
+    def init(key):
+        features = jnp.zeros((1, 4 * config.conv_stride, config.features.num_mel_bins),
+                             jnp.float32)
+        paddings = jnp.zeros(features.shape[:2], jnp.float32)
+        return build_model(config).init({"params": key}, features, paddings,
+                                        train=False)["params"]
+    return jax.jit(init, out_shardings=sharding)
 
 
 def abstract_params(config: ModelConfig) -> PyTree:

@@ -43,6 +43,10 @@ class ModelConfig:
         cape_freq_scale: CAPE frequency scale (positions are in seconds).
         dtype: compute dtype, ``"float32"`` or ``"bfloat16"``; param_dtype: parameters.
         remat: rematerialize each block in the backward pass (saves accelerator memory).
+        remat_policy: what a rematerialized block keeps from its forward pass:
+            ``"nothing"`` (recompute the whole block), ``"dots"`` (keep every matmul
+            output), ``"dots_no_batch"`` (keep matmul outputs without batch dimensions);
+            see ``fl_dp_asr.models.encoder.REMAT_POLICIES``.
         loss_normalization: per-utterance CTC loss as ``"sum"`` (negative log-likelihood)
             or ``"per_token"`` (divided by the label length).
         features: log-mel options; spec_augment: SpecAugment options (train only).
@@ -68,6 +72,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing"
     loss_normalization: str = "sum"
     features: LogMelConfig = LogMelConfig()
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()
@@ -83,6 +88,9 @@ class ModelConfig:
         if self.loss_normalization not in ("sum", "per_token"):
             raise ValueError("loss_normalization must be 'sum' or 'per_token', got "
                              f"{self.loss_normalization!r}")
+        if self.remat_policy not in ("nothing", "dots", "dots_no_batch"):
+            raise ValueError("remat_policy must be 'nothing', 'dots' or 'dots_no_batch', got "
+                             f"{self.remat_policy!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):
                 raise ValueError(f"{name} must be 'float32' or 'bfloat16', got "

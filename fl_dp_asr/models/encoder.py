@@ -5,8 +5,10 @@ N pre-LN transformer blocks → LayerNorm → Dense(vocab) logits [B, ⌈T/3⌉,
 
 Padding is explicit everywhere: ``paddings`` [B, T] (1.0 = padded frame) are subsampled
 with the convolution, padded positions are zeroed after the front end, and attention
-never looks at padded keys. Blocks are separate modules (``block_00`` ...), so every
-parameter tensor is its own leaf, which is what per-layer clipping works on.
+never looks at padded keys. Every block has its own parameter subtree (``block_00`` ...),
+so every parameter tensor is its own leaf, which is what per-layer clipping works on; the
+forward pass stacks them and scans one block body over depth, so the compiled program does
+not grow with the number of blocks.
 
 **Padding invariance.** The output at real frames of real utterances does not depend on how
 much padding (rows or frames) the batch carries, in training mode too: dropout and CAPE's
@@ -21,14 +23,19 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.core.scope import LazyRng
 
 from fl_dp_asr.models.config import ModelConfig
-from fl_dp_asr.models.layers import FrameDropout, attention_with_frame_dropout, gelu, row_uniform
+from fl_dp_asr.models.layers import (FrameDropout, attention_with_frame_dropout, frame_dropout,
+                                     gelu, row_uniform)
 
 
 def cape_positions(
@@ -123,27 +130,161 @@ class ConvFrontEnd(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: x + Drop(MHA(LN(x))), then x + Drop(MLP(LN(x)))."""
+    """Pre-LN block: x + Drop(MHA(LN(x))), then x + Drop(MLP(LN(x))).
+
+    ``dropout_keys``: None (evaluation: no dropout) or uint32 keys [4], one per dropout site
+    in the order of :data:`DROPOUT_SITES` (attention weights, attention output, MLP hidden,
+    MLP output). Explicit keys, not ``make_rng``, because the block runs inside a
+    ``lax.scan`` over depth (:func:`run_blocks`).
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_mask: jax.Array,
+                 dropout_keys: jax.Array | None) -> jax.Array:
         cfg = self.config
+        train = dropout_keys is not None
+        key = (lambda site: dropout_keys[site]) if train else (lambda site: None)
         dense = dict(use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention_norm")(x)
         h = nn.MultiHeadDotProductAttention(
             num_heads=cfg.num_heads, qkv_features=cfg.model_dim,
             dropout_rate=cfg.attention_dropout_rate, force_fp32_for_softmax=True,
             attention_fn=attention_with_frame_dropout,
-            name="attention", **dense)(h, h, mask=attention_mask, deterministic=not train)
-        x = x + FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
+            name="attention", **dense)(h, h, mask=attention_mask, deterministic=not train,
+                                       dropout_rng=key(0))
+        x = x + frame_dropout(h, cfg.dropout_rate, key(1))
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="mlp_norm")(x)
         h = nn.Dense(cfg.mlp_dim, name="mlp_in", **dense)(h)
         h = gelu(h) if cfg.activation == "gelu" else nn.relu(h)
-        h = FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
+        h = frame_dropout(h, cfg.dropout_rate, key(2))
         h = nn.Dense(cfg.model_dim, name="mlp_out", **dense)(h)
-        return x + FrameDropout(cfg.dropout_rate)(h, deterministic=not train)
+        return x + frame_dropout(h, cfg.dropout_rate, key(3))
+
+
+# The scope (below ``block_NN``) in which the unrolled flax model drew each dropout key of a
+# block; the scanned blocks draw the same keys (:func:`block_keys`).
+DROPOUT_SITES = ("attention", "FrameDropout_0", "FrameDropout_1", "FrameDropout_2")
+
+REMAT_POLICIES = {
+    # What the backward pass keeps of a block's forward (jax.checkpoint policies); the rest
+    # is recomputed. "nothing": the whole block is recomputed (least memory).
+    "nothing": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+STACKED = "blocks"   # the subtree of the stacked layout (stack_blocks)
+
+
+def block_name(index: int) -> str:
+    """Parameter-tree name of block ``index``: ``block_00``, ``block_01``, ..."""
+    return f"block_{index:02d}"
+
+
+def _static_hash(parts: tuple[str | int, ...]) -> np.uint32:
+    """The 32-bit hash flax folds into a key for a static rng path (flax.core.scope's
+    ``_fold_in_static``), so that scanned blocks draw the keys the unrolled model drew."""
+    digest = hashlib.sha1()
+    for part in parts:
+        if flax.config.flax_fix_rng_separator:
+            digest.update(b"\0")
+        digest.update(part.encode() if isinstance(part, str)
+                      else part.to_bytes((part.bit_length() + 7) // 8, "big"))
+    return np.uint32(int.from_bytes(digest.digest()[:4], "big"))
+
+
+def block_keys(dropout_rng: LazyRng, num_blocks: int) -> tuple[jax.Array, jax.Array]:
+    """Every block's dropout keys [num_blocks, 4] and layer-drop keys [num_blocks].
+
+    Equal to the keys of the unrolled flax model (one module per block, ``make_rng`` in
+    each): key ``[i, j]`` is the ``"dropout"`` stream at scope ``block_i/DROPOUT_SITES[j]``,
+    layer-drop key ``i`` the encoder's (i+1)-th ``make_rng("dropout")``. So scanning the
+    blocks changes no number (tests/models/test_model.py holds values of the unrolled model).
+    One vectorized ``fold_in`` for all of them.
+    """
+    prefix = dropout_rng.suffix
+    hashes = np.array([[_static_hash(prefix + (block_name(i), site, 1)) for site in DROPOUT_SITES]
+                       + [_static_hash(prefix + (i + 1,))] for i in range(num_blocks)])
+    keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)), (None, 0))(dropout_rng.rng, hashes)
+    return keys[:, :len(DROPOUT_SITES)], keys[:, len(DROPOUT_SITES)]
+
+
+def stack_blocks(params: dict) -> dict:
+    """The parameters with the blocks' subtrees (``block_00`` ...) stacked into one
+    ``"blocks"`` subtree of [num_blocks, ...] leaves (the layout the scan runs on); the
+    other modules are unchanged. Inverse: :func:`unstack_blocks`."""
+    names = sorted((k for k in params if k.startswith("block_")), key=lambda k: int(k[6:]))
+    rest = {k: v for k, v in params.items() if not k.startswith("block_")}
+    if not names:
+        return rest
+    return {**rest, STACKED: jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                                          *[params[n] for n in names])}
+
+
+def unstack_blocks(params: dict) -> dict:
+    """Inverse of :func:`stack_blocks`: one ``block_NN`` subtree per block again."""
+    if STACKED not in params:
+        return dict(params)
+    stacked = params[STACKED]
+    num_blocks = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != STACKED}
+    return {**rest, **{block_name(i): jax.tree.map(lambda x, i=i: x[i], stacked)
+                       for i in range(num_blocks)}}
+
+
+
+def run_blocks(config: ModelConfig, stacked: dict, x: jax.Array, attention_mask: jax.Array,
+               dropout_rng: LazyRng | None) -> jax.Array:
+    """The transformer blocks as ONE scanned block body: [B, T', D] → [B, T', D].
+
+    ``lax.scan`` runs one block per iteration over the stacked parameters, so the program
+    (and its compile time) does not grow with depth. With ``config.remat`` each block is
+    rematerialized (``jax.checkpoint``, policy ``config.remat_policy``). Layer-drop skips a
+    dropped block with ``lax.cond``: its compute is not done (under ``vmap`` over clients,
+    where every client draws its own decision, the cond becomes a select and both sides run).
+
+    Args:
+        config: the model configuration.
+        stacked: the :class:`TransformerBlock` parameters of every block, leaves
+            [num_blocks, ...] (:func:`stack_blocks`).
+        x: block input, ``config.dtype`` [B, T', model_dim].
+        attention_mask: bool [B, 1, 1, T'], True at real key frames.
+        dropout_rng: the encoder's ``"dropout"`` stream in training (dropout, layer-drop);
+            None in evaluation.
+    """
+    leaves = jax.tree.leaves(stacked)
+    if not leaves:
+        return x
+    num_blocks = leaves[0].shape[0]
+    block = TransformerBlock(config, parent=None)
+    train = dropout_rng is not None
+    layer_drop = train and config.layer_drop_rate > 0.0
+    if train:
+        keys, drop_keys = block_keys(dropout_rng, num_blocks)
+        keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - config.layer_drop_rate))(drop_keys)
+    else:
+        keys = keep = jnp.zeros((num_blocks,))        # unused placeholders to scan over
+
+    def apply(x, params, keys):
+        return block.apply({"params": params}, x, attention_mask, keys if train else None)
+
+    if config.remat:
+        apply = jax.checkpoint(apply, prevent_cse=False,
+                               policy=REMAT_POLICIES[config.remat_policy])
+
+    def body(x, xs):
+        params, keys, keep = xs
+        if layer_drop:
+            y = jax.lax.cond(keep, apply, lambda x, *_: x, x, params, keys)
+        else:
+            y = apply(x, params, keys)
+        return y.astype(x.dtype), None
+
+    x, _ = jax.lax.scan(body, x, (stacked, keys, keep))
+    return x
 
 
 class Encoder(nn.Module):
@@ -153,6 +294,14 @@ class Encoder(nn.Module):
     layer-drop, CAPE augmentation); ``train=False`` needs no RNG and is deterministic.
     Returns ``(logits, paddings)``: float32 [B, T', vocab] and float32 [B, T'],
     T' = ⌈T / conv_stride⌉.
+
+    The parameter tree has one subtree per block (``block_00`` ...), so per-layer clipping,
+    its metrics and checkpoints see every block's layers; the forward pass runs them as one
+    scanned body (:func:`run_blocks`). ``apply`` also takes the stacked layout
+    (:func:`stack_blocks`: one ``"blocks"`` subtree of [num_blocks, ...] leaves), which
+    local training keeps so that its optimizer updates do not grow with depth either.
+    Initialization creates each block as its own module (the same values as ever; its
+    forward pass is dead code that XLA removes).
     """
 
     config: ModelConfig
@@ -168,13 +317,17 @@ class Encoder(nn.Module):
         x = x + sinusoidal_embedding(positions, cfg.model_dim, cfg.cape_freq_scale).astype(x.dtype)
         x = FrameDropout(cfg.dropout_rate)(x, deterministic=not train)
         attention_mask = (paddings < 0.5)[:, None, None, :]           # [B, 1, 1, T'] keys
-        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
-        for i in range(cfg.num_blocks):
-            y = block_cls(cfg, name=f"block_{i:02d}")(x, attention_mask, train)
-            if train and cfg.layer_drop_rate > 0.0:
-                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.layer_drop_rate)
-                y = jnp.where(keep, y, x)
-            x = y
+        names = [block_name(i) for i in range(cfg.num_blocks)]
+        if self.is_initializing():
+            for name in names:
+                x = TransformerBlock(cfg, name=name)(x, attention_mask, None)
+        else:
+            # The "dropout" stream as flax holds it (a key and a static path to fold in).
+            dropout_rng = self.scope.rngs["dropout"] if train else None
+            params = self.variables["params"]
+            stacked = (params[STACKED] if STACKED in params
+                       else stack_blocks({name: params[name] for name in names}).get(STACKED, {}))
+            x = run_blocks(cfg, stacked, x, attention_mask, dropout_rng)
         x = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="final_norm")(x)
         logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                           name="output")(x)

@@ -85,9 +85,16 @@ class FrameDropout(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        keep_prob = 1.0 - self.rate
-        keep = row_bernoulli(self.make_rng("dropout"), keep_prob, x.shape)
-        return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
+        return frame_dropout(x, self.rate, self.make_rng("dropout"))
+
+
+def frame_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """:class:`FrameDropout` as a function of an explicit ``key`` (None: the identity)."""
+    if key is None or rate == 0.0:
+        return x
+    keep_prob = 1.0 - rate
+    keep = row_bernoulli(key, keep_prob, x.shape)
+    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
 def attention_with_frame_dropout(query: jax.Array, key: jax.Array, value: jax.Array,

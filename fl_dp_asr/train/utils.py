@@ -20,6 +20,7 @@ import ml_collections
 import optax
 
 from fl_dp_asr.data import builders, federated, synthetic
+from fl_dp_asr.data.errors import LayoutError
 from fl_dp_asr.fl import distributed, server
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig, get_model_config
@@ -58,31 +59,41 @@ class Data(NamedTuple):
 
 
 def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
-              eval_batch_size: int) -> Data:
+              eval_batch_size: int,
+              check_train: Callable[[federated.FederatedDataset], Any] | None = None) -> Data:
     """The training and held-out splits of the ``data`` config section.
 
-    Generates the synthetic corpus first when ``data.synthesize_if_missing`` is set and
-    it is missing. In a multi-process run process 0 prepares the TFDS data (and the corpus)
-    first, then the others read it.
+    The corpus is ``data.manual_dir`` (:func:`corpus_dir`: the synthetic corpus is generated
+    first only where ``data.synthetic_dir`` says it lives). In a multi-process run process 0
+    prepares the TFDS data (and the corpus) first, then the others read it.
+
+    Args:
+        data: the ``data`` section (``experiments/configs/common.py``).
+        tokenizer: encodes the transcripts (padded label lengths).
+        eval_batch_size: utterances per evaluation batch.
+        check_train: called with the (filtered) training split as soon as it is loaded,
+            before the held-out split and the batches are prepared: a config error that
+            needs the training users (a cohort larger than the population) stops the run
+            early.
 
     Raises:
+        LayoutError: ``data.manual_dir`` is not a directory (and not the synthetic corpus's).
         ValueError: the held-out split has speakers of the training split.
     """
-    manual_dir = pathlib.Path(data.manual_dir)
+    manual_dir = distributed.chief_first(lambda: corpus_dir(data))
 
-    def load() -> tuple[federated.FederatedDataset, federated.FederatedDataset]:
-        if data.synthesize_if_missing and not (manual_dir / synthetic.MANIFEST).exists():
-            print(f"Generating the synthetic corpus in {manual_dir} ...", flush=True)
-            synthetic.generate_corpus(manual_dir, synthetic.sized_config(seed=data.corpus_seed))
-        kwargs = dict(manual_dir=data.manual_dir, data_dir=data.data_dir, progress=False,
-                      skip_bad_files=data.skip_bad_files)
-        return (builders.load_federated(data.name, data.train_config, data.train_split, **kwargs),
-                builders.load_federated(data.name, data.eval_config, data.eval_split, **kwargs))
+    def load(config: str, split: str) -> federated.FederatedDataset:
+        return builders.load_federated(data.name, config, split, manual_dir=manual_dir,
+                                       data_dir=data.data_dir, progress=False,
+                                       skip_bad_files=data.skip_bad_files)
 
-    train_set, eval_set = distributed.chief_first(load)
+    train_set = distributed.chief_first(lambda: load(data.train_config, data.train_split))
     if data.min_seconds is not None or data.max_seconds is not None:
         train_set = train_set.filter(min_seconds=data.min_seconds or 0.0,
                                      max_seconds=data.max_seconds or math.inf)
+    if check_train is not None:
+        check_train(train_set)
+    eval_set = distributed.chief_first(lambda: load(data.eval_config, data.eval_split))
     overlap = set(train_set.users) & set(eval_set.users)
     if overlap:
         raise ValueError(f"evaluation speakers also in training: {sorted(overlap)[:5]} "
@@ -94,6 +105,37 @@ def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
     eval_batches = list(federated.iterate_batches(
         eval_set, batch_size=eval_batch_size, tokenize=tokenizer.encode, buckets=eval_buckets))
     return Data(train_set, eval_set, eval_batches, buckets)
+
+
+def corpus_dir(data: ml_collections.ConfigDict) -> str | None:
+    """The corpus directory of the ``data`` section, for the TFDS builders.
+
+    A named directory is that directory: ``data.manual_dir`` must exist, except where the
+    config says the synthetic corpus lives (``data.synthetic_dir``, e.g. the demo's
+    ``data/synthetic``), where the corpus is generated if it is missing. An empty
+    ``manual_dir`` (``--config.data.manual_dir=``) uses only the dataset already prepared in
+    ``data.data_dir``.
+
+    Raises:
+        LayoutError: ``data.manual_dir`` is not a directory; nothing is created there.
+    """
+    if not data.manual_dir:
+        return None
+    manual_dir = pathlib.Path(data.manual_dir)
+    if data.synthetic_dir and manual_dir.resolve() == pathlib.Path(data.synthetic_dir).resolve():
+        if not (manual_dir / synthetic.MANIFEST).exists():
+            print(f"Generating the synthetic corpus in {manual_dir} ...", flush=True)
+            synthetic.generate_corpus(manual_dir, synthetic.sized_config(seed=data.corpus_seed))
+    elif not manual_dir.is_dir():
+        builder = builders.BUILDERS.get(data.name)
+        layout = builder.MANUAL_DOWNLOAD_INSTRUCTIONS if builder else ""
+        synthetic_hint = (f" (the synthetic corpus is generated only in config.data.synthetic_dir"
+                          f"={data.synthetic_dir!r})" if data.synthetic_dir else "")
+        raise LayoutError(
+            f"config.data.manual_dir={data.manual_dir!r} is not a directory{synthetic_hint}: "
+            f"point it at the {data.name} corpus, or set it empty to use only the dataset "
+            f"prepared in config.data.data_dir={data.data_dir!r}. {layout}")
+    return str(manual_dir)
 
 
 # ------------------------------------------------------------------ models and optimizers

@@ -12,18 +12,39 @@ def test_dry_run_measures_every_section(tmp_path, monkeypatch):
     # Keep the test session's compilation cache (the benchmark would switch to its own).
     monkeypatch.setenv(common.CACHE_ENV, jax.config.jax_compilation_cache_dir)
     out = tmp_path / "device_check.md"
-    report = device_check.main(["--dry-run", "--no-write", "--out", str(out)])
+    report = device_check.main(["--dry-run", "--no-write", "--profile", "--out", str(out)])
     captions = [caption for caption, _ in report.tables]
-    assert [c.split(",")[0] for c in captions] == [
-        "Round step", "One client's local step", "Round step"]
+    assert [c.split(",")[0].split(" (")[0] for c in captions] == [
+        "One client's local step", "Round step", "Profile of the vectorized round", "Round step"]
     for caption, table in report.tables:
         rows = table.splitlines()[2:]
         assert rows, caption
         assert all("out of memory" not in row for row in rows)
-    paper_round = report.tables[2][1].splitlines()[2:]
+    paper_round = report.tables[1][1].splitlines()[2:]
     assert "largest that fits" in paper_round[0] and "sequential" in paper_round[1]
-    assert not [n for n in report.notes if "FAILED" in n], report.notes
+    assert "round MFU" in report.tables[1][1] and "n/a" in paper_round[0]   # CPU: no peak
+    top_ops = report.tables[2][1].splitlines()[2:]
+    assert all(float(row.split("|")[2]) > 0 for row in top_ops)
+    assert any("parameters created on the device" in n for n in report.notes)
+    assert not [n for n in report.notes if "FAILED" in n or "SKIPPED" in n], report.notes
     assert out.read_text() == report.markdown()
+
+
+def test_a_section_past_the_budget_is_skipped_with_a_note(monkeypatch):
+    ran = []
+    monkeypatch.setattr(device_check, "section_local_step", lambda *a: ran.append("local"))
+    report = device_check.run(device_check.DRY_RUN, budget_s=-1.0,
+                              only=["local step", "paper round"])
+    assert ran == []
+    assert [n.split(":")[0] for n in report.notes if "SKIPPED" in n] == [
+        "section 'local step' SKIPPED", "section 'paper round' SKIPPED"]
+
+
+def test_round_model_flops_count_every_real_step_of_every_client():
+    shape = device_check.Plan().round_shape
+    frames = device_check.round_frames(shape, 16, 0.03)
+    assert frames == 16 * 10 * 8 * 8.0 / 0.03
+    assert device_check.model_flops(10, frames) == 6 * 10 * frames
 
 
 def oom(chunk):

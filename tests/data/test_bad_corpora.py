@@ -120,7 +120,7 @@ def test_stats_command_skips_bad_files_on_request_and_a_later_default_caller_is_
     bad.write_bytes(b"fLaC" + b"\x00garbage" * 50)
     args = ["--dataset", "librispeech_local", "--config", "dev-clean", "--manual-dir", str(root),
             "--data-dir", str(tmp_path / "tfds")]
-    assert stats_main(args) == 1
+    assert stats_main(args) == 2
     error = capsys.readouterr().err.splitlines()[-1]   # after TFDS's progress bars
     assert error.startswith(f"error: {bad}: unreadable or corrupt audio")
     assert "python -m fl_dp_asr.data.stats ... --skip-bad-files" in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fl_dp_asr.data import FederatedDataset
 from fl_dp_asr.data.stats import main, summarize
@@ -31,5 +32,13 @@ def test_command_prints_and_plots(tiny_corpus, tfds_dir, tmp_path, capsys):
     assert sum(int(part.split()[1]) for part in genders.split(", ")) == 3
     assert {part.split()[0] for part in genders.split(", ")} <= {"female", "male"}
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_command_errors_exit_with_status_2_like_the_trainers(tmp_path, capsys):
     assert main(["--dataset", "librispeech_local", "--config", "dev-other",
-                 "--manual-dir", str(tmp_path / "missing")]) == 1
+                 "--manual-dir", str(tmp_path / "missing"),
+                 "--data-dir", str(tmp_path / "tfds")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit) as exit_info:   # argparse's own usage errors: 2 as well
+        main(["--dataset", "librispeech_local"])
+    assert exit_info.value.code == 2

@@ -2,10 +2,15 @@
 
 import doctest
 import math
+import os
+import resource
+import subprocess
+import sys
 
 import dp_accounting
 import pytest
 from dp_accounting import rdp
+from dp_accounting.pld import privacy_loss_distribution
 
 from fl_dp_asr.dp import accounting
 
@@ -165,6 +170,51 @@ def test_pld_below_its_minimum_noise_is_refused_with_the_alternative():
         accounting.epsilon(1.6e-3, 16, 300, 20, DELTA, accountant="pld")
     e = accounting.extrapolate(1e-4, 16, 100, 1875, 20, DELTA)  # z' = 0.01
     assert e.epsilon_pld is None and e.epsilon_rdp > 0
+
+
+def test_pld_cost_estimate_is_the_size_of_the_grid_dp_accounting_composes():
+    # Pins the private dp_accounting attributes pld_cost relies on (dp-accounting<0.7).
+    z, q, rounds = 0.8, 0.05, 50
+    composed = privacy_loss_distribution.from_gaussian_mechanism(
+        z, sampling_prob=q, value_discretization_interval=1e-4).self_compose(rounds)
+    cells = composed._pmf_remove.size + composed._pmf_add.size
+    assert accounting.pld_cost(z, q, rounds).cells == pytest.approx(cells, rel=0.2)
+
+
+@pytest.mark.parametrize("z,q,rounds", [
+    (0.05, 16 / 300, 20),     # measured: 47 s and 2.6 GB; the old guard (z >= 0.05) let it run
+    (0.2, 16 / 300, 2000),    # measured: 1.5 GB; a z-only guard cannot see T
+])
+def test_pld_is_refused_where_it_would_take_gigabytes(z, q, rounds):
+    cost = accounting.pld_cost(z, q, rounds)
+    assert not cost.feasible and cost.gigabytes > 1
+    with pytest.raises(accounting.PldRefusedError) as refused:
+        accounting.epsilon(z, round(q * 300), 300, rounds, DELTA, accountant="pld")
+    message = str(refused.value)
+    assert f"z={z:.4g}" in message and f"T={rounds}" in message and " GB" in message
+    assert "accountant='rdp'" in message
+
+
+def test_pld_runs_at_the_papers_smallest_extrapolated_noise():
+    # σ_DP = 1e-6, S' = 204,800 of K' = 695 M, T = 2000: z' = 0.2048 (README table).
+    assert accounting.pld_feasible(0.2048, 204_800 / 695e6, 2000)
+    assert accounting.pld_cost(0.2048, 204_800 / 695e6, 2000).gigabytes < 0.5
+
+
+def test_pld_calibration_refuses_instead_of_running_away():
+    # Regression: this ran 14 minutes and grew to 15 GB (RDP: z = 0.0332 in seconds). Run in
+    # a child with 3 GB of address space and a minute, so a regression cannot eat the machine.
+    code = ("from fl_dp_asr.dp import accounting\n"
+            "try:\n"
+            "    accounting.calibrate_noise(1e4, 16, 300, 20, 1e-6, accountant='pld')\n"
+            "except accounting.PldRefusedError as error:\n"
+            "    print(error)\n")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)),
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RDP's answer z=0.033" in result.stdout and "accountant='rdp'" in result.stdout
 
 
 def test_extrapolation_keeps_sigma_dp_and_scales_cohort_and_population():

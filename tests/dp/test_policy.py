@@ -35,6 +35,12 @@ def test_inconsistent_settings_are_rejected():
         DPConfig("median", 1.0)
 
 
+def test_an_allocation_that_is_no_rule_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="dp.allocation='bydim'.*did you mean 'by_dim'"):
+        DPConfig("per_layer", 1.0, allocation="bydim")
+    assert DPConfig("per_layer", 1.0, allocation={"a": 1.0}).allocation == {"a": 1.0}
+
+
 def test_sigma_dp_is_converted_with_the_expected_cohort_size():
     dp = DPConfig("per_layer", 0.5, sigma_dp=1e-3)
     assert dp.resolve_noise_multiplier(1024) == pytest.approx(1.024)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from fl_dp_asr.dp import transforms
+from fl_dp_asr.dp import adaptive, transforms
 
 SHAPES = {"embed": (64, 8), "block": {"w": (8, 8), "b": (8,)}, "head": (8, 3)}
 
@@ -143,11 +143,59 @@ def test_explicit_bounds_must_match_clip_norm_and_layers():
         apply(transforms.clip_per_layer(1.0, {"a": 1.0}), delta)
     with pytest.raises(ValueError, match="bound of layer 'b'"):
         apply(transforms.clip_per_layer(1.0, {"a": 1.0, "b": float("nan")}), delta)
-    with pytest.raises(ValueError, match="not supported"):
-        apply(transforms.clip_per_layer(1.0, "random"), delta)
+    with pytest.raises(ValueError, match="'random' is not an allocation"):
+        transforms.clip_per_layer(1.0, "random")    # when the transform is made
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="clip_norm"):
             transforms.clip_per_layer(bad)
+
+
+def test_an_allocation_that_is_no_rule_is_rejected_when_the_transform_is_made():
+    for make in (transforms.clip_per_layer, transforms.rescale_per_layer):
+        with pytest.raises(ValueError, match="allocation='unifrom'.*did you mean 'uniform'"):
+            make(1.0, "unifrom")
+
+
+HUGE = {"huge": jnp.full((4,), 1e20, jnp.float32), "small": jnp.array([0.1, 0.0])}  # Σx² = ∞
+
+
+def test_global_clipping_of_a_layer_whose_squares_overflow_ends_at_the_bound():
+    clipped, stats = jax.jit(lambda d: apply(transforms.clip_by_global_norm(2.0), d))(HUGE)
+    assert float(stats.global_norm) == pytest.approx(2e20, rel=1e-6)
+    assert float(optax.tree_utils.tree_norm(clipped)) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_per_layer_clipping_of_a_layer_whose_squares_overflow_ends_at_its_bound():
+    clip = transforms.clip_per_layer(2.0, {"huge": 1.2, "small": 1.6})
+    clipped, stats = jax.jit(lambda d: apply(clip, d))(HUGE)
+    assert float(stats.layer_norms["huge"]) == pytest.approx(2e20, rel=1e-6)
+    assert float(jnp.linalg.norm(clipped["huge"])) == pytest.approx(1.2, rel=1e-6)
+    np.testing.assert_array_equal(clipped["small"], HUGE["small"])
+
+
+def test_rescaling_and_adaptive_clipping_of_a_layer_whose_squares_overflow():
+    out, _ = apply(transforms.rescale_per_layer(1.0, {"huge": 0.6, "small": 0.8}), HUGE)
+    assert float(jnp.linalg.norm(out["huge"])) == pytest.approx(0.6, rel=1e-6)
+    bounds = {"huge": jnp.float32(0.6), "small": jnp.float32(0.8)}
+    clipped, _, bits = adaptive.clip(HUGE, bounds)
+    assert float(jnp.linalg.norm(clipped["huge"])) == pytest.approx(0.6, rel=1e-6)
+    assert (float(bits["huge"]), float(bits["small"])) == (0.0, 1.0)
+    assert float(adaptive.total_bound({"a": jnp.float32(3e20), "b": jnp.float32(4e20)})
+                 ) == pytest.approx(5e20, rel=1e-6)
+
+
+def test_norms_of_nan_and_inf_layers_stay_nan_and_inf():
+    norms = transforms.layer_norms({"nan": jnp.array([np.nan, 1.0]),
+                                    "inf": jnp.array([-np.inf, 1.0]), "zero": jnp.zeros(3)})
+    assert np.isnan(norms["nan"]) and norms["inf"] == np.inf and norms["zero"] == 0.0
+
+
+def test_norms_equal_the_plain_formula_where_it_does_not_overflow(deltas):
+    """The power-of-two scaling is exact: the norms of ordinary deltas do not change."""
+    norms = jax.vmap(transforms.layer_norms)(deltas)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(deltas):
+        plain = jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(1, leaf.ndim))))
+        np.testing.assert_array_equal(norms[transforms.leaf_layer_name(path)], plain)
 
 
 def test_stats_report_norms_before_clipping():

@@ -1,11 +1,13 @@
 """The federated trainer: resume is exact, crashes and bad configs are handled."""
 
 import functools
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import types
 
 import jax
 import numpy as np
@@ -14,7 +16,10 @@ import pytest
 
 from experiments import train_fl
 from experiments.configs import fl_dp
-from fl_dp_asr.fl import round as round_lib
+from fl_dp_asr.data import builders
+from fl_dp_asr.dp import accounting
+from fl_dp_asr.fl import round as round_lib, samplers
+from fl_dp_asr.train import utils
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
 from tests import processes
@@ -29,7 +34,6 @@ def small_config(corpus, tfds_dir, rounds):
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
-    c.data.synthesize_if_missing = False
     c.data.num_buckets = 1
     c.fl.rounds = rounds
     c.fl.sampling = "fixed"
@@ -155,6 +159,14 @@ def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkey
     summary = train_fl.train(config, str(tmp_path))
     assert summary["rounds"] == 1
     assert final_state(tmp_path)[0] == 1
+    # Stopped before the first evaluation (eval.every = 2): the round released still costs
+    # privacy, and the seed model's WER is not reported as the trained model's.
+    released = accounting.epsilon(0.5, 2, 3, 1, config.dp.delta, "fixed").epsilon
+    written = json.loads((tmp_path / "summary.json").read_text())
+    for reported in (summary, written):
+        assert reported["epsilon_rdp"] == pytest.approx(released)
+        assert reported["final_wer"] is reported["final_cer"] is None
+        assert reported["final_eval_round"] is None and reported["seed_wer"] is not None
 
 
 @pytest.mark.parametrize("signal_name, rounds, saved_round", [
@@ -215,9 +227,26 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
     summary = train_fl.train(config, str(tmp_path))
     assert 1 <= summary["rounds"] < 50
     assert summary["epsilon_rdp"] <= 2.0
-    from fl_dp_asr.dp import accounting
     over = accounting.epsilon(8.0, 2, 3, summary["rounds"] + 1, config.dp.delta, "fixed")
     assert over.epsilon > 2.0
+
+
+@pytest.mark.parametrize("noise_multiplier, rounds, pld_runs", [(1.0, 20, True),
+                                                                 (0.2, 2000, False)])
+def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multiplier, rounds,
+                                                                    pld_runs):
+    # z = 0.2, q = 16/300, T = 2000: PLD would take 1.5 GB (PldRefusedError; a z-only check
+    # lets it through), so the run's ε_PLD is left empty (README) instead of failing the run.
+    sampler = samplers.make_sampler("poisson", 300, 16)
+    run = types.SimpleNamespace(accountant=sampler.accountant(noise_multiplier, 1e-6),
+                                privacy={}, sigma_dp=noise_multiplier / 16)
+    dp = fl_dp.get_config("demo").dp
+    dp.pld, dp.target_cohort = True, None
+    metrics = train_fl.privacy_metrics(run, rounds, dp)
+    assert metrics["epsilon_rdp"] > 0
+    assert ("epsilon_pld" in metrics) == pld_runs
+    if pld_runs:
+        assert 0 < metrics["epsilon_pld"] <= metrics["epsilon_rdp"]
 
 
 def run_train_fl(*args: str) -> subprocess.CompletedProcess:
@@ -248,6 +277,53 @@ def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, t
         "training users).")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("fl.cohort_size", 0, "config.fl.cohort_size=0 must be >= 1"),
+    ("fl.sampling", "posson", "config.fl.sampling='posson'"),
+    ("fl.executor", "threads", "config.fl.executor='threads'"),
+    ("dp.allocation", "bydim", "dp.allocation='bydim'.*did you mean 'by_dim'"),
+])
+def test_config_mistakes_that_need_no_data_stop_before_the_data_is_prepared(
+        tiny_corpus, tfds_dir, tmp_path, monkeypatch, field, value, message):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was prepared before the config was checked")
+    monkeypatch.setattr(utils, "load_data", no_data)
+    config = small_config(tiny_corpus, tfds_dir, 1)
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        train_fl.train(config, str(tmp_path))
+
+
+def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_known(
+        tiny_corpus, tfds_dir, tmp_path, monkeypatch):
+    """Checked right after the training split, before the held-out split and the seed model."""
+    loaded, load_federated = [], builders.load_federated
+
+    def record(name, config, split, **kwargs):
+        loaded.append(split)
+        return load_federated(name, config, split, **kwargs)
+
+    def no_seed_model(*args):
+        raise AssertionError("the seed model was loaded before the cohort size was checked")
+    monkeypatch.setattr(builders, "load_federated", record)
+    monkeypatch.setattr(utils, "load_seed_model", no_seed_model)
+    config = small_config(tiny_corpus, tfds_dir, 1)
+    config.fl.cohort_size = 10
+    with pytest.raises(ValueError, match=r"cohort_size=10 must be in \[1, population=3\]"):
+        train_fl.train(config, str(tmp_path))
+    assert loaded == ["train"]
+
+
+def test_too_little_clipped_count_noise_names_the_command_line_flag(tiny_corpus, tfds_dir,
+                                                                    tmp_path):
+    config = adaptive_config(tiny_corpus, tfds_dir, 1)
+    config.dp.clipped_count_stddev = 0.1     # z_b = 2·0.1/√7 = 0.076 < z = 0.5
+    with pytest.raises(ValueError, match=r"z_b = 2σ_b/√H = 0.0755.*H = 7 bounds.* raise "
+                                         r"--config.dp.clipped_count_stddev"):
+        train_fl.train(config, str(tmp_path))
 
 
 def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):

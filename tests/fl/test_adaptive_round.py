@@ -180,13 +180,48 @@ def test_count_noise_that_leaves_no_budget_for_the_deltas_is_a_clear_error():
     dp = DPConfig("per_layer", 1.0, noise_multiplier=1.0, target_unclipped_quantile=0.5,
                   clipped_count_stddev=1.0)             # H = 2: z_b = 2·1/√2 = 1.41 > 1: ok
     assert dp.noise_multipliers(8, 2)[1] > 1.0
-    too_little = DPConfig("per_layer", 1.0, noise_multiplier=1.0,
-                          target_unclipped_quantile=0.5, clipped_count_stddev=0.5)
-    step, opt = make_step(too_little, 8)
-    state = round_lib.init_server_state(zero_params(), opt, too_little)
-    zeros = {k: np.zeros((8, n)) for k, n in SIZES.items()}
-    with pytest.raises(ValueError, match="must exceed the overall noise multiplier"):
-        step(state, known_delta_cohort(zeros), jax.random.key(0))
+    for clipping in ("per_layer", "global"):            # z_b = 2·0.5 = 1 ≤ z, whatever H
+        too_little = DPConfig(clipping, 1.0, noise_multiplier=1.0,
+                              target_unclipped_quantile=0.5, clipped_count_stddev=0.5)
+        with pytest.raises(ValueError, match="must exceed the overall noise multiplier"):
+            make_step(too_little, 8)                    # when the step is made
+
+
+def test_count_noise_too_small_for_the_states_layers_fails_before_tracing():
+    """z_b = 2σ_b/√H: 1.2 > z = 1 with one bound, 0.85 with the state's H = 2."""
+    dp = DPConfig("per_layer", 1.0, noise_multiplier=1.0, target_unclipped_quantile=0.5,
+                  clipped_count_stddev=0.6)
+    step, opt = make_step(dp, 8)
+    state = round_lib.init_server_state(zero_params(), opt, dp)
+    with pytest.raises(ValueError, match="z_b = 0.8485 must exceed"):
+        step(state, {}, jax.random.key(0))              # raised before the block is read
+
+
+@pytest.mark.parametrize("adaptive_state, adaptive_step, message", [
+    (False, True, "initialized without adaptive clip bounds.*init_server_state"),
+    (True, False, "carries adaptive clip bounds"),
+])
+def test_a_state_whose_bounds_do_not_fit_the_step_is_a_clear_error(adaptive_state,
+                                                                   adaptive_step, message):
+    adaptive_dp = DPConfig("per_layer", 1.0, target_unclipped_quantile=0.5)
+    fixed_dp = DPConfig("per_layer", 1.0)
+    step, opt = make_step(adaptive_dp if adaptive_step else fixed_dp, 8)
+    state = round_lib.init_server_state(zero_params(), opt,
+                                        adaptive_dp if adaptive_state else fixed_dp)
+    with pytest.raises(ValueError, match=message):
+        step(state, {}, jax.random.key(0))
+    with pytest.raises(ValueError, match=message):
+        step.lower(state, {}, jax.random.key(0))
+
+
+def test_a_state_with_the_bounds_of_other_layers_is_a_clear_error():
+    by_module = DPConfig("per_layer", 1.0, target_unclipped_quantile=0.5, layers="module")
+    step, opt = make_step(by_module, 8)
+    params = {"block": {"a": jnp.zeros(4), "b": jnp.zeros(100)}}
+    state = round_lib.init_server_state(
+        params, opt, DPConfig("per_layer", 1.0, target_unclipped_quantile=0.5))
+    with pytest.raises(ValueError, match="dp.layers='module'"):
+        step(state, {}, jax.random.key(0))
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -9,7 +9,7 @@ import pytest
 from fl_dp_asr.data import PaddingBuckets
 from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.fl import client, executors, round as round_lib, server
-from fl_dp_asr.models import init_params, make_loss_fn
+from fl_dp_asr.models import init_params, make_loss_fn, stack_blocks, unstack_blocks
 from tests.models import test_model
 
 CONFIG = test_model.CONFIG.replace(num_blocks=1)   # one block: three compiles stay short
@@ -36,7 +36,8 @@ def ragged_cohort(seed=0):
 
 def new_params(executor, buckets, block):
     update = client.make_client_update(make_loss_fn(CONFIG, train=True),
-                                       client.local_sgd(0.05, 1.0), buckets)
+                                       client.local_sgd(0.05, 1.0), buckets,
+                                       client.ParamLayout(stack_blocks, unstack_blocks))
     opt = server.make_server_optimizer("sgd", 1.0)
     step = round_lib.make_round_step(update, opt, DPConfig("per_layer", 1.0, "uniform"), 4,
                                      executors.make(executor, chunk_size=2))

@@ -292,6 +292,32 @@ def test_unknown_executor_is_rejected():
         executors.vectorized(chunk_size=0)
 
 
+@pytest.mark.parametrize("make", [executors.vectorized, executors.sharded])
+@pytest.mark.parametrize("chunk_size", [2.5, 2.0, True, "4"])
+def test_a_chunk_size_that_is_not_an_integer_is_rejected_when_made(make, chunk_size):
+    with pytest.raises(ValueError, match=f"chunk_size must be an integer.*{chunk_size!r}"):
+        make(chunk_size)
+
+
+def test_numpy_integer_chunk_sizes_are_accepted():
+    executor = executors.vectorized(np.int64(4))
+    assert executor.client_multiple == 4 and type(executor.client_multiple) is int
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(expected_cohort_size=float("nan")), "expected_cohort_size must be finite"),
+    (dict(expected_cohort_size=0), "expected_cohort_size must be finite and > 0"),
+    (dict(dp="per_layer"), "dp must be a fl_dp_asr.dp.DPConfig"),
+    (dict(executor="vectorized"), "executor must be an fl_dp_asr.fl.executors.Executor"),
+])
+def test_make_round_step_rejects_bad_arguments_naming_them(changes, message):
+    args = dict(client_update=client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)),
+                server_optimizer=server.make_server_optimizer("sgd", 1.0),
+                dp=DPConfig("per_layer", 1.0), expected_cohort_size=4) | changes
+    with pytest.raises(ValueError, match=message):
+        round_lib.make_round_step(**args)
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "lamb"])
 def test_server_optimizers_train_the_toy_task(name):
     lr = {"sgd": 1.0, "adam": 0.02, "lamb": 0.02}[name]
@@ -308,16 +334,20 @@ def test_server_optimizers_train_the_toy_task(name):
     assert int(state.round) == 15
 
 
-@pytest.mark.parametrize("executor", ["vectorized", "sharded"])
-def test_round_step_donates_state_and_makes_no_host_transfers(executor):
+@pytest.mark.parametrize("executor, adaptive", [("vectorized", False), ("sharded", False),
+                                               ("vectorized", True)])
+def test_round_step_donates_state_and_makes_no_host_transfers(executor, adaptive):
     """With state, cohort and key already on the device, a round moves nothing between host
-    and device (``jax.transfer_guard``), and the old server state's buffers are reused."""
+    and device (``jax.transfer_guard``), and the old server state's buffers are reused.
+    Adaptive: the step's state check (per-layer bounds, z_b > z) reads only names too."""
     opt = server.make_server_optimizer("lamb", 1e-3)
+    dp = DPConfig("per_layer", 1.0, noise_multiplier=1.0,
+                  **(dict(target_unclipped_quantile=0.5, clipped_count_stddev=3.0)
+                     if adaptive else {}))
     step = round_lib.make_round_step(
-        client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt,
-        DPConfig("per_layer", 1.0, noise_multiplier=1.0), 6,
+        client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1)), opt, dp, 6,
         executors.make(executor, chunk_size=2))
-    state = round_lib.init_server_state(fresh_params(), opt)
+    state = round_lib.init_server_state(fresh_params(), opt, dp)
     block = jax.device_put(toy_task.make_cohort(6, local_steps=3,
                                                 steps_per_client=[3, 1, 2, 3, 1, 2]))
     key = jax.random.key(3)

@@ -18,7 +18,6 @@ def _config(corpus, tfds_dir):
     config = central.get_config("demo")
     config.data.manual_dir = str(corpus)
     config.data.data_dir = str(tfds_dir)
-    config.data.synthesize_if_missing = False
     config.data.min_seconds = 0.0
     config.model.num_blocks = 1
     config.model.model_dim = 32
@@ -62,3 +61,19 @@ def test_command_line_mistake_is_one_line_with_status_2(tmp_path):
         "train_central: error: --config.train.num_stepz=3: experiments/configs/central.py "
         'has no field train.num_stepz. Did you mean "num_steps" instead of "num_stepz"?\n')
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_corpus_directory_stops_with_the_layout_error_and_creates_nothing(tmp_path):
+    """The demo generates the synthetic corpus only in config.data.synthetic_dir."""
+    nowhere = tmp_path / "nonexistent"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train_central", "--config",
+         "experiments/configs/central.py:demo", "--workdir", str(tmp_path / "run"),
+         f"--config.data.manual_dir={nowhere}", f"--config.data.data_dir={tmp_path / 'tfds'}"],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"train_central: error: config.data.manual_dir='{nowhere}' is not a "
+                            "directory") and "Traceback" not in result.stderr
+    assert not nowhere.exists() and not (tmp_path / "run").exists()

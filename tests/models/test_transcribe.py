@@ -1,12 +1,15 @@
 """Audio loading and the ``python -m fl_dp_asr.transcribe`` entry point."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
 import soundfile
 
 from fl_dp_asr import transcribe
-from fl_dp_asr.audio.io import load_audio
+from fl_dp_asr.audio.io import AudioFileError, load_audio
+from fl_dp_asr.data import CorruptAudioError, layouts
 from fl_dp_asr.models import init_params, transcribe_batch
 from fl_dp_asr.text import normalize
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
@@ -26,11 +29,32 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
     assert audio.dtype == np.int16 and abs(len(audio) - 24_000) <= 1
     expected_peak = 0.75 * 0.3 * 32768  # mean of the two channels
     assert abs(np.abs(audio).max() - expected_peak) < 0.03 * expected_peak
-    with pytest.raises(FileNotFoundError, match="missing.flac: no such file"):
+    with pytest.raises(AudioFileError, match="missing.flac: no such file"):
         load_audio(tmp_path / "missing.flac")
     (tmp_path / "garbage.flac").write_bytes(b"fLaC" + b"\x00" * 64)
-    with pytest.raises(ValueError, match="cannot read audio file .*garbage.flac: "):
+    with pytest.raises(AudioFileError, match=r"garbage.flac: unreadable or corrupt audio \("):
         load_audio(tmp_path / "garbage.flac")
+
+
+def _truncated_mp3(path):
+    """An MP3 cut in half: libmpg123 decodes the first half without an error."""
+    soundfile.write(path, _tone(2.0, 16_000, 1), 16_000)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    assert len(soundfile.read(path)[0]) > 0
+    return path
+
+
+def test_the_builders_and_the_transcriber_share_one_decoder(tmp_path):
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, _tone(0.5, 22_050, 2), 22_050, subtype="PCM_16")
+    np.testing.assert_array_equal(layouts.read_audio_16k(stereo), load_audio(stereo))
+    cut = _truncated_mp3(tmp_path / "cut.mp3")
+    with pytest.raises(AudioFileError) as audio_error:
+        load_audio(cut)
+    with pytest.raises(CorruptAudioError) as data_error:
+        layouts.read_audio_16k(cut)
+    assert audio_error.value.reason.startswith("truncated: ")
+    assert f"({audio_error.value.reason})" in str(data_error.value)
 
 
 def test_cli_decodes_wav_flac_mp3_with_the_checkpointed_model(tmp_path, capsys):
@@ -81,12 +105,33 @@ def test_cli_transcribes_the_good_files_and_reports_each_bad_one(workdir, tmp_pa
     errors = err.splitlines()
     assert errors[:3] + errors[4:] == [
         f"error: {files[0]}: no such file",
-        f"error: {empty}: too short to transcribe (0 ms; the model needs at least one 25 ms "
-        "frame)",
+        f"error: {empty}: unreadable or corrupt audio (no audio samples)",
         f"error: {short}: too short to transcribe (4 ms; the model needs at least one 25 ms "
         "frame)",
         "error: 4 of 5 files could not be transcribed"]
-    assert errors[3].startswith(f"error: cannot read audio file {garbage}: ")  # libsndfile's
+    assert errors[3].startswith(f"error: {garbage}: unreadable or corrupt audio (")  # libsndfile
+
+
+def test_cli_rejects_a_truncated_mp3_and_a_directory(workdir, tmp_path, capsys):
+    cut = _truncated_mp3(tmp_path / "cut.mp3")
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    assert transcribe.main(["--checkpoint", str(workdir), str(cut), str(folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    errors = err.splitlines()
+    assert re.fullmatch(rf"error: {cut}: unreadable or corrupt audio \(truncated: [\d.]+ s "
+                        r"decode of the [\d.]+ s its header declares\)", errors[0])
+    assert errors[1] == f"error: {folder}: is a directory, not an audio file"
+
+
+@pytest.mark.parametrize("width", ["0", "-3", "two"])
+def test_cli_rejects_a_beam_width_below_one_naming_the_flag(tmp_path, capsys, width):
+    with pytest.raises(SystemExit) as exit_info:
+        transcribe.main(["--checkpoint", str(tmp_path), "--beam-width", width, "a.wav"])
+    assert exit_info.value.code == 2
+    assert f"argument --beam-width: expected an integer >= 1, got '{width}'" in (
+        capsys.readouterr().err)
 
 
 def test_cli_prints_single_spaced_text(workdir, tmp_path, capsys, monkeypatch):

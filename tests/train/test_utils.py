@@ -4,13 +4,15 @@ import dataclasses
 import doctest
 import json
 import os
+import re
 import signal
 
 import pytest
 
 from experiments import train_fl
 from experiments.configs import central, fl_dp
-from fl_dp_asr.data import builders
+from fl_dp_asr.data import builders, synthetic
+from fl_dp_asr.data.errors import LayoutError
 from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.text import CharTokenizer
 from fl_dp_asr.train import utils
@@ -71,8 +73,53 @@ def test_load_data_passes_skip_bad_files_to_the_builders(monkeypatch, tmp_path, 
         raise LookupError("stop here: the call was made")
     monkeypatch.setattr(builders, "load_federated", fake_load_federated)
     data = fl_dp.get_config("demo").data
-    data.manual_dir, data.synthesize_if_missing = str(tmp_path), False
+    data.manual_dir = str(tmp_path)
     data.skip_bad_files = skip
     with pytest.raises(LookupError, match="stop here"):
         utils.load_data(data, CharTokenizer(), 8)
     assert seen == [skip]
+
+
+def test_a_named_corpus_directory_that_is_missing_is_a_layout_error(monkeypatch, tmp_path):
+    """The demo config generates the synthetic corpus on demand, but only where it lives."""
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a corpus was generated into the named directory")
+    monkeypatch.setattr(synthetic, "generate_corpus", no_generation)
+    data = central.get_config("demo").data
+    data.manual_dir, data.data_dir = str(tmp_path / "nowhere"), str(tmp_path / "tfds")
+    named = re.escape(f"config.data.manual_dir='{tmp_path / 'nowhere'}' is not a directory")
+    with pytest.raises(LayoutError, match=f"(?s){named}.*LibriSpeech/SPEAKERS.TXT"):
+        utils.load_data(data, CharTokenizer(), 8)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_synthetic_corpus_is_generated_where_the_config_says_it_lives(monkeypatch,
+                                                                          tmp_path):
+    generated = []
+
+    def fake_generate(out_dir, corpus_config):
+        generated.append(out_dir)
+        raise LookupError("stop here: the corpus would be generated")
+    monkeypatch.setattr(synthetic, "generate_corpus", fake_generate)
+    data = central.get_config("demo").data
+    data.manual_dir = data.synthetic_dir = str(tmp_path / "synthetic")
+    with pytest.raises(LookupError, match="stop here"):
+        utils.load_data(data, CharTokenizer(), 8)
+    assert generated == [tmp_path / "synthetic"]
+
+
+def test_load_data_checks_the_training_split_before_the_held_out_split(monkeypatch, tmp_path):
+    loaded = []
+
+    def fake_load_federated(name, config, split, **kwargs):
+        loaded.append(split)
+        return split
+    monkeypatch.setattr(builders, "load_federated", fake_load_federated)
+    data = fl_dp.get_config("demo").data
+    data.manual_dir = str(tmp_path)
+
+    def refuse(train):
+        raise ValueError(f"refused {train}")
+    with pytest.raises(ValueError, match="refused train"):
+        utils.load_data(data, CharTokenizer(), 8, check_train=refuse)
+    assert loaded == ["train"]
