@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
@@ -109,25 +108,18 @@ def _sum_in_chunks(contribution: Contribution, broadcast: Broadcast, cohort_bloc
     steps = jnp.sum(cohort_block["step_mask"] > 0, axis=1) * (cohort_block["client_mask"] > 0)
     order = jnp.argsort(-steps, stable=True).reshape(num // chunk_size, chunk_size)
 
-    # The running sum is carried as ONE flat float32 vector, not a pytree: XLA's passes over
-    # a loop's carried tuple grow faster than linearly with its length (hundreds of leaves
-    # for a deep model's deltas and per-layer norms), while a flat carry keeps compile time
-    # flat in depth.
-    zeros, unflatten = jax.flatten_util.ravel_pytree(
-        _zero_sums(contribution, broadcast, cohort_block, keys))
-
     def add_chunk(acc, chunk):
         outputs = contribution.run_chunk(broadcast, *chunk)
-        return acc + jax.flatten_util.ravel_pytree(
-            jax.tree.map(lambda x: jnp.sum(x, axis=0), outputs))[0]
+        return jax.tree.map(lambda a, x: a + jnp.sum(x, axis=0), acc, outputs)
 
     def body(acc, chunk_order):
         chunk = jax.tree.map(lambda x: x[chunk_order], (cohort_block, keys))
         has_clients = jnp.any(chunk[0]["client_mask"] > 0)
         return jax.lax.cond(has_clients, add_chunk, lambda acc, _: acc, acc, chunk), None
 
-    total, _ = jax.lax.scan(body, zeros, order)
-    return unflatten(total)
+    init = _zero_sums(contribution, broadcast, cohort_block, keys)
+    total, _ = jax.lax.scan(body, init, order)
+    return total
 
 
 def _check_chunk_size(chunk_size: int) -> int:
