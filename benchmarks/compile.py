@@ -30,16 +30,23 @@ def grid(mode: str) -> list[tuple[str, int]]:
 def compile_seconds(size: str, seconds: float, label_len: int, cohort: int = 16,
                     chunk: int = 4) -> tuple[float, float]:
     """(trace+lower s, XLA compile s) of the vectorized round step for one bucket."""
-    import jax
     shape = dataclasses.replace(common.ClientShape(), max_seconds_padded=seconds,
                                 max_seconds=seconds, max_label_len=label_len)
-    step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk)
+    return time_compile(size, cohort, chunk, shape)[:2]
+
+
+def time_compile(size: str, cohort: int, chunk: int, shape: common.ClientShape,
+                 **model_overrides):
+    """``(trace+lower s, XLA compile s, lowered)`` of the vectorized round step on abstract
+    inputs, with JAX's in-memory caches cleared first."""
+    import jax
+    step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **model_overrides)
     state = jax.eval_shape(lambda: common.fresh_state(params, opt))
     block = common.abstract_cohort(cohort, shape)
     jax.clear_caches()
     lower_s, lowered = _timed(lambda: step.lower(state, block, jax.random.key(0)))
     compile_s, _ = _timed(lowered.compile)
-    return lower_s, compile_s
+    return lower_s, compile_s, lowered
 
 
 def _timed(fn):

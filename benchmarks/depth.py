@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from collections.abc import Sequence
 
-from benchmarks import common
+from benchmarks import common, compile as compile_bench
 
 SHAPE = dataclasses.replace(common.ClientShape(), local_steps=2)
 COHORT, CHUNK = 4, 2
@@ -29,19 +28,9 @@ def grid(mode: str) -> tuple[int, ...]:
 
 def measure(depth: int) -> dict[str, float]:
     """``trace_s`` (trace + lower), ``compile_s`` (XLA) and ``hlo_mb`` (StableHLO text)."""
-    import jax
-    step, params, opt = common.make_asr_step("tiny", COHORT, chunk_size=CHUNK,
-                                             num_blocks=depth)
-    state = jax.eval_shape(lambda: common.fresh_state(params, opt))
-    block = common.abstract_cohort(COHORT, SHAPE)
-    jax.clear_caches()
-    start = time.perf_counter()
-    lowered = step.lower(state, block, jax.random.key(0))
-    trace_s = time.perf_counter() - start
-    hlo_mb = len(lowered.as_text()) / 1e6
-    start = time.perf_counter()
-    lowered.compile()
-    return {"trace_s": trace_s, "compile_s": time.perf_counter() - start, "hlo_mb": hlo_mb}
+    trace_s, compile_s, lowered = compile_bench.time_compile("tiny", COHORT, CHUNK, SHAPE,
+                                                             num_blocks=depth)
+    return {"trace_s": trace_s, "compile_s": compile_s, "hlo_mb": len(lowered.as_text()) / 1e6}
 
 
 def run(depths: Sequence[int]) -> common.Report:

@@ -202,7 +202,8 @@ def block_keys(dropout_rng: LazyRng, num_blocks: int) -> tuple[jax.Array, jax.Ar
     Equal to the keys of the unrolled flax model (one module per block, ``make_rng`` in
     each): key ``[i, j]`` is the ``"dropout"`` stream at scope ``block_i/DROPOUT_SITES[j]``,
     layer-drop key ``i`` the encoder's (i+1)-th ``make_rng("dropout")``. So scanning the
-    blocks changes no number (tests/models/test_model.py holds values of the unrolled model).
+    blocks changes no number (tests/models/test_depth_scan.py holds values of the
+    unrolled model).
     One vectorized ``fold_in`` for all of them.
     """
     prefix = dropout_rng.suffix
@@ -233,7 +234,6 @@ def unstack_blocks(params: dict) -> dict:
     rest = {k: v for k, v in params.items() if k != STACKED}
     return {**rest, **{block_name(i): jax.tree.map(lambda x, i=i: x[i], stacked)
                        for i in range(num_blocks)}}
-
 
 
 def run_blocks(config: ModelConfig, stacked: dict, x: jax.Array, attention_mask: jax.Array,
@@ -317,16 +317,15 @@ class Encoder(nn.Module):
         x = x + sinusoidal_embedding(positions, cfg.model_dim, cfg.cape_freq_scale).astype(x.dtype)
         x = FrameDropout(cfg.dropout_rate)(x, deterministic=not train)
         attention_mask = (paddings < 0.5)[:, None, None, :]           # [B, 1, 1, T'] keys
-        names = [block_name(i) for i in range(cfg.num_blocks)]
         if self.is_initializing():
-            for name in names:
-                x = TransformerBlock(cfg, name=name)(x, attention_mask, None)
+            for i in range(cfg.num_blocks):
+                x = TransformerBlock(cfg, name=block_name(i))(x, attention_mask, None)
         else:
             # The "dropout" stream as flax holds it (a key and a static path to fold in).
             dropout_rng = self.scope.rngs["dropout"] if train else None
             params = self.variables["params"]
             stacked = (params[STACKED] if STACKED in params
-                       else stack_blocks({name: params[name] for name in names}).get(STACKED, {}))
+                       else stack_blocks(params).get(STACKED, {}))
             x = run_blocks(cfg, stacked, x, attention_mask, dropout_rng)
         x = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="final_norm")(x)
         logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
