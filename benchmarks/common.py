@@ -123,7 +123,8 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
 
 @functools.lru_cache(maxsize=None)
 def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_overrides):
-    """``(config, params, client_update, server_optimizer)`` for a named model size; local
+    """``(config, params, client_update, server_optimizer)`` for a named model size, the
+    parameters in the round's layout (blocks stacked, ``asr.PARAM_LAYOUT``); local
     steps run on the smallest cut of their batch (``PaddingBuckets(*padding_cuts)``: row
     and length levels; ``(1, 1)``: no cuts), as in the trainer.
 
@@ -136,11 +137,11 @@ def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_override
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
     config = get_model_config(size, **model_overrides)
-    params = asr.init_params(config, jax.random.key(0))
+    params = asr.stack_blocks(asr.init_params(config, jax.random.key(0)))
     update = client.make_client_update(asr.make_loss_fn(config, train=True),
-                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts),
-                                       client.ParamLayout(asr.stack_blocks, asr.unstack_blocks))
-    return config, params, update, server.make_server_optimizer("lamb", 2e-3)
+                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts))
+    return config, params, update, server.make_server_optimizer("lamb", 2e-3,
+                                                                layout=asr.PARAM_LAYOUT)
 
 
 def make_asr_step(size: str, cohort_size: int, *, executor: str = "vectorized",
@@ -149,10 +150,12 @@ def make_asr_step(size: str, cohort_size: int, *, executor: str = "vectorized",
     """The paper's round step (per-layer clipping, noise, LAMB) for an ASR model size."""
     from fl_dp_asr.dp import DPConfig
     from fl_dp_asr.fl import executors, round as round_lib
+    from fl_dp_asr.models import asr
     _, params, update, opt = asr_task(size, **model_overrides)
     dp = DPConfig("per_layer", 1.0, "uniform", noise_multiplier=noise_multiplier)
     step = round_lib.make_round_step(
-        update, opt, dp, cohort_size, executors.make(executor, chunk_size=chunk_size, mesh=mesh))
+        update, opt, dp, cohort_size, executors.make(executor, chunk_size=chunk_size, mesh=mesh),
+        asr.PARAM_LAYOUT)
     return step, params, opt
 
 

@@ -175,12 +175,11 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
         client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
-        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels),
-        client.ParamLayout(asr.stack_blocks, asr.unstack_blocks))
+        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels))
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
-                                           sampler.expected_size, executor)
+                                           sampler.expected_size, executor, asr.PARAM_LAYOUT)
     if round_steps is not None and not multi_process:
         key = round_step_key(config, model_config, dp, sampler.expected_size)
         round_step = round_step._replace(step=round_steps.setdefault(key, round_step.step))
@@ -265,11 +264,39 @@ class Progress:
     last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the bar
 
 
+class OldLayoutError(ValueError):
+    """A checkpoint whose server state holds the blocks unrolled (``block_NN``)."""
+
+
+def restore_latest(checkpoints: Checkpointer, state: round_lib.ServerState
+                   ) -> tuple[int, dict, dict] | None:
+    """The newest checkpoint restored into the structure of ``state`` (None: none yet).
+
+    Raises:
+        OldLayoutError: the checkpoint was written before the round step held the blocks
+            stacked (its server state names ``block_00``...): it cannot be resumed by this
+            version (its model still loads: ``utils.load_model_checkpoint``).
+    """
+    try:
+        return checkpoints.restore_latest(state._asdict())
+    except (ValueError, KeyError, TypeError) as error:
+        step = checkpoints.latest_step()
+        saved, _ = checkpoints.restore(step)
+        if any(str(k).startswith("block_") for k in saved.get("params", {})):
+            raise OldLayoutError(
+                f"{checkpoints.directory} (round {step}) holds a server state with the blocks "
+                "unrolled (block_00, ...), written before the round step held them stacked; "
+                "this version cannot resume it. Start a new work directory, or use its model "
+                "as the seed: --config.init_checkpoint=" + checkpoints.directory) from error
+        raise
+
+
 def resume(checkpoints: Checkpointer, run: Run, log: Log
            ) -> tuple[round_lib.ServerState, Progress]:
     """The newest checkpoint of the work directory, else round 0 from the seed model."""
-    state = round_lib.init_server_state(run.seed_params, run.server_optimizer, run.dp)
-    restored = checkpoints.restore_latest(state._asdict())
+    state = round_lib.init_server_state(asr.stack_blocks(run.seed_params), run.server_optimizer,
+                                        run.dp, asr.PARAM_LAYOUT)
+    restored = restore_latest(checkpoints, state)
     if restored is None:
         log(f"Starting from the seed model: {run.seed_source}.")
         return state, Progress()

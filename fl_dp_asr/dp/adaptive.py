@@ -108,18 +108,20 @@ def unclipped_bits(norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Arra
 
 
 def clip(delta: Any, bounds: Mapping[str, jax.Array],
-         layer_fn: transforms.LayerFn = transforms.leaf_layer_name
+         layer_fn: transforms.LayerFn = transforms.leaf_layer_name,
+         layout: transforms.ParamLayout = transforms.SAME_LAYOUT
          ) -> tuple[Any, transforms.ClipStats, dict[str, jax.Array]]:
     """Clips one client's delta to the current bounds: ``(Δ̃, ClipStats, bits)``.
 
     ``bounds = {"global": C_t}``: global clipping to C_t; otherwise per-layer clipping to
-    ``{layer name: C_{h,t}}`` (names from ``layer_fn``). ``bits`` are the unclipped
+    ``{layer name: C_{h,t}}`` (names from ``layer_fn`` on the canonical layout of
+    ``layout``, :mod:`fl_dp_asr.dp.layout`). ``bits`` are the unclipped
     indicators b_h = 1[‖Δ_h‖ ≤ C_{h,t}] (float32), one per bound.
     """
     if set(bounds) == {GLOBAL}:
-        clipped, stats = transforms.clip_global(delta, bounds[GLOBAL], layer_fn)
+        clipped, stats = transforms.clip_global(delta, bounds[GLOBAL], layer_fn, layout)
         return clipped, stats, unclipped_bits({GLOBAL: stats.global_norm}, bounds)
-    clipped, stats = transforms.clip_layers(delta, bounds, layer_fn)
+    clipped, stats = transforms.clip_layers(delta, bounds, layer_fn, layout)
     return clipped, stats, unclipped_bits(stats.layer_norms, bounds)
 
 

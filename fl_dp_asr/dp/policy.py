@@ -133,14 +133,19 @@ class DPConfig:
         """Maps a parameter's key path to its layer name (``layers``)."""
         return LAYER_GROUPINGS[self.layers]
 
-    def initial_clip_bounds(self, params: Any) -> dict[str, float]:
+    def initial_clip_bounds(self, params: Any,
+                            layout: transforms.ParamLayout = transforms.SAME_LAYOUT
+                            ) -> dict[str, float]:
         """The bounds of round 0, ``{name: C_h}``: ``{"global": C}`` for global clipping,
-        the allocation's per-layer bounds for per-layer clipping, ``{}`` for none."""
+        the allocation's per-layer bounds for per-layer clipping, ``{}`` for none
+        (``params`` in ``layout``, :mod:`fl_dp_asr.dp.layout`; names of the canonical
+        layout)."""
         if self.clipping == "none":
             return {}
         if self.clipping == "global":
             return {adaptive.GLOBAL: float(self.clip_norm)}
-        return transforms.layer_bounds(self.clip_norm, self.allocation, params, self.layer_fn)
+        return transforms.layer_bounds(self.clip_norm, self.allocation, params, self.layer_fn,
+                                       layout)
 
     def count_stddev(self, expected_cohort_size: float) -> float:
         """σ_b: the given ``clipped_count_stddev`` or S/20; 0 without adaptive clipping."""
@@ -191,25 +196,30 @@ class DPConfig:
         clip_norm = math.inf if self.clipping == "none" else self.clip_norm
         return accounting.sensitivity(clip_norm, neighboring_relation)
 
-    def clipping_transform(self) -> optax.GradientTransformation:
-        """The per-client clipping transform (for ``"none"``: the identity, with statistics)."""
+    def clipping_transform(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
+                           ) -> optax.GradientTransformation:
+        """The per-client clipping transform (for ``"none"``: the identity, with statistics)
+        of deltas in ``layout`` (:mod:`fl_dp_asr.dp.layout`)."""
         if self.clipping == "global":
-            return transforms.clip_by_global_norm(self.clip_norm)
+            return transforms.clip_by_global_norm(self.clip_norm, layout)
         if self.clipping == "per_layer":
-            return transforms.clip_per_layer(self.clip_norm, self.allocation, self.layer_fn)
+            return transforms.clip_per_layer(self.clip_norm, self.allocation, self.layer_fn,
+                                             layout)
         if self.clipping == "rescale_per_layer":
-            return transforms.rescale_per_layer(self.clip_norm, self.allocation, self.layer_fn)
-        return transforms.clip_by_global_norm(math.inf)
+            return transforms.rescale_per_layer(self.clip_norm, self.allocation, self.layer_fn,
+                                                layout)
+        return transforms.clip_by_global_norm(math.inf, layout)
 
-    def client_clip(self) -> ClientClip:
+    def client_clip(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
+                    ) -> ClientClip:
         """How the round clips one client's delta: ``clip(delta, clip_bounds) -> (Δ̃,
         ClipStats, bits)``. Fixed clipping applies :meth:`clipping_transform` (bounds
         ``{}``, no bits); adaptive clipping clips to the round's bounds
-        (:func:`fl_dp_asr.dp.adaptive.clip`)."""
+        (:func:`fl_dp_asr.dp.adaptive.clip`). Deltas are in ``layout``."""
         if self.adaptive:
             layer_fn = self.layer_fn
-            return lambda delta, bounds: adaptive.clip(delta, bounds, layer_fn)
-        transform = self.clipping_transform()
+            return lambda delta, bounds: adaptive.clip(delta, bounds, layer_fn, layout)
+        transform = self.clipping_transform(layout)
 
         def fixed(delta, bounds):
             del bounds

@@ -14,6 +14,9 @@ Vocabulary (arXiv 2310.00098, "Clipping"):
     (``"block_00/mlp/kernel"``, the name metrics, TensorBoard and plots use);
     ``layer_fn(path) -> name`` groups leaves (e.g. one layer per transformer block).
     H = number of layers, d_h their sizes, D = Σ d_h.
+* A delta may be held in a compute layout (:mod:`fl_dp_asr.dp.layout`, e.g. a scanned
+    model's blocks stacked along a leading axis): functions that take a ``layout`` still
+    name and treat every canonical leaf as its own layer.
 * Per-layer clipping (the paper's definition) clips every layer h to its own bound C_h
     with Σ_h C_h² = C², so ‖Δ̃‖ ≤ C. Allocations: ``"uniform"`` C_h = C/√H,
     ``"by_dim"`` C_h = C·√(d_h/D), or explicit bounds (a mapping by layer name, or a
@@ -38,6 +41,8 @@ import numpy as np
 import optax
 
 from fl_dp_asr.dp import checks
+from fl_dp_asr.dp import layout as layout_lib
+from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 
 PyTree = Any
 LayerFn = Callable[[tuple], str]
@@ -76,10 +81,12 @@ def top_module_name(path: tuple) -> str:
     return jax.tree_util.keystr(path[:1], simple=True, separator="/")
 
 
-def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, int]:
+def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name,
+                layout: ParamLayout = SAME_LAYOUT) -> dict[str, int]:
     """Number of coordinates per layer, ``{name: d_h}`` (static Python ints)."""
     sizes: dict[str, int] = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+            layout_lib.canonical_shapes(tree, layout)):
         name = layer_fn(path)
         sizes[name] = sizes.get(name, 0) + math.prod(jnp.shape(leaf))
     return sizes
@@ -111,13 +118,24 @@ def l2_norm(arrays: Sequence[jax.Array]) -> jax.Array:
     return up * jnp.sqrt(sum(jnp.sum(jnp.square(x * down)) for x in arrays))
 
 
-def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name) -> dict[str, jax.Array]:
+def _slice_norms(x: jax.Array, stack_ndim: int) -> jax.Array:
+    """:func:`l2_norm` of every slice ``x[i, ...]`` over the ``stack_ndim`` leading axes."""
+    if stack_ndim == 0:
+        return l2_norm([x])
+    return jax.vmap(lambda s: _slice_norms(s, stack_ndim - 1))(x)
+
+
+def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name,
+                layout: ParamLayout = SAME_LAYOUT) -> dict[str, jax.Array]:
     """L2 norm of every layer, ``{name: ‖Δ_h‖}`` (float32 scalars; :func:`l2_norm`: finite
-    for every finite layer, however large)."""
+    for every finite layer, however large). A layer of several leaves gets the norm of its
+    leaves' norms."""
+    norms = layout_lib.per_layer(tree, layout, _slice_norms)
     leaves: dict[str, list[jax.Array]] = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        leaves.setdefault(layer_fn(path), []).append(leaf)
-    return {name: l2_norm(layer) for name, layer in leaves.items()}
+    for path, norm in jax.tree_util.tree_leaves_with_path(norms):
+        leaves.setdefault(layer_fn(path), []).append(norm)
+    return {name: layer[0] if len(layer) == 1 else l2_norm(layer)
+            for name, layer in leaves.items()}
 
 
 def check_allocation(name: str, allocation: Allocation) -> None:
@@ -133,6 +151,7 @@ def check_allocation(name: str, allocation: Allocation) -> None:
 
 
 def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dict[str, float]:
+    # ``tree``: canonical layout.
     """``{layer name: C_h}`` (checked ≥ 0) from a mapping by name or a pytree of per-leaf
     bounds."""
     def checked(name, bound):
@@ -156,6 +175,7 @@ def layer_bounds(
         allocation: Allocation,
         tree: PyTree,
         layer_fn: LayerFn = leaf_layer_name,
+        layout: ParamLayout = SAME_LAYOUT,
 ) -> dict[str, float]:
     """Per-layer bounds C_h with Σ C_h² = C², from an allocation rule.
 
@@ -168,6 +188,8 @@ def layer_bounds(
             the same bound).
         tree: a pytree with the parameters' structure (shapes only are used).
         layer_fn: maps a leaf's key path to its layer name.
+        layout: the layout of ``tree`` (:mod:`fl_dp_asr.dp.layout`); names, sizes and a
+            pytree ``allocation`` are those of the canonical layout.
 
     Returns:
         ``{layer name: C_h}`` as Python floats.
@@ -180,6 +202,7 @@ def layer_bounds(
         {'a': 0.6, 'b': 0.8}
     """
     check_allocation("allocation", allocation)
+    tree = layout_lib.canonical_shapes(tree, layout)
     sizes = layer_sizes(tree, layer_fn)
     if isinstance(allocation, str):
         if allocation == "uniform":
@@ -199,9 +222,13 @@ def layer_bounds(
     return bounds
 
 
-def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn) -> PyTree:
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: (leaf * scales[layer_fn(path)]).astype(leaf.dtype), tree)
+def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn,
+                  layout: ParamLayout) -> PyTree:
+    per_leaf = jax.tree_util.tree_map_with_path(
+        lambda path, _: jnp.asarray(scales[layer_fn(path)], jnp.float32),
+        layout_lib.canonical_shapes(tree, layout))
+    factors = layout_lib.broadcast_per_layer(tree, layout, per_leaf)
+    return jax.tree.map(lambda leaf, f: (leaf * f).astype(leaf.dtype), tree, factors)
 
 
 def _global_norm(norms: Mapping[str, jax.Array]) -> jax.Array:
@@ -216,10 +243,10 @@ def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
 # ------------------------------------------------------------- pure clipping rules
 
 
-def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_name
-                ) -> tuple[PyTree, ClipStats]:
+def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_name,
+                layout: ParamLayout = SAME_LAYOUT) -> tuple[PyTree, ClipStats]:
     """Δ · C / max(C, ‖Δ‖), with the statistics of :class:`ClipStats`."""
-    norms = layer_norms(delta, layer_fn)
+    norms = layer_norms(delta, layer_fn, layout)
     norm = _global_norm(norms)
     factor = _clip_factor(norm, clip_norm)
     clipped = jax.tree.map(lambda x: (x * factor).astype(x.dtype), delta)
@@ -227,35 +254,64 @@ def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_
 
 
 def clip_layers(delta: PyTree, bounds: Mapping[str, float],
-                layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+                layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+                ) -> tuple[PyTree, ClipStats]:
     """Every layer h clipped independently: Δ_h · C_h / max(C_h, ‖Δ_h‖)."""
-    norms = layer_norms(delta, layer_fn)
+    norms = layer_norms(delta, layer_fn, layout)
     factors = {name: _clip_factor(norms[name], bounds[name]) for name in norms}
     any_clipped = jnp.any(jnp.stack([norms[n] > bounds[n] for n in norms]))
-    return (_scale_layers(delta, factors, layer_fn),
+    return (_scale_layers(delta, factors, layer_fn, layout),
             ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)))
 
 
 def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
-                   layer_fn: LayerFn = leaf_layer_name) -> tuple[PyTree, ClipStats]:
+                   layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+                   ) -> tuple[PyTree, ClipStats]:
     """Reference-code variant: if ‖Δ‖ ≥ C, every layer becomes exactly C_h long.
 
     Layers that are exactly zero stay zero. Below the bound Δ is returned unchanged.
     """
-    norms = layer_norms(delta, layer_fn)
+    norms = layer_norms(delta, layer_fn, layout)
     norm = _global_norm(norms)
     over = norm >= clip_norm
     factors = {
         name: jnp.where(over, bounds[name] / jnp.where(norms[name] > 0, norms[name], 1.0), 1.0)
         for name in norms
     }
-    return (_scale_layers(delta, factors, layer_fn),
+    return (_scale_layers(delta, factors, layer_fn, layout),
             ClipStats(norms, norm, over.astype(jnp.float32)))
 
 
-def gaussian_noise(tree: PyTree, stddev: float | jax.Array, key: jax.Array) -> PyTree:
-    """``tree + N(0, stddev²)`` independently on every coordinate (float32 draws)."""
-    noise = optax.tree_utils.tree_random_like(key, tree, jax.random.normal, jnp.float32)
+def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAME_LAYOUT
+                         ) -> PyTree:
+    """N(0, 1) float32 draws shaped like ``tree`` (compute layout ``layout``).
+
+    The numbers of ``optax.tree_utils.tree_random_like(key, canonical, jax.random.normal)``
+    on the canonical layout (canonical leaf i draws from ``split(key, leaves)[i]``), in any
+    layout: a stacked leaf draws its layers with one vmapped call over their keys. (One
+    draw per layer compiles slowly: ~70 s for the 648 leaves of a 36-block model on
+    XLA:CPU, ~1 s stacked; docs/performance.md.)
+    """
+    canonical = layout_lib.canonical_shapes(tree, layout)
+    leaves, treedef = jax.tree.flatten(canonical)
+    keys = jax.random.split(key, len(leaves))
+    key_tree = layout.to_compute(jax.tree.unflatten(treedef, list(keys)))
+
+    def draw(leaf, leaf_keys):
+        sample = lambda k: jax.random.normal(k, jnp.shape(leaf)[jnp.ndim(leaf_keys):],
+                                             jnp.float32)
+        for _ in range(jnp.ndim(leaf_keys)):
+            sample = jax.vmap(sample)
+        return sample(leaf_keys)
+
+    return jax.tree.map(draw, tree, key_tree)
+
+
+def gaussian_noise(tree: PyTree, stddev: float | jax.Array, key: jax.Array,
+                   layout: ParamLayout = SAME_LAYOUT) -> PyTree:
+    """``tree + N(0, stddev²)`` independently on every coordinate (float32 draws,
+    :func:`standard_normal_like`)."""
+    noise = standard_normal_like(key, tree, layout)
     return jax.tree.map(lambda x, n: (x + stddev * n).astype(x.dtype), tree, noise)
 
 
@@ -267,17 +323,17 @@ def tree_is_finite(tree: PyTree) -> jax.Array:
 # ------------------------------------------------------------------ transforms
 
 
-def _stats_state(tree: PyTree, layer_fn: LayerFn) -> ClipStats:
-    names = layer_sizes(tree, layer_fn)
+def _stats_state(tree: PyTree, layer_fn: LayerFn, layout: ParamLayout) -> ClipStats:
+    names = layer_sizes(tree, layer_fn, layout)
     zero = jnp.zeros((), jnp.float32)
     return ClipStats({name: zero for name in names}, zero, zero)
 
 
 def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
-                        layer_fn: LayerFn) -> optax.GradientTransformation:
+                        layer_fn: LayerFn, layout: ParamLayout) -> optax.GradientTransformation:
 
     def init_fn(params):
-        return _stats_state(params, layer_fn)
+        return _stats_state(params, layer_fn, layout)
 
     def update_fn(updates, state, params=None):
         del state, params
@@ -286,7 +342,8 @@ def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(clip_norm: float, layout: ParamLayout = SAME_LAYOUT
+                        ) -> optax.GradientTransformation:
     """Clips one client's delta to global L2 norm C: Δ̃ = Δ · C / max(C, ‖Δ‖).
 
     The state is the :class:`ClipStats` of the last update (norm before clipping and
@@ -297,6 +354,8 @@ def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
 
     Args:
         clip_norm: the bound C > 0 (``inf``: no clipping, the statistics only).
+        layout: the layout of the deltas (:mod:`fl_dp_asr.dp.layout`; the statistics
+            name the canonical leaves).
 
     Returns:
         An ``optax.GradientTransformation``.
@@ -315,11 +374,13 @@ def clip_by_global_norm(clip_norm: float) -> optax.GradientTransformation:
         ([0.6000000238418579, 0.800000011920929], 5.0)
     """
     checks.check_positive("clip_norm", clip_norm, allow_inf=True)
-    return _clipping_transform(lambda d: clip_global(d, clip_norm), leaf_layer_name)
+    return _clipping_transform(lambda d: clip_global(d, clip_norm, leaf_layer_name, layout),
+                               leaf_layer_name, layout)
 
 
 def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                   layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+                   layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+                   ) -> optax.GradientTransformation:
     """Per-layer clipping (paper definition): Δ̃_h = Δ_h · C_h / max(C_h, ‖Δ_h‖).
 
     Each layer is clipped independently to C_h with Σ_h C_h² = C², hence ‖Δ̃‖ ≤ C and the
@@ -336,6 +397,9 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
             shaped like the delta with one bound per leaf (see :func:`layer_bounds`).
         layer_fn: maps a leaf's key path to its layer name (default: one layer per leaf,
             :func:`leaf_layer_name`); leaves with one name form one layer.
+        layout: the layout of the deltas (:mod:`fl_dp_asr.dp.layout`): layers are named
+            and clipped as in the canonical layout (a stacked leaf holds one layer per
+            index of its leading axis).
 
     Returns:
         An ``optax.GradientTransformation`` whose state is the last :class:`ClipStats`.
@@ -356,13 +420,15 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
     check_allocation("allocation", allocation)
 
     def rule(delta):
-        return clip_layers(delta, layer_bounds(clip_norm, allocation, delta, layer_fn), layer_fn)
+        bounds = layer_bounds(clip_norm, allocation, delta, layer_fn, layout)
+        return clip_layers(delta, bounds, layer_fn, layout)
 
-    return _clipping_transform(rule, layer_fn)
+    return _clipping_transform(rule, layer_fn, layout)
 
 
 def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                      layer_fn: LayerFn = leaf_layer_name) -> optax.GradientTransformation:
+                      layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+                      ) -> optax.GradientTransformation:
     """The paper's *reference code* variant of per-layer clipping.
 
     If ‖Δ‖ ≥ C, **every** layer is rescaled to exactly C_h (Σ C_h² = C², so ‖Δ̃‖ = C,
@@ -374,6 +440,7 @@ def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
         clip_norm: the total bound C > 0.
         allocation: as in :func:`clip_per_layer`.
         layer_fn: as in :func:`clip_per_layer`.
+        layout: as in :func:`clip_per_layer`.
 
     Returns:
         An ``optax.GradientTransformation`` whose state is the last :class:`ClipStats`.
@@ -391,10 +458,10 @@ def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
     check_allocation("allocation", allocation)
 
     def rule(delta):
-        bounds = layer_bounds(clip_norm, allocation, delta, layer_fn)
-        return rescale_layers(delta, clip_norm, bounds, layer_fn)
+        bounds = layer_bounds(clip_norm, allocation, delta, layer_fn, layout)
+        return rescale_layers(delta, clip_norm, bounds, layer_fn, layout)
 
-    return _clipping_transform(rule, layer_fn)
+    return _clipping_transform(rule, layer_fn, layout)
 
 
 def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformation:

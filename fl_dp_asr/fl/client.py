@@ -59,19 +59,6 @@ def local_sgd(learning_rate: float, grad_clip_norm: float | None = None
     return optax.chain(optax.clip_by_global_norm(grad_clip_norm), sgd)
 
 
-class ParamLayout(NamedTuple):
-    """How local training holds the parameters: ``to_compute(params)`` before the first
-    local step, ``from_compute(local)`` after the last, exact inverses (e.g. the ASR model
-    stacks its blocks' leaves, :func:`fl_dp_asr.models.stack_blocks`, so the optimizer's
-    per-leaf updates in every local step do not grow with depth). Deltas, clipping and the
-    server always see the parameters' own layout."""
-    to_compute: Callable[[PyTree], PyTree]
-    from_compute: Callable[[PyTree], PyTree]
-
-
-SAME_LAYOUT = ParamLayout(lambda params: params, lambda params: params)
-
-
 class LocalState(NamedTuple):
     """A client's state during local training: parameters, optimizer state, loss sum."""
     params: PyTree
@@ -240,8 +227,7 @@ class ClientUpdate(NamedTuple):
 
 
 def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransformation,
-                       buckets: BatchBuckets | None = None,
-                       layout: ParamLayout = SAME_LAYOUT) -> ClientUpdate:
+                       buckets: BatchBuckets | None = None) -> ClientUpdate:
     """The :class:`ClientUpdate` of local training with ``local_optimizer`` on ``loss_fn``.
 
     Args:
@@ -250,9 +236,6 @@ def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransform
         buckets: cut each local step's batch to the smallest of these shapes that holds
             its real data (e.g. :class:`fl_dp_asr.data.PaddingBuckets` for ASR batches);
             ``loss_fn`` must not depend on the padding cut away. None: full batches.
-        layout: the layout local training holds the parameters in (:class:`ParamLayout`);
-            ``loss_fn`` and ``local_optimizer`` see that layout, the delta is in the
-            server's. Default: the server's layout.
 
     Returns:
         A :class:`ClientUpdate`; ``client_update.run(params, client_block, key)`` gives
@@ -261,8 +244,7 @@ def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransform
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def init(params):
-        local = layout.to_compute(params)
-        return LocalState(local, local_optimizer.init(local), jnp.zeros((), jnp.float32))
+        return LocalState(params, local_optimizer.init(params), jnp.zeros((), jnp.float32))
 
     def step(state, batch, step_mask, key):
         (loss, _), grads = grad_fn(state.params, batch, key)
@@ -274,7 +256,7 @@ def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransform
                           state.loss_sum + loss * step_mask)
 
     def final(params, state, step_mask):
-        delta = jax.tree.map(jnp.subtract, params, layout.from_compute(state.params))
+        delta = jax.tree.map(jnp.subtract, params, state.params)
         steps = jnp.sum(step_mask)
         metrics = ClientMetrics(
             loss=state.loss_sum / jnp.maximum(steps, 1.0),

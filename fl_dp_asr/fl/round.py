@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from fl_dp_asr.dp import DPConfig, adaptive, checks, transforms
+from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 from fl_dp_asr.fl import distributed, executors
 from fl_dp_asr.fl.client import ClientUpdate
 from fl_dp_asr.fl.contribution import Broadcast, RoundSums, make_contribution
@@ -65,8 +66,10 @@ class NonFiniteParamsError(FloatingPointError):
 
 
 class ServerState(NamedTuple):
-    """Server parameters, server optimizer state, the number of rounds applied and the
-    adaptive clip bounds ``{name: C_{h,t}}`` (float32 scalars; ``{}`` with fixed clipping)."""
+    """Server parameters (in the round's compute layout, :mod:`fl_dp_asr.dp.layout`),
+    server optimizer state, the number of rounds applied and the adaptive clip bounds
+    ``{name: C_{h,t}}`` (float32 scalars named as in the canonical layout; ``{}`` with
+    fixed clipping)."""
     params: PyTree
     opt_state: PyTree
     round: jax.Array
@@ -74,10 +77,12 @@ class ServerState(NamedTuple):
 
 
 def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation,
-                      dp: DPConfig | None = None) -> ServerState:
-    """Round 0: the given parameters, a fresh server optimizer state and, with adaptive
-    clipping in ``dp``, its initial bounds."""
-    bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params))
+                      dp: DPConfig | None = None, layout: ParamLayout = SAME_LAYOUT
+                      ) -> ServerState:
+    """Round 0: the given parameters (in ``layout``'s compute layout, that of the round
+    step), a fresh server optimizer state and, with adaptive clipping in ``dp``, its
+    initial bounds."""
+    bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params, layout))
               if dp is not None and dp.adaptive else {})
     return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32),
                        bounds)
@@ -117,8 +122,8 @@ class ServerUpdate(NamedTuple):
 
 
 def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
-                   expected_cohort_size: float, state: ServerState, total, sums: RoundSums,
-                   key, noise_stddev: jax.Array):
+                   expected_cohort_size: float, layout: ParamLayout, state: ServerState,
+                   total, sums: RoundSums, key, noise_stddev: jax.Array):
     """Noise once on the sum, divide by the expected cohort size, server optimizer, and
     (adaptive clipping) the new bounds from the noisy unclipped counts.
 
@@ -126,7 +131,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     is then multiplied by 0 and changes nothing); unused with adaptive clipping.
     """
     # Traced params still have static shapes: the per-layer bounds come from them.
-    config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params)
+    config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params,
+                                  layout)
     if state.clip_bounds:       # adaptive: this round's bounds, noise std z_Δ · C_t
         bounds = state.clip_bounds
         clip_norm = adaptive.total_bound(bounds)
@@ -136,7 +142,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
         clip_norm = adaptive.total_bound(bounds) if bounds else None
         noisy_round = dp.clipping != "none"   # noise is refused without clipping
-    noisy = (transforms.gaussian_noise(total, noise_stddev, jax.random.fold_in(key, _NOISE_STREAM))
+    noisy = (transforms.gaussian_noise(total, noise_stddev,
+                                       jax.random.fold_in(key, _NOISE_STREAM), layout)
              if noisy_round else total)
     pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
                                noisy, state.params)
@@ -150,7 +157,7 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     rejected = all_dropped | ~params_finite
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
     metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
-                       dp.layer_fn)
+                       dp.layer_fn, layout)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
@@ -172,9 +179,10 @@ def _next_bounds(config: ServerUpdate, bounds: dict[str, jax.Array], sums: Round
 
 
 def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransformation,
-                         expected_cohort_size: float, params: PyTree) -> ServerUpdate:
+                         expected_cohort_size: float, params: PyTree,
+                         layout: ParamLayout = SAME_LAYOUT) -> ServerUpdate:
     """The server-side settings of a round from the DP policy (``params``: any pytree with
-    the parameters' structure and shapes, for the per-layer bounds).
+    the parameters' structure and shapes in ``layout``, for the per-layer bounds).
 
     Raises:
         ValueError: adaptive clipping whose clipped-count noise leaves no budget for the
@@ -183,8 +191,8 @@ def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransform
     common = dict(server_optimizer=server_optimizer,
                   expected_cohort_size=float(expected_cohort_size))
     if not dp.adaptive:
-        return ServerUpdate(**common, fixed_bounds=dp.initial_clip_bounds(params))
-    num_bounds = len(dp.initial_clip_bounds(params))
+        return ServerUpdate(**common, fixed_bounds=dp.initial_clip_bounds(params, layout))
+    num_bounds = len(dp.initial_clip_bounds(params, layout))
     _, z_delta, _ = dp.noise_multipliers(expected_cohort_size, num_bounds)
     return ServerUpdate(**common, delta_noise_multiplier=z_delta,
                         count_stddev=dp.count_stddev(expected_cohort_size),
@@ -193,7 +201,7 @@ def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransform
 
 
 def _metrics(sums: RoundSums, updates, noisy, total, expected_cohort_size: float,
-             layer_fn: Callable) -> dict[str, Any]:
+             layer_fn: Callable, layout: ParamLayout) -> dict[str, Any]:
     """Round metrics; per layer h the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S on the
     mean (what per-layer clipping trades off: docs/replication.md)."""
     kept = jnp.maximum(sums.clients - sums.dropped, 1.0)
@@ -201,9 +209,9 @@ def _metrics(sums: RoundSums, updates, noisy, total, expected_cohort_size: float
     per_mean = 1.0 / expected_cohort_size
     return {
         "layer_signal_norms": {k: v * per_mean
-                               for k, v in transforms.layer_norms(total, layer_fn).items()},
+                               for k, v in transforms.layer_norms(total, layer_fn, layout).items()},
         "layer_noise_norms": {k: v * per_mean
-                              for k, v in transforms.layer_norms(noise, layer_fn).items()},
+                              for k, v in transforms.layer_norms(noise, layer_fn, layout).items()},
         "clients": sums.clients,
         "dropped_clients": sums.dropped,
         "clip_fraction": sums.clipped / kept,
@@ -245,6 +253,7 @@ def make_round_step(
         dp: DPConfig,
         expected_cohort_size: float,
         executor: executors.Executor | None = None,
+        layout: ParamLayout = SAME_LAYOUT,
 ) -> RoundStep:
     """Builds the round step ``(server_state, cohort_block, key) -> (server_state, metrics)``.
 
@@ -257,6 +266,12 @@ def make_round_step(
             ``expected_size``); the sum is divided by it and σ_DP is converted with it.
         executor: how clients are run (:mod:`fl_dp_asr.fl.executors`); default
             ``executors.vectorized()`` (chunks of 16 clients).
+        layout: the layout the round holds the parameters in (:mod:`fl_dp_asr.dp.layout`;
+            e.g. the ASR model's stacked blocks, ``asr.PARAM_LAYOUT``): the server state's
+            params, the clients' local training, deltas, noise and the server optimizer
+            use it; per-layer clipping, bounds and metrics name canonical layers. Build
+            the server optimizer with the same layout
+            (:func:`fl_dp_asr.fl.server.make_server_optimizer`).
 
     Raises:
         ValueError: at once, naming the argument: ``expected_cohort_size`` not finite and
@@ -283,9 +298,9 @@ def make_round_step(
                          f"{executor!r}.")
     if dp.adaptive:
         _check_count_noise(dp, expected_cohort_size)
-    contribution = make_contribution(client_update, dp.client_clip())
+    contribution = make_contribution(client_update, dp.client_clip(layout))
     server_update = functools.partial(_server_update, dp, server_optimizer,
-                                      float(expected_cohort_size))
+                                      float(expected_cohort_size), layout)
     noise_stddev = _device_scalar(
         0.0 if dp.adaptive else dp.noise_stddev(expected_cohort_size), executor.mesh)
 
@@ -299,7 +314,7 @@ def make_round_step(
         return round_step
 
     check = functools.partial(check_server_state, dp=dp,
-                              expected_cohort_size=float(expected_cohort_size))
+                              expected_cohort_size=float(expected_cohort_size), layout=layout)
     if executor.traceable:
         return BoundRoundStep(jax.jit(compose(server_update), donate_argnums=(0,)),
                               noise_stddev, check)
@@ -321,7 +336,8 @@ def _check_count_noise(dp: DPConfig, expected_cohort_size: float) -> None:
                          "bounds give z_b = 2σ_b/√H, smaller still.)") from None
 
 
-def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: float) -> None:
+def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: float,
+                       layout: ParamLayout = SAME_LAYOUT) -> None:
     """Raises ValueError, before anything is traced, when ``state`` does not fit ``dp``.
 
     Adaptive clipping needs the bounds of :func:`init_server_state` called with ``dp``
@@ -349,7 +365,7 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
     # the allocation's bounds): this runs at every call.
     expected = ({adaptive.GLOBAL} if dp.clipping == "global"
-                else set(transforms.layer_sizes(state.params, dp.layer_fn)))
+                else set(transforms.layer_sizes(state.params, dp.layer_fn, layout)))
     if set(bounds) != expected:
         raise ValueError(
             f"the server state's clip bounds {sorted(bounds)[:3]}... ({len(bounds)}) are not "

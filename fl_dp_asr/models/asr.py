@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from fl_dp_asr.audio.augment import spec_augment
+from fl_dp_asr.dp.layout import ParamLayout
 from fl_dp_asr.audio.features import log_mel
 from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.models.encoder import Encoder, stack_blocks, unstack_blocks
@@ -33,6 +34,10 @@ from fl_dp_asr.text.tokenizer import BLANK_ID, CharTokenizer
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+# Federated rounds hold the blocks stacked (one op per kind of block leaf, whatever the
+# depth; fl_dp_asr.dp.layout); checkpoints of the model, metrics and bounds name block_NN.
+PARAM_LAYOUT = ParamLayout(stack_blocks, unstack_blocks)
 
 
 def build_model(config: ModelConfig) -> Encoder:

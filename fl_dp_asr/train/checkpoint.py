@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from fl_dp_asr.models.config import ModelConfig
+from fl_dp_asr.models.encoder import unstack_blocks
 
 PyTree = Any
 COMMIT_MARKER = "commit_success.txt"
@@ -205,7 +206,9 @@ def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
 
     ``directory`` is a trainer's work directory or its ``checkpoints/`` directory.
     Follows the conventions above: parameters under ``state["params"]`` and
-    ``meta["model_config"]``. ``step=None`` takes the latest complete checkpoint.
+    ``meta["model_config"]``. ``step=None`` takes the latest complete checkpoint. The
+    parameters come in the model's own layout (``block_NN``), also from the federated
+    trainer, which saves them stacked (``asr.PARAM_LAYOUT``).
     Used by the transcription CLI and to start federated training from a seed model.
 
     Raises:
@@ -228,4 +231,5 @@ def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
     if "model_config" not in meta or "params" not in state:
         raise ValueError(f"checkpoint {checkpointer.directory}/{step} lacks meta['model_config'] "
                          "or state['params']; was it written by a fl_dp_asr trainer?")
-    return ModelConfig.from_dict(meta["model_config"]), state["params"], step
+    # The federated trainer saves the blocks stacked (its round layout): the model's own.
+    return ModelConfig.from_dict(meta["model_config"]), unstack_blocks(state["params"]), step

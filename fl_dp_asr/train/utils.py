@@ -195,11 +195,14 @@ def optimizer_from_config(opt: ml_collections.ConfigDict, num_steps: int
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
 
 
-def server_optimizer_from_config(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The FL server optimizer of the ``server`` section (:mod:`fl_dp_asr.fl.server`)."""
+def server_optimizer_from_config(cfg: ml_collections.ConfigDict
+                                 ) -> optax.GradientTransformation:
+    """The FL server optimizer of the ``server`` section (:mod:`fl_dp_asr.fl.server`) on
+    the round's layout of the ASR parameters (``asr.PARAM_LAYOUT``)."""
     return server.make_server_optimizer(cfg.optimizer, cfg.learning_rate,
                                         decay_begin=cfg.decay_begin,
-                                        decay_every=cfg.decay_every, decay_rate=cfg.decay_rate)
+                                        decay_every=cfg.decay_every, decay_rate=cfg.decay_rate,
+                                        layout=asr.PARAM_LAYOUT)
 
 
 # ------------------------------------------------------------------ the run
