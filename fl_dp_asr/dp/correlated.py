@@ -293,8 +293,12 @@ class CorrelatedNoise:
         Python-float ``stddev`` *before* C⁻¹ and keeps its own key in the state. Here the
         round step passes the round's key (``fold_in(base_key, round)``, so a resumed run
         draws the same noise) and a traced ``stddev`` (σ is an argument of the compiled
-        step), and the scaling comes *after* C⁻¹ (the same noise, C⁻¹ being linear), so
-        the state holds unit-variance noise whatever σ is.
+        step), and the scaling comes *after* C⁻¹ (the same noise for a constant σ, C⁻¹
+        being linear), so the state holds unit-variance noise whatever σ is. With a clip
+        bound C_t that changes between rounds (adaptive clipping, σ_t = z·C_t, C_t computed
+        from earlier released rounds) this is still the matrix mechanism, on the deltas in
+        units of their bound: y_t = C_t·(x_t/C_t + z·(C⁻¹Z)_t); scaling before C⁻¹ would
+        not be.
 
         Args:
             state: from :meth:`init_state` or the previous call.
