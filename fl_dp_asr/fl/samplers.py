@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import ClassVar
 
 import dp_accounting
@@ -196,14 +197,19 @@ class CyclicSampler(CohortSampler):
     def neighboring_relation(self) -> str:
         return accounting.ZERO_OUT_ONE_USER
 
-    def group(self, index: int) -> np.ndarray:
-        """Sorted users of group ``index`` (of ``min_separation``), fixed by ``seed``."""
+    @functools.cached_property
+    def _groups(self) -> tuple[np.ndarray, ...]:
         order = np.random.default_rng(np.random.SeedSequence([self.seed])).permutation(
             self.population)
-        return np.sort(order[index % self.min_separation::self.min_separation])
+        return tuple(np.sort(order[g::self.min_separation]) for g in range(self.min_separation))
+
+    def group(self, index: int) -> np.ndarray:
+        """Sorted users of group ``index`` mod ``min_separation``, fixed by ``seed`` (the
+        split is computed once per sampler)."""
+        return self._groups[index % self.min_separation].copy()
 
     def sample(self, round_index: int) -> np.ndarray:
-        members = self.group(round_index % self.min_separation)
+        members = self._groups[round_index % self.min_separation]
         chosen = _round_rng(self.seed, round_index).choice(len(members), self.cohort_size,
                                                            replace=False)
         return np.sort(members[chosen])
