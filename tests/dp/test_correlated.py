@@ -294,3 +294,32 @@ def test_the_mechanism_refuses_samplers_without_min_separation():
 def test_docstring_examples_run():
     failures, tried = doctest.testmod(correlated)
     assert tried >= 1 and failures == 0
+
+
+def test_state_and_mechanism_checkpoint_with_orbax_and_resume_bit_identically(tmp_path):
+    from fl_dp_asr.train.checkpoint import Checkpointer
+    mechanism = blt()
+    step = jax.jit(mechanism.next_noise)
+    keys = [jax.random.fold_in(jax.random.key(7), t) for t in range(4)]
+    state = mechanism.init_state(PARAMS)
+    for key in keys[:2]:
+        _, state = step(state, key, jnp.float32(0.4), PARAMS)
+    ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
+    ckpt.save(2, {"noise_state": state}, {"mechanism": mechanism.to_dict()})
+    ckpt.close()
+    uninterrupted = []
+    for key in keys[2:]:
+        noise, state = step(state, key, jnp.float32(0.4), PARAMS)
+        uninterrupted.append(noise)
+
+    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    restored, meta = reader.restore(2, {"noise_state": jax.eval_shape(
+        mechanism.init_state, PARAMS)})
+    reader.close()
+    resumed = CorrelatedNoise.from_dict(meta["mechanism"])
+    assert resumed == mechanism
+    state = restored["noise_state"]
+    step = jax.jit(resumed.next_noise)
+    for key, expected in zip(keys[2:], uninterrupted):
+        noise, state = step(state, key, jnp.float32(0.4), PARAMS)
+        jax.tree.map(np.testing.assert_array_equal, noise, expected)
