@@ -453,9 +453,9 @@ def _run_correlated(args: argparse.Namespace, command: str) -> str:
         lines.append(("target ε", f"{args.target_epsilon:g}"))
     else:
         z = results[0][1] if results else None
+        sigma_dp = accounting.noise_multiplier_to_sigma_dp(z, args.cohort)
         lines += [("z", f"{_fmt_sig(z)}  (std of the draws before C⁻¹, on the sum / C)"),
-                  ("σ_DP = z/S", f"{_fmt_sig(accounting.noise_multiplier_to_sigma_dp(z, args.cohort))}"
-                                 "  (on the mean / C)")]
+                  ("σ_DP = z/S", f"{_fmt_sig(sigma_dp)}  (on the mean / C)")]
     lines += [("cohort S", _fmt_int(args.cohort)), ("population K", _fmt_int(args.population)),
               ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")]
     width = max(len(k) for k, _ in lines)

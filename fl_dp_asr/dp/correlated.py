@@ -92,9 +92,9 @@ class CorrelatedNoise:
     The strategy C is lower-triangular Toeplitz; the noise over rounds 1..n is σ·C⁻¹Z
     (covariance σ²·C⁻¹C⁻ᵀ over rounds, independent across coordinates), σ = z·C_clip. A
     BLT has C[0, 0] = 1 (round 1's noise is N(0, σ²)); jax_privacy's banded coefficients
-    have norm 1 instead (sens² = k, round 1's noise std σ/coefs[0]). Its parameters are the float32 values the noise
-    recursion uses; give them to rebuild a mechanism exactly (a resumed run must), or leave
-    them out and :meth:`optimize` (or any method that needs them) asks jax_privacy for the
+    have norm 1 instead (sens² = k, round 1's noise std σ/coefs[0]). Its parameters are the
+    float32 values the noise recursion uses; give them to rebuild a mechanism exactly (a
+    resumed run must), or leave them out and :meth:`optimize` (or any method that needs them) asks jax_privacy for the
     strategy optimized for (n, b) — 5–40 s on 2 CPU cores, cached per value in the process.
 
     Attributes:
@@ -382,17 +382,30 @@ class CorrelatedNoise:
     def calibrate(self, target_epsilon: float, delta: float, rounds: int | None = None,
                   accountant: accounting.AccountantName = "rdp",
                   tolerance: float = 1e-3) -> float:
-        """Smallest noise multiplier z with ε(z) ≤ ``target_epsilon`` (within ``tolerance``
-        above the exact threshold): ``dp_accounting.calibrate_dp_mechanism`` on the
-        effective multiplier, times sens."""
+        """Smallest noise multiplier z with ε(z) ≤ ``target_epsilon``.
+
+        ``dp_accounting.calibrate_dp_mechanism`` on the effective multiplier z/sens (Brent's
+        method), times sens; z is within ``tolerance`` above the exact threshold.
+
+        Args:
+            target_epsilon: the ε budget, > 0.
+            delta: δ in (0, 1).
+            rounds: T in [1, n] (default n).
+            accountant: ``"rdp"`` or ``"pld"`` (bracketed by the RDP answer, as
+                ``accounting.calibrate_noise``: ε_PLD ≤ ε_RDP).
+            tolerance: absolute tolerance on z.
+
+        Returns:
+            z (σ = z·C_clip scales the draws before C⁻¹).
+        """
         target = checks.check_positive("target_epsilon", target_epsilon)
         delta = checks.check_delta(delta)
         tol = checks.check_positive("tolerance", tolerance)
-        sens = self.sensitivity(rounds)
-        make_accountant = pld.PLDAccountant if accountant == "pld" else rdp.RdpAccountant
         if accountant not in accounting.ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {accounting.ACCOUNTANTS}, "
                              f"got {accountant!r}")
+        sens = self.sensitivity(rounds)
+        make_accountant = pld.PLDAccountant if accountant == "pld" else rdp.RdpAccountant
 
         def epsilon_at(effective: float) -> float:
             return make_accountant().compose(
@@ -407,8 +420,8 @@ class CorrelatedNoise:
             if epsilon_at(lowest) <= target:
                 raise too_loose
             bracket = dp_accounting.LowerEndpointAndGuess(lowest, 1.0)
-        else:   # as accounting.calibrate_noise: below RDP's answer (ε_PLD ≤ ε_RDP), while
-            upper = self.calibrate(target, delta, rounds, "rdp", tol) / sens   # PLD is cheap
+        else:   # z_PLD ≤ z_RDP; step down until ε_PLD exceeds the target (cost-checked)
+            upper = self.calibrate(target, delta, rounds, "rdp", tol) / sens
             lower = upper
             while True:
                 lower *= 0.75
@@ -588,7 +601,8 @@ class CorrelatedAccountant:
         return accounting.pld_feasible(
             self.mechanism.effective_noise_multiplier(self.noise_multiplier, rounds), 1.0, 1)
 
-    def max_rounds_within(self, max_epsilon: float, accountant: accounting.AccountantName = "rdp",
+    def max_rounds_within(self, max_epsilon: float,
+                          accountant: accounting.AccountantName = "rdp",
                           max_rounds: int | None = None) -> int:
         """Largest T ≤ min(``max_rounds``, n) with ε(T) ≤ ``max_epsilon`` (0 if none):
         bisection (ε(T) does not decrease with T: the prefix sensitivity does not)."""
