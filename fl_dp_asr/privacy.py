@@ -8,6 +8,12 @@ Subcommands (all ε are user-level (ε, δ)-DP over all T rounds; see
     the mean / C, converted with z = S·σ_DP), ``--cohort S --population K --rounds T``.
 ``calibrate``
     the smallest z (and σ_DP) reaching ``--target-epsilon``.
+``--mechanism blt|banded_toeplitz`` (``epsilon``, ``calibrate``, ``extrapolate``)
+    correlated noise (DP-FTRL, :mod:`fl_dp_asr.dp.correlated`) instead of the Gaussian
+    mechanism with sampling amplification: participation with min separation
+    ``--min-separation b`` (default ⌊K/S⌋, cyclic groups of the population), ε of one
+    Gaussian mechanism with multiplier z/sens (sens from jax_privacy; no amplification).
+    Building the strategy optimizes it with jax_privacy: 5-40 s.
 ``extrapolate``
     the paper's extrapolation (arXiv 2310.00098): keep the simulated run's σ_DP,
     claim the privacy of cohort S' out of population K' (z' = S'·σ_DP, q' = S'/K').
@@ -26,6 +32,8 @@ Examples::
     python -m fl_dp_asr.privacy calibrate --target-epsilon 8 --cohort 1024 \\
         --population 34750 --rounds 2000 --sampling fixed --accountant rdp
     python -m fl_dp_asr.privacy extrapolate --rows experiments/paper_extrapolation.csv
+    python -m fl_dp_asr.privacy calibrate --target-epsilon 8 --cohort 1024 \\
+        --population 34750 --rounds 2000 --mechanism blt --min-separation 32
 """
 
 import argparse
@@ -200,6 +208,9 @@ def _check_accountant_choice(sampling: str, choice: str) -> None:
 # epsilon
 # --------------------------------------------------------------------------------------
 def _run_epsilon(args: argparse.Namespace) -> str:
+    if args.mechanism != "gaussian":
+        return _run_correlated(args, "epsilon")
+    args.sampling = args.sampling or "poisson"
     _check_accountant_choice(args.sampling, args.accountant)
     check_cohort(args.cohort, args.population, "--cohort", "--population", "epsilon")
     if args.sigma_dp is not None:
@@ -291,6 +302,9 @@ def _adaptive_lines(split: dict[str, float]) -> list[tuple[str, str]]:
 # calibrate
 # --------------------------------------------------------------------------------------
 def _run_calibrate(args: argparse.Namespace) -> str:
+    if args.mechanism != "gaussian":
+        return _run_correlated(args, "calibrate")
+    args.sampling = args.sampling or "poisson"
     _check_accountant_choice(args.sampling, args.accountant)
     check_cohort(args.cohort, args.population, "--cohort", "--population", "calibrate")
     results = []
@@ -341,6 +355,124 @@ def _run_calibrate(args: argparse.Namespace) -> str:
     return summary + "\n\n" + format_table(
         ["accountant", "z (sum / C)", "σ_DP (mean / C)", "ε at z", ""], rows
     ) + _footnotes(footnotes)
+
+
+# --------------------------------------------------------------------------------------
+# Correlated noise (--mechanism blt|banded_toeplitz)
+# --------------------------------------------------------------------------------------
+CORRELATED_PARTICIPATION = ("cyclic groups: the population split into b fixed groups, "
+                            "round t draws its cohort from group t mod b, so a user takes part "
+                            "at most once every b rounds (no sampling amplification claimed)")
+
+
+def _correlated_mechanism(args: argparse.Namespace, cohort: int, population: int,
+                          rounds: int, command: str):
+    """The CorrelatedNoise of the flags (optimized), checking b against K and S."""
+    from fl_dp_asr.dp import correlated   # pylint: disable=import-outside-toplevel
+    separation = args.min_separation or population // cohort
+    if separation > rounds:
+        separation = rounds          # b beyond T changes nothing: every user once at most
+    if cohort * separation > population:
+        raise CliError(f"{command}: --min-separation {separation} needs a population of at "
+                       f"least b·S = {separation * cohort:,} users (b groups of a cohort "
+                       f"each), got {population:,}; lower --min-separation or --cohort")
+    try:
+        return correlated.CorrelatedNoise(
+            args.mechanism, rounds, separation, bands=args.bands,
+            max_buffers=args.max_buffers).optimize()
+    except ValueError as err:
+        raise CliError(f"{command}: {err}") from None
+
+
+def _check_correlated_flags(args: argparse.Namespace, command: str) -> None:
+    given = [flag for flag, value in (("--sampling", args.sampling),
+                                      ("--clipped-count-stddev",
+                                       getattr(args, "clipped_count_stddev", None)),
+                                      ("--clip-bounds", getattr(args, "clip_bounds", None)))
+             if value is not None]
+    if given:
+        raise CliError(f"{command}: {given[0]} does not apply to --mechanism {args.mechanism}"
+                       f" (min-separation participation, one clipped-sum query per round)")
+
+
+def _strategy_description(mechanism) -> str:
+    if mechanism.kind == "blt":
+        return (f"BLT, {mechanism.num_buffers} buffer(s) (noise state: "
+                f"{mechanism.num_buffers} × params, float32)")
+    return (f"banded Toeplitz, {mechanism.bands} bands (noise state: "
+            f"{mechanism.num_buffers} × params, float32)")
+
+
+def _run_correlated(args: argparse.Namespace, command: str) -> str:
+    """``epsilon`` / ``calibrate`` with ``--mechanism blt|banded_toeplitz``."""
+    from fl_dp_asr.dp import correlated   # pylint: disable=import-outside-toplevel
+    _check_correlated_flags(args, command)
+    check_cohort(args.cohort, args.population, "--cohort", "--population", command)
+    mechanism = _correlated_mechanism(args, args.cohort, args.population, args.rounds,
+                                      command)
+    results, footnotes = [], []
+    for name in _accountants(args.accountant):
+        try:
+            if command == "calibrate":
+                z = mechanism.calibrate(args.target_epsilon, args.delta, accountant=name)
+            elif args.sigma_dp is not None:
+                z = accounting.sigma_dp_to_noise_multiplier(args.sigma_dp, args.cohort)
+            else:
+                z = args.noise_multiplier
+            results.append((name, z, mechanism.epsilon(z, args.delta, accountant=name)))
+        except accounting.PldRefusedError as refused:
+            results.append((name, None, None))
+            footnotes.append(refused.explain("--accountant rdp"))
+    settings = {"mechanism": mechanism.kind, "min_separation": mechanism.min_separation,
+                "max_participations": mechanism.max_participations,
+                "sensitivity": mechanism.sensitivity(), "strategy": mechanism.to_dict(),
+                "cohort_size": args.cohort, "population": args.population,
+                "rounds": args.rounds, "delta": args.delta, "participation": "cyclic",
+                "neighboring_relation": accounting.ZERO_OUT_ONE_USER}
+    if command == "calibrate":
+        settings["target_epsilon"] = args.target_epsilon
+    if args.json:
+        return json.dumps({"settings": settings, "results": [
+            {"accountant": name, "supported": g is not None, "noise_multiplier": z,
+             "sigma_dp": None if z is None else
+             accounting.noise_multiplier_to_sigma_dp(z, args.cohort),
+             "effective_noise_multiplier": None if g is None else g.effective_noise_multiplier,
+             "epsilon": None if g is None else _json_float(g.epsilon),
+             "rdp_order": None if g is None else g.rdp_order}
+            for name, z, g in results]}, indent=2)
+    lines = [("guarantee", f"user-level (ε, δ)-DP, {accounting.ZERO_OUT_ONE_USER} "
+                           "neighbouring datasets, all T rounds released"),
+             ("mechanism", correlated.MECHANISM_DESCRIPTIONS[mechanism.kind]),
+             ("strategy", _strategy_description(mechanism)),
+             ("participation", CORRELATED_PARTICIPATION),
+             ("min separation b", f"{mechanism.min_separation:,}  (k = ⌈T/b⌉ = "
+                                  f"{mechanism.max_participations:,} participations at most)"),
+             ("sensitivity", f"{_fmt_sig(mechanism.sensitivity())}  (of C, in clip norms; "
+                             "ε is that of one Gaussian with z/sens)")]
+    if command == "calibrate":
+        lines.append(("target ε", f"{args.target_epsilon:g}"))
+    else:
+        z = results[0][1] if results else None
+        sigma_dp = accounting.noise_multiplier_to_sigma_dp(z, args.cohort)
+        lines += [("z", f"{_fmt_sig(z)}  (std of the draws before C⁻¹, on the sum / C)"),
+                  ("σ_DP = z/S", f"{_fmt_sig(sigma_dp)}  (on the mean / C)")]
+    lines += [("cohort S", _fmt_int(args.cohort)), ("population K", _fmt_int(args.population)),
+              ("rounds T", _fmt_int(args.rounds)), ("δ", f"{args.delta:g}")]
+    width = max(len(k) for k, _ in lines)
+    summary = "\n".join(f"{k.ljust(width)} : {v}" for k, v in lines)
+    if command == "calibrate":
+        rows = [[name.upper(), "n/a", "-", "-", "-", "refused (see below)"] if g is None else
+                [name.upper(), f"{z:.5g}",
+                 _fmt_sig(accounting.noise_multiplier_to_sigma_dp(z, args.cohort)),
+                 _fmt_sig(g.effective_noise_multiplier), _fmt_eps(g.epsilon), ""]
+                for name, z, g in results]
+        headers = ["accountant", "z (sum / C)", "σ_DP (mean / C)", "z/sens", "ε at z", ""]
+    else:
+        rows = [[name.upper(), "n/a", "-", "-", "refused (see below)"] if g is None else
+                [name.upper(), _fmt_eps(g.epsilon), _fmt_sig(g.effective_noise_multiplier),
+                 _fmt_sig(g.rdp_order), ""] for name, z, g in results]
+        headers = ["accountant", "ε", "z/sens", "RDP order", ""]
+    return summary + "\n\n" + format_table(headers, rows) + _footnotes(footnotes)
 
 
 # --------------------------------------------------------------------------------------
@@ -465,6 +597,8 @@ def _run_extrapolate(args: argparse.Namespace) -> str:
     if not rows:
         raise CliError("extrapolate: give --rows FILE and/or a grid (--sigma-dp, "
                        "--target-cohort, --target-population)")
+    if args.mechanism != "gaussian":
+        return _run_correlated_extrapolate(args, rows)
     results = []
     for row in rows:
         try:
@@ -517,6 +651,66 @@ def _run_extrapolate(args: argparse.Namespace) -> str:
     return _settings_lines(notes) + "\n\n" + format_table(headers, table)
 
 
+def _run_correlated_extrapolate(args: argparse.Namespace,
+                                rows: Sequence[ExtrapolationRow]) -> str:
+    """``extrapolate --mechanism blt|banded_toeplitz``: per row z' = S'·σ_DP, b = the flag
+    or ⌊K'/S'⌋, ε of T rounds of the correlated mechanism for (T, b)."""
+    accountants = _accountants(args.accountant)
+    records = []
+    for row in rows:
+        label = f" ({row.label})" if row.label else ""
+        where = (f"extrapolate: row σ_DP={row.sigma_dp:g}, S'={row.target_cohort}, "
+                 f"K'={row.target_population}, T={row.rounds}{label}")
+        mechanism = _correlated_mechanism(args, row.target_cohort, row.target_population,
+                                          row.rounds, where)
+        z = accounting.sigma_dp_to_noise_multiplier(row.sigma_dp, row.target_cohort)
+        epsilons = {}
+        for name in accountants:
+            try:
+                epsilons[name] = mechanism.epsilon(z, row.delta, accountant=name).epsilon
+            except accounting.PldRefusedError:
+                epsilons[name] = None
+        records.append((row, mechanism, z, epsilons))
+    if args.json:
+        return json.dumps({
+            "mechanism": args.mechanism, "participation": "cyclic",
+            "neighboring_relation": accounting.ZERO_OUT_ONE_USER,
+            "rows": [{"label": row.label, "sigma_dp": row.sigma_dp,
+                      "simulated_cohort": row.simulated_cohort,
+                      "target_cohort": row.target_cohort,
+                      "target_population": row.target_population, "rounds": row.rounds,
+                      "delta": row.delta, "noise_multiplier": z,
+                      "min_separation": m.min_separation,
+                      "max_participations": m.max_participations,
+                      "sensitivity": m.sensitivity(),
+                      **{f"epsilon_{name}": _json_float(eps) for name, eps in epsilons.items()}}
+                     for row, m, z, epsilons in records]}, indent=2)
+    with_label = any(row.label for row in rows)
+    headers = (["setting"] if with_label else []) + [
+        "σ_DP", "S'", "K'", "b", "k", "z' = S'·σ_DP", "sens", "T", "δ"] + [
+        f"ε {name.upper()}" for name in accountants]
+    table = [([row.label] if with_label else []) + [
+        f"{row.sigma_dp:g}", _fmt_int(row.target_cohort), _fmt_int(row.target_population),
+        _fmt_int(m.min_separation), _fmt_int(m.max_participations), _fmt_sig(z),
+        _fmt_sig(m.sensitivity()), _fmt_int(row.rounds), f"{row.delta:g}"] + [
+        _fmt_eps(epsilons[name]) for name in accountants] for row, m, z, epsilons in records]
+    notes = [("guarantee", f"user-level (ε, δ)-DP, {accounting.ZERO_OUT_ONE_USER} "
+                           "neighbouring datasets, all T rounds released"),
+             ("mechanism", f"{args.mechanism} correlated noise (DP-FTRL), strategy optimized "
+                           f"by jax_privacy for (T, b)"),
+             ("participation", CORRELATED_PARTICIPATION + "; b = --min-separation or "
+                                                          "⌊K'/S'⌋"),
+             ("extrapolation", "simulated with cohort S and per-mean noise σ_DP; privacy "
+                               "claimed for cohort S' out of K' with the same σ_DP: "
+                               "z' = S'·σ_DP")]
+    if args.markdown:
+        return ("\n".join(f"- **{k}**: {v}" for k, v in notes) + "\n\n"
+                + format_markdown(headers, table))
+    width = max(len(k) for k, _ in notes)
+    return ("\n".join(f"{k.ljust(width)} : {v}" for k, v in notes) + "\n\n"
+            + format_table(headers, table))
+
+
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
@@ -532,6 +726,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
+    def mechanism_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--mechanism", choices=("gaussian", "blt", "banded_toeplitz"),
+                       default="gaussian",
+                       help="gaussian: independent noise, amplification by --sampling; blt / "
+                            "banded_toeplitz: correlated noise (DP-FTRL) with min-separation "
+                            "participation, no amplification (the strategy is optimized by "
+                            "jax_privacy: 5-40 s). Default: %(default)s")
+        p.add_argument("--min-separation", type=parse_count, metavar="B",
+                       help="correlated noise: a user takes part at most once every B rounds "
+                            "(cyclic groups; needs K >= B·S). Default: K // S")
+        p.add_argument("--bands", type=parse_count,
+                       help="banded_toeplitz: bands of C, <= B (default B; 1 = independent "
+                            "noise every round)")
+        p.add_argument("--max-buffers", type=parse_count, default=10,
+                       help="blt: most buffers the optimizer tries (default: %(default)s)")
+
     def run_settings(p: argparse.ArgumentParser, accountant_default: str = "both") -> None:
         p.add_argument("--cohort", type=parse_count, required=True,
                        help="users per round S (expected, for Poisson sampling)")
@@ -540,11 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rounds", type=parse_count, required=True, help="rounds T")
         p.add_argument("--delta", type=parse_probability, default=PAPER_DELTA,
                        help="δ (default: %(default)g, the paper's)")
-        p.add_argument("--sampling", choices=accounting.SAMPLING_SCHEMES, default="poisson",
-                       help="poisson: each user joins with probability q = S/K "
-                            "(add-or-remove-one-user DP); fixed: S users without "
-                            "replacement (replace-one-user DP, RDP only). "
-                            "Default: %(default)s")
+        p.add_argument("--sampling", choices=accounting.SAMPLING_SCHEMES, default=None,
+                       help="Gaussian mechanism only. poisson: each user joins with "
+                            "probability q = S/K (add-or-remove-one-user DP); fixed: S users "
+                            "without replacement (replace-one-user DP, RDP only). "
+                            "Default: poisson")
+        mechanism_flags(p)
         p.add_argument("--accountant", choices=("rdp", "pld", "both"),
                        default=accountant_default, help="default: %(default)s")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -598,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_ext.add_argument("--accountant", choices=("rdp", "pld", "both"), default="both",
                        help="PLD takes up to a few seconds per row at T=2000 "
                             "(default: %(default)s)")
+    mechanism_flags(p_ext)
     output = p_ext.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--markdown", action="store_true", help="print a markdown table")

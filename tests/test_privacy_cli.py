@@ -284,3 +284,98 @@ def test_module_runs_as_a_program():
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Correlated noise (--mechanism blt|banded_toeplitz)
+# --------------------------------------------------------------------------------------
+CORRELATED = ["--cohort", "10", "--population", "100", "--rounds", "12", "--delta", "1e-6",
+              "--mechanism", "banded_toeplitz"]
+
+
+def test_correlated_epsilon_is_the_mechanisms_and_says_what_it_assumes(capsys):
+    from fl_dp_asr.dp.correlated import CorrelatedNoise
+    status, out, _ = run(capsys, "epsilon", "--sigma-dp", "0.2", *CORRELATED,
+                         "--min-separation", "4", "--json")
+    assert status == 0
+    data = json.loads(out)
+    settings = data["settings"]
+    assert settings["neighboring_relation"] == "zero-out-one-user"
+    assert (settings["min_separation"], settings["max_participations"]) == (4, 3)
+    mechanism = CorrelatedNoise.from_dict(settings["strategy"])
+    assert mechanism == CorrelatedNoise("banded_toeplitz", 12, 4).optimize()
+    by_name = {r["accountant"]: r for r in data["results"]}
+    assert by_name["rdp"]["noise_multiplier"] == pytest.approx(2.0)        # z = S·σ_DP
+    for name in ("rdp", "pld"):
+        assert by_name[name]["epsilon"] == pytest.approx(
+            mechanism.epsilon(2.0, 1e-6, accountant=name).epsilon)
+    status, text, _ = run(capsys, "epsilon", "--noise-multiplier", "2", *CORRELATED,
+                          "--min-separation", "4", "--accountant", "rdp")
+    assert status == 0 and "no sampling amplification claimed" in text
+    assert "zero-out-one-user" in text and "k = ⌈T/b⌉ = 3" in text
+
+
+def test_correlated_min_separation_defaults_to_population_over_cohort(capsys):
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", "--cohort", "10",
+                         "--population", "35", "--rounds", "12", "--mechanism",
+                         "banded_toeplitz", "--bands", "1", "--accountant", "rdp", "--json")
+    assert status == 0
+    settings = json.loads(out)["settings"]
+    assert settings["min_separation"] == 3 and settings["strategy"]["coefs"] == [1.0]
+    assert settings["sensitivity"] == pytest.approx(2.0)    # independent noise, k = 4
+
+
+def test_correlated_calibrate_reaches_the_target(capsys):
+    status, out, _ = run(capsys, "calibrate", "--target-epsilon", "3", *CORRELATED,
+                         "--min-separation", "4", "--json")
+    assert status == 0
+    for result in json.loads(out)["results"]:
+        assert result["epsilon"] <= 3.0 and result["epsilon"] == pytest.approx(3.0, abs=0.01)
+        assert result["sigma_dp"] == pytest.approx(result["noise_multiplier"] / 10)
+    status, text, _ = run(capsys, "calibrate", "--target-epsilon", "3", *CORRELATED,
+                          "--min-separation", "4")
+    assert status == 0 and "z/sens" in text
+
+
+def test_correlated_extrapolation_uses_the_target_population(capsys):
+    status, out, _ = run(capsys, "extrapolate", "--sigma-dp", "1e-3", "--target-cohort", "500",
+                         "--target-population", "2000", "--rounds", "12", "--mechanism",
+                         "banded_toeplitz", "--accountant", "rdp", "--json")
+    assert status == 0
+    (row,) = json.loads(out)["rows"]
+    assert row["min_separation"] == 4 and row["noise_multiplier"] == pytest.approx(0.5)
+    from fl_dp_asr.dp.correlated import CorrelatedNoise
+    expected = CorrelatedNoise("banded_toeplitz", 12, 4).epsilon(0.5, 1e-9).epsilon
+    assert row["epsilon_rdp"] == pytest.approx(expected)
+    status, text, _ = run(capsys, "extrapolate", "--sigma-dp", "1e-3", "--target-cohort", "500",
+                          "--target-population", "2000", "--rounds", "12", "--mechanism",
+                          "banded_toeplitz", "--accountant", "rdp", "--markdown")
+    assert status == 0 and "| 0.001 | 500 | 2,000 | 4 | 3 | 0.5 |" in text
+
+
+@pytest.mark.slow
+def test_blt_epsilon_on_the_command_line(capsys):
+    """The BLT optimizer runs (~10 s for one buffer at n = 12)."""
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", "--cohort", "10",
+                         "--population", "100", "--rounds", "12", "--mechanism", "blt",
+                         "--min-separation", "4", "--max-buffers", "1", "--accountant", "rdp")
+    assert status == 0 and "BLT, 1 buffer(s)" in out
+    assert re.search(r"RDP\s+[0-9.]+", out)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["epsilon", "--noise-multiplier", "1", *CORRELATED, "--sampling", "poisson"],
+     "--sampling does not apply to --mechanism banded_toeplitz"),
+    (["epsilon", "--noise-multiplier", "1", *CORRELATED, "--clipped-count-stddev", "3"],
+     "--clipped-count-stddev does not apply"),
+    (["epsilon", "--noise-multiplier", "1", *CORRELATED, "--min-separation", "11"],
+     "needs a population of at least b·S = 110"),
+    (["calibrate", "--target-epsilon", "1", *CORRELATED, "--min-separation", "4",
+      "--bands", "5"], "bands (5) must not exceed min_separation (4)"),
+    (["epsilon", "--noise-multiplier", "1", *CORRELATED, "--min-separation", "0"],
+     "--min-separation: expected an integer >= 1"),
+])
+def test_bad_correlated_input_exits_nonzero_with_one_line(capsys, argv, fragment):
+    status, out, err = run(capsys, *argv)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and fragment in err

@@ -70,11 +70,15 @@ ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 
 ADD_OR_REMOVE_ONE_USER = "add-or-remove-one-user"
 REPLACE_ONE_USER = "replace-one-user"
+# Min-separation participation (correlated noise, fl_dp_asr.dp.correlated): one user's deltas
+# replaced by zeros, the participation schedule unchanged.
+ZERO_OUT_ONE_USER = "zero-out-one-user"
 NEIGHBORING_RELATIONS: dict[str, str] = {   # the relation each sampling scheme is analysed in
     "poisson": ADD_OR_REMOVE_ONE_USER,
     "fixed": REPLACE_ONE_USER,
 }
-_SENSITIVITY_IN_CLIP_NORMS = {ADD_OR_REMOVE_ONE_USER: 1.0, REPLACE_ONE_USER: 2.0}
+_SENSITIVITY_IN_CLIP_NORMS = {ADD_OR_REMOVE_ONE_USER: 1.0, REPLACE_ONE_USER: 2.0,
+                              ZERO_OUT_ONE_USER: 1.0}
 SAMPLING_DESCRIPTIONS: dict[str, str] = {
     "poisson": "Poisson sampling: each user joins a round independently with "
                "probability q = S/K (S = expected cohort size)",
@@ -216,6 +220,19 @@ def _check_cohort(cohort_size: object, population: object, cohort_name: str = "c
     return cohort, users
 
 
+MIN_SEPARATION_SAMPLING: tuple[str, ...] = ("cyclic",)
+
+
+def _refuse_min_separation(sampling: object) -> None:
+    """A clear error for min-separation participation, which these functions do not analyse."""
+    if sampling in MIN_SEPARATION_SAMPLING:
+        raise ValueError(
+            f"sampling={sampling!r} (min-separation participation: each user at most once "
+            f"every b rounds) has no amplification-by-sampling analysis here; its ε is that "
+            f"of the correlated-noise mechanism: fl_dp_asr.dp.correlated.CorrelatedNoise."
+            f"epsilon, or CyclicSampler.accountant(z, delta, mechanism)")
+
+
 def supports(sampling: str, accountant: str) -> bool:
     """Whether ``accountant`` can analyse ``sampling``: all but PLD with fixed-size cohorts
     (``dp_accounting`` has no PLD analysis of sampling without replacement)."""
@@ -223,6 +240,7 @@ def supports(sampling: str, accountant: str) -> bool:
 
 
 def _check_method(sampling: object, accountant: object) -> None:
+    _refuse_min_separation(sampling)
     if sampling not in SAMPLING_SCHEMES:
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
     if accountant not in ACCOUNTANTS:
@@ -284,6 +302,7 @@ def make_dp_event(noise_multiplier: float, cohort_size: int, population: int, ro
     SelfComposedDpEvent(event=PoissonSampledDpEvent(sampling_probability=0.01,
         event=GaussianDpEvent(noise_multiplier=1.0)), count=5)
     """
+    _refuse_min_separation(sampling)
     if sampling not in SAMPLING_SCHEMES:
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
     # dp_accounting's Gaussian event takes the noise std over the L2 sensitivity of the sum.
@@ -680,6 +699,7 @@ class RunAccountant:
 
     def __init__(self, sampling: Sampling, cohort_size: int, population: int,
                  noise_multiplier: float, delta: float):
+        _refuse_min_separation(sampling)
         if sampling not in SAMPLING_SCHEMES:
             raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
         self.sampling = sampling
