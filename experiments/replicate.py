@@ -276,7 +276,7 @@ def count_stddev_for_ratio(dp: DPConfig, cohort: float, num_bounds: int) -> floa
 
 def adaptive_count_stddev(config: ml_collections.ConfigDict, seed: str) -> float:
     """:func:`count_stddev_for_ratio` for ``config`` (H: the seed model's clip bounds)."""
-    dp = train_fl.dp_config(config.dp)
+    dp = train_fl.dp_config(config)
     _, params, _ = utils.load_seed_model(seed, config.model, jax.random.key(0))
     return count_stddev_for_ratio(dp, config.fl.cohort_size, len(dp.initial_clip_bounds(params)))
 

@@ -26,7 +26,7 @@ import tqdm
 from absl import logging as absl_logging
 
 from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
-from fl_dp_asr.dp import DPConfig, accounting, adaptive
+from fl_dp_asr.dp import DPConfig, accounting, adaptive, correlated
 from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
@@ -85,9 +85,40 @@ class Run(NamedTuple):
     privacy: dict[int, dict[str, float]]     # privacy_metrics by rounds (PLD can take minutes)
 
 
-def dp_config(dp: ml_collections.ConfigDict) -> DPConfig:
-    """The :class:`DPConfig` of the ``dp`` section (its fields are keys of the section)."""
-    return DPConfig(**{f.name: dp[f.name] for f in dataclasses.fields(DPConfig)})
+MECHANISMS = ("gaussian",) + correlated.KINDS
+
+
+def dp_config(config: ml_collections.ConfigDict) -> DPConfig:
+    """The :class:`DPConfig` of the ``dp`` section (its fields are keys of the section; the
+    correlated noise from ``dp.mechanism``, :func:`correlated_noise`)."""
+    dp = config.dp
+    fields = {f.name: dp[f.name] for f in dataclasses.fields(DPConfig)
+              if f.name != "correlated_noise"}
+    return DPConfig(**fields, correlated_noise=correlated_noise(config))
+
+
+def correlated_noise(config: ml_collections.ConfigDict) -> correlated.CorrelatedNoise | None:
+    """``dp.mechanism`` as a value: None for ``"gaussian"``, else the BLT / banded-Toeplitz
+    strategy for ``dp.strategy_rounds`` rounds (None: ``fl.rounds``) and the cyclic
+    sampler's ``fl.min_separation`` (``dp.bands``, ``dp.max_buffers``); its parameters are
+    optimized when first needed (deterministic: a resumed run gets the same strategy)."""
+    mechanism = config.dp.mechanism
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"config.dp.mechanism={mechanism!r}: choose one of {MECHANISMS}.")
+    if mechanism == "gaussian":
+        return None
+    if config.fl.sampling != "cyclic" or config.fl.min_separation is None:
+        raise ValueError(
+            f"config.dp.mechanism={mechanism!r} (correlated noise) needs min-separation "
+            "participation: set --config.fl.sampling=cyclic and --config.fl.min_separation=b "
+            "(rounds between two participations of a user).")
+    extra = ({"bands": config.dp.bands} if mechanism == "banded_toeplitz"
+             else {"max_buffers": config.dp.max_buffers})
+    try:
+        rounds = config.dp.strategy_rounds or config.fl.rounds
+        return correlated.CorrelatedNoise(mechanism, rounds, config.fl.min_separation, **extra)
+    except ValueError as error:
+        raise ValueError(f"config.dp.mechanism={mechanism!r}: {error}") from None
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -95,10 +126,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     run before its (slow) data preparation: the ``dp`` section (:class:`DPConfig`), the cohort
     sampler's name and size (≥ 1; the population bound waits for the training split,
     :func:`make_sampler`) and the executor's name."""
-    dp_config(config.dp)
-    if config.fl.sampling not in samplers.SAMPLERS:
-        raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: choose one of "
-                         f"{samplers.SAMPLERS}.")
+    dp_config(config)
+    names = samplers.SAMPLERS + samplers.MIN_SEPARATION_SAMPLERS
+    if config.fl.sampling not in names:
+        raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: choose one of {names}.")
+    if config.fl.sampling == "cyclic" and config.dp.target_cohort is not None:
+        raise ValueError("config.dp.target_cohort: the population extrapolation assumes "
+                         "Poisson sampling's amplification, which fl.sampling='cyclic' does "
+                         "not claim; set --config.dp.target_cohort=None.")
     if not config.fl.cohort_size >= 1:
         raise ValueError(f"config.fl.cohort_size={config.fl.cohort_size} must be >= 1.")
     if config.fl.executor not in executors.EXECUTORS:
@@ -114,9 +149,24 @@ def make_sampler(config: ml_collections.ConfigDict, population: int) -> samplers
     """
     try:
         return samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
-                                     config.seed)
+                                     config.seed, config.fl.min_separation)
     except ValueError as error:  # "cohort_size=… must be …": name the config field
         raise ValueError(f"config.fl.{error}") from None
+
+
+def make_accountant(config: ml_collections.ConfigDict, sampler: samplers.CohortSampler,
+                    dp: DPConfig, noise_multiplier: float):
+    """ε during training (None without noise): the sampler's own analysis; with the cyclic
+    sampler that of the correlated mechanism, or of independent Gaussian noise without
+    amplification (a one-band strategy) for ``dp.mechanism="gaussian"``."""
+    if noise_multiplier <= 0:
+        return None
+    if sampler.name != "cyclic":
+        return sampler.accountant(noise_multiplier, config.dp.delta)
+    mechanism = dp.correlated_noise or correlated.CorrelatedNoise(
+        "banded_toeplitz", config.fl.rounds, min(sampler.min_separation, config.fl.rounds),
+        bands=1)
+    return sampler.accountant(noise_multiplier, config.dp.delta, mechanism)
 
 
 def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int) -> None:
@@ -166,11 +216,10 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     model_config, seed_params, seed_source = utils.load_seed_model(
         config.init_checkpoint, config.model, jax.random.key(config.seed))
     sampler = make_sampler(config, data.train.num_users)
-    dp = dp_config(config.dp)
+    dp = dp_config(config)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
     check_count_noise(dp, sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
-    accountant = (sampler.accountant(noise_multiplier, config.dp.delta)
-                  if noise_multiplier > 0 else None)
+    accountant = make_accountant(config, sampler, dp, noise_multiplier)
     server_optimizer = utils.server_optimizer_from_config(config.server)
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
@@ -473,7 +522,8 @@ def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progr
     return {
         "workdir": workdir, "seed_model": run.seed_source, "rounds": progress.completed,
         "population": data.train.num_users, "cohort_size": run.sampler.cohort_size,
-        "sampling": run.sampler.name, "noise_multiplier": run.noise_multiplier,
+        "sampling": run.sampler.name, "mechanism": run.dp.mechanism,
+        "noise_multiplier": run.noise_multiplier,
         "sigma_dp": run.sigma_dp, "delta": dp.delta, "clipping": dp.clipping,
         "allocation": str(dp.allocation), "seed_wer": seed.get("wer"),
         "seed_cer": seed.get("cer"), "final_wer": trained.get("wer"),

@@ -50,7 +50,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
 
     c.fl = ml_collections.ConfigDict()
     c.fl.rounds = 2000
-    c.fl.sampling = "poisson"           # or "fixed": the cohort sampler, and its DP analysis
+    c.fl.sampling = "poisson"           # or "fixed", "cyclic": the cohort sampler, its DP analysis
+    c.fl.min_separation = common.optional(int)  # cyclic: b, rounds between a user's turns
     c.fl.cohort_size = 1024             # S (Poisson: the expected size q·K)
     c.fl.executor = "vectorized"        # "vectorized", "sharded" or "sequential"
     c.fl.chunk_size = 64                # clients per vmap (per device)
@@ -80,6 +81,12 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.dp.target_unclipped_quantile = common.optional(float)
     c.dp.clip_norm_lr = 0.2
     c.dp.clipped_count_stddev = common.optional(float)
+    # "gaussian" (fresh noise every round) or DP-FTRL's correlated noise, "blt" or
+    # "banded_toeplitz" (needs fl.sampling="cyclic"; fl_dp_asr.dp.correlated)
+    c.dp.mechanism = "gaussian"
+    c.dp.bands = common.optional(int)   # banded_toeplitz: bands (None: min_separation)
+    c.dp.max_buffers = 10               # blt: most buffers the strategy may use
+    c.dp.strategy_rounds = common.optional(int)  # n the strategy is built for (None: fl.rounds)
     c.dp.noise_multiplier = common.optional(float)  # z: std on the sum / clip_norm
     # The paper's protocol: simulate a cohort S with the noise on the mean (σ_DP, std on the
     # mean / C) that a large cohort S' of a large population K' would get (same q), and report

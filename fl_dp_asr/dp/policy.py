@@ -17,6 +17,11 @@ With ``target_unclipped_quantile`` set, the bounds adapt every round
 (:mod:`fl_dp_asr.dp.adaptive`): C is the *initial* bound, the delta noise uses the current
 bound C_t and z_Δ = (z⁻² − z_b⁻²)^(−½), and z (what the accountant sees) stays the overall
 noise multiplier of the round.
+
+With ``correlated_noise`` (:class:`fl_dp_asr.dp.correlated.CorrelatedNoise`, DP-FTRL) the
+noise of round t is the t-th row of z·C·C⁻¹Z instead of a fresh draw: still added once to
+the sum, with a noise state in the server state; ε then follows from the strategy and the
+min-separation participation (a ``CyclicSampler``), without amplification by sampling.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import optax
 
-from fl_dp_asr.dp import accounting, adaptive, checks, transforms
+from fl_dp_asr.dp import accounting, adaptive, checks, correlated, transforms
 
 CLIPPINGS = ("none", "global", "per_layer", "rescale_per_layer")
 ADAPTIVE_CLIPPINGS = ("global", "per_layer")
@@ -63,6 +68,11 @@ class DPConfig:
         clip_norm_lr: η ≥ 0, the geometric learning rate of the adaptive bounds.
         clipped_count_stddev: σ_b ≥ 0, noise std on each summed unclipped-count;
             ``None``: S/20 (TFF's default), S the expected cohort size.
+        correlated_noise: ``None`` (independent Gaussian noise every round) or a
+            :class:`~fl_dp_asr.dp.correlated.CorrelatedNoise` (BLT or banded Toeplitz):
+            the round adds its correlated noise, std z·C before C⁻¹. Needs fixed clipping
+            (global or per layer; the adaptive bounds' count query is not accounted
+            under min-separation participation).
 
     Raises:
         ValueError: at construction, naming the field: an unknown ``clipping``,
@@ -85,6 +95,7 @@ class DPConfig:
     target_unclipped_quantile: float | None = None
     clip_norm_lr: float = 0.2
     clipped_count_stddev: float | None = None
+    correlated_noise: correlated.CorrelatedNoise | None = None
 
     def __post_init__(self):
         if self.clipping not in CLIPPINGS:
@@ -107,6 +118,27 @@ class DPConfig:
             raise ValueError(f"dp.layers={self.layers!r}: choose one of "
                              f"{tuple(LAYER_GROUPINGS)}.")
         self._check_adaptive()
+        self._check_correlated()
+
+    def _check_correlated(self) -> None:
+        if self.correlated_noise is None:
+            return
+        if not isinstance(self.correlated_noise, correlated.CorrelatedNoise):
+            raise ValueError("dp.correlated_noise must be a fl_dp_asr.dp.correlated."
+                             f"CorrelatedNoise or None, got {self.correlated_noise!r}.")
+        if self.clipping == "none":
+            raise ValueError("correlated noise (dp.correlated_noise) needs clipping: set "
+                             "dp.clipping and dp.clip_norm.")
+        if self.adaptive:
+            raise ValueError("correlated noise (dp.correlated_noise) with adaptive clipping "
+                             "(dp.target_unclipped_quantile) is not supported: the clipped-"
+                             "count query is not accounted under min-separation "
+                             "participation. Use fixed bounds.")
+
+    @property
+    def mechanism(self) -> str:
+        """``"gaussian"`` (a fresh draw every round) or the correlated noise's kind."""
+        return "gaussian" if self.correlated_noise is None else self.correlated_noise.kind
 
     def _check_adaptive(self) -> None:
         checks.check_positive("dp.clip_norm_lr", self.clip_norm_lr, allow_zero=True)

@@ -67,13 +67,15 @@ class NonFiniteParamsError(FloatingPointError):
 
 class ServerState(NamedTuple):
     """Server parameters (in the round's compute layout, :mod:`fl_dp_asr.dp.layout`),
-    server optimizer state, the number of rounds applied and the adaptive clip bounds
+    server optimizer state, the number of rounds applied, the adaptive clip bounds
     ``{name: C_{h,t}}`` (float32 scalars named as in the canonical layout; ``{}`` with
-    fixed clipping)."""
+    fixed clipping) and the correlated noise's state (``CorrelatedNoise.init_state`` of
+    the params; ``()`` with independent Gaussian noise)."""
     params: PyTree
     opt_state: PyTree
     round: jax.Array
     clip_bounds: dict[str, jax.Array] = {}
+    noise_state: PyTree = ()
 
 
 def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation,
@@ -84,8 +86,10 @@ def init_server_state(params: PyTree, server_optimizer: optax.GradientTransforma
     initial bounds."""
     bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params, layout))
               if dp is not None and dp.adaptive else {})
+    noise_state = (dp.correlated_noise.init_state(params)
+                   if dp is not None and dp.correlated_noise is not None else ())
     return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32),
-                       bounds)
+                       bounds, noise_state)
 
 
 def client_keys(key: jax.Array, num_slots: int) -> jax.Array:
@@ -142,16 +146,23 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
         clip_norm = adaptive.total_bound(bounds) if bounds else None
         noisy_round = dp.clipping != "none"   # noise is refused without clipping
-    noisy = (transforms.gaussian_noise(total, noise_stddev,
-                                       jax.random.fold_in(key, _NOISE_STREAM), layout)
-             if noisy_round else total)
+    noise_key = jax.random.fold_in(key, _NOISE_STREAM)
+    noise_state = state.noise_state
+    if not noisy_round:
+        noisy = total
+    elif dp.correlated_noise is not None:   # DP-FTRL: this round's row of z·C·C⁻¹Z
+        noise, noise_state = dp.correlated_noise.next_noise(noise_state, noise_key,
+                                                            noise_stddev, total)
+        noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
+    else:
+        noisy = transforms.gaussian_noise(total, noise_stddev, noise_key, layout)
     pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
                                noisy, state.params)
     updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state,
                                                         state.params)
     params = optax.apply_updates(state.params, updates)
     applied = ServerState(params, opt_state, state.round + 1,
-                          _next_bounds(config, state.clip_bounds, sums, key))
+                          _next_bounds(config, state.clip_bounds, sums, key), noise_state)
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
@@ -360,6 +371,11 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"{sorted(bounds)[:3]}...), but the round step's DPConfig clips with fixed bounds "
             f"(dp.target_unclipped_quantile=None): {make}, or set "
             "dp.target_unclipped_quantile to go on adapting them.")
+    if (dp.correlated_noise is not None) != bool(jax.tree.leaves(state.noise_state)):
+        raise ValueError(
+            f"the server state {'lacks' if dp.correlated_noise is not None else 'carries'} "
+            f"a correlated-noise state, but the round step's dp.correlated_noise is "
+            f"{dp.correlated_noise!r}: {make}.")
     if not dp.adaptive:
         return
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates

@@ -1,0 +1,109 @@
+"""DP-FTRL in the round step: the noise the server adds over rounds 1..n is z·C·(C⁻¹Z) of
+the strategy (empirical covariance over many coordinates), added once per round after the
+cross-device sum, its state in the server state, checkpointed and resumed bit-identically."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from fl_dp_asr.dp import DPConfig
+from fl_dp_asr.dp.correlated import CorrelatedNoise
+from fl_dp_asr.fl import client, executors, round as round_lib, server
+from fl_dp_asr.train.checkpoint import Checkpointer
+from tests.fl import toy_task
+from tests.fl.test_round import REPO, fresh_params
+
+ROUNDS, COORDS, CLIP, Z, COHORT = 6, 20_000, 0.5, 2.0, 4
+MECHANISMS = {
+    "blt": CorrelatedNoise("blt", rounds=ROUNDS, min_separation=2,
+                           buf_decay=(0.9, 0.5), output_scale=(0.2, 0.1)),
+    "banded_toeplitz": CorrelatedNoise("banded_toeplitz", rounds=ROUNDS, min_separation=3,
+                                       coefs=(1.0, 0.5, 0.25)),
+}
+
+
+def noise_rounds(mechanism, executor="vectorized", rounds=ROUNDS, state=None, start=0):
+    """Rounds whose clients send zero (local lr 0) with server SGD lr 1: the noise of round t
+    on the sum is S·(θ_{t−1} − θ_t). Returns ``([rounds, COORDS] noise, final state)``."""
+    dp = DPConfig("global", CLIP, noise_multiplier=Z, correlated_noise=mechanism)
+    update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.0, 1.0))
+    opt = server.make_server_optimizer("sgd", 1.0)
+    step = round_lib.make_round_step(update, opt, dp, COHORT,
+                                     executors.make(executor, chunk_size=2))
+    if state is None:
+        state = round_lib.init_server_state(fresh_params(COORDS), opt, dp)
+    block, noise = toy_task.make_cohort(COHORT), []
+    for t in range(start, start + rounds):
+        before = np.asarray(state.params["unused"])
+        state, _ = step(state, block, jax.random.fold_in(jax.random.key(5), t))
+        noise.append((before - np.asarray(state.params["unused"])) * COHORT)
+    return np.stack(noise), state
+
+
+@pytest.mark.parametrize("kind", sorted(MECHANISMS))
+def test_the_noise_over_rounds_has_the_covariance_of_the_strategy(kind):
+    mechanism = MECHANISMS[kind]
+    noise, _ = noise_rounds(mechanism)
+    c_inv = np.linalg.inv(mechanism.strategy_matrix())
+    expected = (Z * CLIP) ** 2 * c_inv @ c_inv.T
+    empirical = noise @ noise.T / COORDS
+    # Std of an entry of the sample covariance of Gaussians: √((Σ_ii Σ_jj + Σ_ij²) / N).
+    diag = np.diag(expected)
+    stderr = np.sqrt((np.outer(diag, diag) + expected ** 2) / COORDS)
+    np.testing.assert_array_less(np.abs(empirical - expected), 5 * stderr)
+    assert np.abs(expected[1:, :-1]).max() > 10 * stderr.max()   # correlations are tested
+    assert not np.allclose(empirical, np.diag(np.diag(empirical)), atol=5 * stderr.max())
+
+
+def test_resumed_from_a_checkpoint_the_noise_is_bit_identical(tmp_path):
+    mechanism = MECHANISMS["blt"]
+    straight, _ = noise_rounds(mechanism, rounds=4)
+    first, state = noise_rounds(mechanism, rounds=2)
+    checkpoints = Checkpointer(tmp_path)
+    checkpoints.save(2, state._asdict(), {})
+    checkpoints.wait()
+    restored = round_lib.ServerState(**checkpoints.restore(2, state._asdict())[0])
+    checkpoints.close()
+    second, _ = noise_rounds(mechanism, rounds=2, state=restored, start=2)
+    np.testing.assert_array_equal(np.concatenate([first, second]), straight)
+
+
+def test_correlated_noise_is_added_once_with_eight_devices():
+    """Eight fake CPU devices (subprocess), sharded executor: the noise of every round is the
+    one-device noise, not √8 times more."""
+    script = textwrap.dedent("""
+        import json, jax
+        from tests.fl.test_round_correlated import MECHANISMS, noise_rounds
+        assert jax.device_count() == 8
+        noise, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
+        print(json.dumps(noise[:, :5].tolist()))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    eight = np.array(json.loads(out.strip().splitlines()[-1]))
+    one, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
+    np.testing.assert_allclose(eight, one[:, :5], rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_without_the_noise_state_is_refused():
+    dp = DPConfig("global", CLIP, noise_multiplier=Z, correlated_noise=MECHANISMS["blt"])
+    update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.0, 1.0))
+    opt = server.make_server_optimizer("sgd", 1.0)
+    step = round_lib.make_round_step(update, opt, dp, COHORT)
+    with pytest.raises(ValueError, match="lacks a correlated-noise state"):
+        step(round_lib.init_server_state(fresh_params(), opt), toy_task.make_cohort(COHORT),
+             jax.random.key(0))
+
+
+def test_correlated_noise_with_adaptive_clipping_is_refused():
+    with pytest.raises(ValueError, match="adaptive clipping"):
+        DPConfig("global", CLIP, noise_multiplier=Z, target_unclipped_quantile=0.5,
+                 correlated_noise=MECHANISMS["blt"])
