@@ -107,3 +107,9 @@ def test_correlated_noise_with_adaptive_clipping_is_refused():
     with pytest.raises(ValueError, match="adaptive clipping"):
         DPConfig("global", CLIP, noise_multiplier=Z, target_unclipped_quantile=0.5,
                  correlated_noise=MECHANISMS["blt"])
+
+
+def test_every_executor_adds_the_same_correlated_noise():
+    vectorized, _ = noise_rounds(MECHANISMS["blt"], "vectorized", rounds=2)
+    sequential, _ = noise_rounds(MECHANISMS["blt"], "sequential", rounds=2)
+    np.testing.assert_allclose(sequential, vectorized, rtol=1e-5, atol=1e-6)
