@@ -114,8 +114,11 @@ def correlated_noise(config: ml_collections.ConfigDict) -> correlated.Correlated
             "(rounds between two participations of a user).")
     extra = ({"bands": config.dp.bands} if mechanism == "banded_toeplitz"
              else {"max_buffers": config.dp.max_buffers})
+    rounds = config.fl.rounds if config.dp.strategy_rounds is None else config.dp.strategy_rounds
+    if not rounds >= config.fl.rounds:
+        raise ValueError(f"config.dp.strategy_rounds={rounds} is shorter than fl.rounds="
+                         f"{config.fl.rounds}: the strategy must cover every round of the run.")
     try:
-        rounds = config.dp.strategy_rounds or config.fl.rounds
         return correlated.CorrelatedNoise(mechanism, rounds, config.fl.min_separation, **extra)
     except ValueError as error:
         raise ValueError(f"config.dp.mechanism={mechanism!r}: {error}") from None
@@ -130,6 +133,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     names = samplers.SAMPLERS + samplers.MIN_SEPARATION_SAMPLERS
     if config.fl.sampling not in names:
         raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: choose one of {names}.")
+    if config.fl.min_separation is not None and config.fl.sampling != "cyclic":
+        raise ValueError(f"config.fl.min_separation={config.fl.min_separation} is a setting of "
+                         f"fl.sampling='cyclic'; fl.sampling={config.fl.sampling!r} draws "
+                         "users in consecutive rounds.")
     if config.fl.sampling == "cyclic" and config.dp.target_cohort is not None:
         raise ValueError("config.dp.target_cohort: the population extrapolation assumes "
                          "Poisson sampling's amplification, which fl.sampling='cyclic' does "
@@ -350,10 +357,25 @@ def resume(checkpoints: Checkpointer, run: Run, log: Log
         log(f"Starting from the seed model: {run.seed_source}.")
         return state, Progress()
     completed, state_dict, meta = restored
+    if meta.get("correlated_noise") != strategy_fields(run.dp):
+        raise ValueError(
+            f"{checkpoints.directory} (round {completed}) was trained with the correlated-noise "
+            f"strategy {meta.get('correlated_noise')}, but this config builds "
+            f"{strategy_fields(run.dp)}: its noise state and ε belong to the first. Keep "
+            "dp.mechanism, dp.bands, dp.max_buffers, fl.min_separation and the horizon "
+            "dp.strategy_rounds (default fl.rounds: a run that may be extended needs "
+            "dp.strategy_rounds set to its longest length from its first round), or start a "
+            "new work directory.")
     log(f"Resumed from {checkpoints.directory} at round {completed}.")
     best = float("inf") if meta["best_wer"] is None else meta["best_wer"]
     return round_lib.ServerState(**state_dict), Progress(
         completed, best, meta["seed_eval"], meta.get("trained_eval"), dict(meta["seed_eval"]))
+
+
+def strategy_fields(dp: DPConfig) -> dict[str, Any] | None:
+    """The correlated-noise strategy a run adds, optimized (None: independent Gaussian
+    noise); kept in every checkpoint's meta so a resumed run can prove it adds the same."""
+    return None if dp.correlated_noise is None else dp.correlated_noise.optimize().to_dict()
 
 
 def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Progress,
@@ -364,7 +386,8 @@ def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Prog
     meta = {"round": progress.completed, "model_config": run.model_config.to_dict(),
             "config": config.to_dict(), "seed_eval": progress.seed_eval,
             "trained_eval": progress.trained_eval,
-            "best_wer": progress.best_wer if np.isfinite(progress.best_wer) else None}
+            "best_wer": progress.best_wer if np.isfinite(progress.best_wer) else None,
+            "correlated_noise": strategy_fields(run.dp)}
     checkpoints.save(progress.completed, distributed.to_host(state._asdict()), meta, metric=wer)
 
 
@@ -492,7 +515,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 f"{checkpoints.directory}; run the same command to resume.")
         except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
                 FloatingPointError):
-            save(checkpoints, state, progress, run, config)  # the round step kept the state
+            # The round step kept the state, or applied the round before its metrics were
+            # found non-finite: save under the rounds the state holds, so that a resumed run
+            # does not release a round twice (or break the correlated noise's separation).
+            progress.completed = int(state.round)
+            save(checkpoints, state, progress, run, config)
             raise
         finally:
             bar.close()

@@ -61,11 +61,11 @@ import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from dp_accounting import pld, rdp
 from jax_privacy.matrix_factorization import buffered_toeplitz, sensitivity, toeplitz
 
-from fl_dp_asr.dp import accounting, checks
+from fl_dp_asr.dp import accounting, checks, transforms
+from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 
 KINDS: tuple[str, ...] = ("blt", "banded_toeplitz")
 ERRORS: tuple[str, ...] = ("max", "mean")
@@ -280,7 +280,8 @@ class CorrelatedNoise:
         return self._noising_matrix.init_multiply(target)
 
     def next_noise(self, state: PyTree, key: jax.Array, stddev: float | jax.Array,
-                   params_like: PyTree) -> tuple[PyTree, PyTree]:
+                   params_like: PyTree, layout: ParamLayout = SAME_LAYOUT
+                   ) -> tuple[PyTree, PyTree]:
         """This round's correlated noise and the next state.
 
         Draws Z ~ N(0, 1) on every coordinate of ``params_like`` (float32, exactly the draw
@@ -306,12 +307,13 @@ class CorrelatedNoise:
             stddev: σ = z·C_clip, the std of the iid draws before C⁻¹ (a float or a
                 traced scalar).
             params_like: the tree the noise is added to (the sum of clipped deltas).
+            layout: the layout of ``params_like`` (:mod:`fl_dp_asr.dp.layout`): Z is the
+                canonical layout's draw whatever the layout (stacked blocks included).
 
         Returns:
             ``(noise, new_state)``: noise float32 with the structure of ``params_like``.
         """
-        draws = optax.tree_utils.tree_random_like(key, params_like, jax.random.normal,
-                                                  jnp.float32)
+        draws = transforms.standard_normal_like(key, params_like, layout)
         correlated, new_state = self._noising_matrix.multiply_next(draws, state)
         noise = jax.tree.map(lambda leaf: (stddev * leaf).astype(jnp.float32), correlated)
         return noise, new_state

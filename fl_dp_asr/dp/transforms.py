@@ -151,9 +151,8 @@ def check_allocation(name: str, allocation: Allocation) -> None:
 
 
 def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dict[str, float]:
-    # ``tree``: canonical layout.
     """``{layer name: C_h}`` (checked ≥ 0) from a mapping by name or a pytree of per-leaf
-    bounds."""
+    bounds (``tree`` in the canonical layout)."""
     def checked(name, bound):
         return checks.check_positive(f"the bound of layer {name!r}", float(bound),
                                      allow_zero=True)

@@ -83,11 +83,11 @@ def init_server_state(params: PyTree, server_optimizer: optax.GradientTransforma
                       ) -> ServerState:
     """Round 0: the given parameters (in ``layout``'s compute layout, that of the round
     step), a fresh server optimizer state and, with adaptive clipping in ``dp``, its
-    initial bounds."""
+    initial bounds; with correlated noise in ``dp``, its noise state."""
     bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params, layout))
               if dp is not None and dp.adaptive else {})
     noise_state = (dp.correlated_noise.init_state(params)
-                   if dp is not None and dp.correlated_noise is not None else ())
+                   if dp is not None and _keeps_noise_state(dp) else ())
     return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32),
                        bounds, noise_state)
 
@@ -151,8 +151,12 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     if not noisy_round:
         noisy = total
     elif dp.correlated_noise is not None:   # DP-FTRL: this round's row of z·C·C⁻¹Z
-        noise, noise_state = dp.correlated_noise.next_noise(noise_state, noise_key,
-                                                            noise_stddev, total)
+        mechanism = dp.correlated_noise
+        if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
+            noise_state = mechanism.init_state(total)
+        noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
+                                                  layout)
+        noise_state = noise_state if _keeps_noise_state(dp) else ()
         noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
     else:
         noisy = transforms.gaussian_noise(total, noise_stddev, noise_key, layout)
@@ -174,6 +178,12 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         metrics["clip_norm"] = clip_norm
         metrics["layer_clip_norms"] = bounds
     return new_state, metrics
+
+
+def _keeps_noise_state(dp: DPConfig) -> bool:
+    """Whether the round carries a correlated-noise state (zero-size states, of a one-band
+    strategy, are not kept: orbax cannot save them)."""
+    return dp.correlated_noise is not None and dp.correlated_noise.num_buffers > 0
 
 
 def _next_bounds(config: ServerUpdate, bounds: dict[str, jax.Array], sums: RoundSums, key
@@ -371,9 +381,9 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"{sorted(bounds)[:3]}...), but the round step's DPConfig clips with fixed bounds "
             f"(dp.target_unclipped_quantile=None): {make}, or set "
             "dp.target_unclipped_quantile to go on adapting them.")
-    if (dp.correlated_noise is not None) != bool(jax.tree.leaves(state.noise_state)):
+    if _keeps_noise_state(dp) != bool(jax.tree.leaves(state.noise_state)):
         raise ValueError(
-            f"the server state {'lacks' if dp.correlated_noise is not None else 'carries'} "
+            f"the server state {'lacks' if _keeps_noise_state(dp) else 'carries'} "
             f"a correlated-noise state, but the round step's dp.correlated_noise is "
             f"{dp.correlated_noise!r}: {make}.")
     if not dp.adaptive:

@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 from fl_dp_asr.audio.augment import spec_augment
-from fl_dp_asr.dp.layout import ParamLayout
 from fl_dp_asr.audio.features import log_mel
+from fl_dp_asr.dp.layout import ParamLayout
 from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.models.encoder import Encoder, stack_blocks, unstack_blocks
 from fl_dp_asr.text.ctc import beam_search_batch, greedy_decode

@@ -114,3 +114,17 @@ def test_lamb_takes_one_trust_ratio_per_block_layer():
 def test_layerwise_refuses_a_transform_with_state():
     with pytest.raises(ValueError, match="stateless"):
         layerwise(optax.adam(1e-3), LAYOUT).init(canonical_tree())
+
+
+def test_correlated_noise_is_that_of_the_canonical_layout():
+    from fl_dp_asr.dp.correlated import CorrelatedNoise
+    mechanism = CorrelatedNoise("blt", rounds=4, min_separation=2, buf_decay=(0.9,),
+                                output_scale=(0.3,))
+    tree = canonical_tree()
+    stacked_state, state = mechanism.init_state(LAYOUT.to_compute(tree)), mechanism.init_state(tree)
+    for t in range(3):
+        key = jax.random.key(t)
+        stacked_noise, stacked_state = mechanism.next_noise(
+            stacked_state, key, 0.5, LAYOUT.to_compute(tree), LAYOUT)
+        noise, state = mechanism.next_noise(state, key, 0.5, tree)
+        assert_same(LAYOUT.from_compute(stacked_noise), noise)

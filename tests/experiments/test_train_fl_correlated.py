@@ -41,10 +41,25 @@ def test_correlated_noise_run_resumes_bit_for_bit_and_reports_its_epsilon(
     assert summary["epsilon_rdp"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_run_resumed_with_another_strategy_is_refused(tiny_corpus, tfds_dir, tmp_path):
+    """Resuming with a strategy other than the checkpoint's (here its horizon, fl.rounds
+    with dp.strategy_rounds unset) would add another mechanism's noise to its state."""
+    config = ftrl_config(tiny_corpus, tfds_dir, 1)
+    config.dp.strategy_rounds = None          # the horizon follows fl.rounds: 1, then 2
+    config.fl.min_separation = 1
+    config.dp.bands = 1
+    train_fl.train(config, str(tmp_path))
+    config.fl.rounds = 2
+    with pytest.raises(ValueError, match="correlated-noise strategy"):
+        train_fl.train(config, str(tmp_path))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"fl.sampling": "poisson"}, "fl.sampling=cyclic"),
     ({"dp.mechanism": "tree"}, "choose one of"),
     ({"dp.target_cohort": 100}, "target_cohort"),
+    ({"dp.strategy_rounds": 1}, "strategy_rounds=1 is shorter than fl.rounds=2"),
+    ({"dp.mechanism": "gaussian", "fl.sampling": "fixed"}, "min_separation=3 is a setting"),
 ])
 def test_config_mistakes_of_correlated_noise_are_named(tiny_corpus, tfds_dir, change, message):
     config = ftrl_config(tiny_corpus, tfds_dir, 2)
