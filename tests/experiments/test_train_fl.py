@@ -30,6 +30,7 @@ def small_config(corpus, tfds_dir, rounds):
     """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
     c = fl_dp.get_config("demo")
     c.init_checkpoint = None
+    c.model.num_blocks = 2              # the tiny model's width, half its depth: faster rounds
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
@@ -305,8 +306,8 @@ def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_k
 def test_too_little_clipped_count_noise_names_the_command_line_flag(tiny_corpus, tfds_dir,
                                                                     tmp_path):
     config = adaptive_config(tiny_corpus, tfds_dir, 1)
-    config.dp.clipped_count_stddev = 0.1     # z_b = 2·0.1/√7 = 0.076 < z = 0.5
-    with pytest.raises(ValueError, match=r"z_b = 2σ_b/√H = 0.0755.*H = 7 bounds.* raise "
+    config.dp.clipped_count_stddev = 0.1     # z_b = 2·0.1/√5 = 0.089 < z = 0.5
+    with pytest.raises(ValueError, match=r"z_b = 2σ_b/√H = 0.0894.*H = 5 bounds.* raise "
                                          r"--config.dp.clipped_count_stddev"):
         train_fl.train(config, str(tmp_path))
 

@@ -25,7 +25,7 @@ def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tf
     records = [r for r in read_jsonl(os.path.join(whole, "metrics.jsonl"))
                if "train/clip_norm" in r]
     prefix = "train/layer_clip_norms/"
-    modules = {"block_00", "block_01", "block_02", "block_03", "final_norm", "front_end", "output"}
+    modules = {"block_00", "block_01", "final_norm", "front_end", "output"}
     assert set(state_a["clip_bounds"]) == modules        # dp.layers="module": one per module
     assert {k[len(prefix):] for k in records[-1] if k.startswith(prefix)} == modules
     assert len({r["train/clip_norm"] for r in records}) == 2     # the bounds moved
