@@ -3,7 +3,7 @@
 import os
 
 from experiments import demo
-from experiments.configs import central
+from experiments.configs import central, fl_dp
 from tests.experiments.test_train_fl import small_config
 
 
@@ -31,6 +31,9 @@ def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
     fl.dp.pld = True
     fl.dp.target_cohort = 20
     fl.dp.target_population = 30
+    demo_fl = fl_dp.get_config("demo").fl     # the demo's padding cuts, end to end
+    fl.fl.cut_row_levels, fl.fl.cut_length_levels = (demo_fl.cut_row_levels,
+                                                      demo_fl.cut_length_levels)
 
     text = demo.run(str(tmp_path), central_config, fl)
 
