@@ -38,7 +38,7 @@ def noise_multiplier(mechanism: str, sampling: str, target: float, rounds: int,
         return accounting.calibrate_noise(target, COHORT, POPULATION, rounds, delta)
     separation = min(POPULATION // COHORT, rounds)
     strategy = (CorrelatedNoise("blt", rounds, separation) if mechanism == "blt" else
-                CorrelatedNoise("banded_toeplitz", rounds, separation, bands=1))
+                CorrelatedNoise.independent(rounds, separation))
     return strategy.calibrate(target, delta)
 
 

@@ -170,10 +170,8 @@ def make_accountant(config: ml_collections.ConfigDict, sampler: samplers.CohortS
         return None
     if sampler.name != "cyclic":
         return sampler.accountant(noise_multiplier, config.dp.delta)
-    mechanism = dp.correlated_noise or correlated.CorrelatedNoise(
-        "banded_toeplitz", config.fl.rounds, min(sampler.min_separation, config.fl.rounds),
-        bands=1)
-    return sampler.accountant(noise_multiplier, config.dp.delta, mechanism)
+    return sampler.accountant(noise_multiplier, config.dp.delta, dp.correlated_noise,
+                              rounds=config.fl.rounds)
 
 
 def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int) -> None:

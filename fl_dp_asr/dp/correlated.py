@@ -458,6 +458,13 @@ class CorrelatedNoise:
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
+    def independent(cls, rounds: int, min_separation: int) -> CorrelatedNoise:
+        """Independent Gaussian noise every round (a one-band strategy, C = I) for ``rounds``
+        rounds with min-separation participation, without amplification: sens = √k.
+        ``min_separation`` beyond ``rounds`` changes nothing and is capped at ``rounds``."""
+        return cls("banded_toeplitz", rounds, min(min_separation, rounds), bands=1)
+
+    @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> CorrelatedNoise:
         """The mechanism of :meth:`to_dict`."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 PyTree = Any
 
@@ -79,8 +80,8 @@ def broadcast_per_layer(tree: PyTree, layout: ParamLayout, canonical_values: PyT
         tree, values)
 
 
-def layerwise(transform: "optax.GradientTransformation", layout: ParamLayout
-              ) -> "optax.GradientTransformation":
+def layerwise(transform: optax.GradientTransformation, layout: ParamLayout
+              ) -> optax.GradientTransformation:
     """``transform`` applied to every canonical leaf on its own, in the compute layout.
 
     For stateless transforms that treat each leaf independently but not coordinate-wise,
@@ -92,8 +93,6 @@ def layerwise(transform: "optax.GradientTransformation", layout: ParamLayout
         ValueError: at ``init``, when ``transform`` keeps a state (it could not be split per
             layer).
     """
-    import optax  # pylint: disable=import-outside-toplevel
-
     def init_fn(params):
         state = transform.init(params)
         if jax.tree.leaves(state):

@@ -221,19 +221,20 @@ class CyclicSampler(CohortSampler):
         sampler's; ``None``: independent Gaussian noise every round, ``bands=1``)."""
         return self._mechanism(mechanism, rounds).dp_event(noise_multiplier, rounds)
 
-    def accountant(self, noise_multiplier: float, delta: float, mechanism=None):
+    def accountant(self, noise_multiplier: float, delta: float, mechanism=None,
+                   rounds: int | None = None):
         """ε during training (``correlated.CorrelatedAccountant``: RunAccountant's interface)
-        of ``mechanism`` (``None``: independent Gaussian noise, see :meth:`dp_event`)."""
-        return self._mechanism(mechanism, None).accountant(noise_multiplier, delta)
+        of ``mechanism`` (``None``: independent Gaussian noise for ``rounds`` rounds, see
+        :meth:`dp_event`)."""
+        return self._mechanism(mechanism, rounds).accountant(noise_multiplier, delta)
 
     def _mechanism(self, mechanism, rounds: int | None):
         from fl_dp_asr.dp import correlated   # pylint: disable=import-outside-toplevel
         if mechanism is None:
             if rounds is None:
                 raise ValueError("CyclicSampler.accountant needs the mechanism (a "
-                                 "CorrelatedNoise, whose rounds bound the run)")
-            mechanism = correlated.CorrelatedNoise("banded_toeplitz", rounds,
-                                                   min(self.min_separation, rounds), bands=1)
+                                 "CorrelatedNoise, whose rounds bound the run) or rounds")
+            mechanism = correlated.CorrelatedNoise.independent(rounds, self.min_separation)
         mechanism.check_sampler(self)
         return mechanism
 
