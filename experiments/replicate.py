@@ -24,6 +24,10 @@ Stages (``--stages``, in this order):
 - ``cohort``: per-layer by dim at the highest σ_DP with simulated cohorts ``cohorts``.
 - ``depth``: seed models of ``depths`` blocks at the tiny width (trained centrally once,
   cached), each fine-tuned with no DP, and global and per-layer by dim at ``depth_sigmas``.
+- ``deep``: the paper's comparison (``deep_methods``) on seed models of ``deep_depths``
+  blocks, at the noise per coordinate of the paper (σ_DP·√D = ``deep_noise``, D = the
+  model's parameter count; σ_DP = 1e-5 at D = 255.8 M gives 0.16) and at the highest σ_DP.
+  Run alone (``--stages deep``), it rewrites only its own section of the report.
 
 Writes ``docs/replication.md`` (tables, plots in ``docs/replication/``, the per-layer
 signal/noise analysis) and the README's ``replication:begin/end`` block.
@@ -50,6 +54,7 @@ import ml_collections
 from experiments import plots, train_central, train_fl
 from experiments.configs import central, fl_dp
 from fl_dp_asr.dp.policy import DPConfig
+from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import get_model_config
 from fl_dp_asr.train import utils
 
@@ -70,7 +75,15 @@ ADAM_LEARNING_RATE = 1e-3   # the Adam rows' server learning rate (LAMB: the rec
 # run's z, so the deltas keep z_Δ = z/√(1 − 1/3²) ≤ 1.06·z (the fixed rows' noise, +6 %).
 COUNT_NOISE_RATIO = 3.0
 DEMO_DEPTH = get_model_config("tiny").num_blocks  # blocks of the demo's seed model
+# The paper's noise levels σ_DP = 1e-5 and 3e-6 on its D = 255.8 M parameters. What sets a
+# layer's S/N is the noise per coordinate relative to the clipping budget, σ_DP·√D: ≈ 0.16
+# and 0.048 there. A model with fewer parameters needs σ_DP = that / √D to match it.
+PAPER_PARAMS = 255.8e6
+PAPER_SIGMAS = (1e-5, 3e-6)
+PAPER_NOISE_PER_COORD = tuple(s * PAPER_PARAMS ** 0.5 for s in PAPER_SIGMAS)
 BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
+# The deep stage's section: ``--stages deep`` alone rewrites only this block of the report.
+DEEP_BEGIN, DEEP_END = "<!-- deep:begin -->", "<!-- deep:end -->"
 # The hand-written analysis in docs/replication.md, kept when the study rewrites the file.
 ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
 
@@ -98,6 +111,12 @@ class Study:
     depths: tuple[int, ...] = (DEMO_DEPTH, 8)
     depth_sigmas: tuple[float, ...] = (1e-1,)   # σ_DP of the key methods along depth
     adam: tuple[str, ...] = KEY_METHODS
+    # The paper's comparison at depth (issue 25): 16 blocks at the tiny width, at the paper's
+    # σ_DP·√D and at the highest σ_DP (where global loses ≥ 5 CER points at 4 blocks).
+    deep_depths: tuple[int, ...] = (16,)
+    deep_noise: tuple[float, ...] = PAPER_NOISE_PER_COORD[:1]   # σ_DP·√D levels
+    deep_methods: tuple[str, ...] = ("no DP", "global", "per-layer by dim", "per-layer uniform",
+                                     "rescale per-layer")
     seed_steps: int | None = None   # central steps of extra-depth seeds (None: the demo's)
 
     @property
@@ -170,8 +189,33 @@ def depth_cells(study: Study) -> list[Cell]:
                     for method in KEY_METHODS for seed in range(study.seeds)]
 
 
+@functools.cache
+def num_params(depth: int) -> int:
+    """D, the parameter count of the study's model (the tiny width) with ``depth`` blocks."""
+    return asr.count_params(asr.abstract_params(get_model_config("tiny", num_blocks=depth)))
+
+
+def matched_sigma(noise_per_coordinate: float, params: float) -> float:
+    """σ_DP that gives ``noise_per_coordinate`` = σ_DP·√D on ``params`` = D parameters,
+    rounded to 2 significant digits (it names the cell)."""
+    return float(f"{noise_per_coordinate / params ** 0.5:.2g}")
+
+
+def deep_sigmas(study: Study, depth: int) -> tuple[float, ...]:
+    """σ_DP levels of the deep stage at ``depth``: the paper-matched ones, then the top."""
+    return (*(matched_sigma(n, num_params(depth)) for n in study.deep_noise), study.top)
+
+
+def deep_cells(study: Study) -> list[Cell]:
+    """Seed by seed (a study stopped early has every row of seed 0), the top σ_DP first."""
+    cells = [Cell(method, 0.0 if method == "no DP" else sigma, seed, study.cohort, depth)
+             for depth in study.deep_depths for seed in range(study.seeds)
+             for sigma in reversed(deep_sigmas(study, depth)) for method in study.deep_methods]
+    return list(dict.fromkeys(cells))     # no DP: once per depth and seed
+
+
 STAGES = {"probe": probe_cells, "curve": curve_cells, "grid": grid_cells, "adam": adam_cells,
-          "cohort": cohort_cells, "depth": depth_cells}
+          "cohort": cohort_cells, "depth": depth_cells, "deep": deep_cells}
 
 
 # ------------------------------------------------------------------ running cells
@@ -226,7 +270,7 @@ def wall_seconds(results: Sequence[dict], workdir: str, study: Study) -> float:
 def seed_seconds(workdir: str, study: Study) -> float:
     """Wall time of the seed models this study trained itself (not the demo's), seconds."""
     total = 0.0
-    for depth in {DEMO_DEPTH, *study.depths}:
+    for depth in {DEMO_DEPTH, *study.depths, *study.deep_depths}:
         done = os.path.join(workdir, "seeds", f"depth{depth}", "seed.json")
         if os.path.exists(done):
             with open(done, encoding="utf-8") as f:
@@ -466,7 +510,7 @@ def _grid_group(results: list[dict], study: Study, **match) -> list[dict]:
 
 def grid_table(results: list[dict], study: Study) -> str:
     """Rows = methods, columns = σ_DP: held-out CER and WER, mean ± std over seeds."""
-    lines = ["| method | " + " | ".join(f"σ_DP = {s:g}" for s in study.sigmas) + " |",
+    lines = ["| method | " + " | ".join(_level(s, DEMO_DEPTH) for s in study.sigmas) + " |",
              "|---" * (len(study.sigmas) + 1) + "|"]
     for method in study.methods:
         cells = []
@@ -576,6 +620,96 @@ def signal_noise_table(runs: dict[str, list[dict]]) -> str:
             cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
                          f"{noise.get(module, 0.0):.2e} · **{snr}**")
         lines.append(f"| {module} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def noise_per_coordinate_table(study: Study) -> str:
+    """σ_DP·√D of the study's σ_DP levels and the paper's, at each depth and the paper's D."""
+    depths = sorted({DEMO_DEPTH, *study.depths, *study.deep_depths, 36})
+    sizes = [(f"{d} blocks (D = {num_params(d) / 1e6:.2f} M)", num_params(d)) for d in depths]
+    sizes.append((f"paper (D = {PAPER_PARAMS / 1e6:.1f} M)", PAPER_PARAMS))
+    sigmas = sorted({*(s for s in study.sigmas if s > 0), *PAPER_SIGMAS,
+                     *(s for d in study.deep_depths for s in deep_sigmas(study, d))})
+    lines = ["| σ_DP | " + " | ".join(name for name, _ in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for sigma in sigmas:
+        lines.append(f"| {sigma:g} | " + " | ".join(_digits(sigma * d ** 0.5) for _, d in sizes)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _digits(value: float) -> str:
+    """2 significant digits, without an exponent: 0.0032, 0.16, 30, 1600."""
+    return f"{value:.2g}" if value < 100 else f"{float(f'{value:.2g}'):.0f}"
+
+
+def _level(sigma: float, depth: int) -> str:
+    return f"σ_DP = {sigma:g} (σ_DP·√D = {_digits(sigma * num_params(depth) ** 0.5)})"
+
+
+def _snr_range(run: dict) -> str:
+    """min – max (max/min) of a noisy run's per-module S/N."""
+    snr = module_snr(read_metrics(run)).values()
+    return f"{min(snr):.2g} – {max(snr):.2g} ({max(snr) / min(snr):.0f}×)"
+
+
+def deep_section(results: list[dict], study: Study) -> str:
+    """The ``deep`` stage's report (between :data:`DEEP_BEGIN` and :data:`DEEP_END`): per
+    depth, the methods at each σ_DP level (CER/WER over seeds), the per-module S/N range of
+    each noisy row and the whole per-module S/N table (seed 0)."""
+    if not any(r["depth"] in study.deep_depths for r in results):
+        return f"{DEEP_BEGIN}\n{DEEP_END}\n"
+    parts = [DEEP_BEGIN, "## Depth at the paper's noise per coordinate", "",
+             "What sets a layer's signal-to-noise ratio is the noise per coordinate relative "
+             "to the clipping budget, σ_DP·√D (D = number of parameters), not σ_DP alone. "
+             f"The paper's σ_DP = {PAPER_SIGMAS[0]:g} and {PAPER_SIGMAS[1]:g} on "
+             f"{PAPER_PARAMS / 1e6:.1f} M parameters are σ_DP·√D = "
+             f"{PAPER_NOISE_PER_COORD[0]:.2g} and {PAPER_NOISE_PER_COORD[1]:.2g}. "
+             "σ_DP·√D of every level:", "", noise_per_coordinate_table(study)]
+    for depth in study.deep_depths:
+        fixed = dict(server="lamb", depth=depth, cohort=study.cohort)
+        levels = deep_sigmas(study, depth)
+        if not any(_group(results, **fixed, method=m) for m in study.deep_methods):
+            continue
+        lines = ["| method | " + " | ".join(_level(s, depth) for s in levels) + " |",
+                 "|---" * (len(levels) + 1) + "|"]
+        for method in study.deep_methods:
+            runs = [_group(results, method=method, **fixed, **(
+                {} if method == "no DP" else {"sigma_dp": sigma})) for sigma in levels]
+            lines.append(f"| {method} | " + " | ".join(
+                _errors(r, with_count=True) for r in runs) + " |")
+        seed_model = next(r for r in results if r["depth"] == depth)
+        parts += [f"### {depth} blocks (D = {num_params(depth) / 1e6:.2f} M)", "",
+                  f"Seed model (trained centrally with the demo's recipe): held-out CER "
+                  f"{100 * seed_model['seed_cer']:.1f} %, WER {100 * seed_model['seed_wer']:.1f} "
+                  f"%; {study.rounds} rounds, mean ± std over seeds.", "",
+                  "\n".join(lines), ""]
+        noisy = {(m, s): _group(results, method=m, sigma_dp=s, seed=0, **fixed)
+                 for s in levels for m in study.deep_methods if m != "no DP"}
+        noisy = {k: v[0] for k, v in noisy.items() if v}
+        if noisy:
+            parts += ["Per-module S/N (signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S, averaged "
+                      "over rounds, seed 0), min – max (max/min):", "",
+                      "| method | " + " | ".join(_level(s, depth) for s in levels) + " |",
+                      "|---" * (len(levels) + 1) + "|"]
+            for method in dict.fromkeys(m for m, _ in noisy):
+                parts.append(f"| {method} | " + " | ".join(
+                    _snr_range(noisy[method, s]) if (method, s) in noisy else "–"
+                    for s in levels) + " |")
+            parts += ["", "<details><summary>Per-module S/N, every module</summary>", "",
+                      snr_table({f"{m}, σ_DP = {s:g}": read_metrics(r)
+                                 for (m, s), r in noisy.items()}), "</details>", ""]
+    return "\n".join(parts + [DEEP_END]) + "\n"
+
+
+def snr_table(runs: dict[str, list[dict]]) -> str:
+    """Per module (rows) and run (columns, named by the keys): S/N, averaged over rounds."""
+    snrs = {name: module_snr(records) for name, records in runs.items()}
+    modules = sorted({module for snr in snrs.values() for module in snr})
+    lines = ["| module | " + " | ".join(snrs) + " |", "|---" * (len(snrs) + 1) + "|"]
+    for module in modules:
+        lines.append(f"| {module} | " + " | ".join(
+            f"{snr[module]:#.2g}" if module in snr else "–" for snr in snrs.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -691,6 +825,7 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
                   "averaged over rounds, seed 0).", ""]
         for sigma in study.depth_sigmas:
             parts += [f"At σ_DP = {sigma:g}:", "", depth_table(results, study, sigma), ""]
+    parts += [deep_section(results, study)]
     noisy = [sigma for sigma in study.sigmas if sigma > 0]
     key_metrics = {}    # σ_DP → key method → the seed-0 run's metrics
     for sigma in sorted({noisy[0], study.top}) if noisy else []:
@@ -714,30 +849,51 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
     return "\n".join(parts)
 
 
-def _kept_analysis(out: str) -> str:
-    """The analysis block of an existing ``out`` (with its markers), or empty markers."""
-    empty = f"{ANALYSIS_BEGIN}\n{ANALYSIS_END}\n"
-    if not os.path.exists(out):
-        return empty
-    with open(out, encoding="utf-8") as f:
-        found = re.search(re.escape(ANALYSIS_BEGIN) + ".*?" + re.escape(ANALYSIS_END), f.read(),
-                          flags=re.S)
-    return found.group(0) + "\n" if found else empty
+def _block(text: str, begin: str, end: str) -> str | None:
+    """The block of ``text`` from ``begin`` to ``end`` (markers included), or None."""
+    found = re.search(re.escape(begin) + ".*?" + re.escape(end), text, flags=re.S)
+    return found.group(0) if found else None
+
+
+def _splice(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with its ``begin``–``end`` block replaced by ``block``."""
+    return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
 
 
 def write_markdown(text: str, out: str, readme: str | None) -> None:
-    """``out`` (atomically; its analysis block is kept) and, if given, the README block
-    between the markers."""
-    utils.write_text(out, text.replace(f"{ANALYSIS_BEGIN}\n{ANALYSIS_END}\n",
-                                       _kept_analysis(out)))
+    """``out`` (atomically) and, if given, the README block between the markers.
+
+    Blocks that ``text`` leaves empty keep what ``out`` had: the hand-written analysis, and
+    the deep stage's section (a study run without it does not erase it)."""
+    old = ""
+    if os.path.exists(out):
+        with open(out, encoding="utf-8") as f:
+            old = f.read()
+    for begin, end in ((ANALYSIS_BEGIN, ANALYSIS_END), (DEEP_BEGIN, DEEP_END)):
+        kept = _block(old, begin, end)
+        if kept and f"{begin}\n{end}" in text:
+            text = _splice(text, begin, end, kept)
+    utils.write_text(out, text)
     if readme and os.path.exists(readme):
         with open(readme, encoding="utf-8") as f:
             content = f.read()
         if BEGIN in content:
             table = text.split("## Methods × σ_DP", 1)[-1].split("![", 1)[0].strip()
-            content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
-                             lambda _: f"{BEGIN}\n{table}\n{END}", content, flags=re.S)
-            utils.write_text(readme, content)
+            utils.write_text(readme, _splice(content, BEGIN, END, f"{BEGIN}\n{table}\n{END}"))
+
+
+def write_deep_section(results: list[dict], study: Study, out: str) -> str:
+    """Rewrites only the deep stage's block of ``out`` (inserted before the methods × σ_DP
+    tables if ``out`` has none); returns the block."""
+    with open(out, encoding="utf-8") as f:
+        content = f.read()
+    block = deep_section(results, study).rstrip("\n")
+    if DEEP_BEGIN in content:
+        content = _splice(content, DEEP_BEGIN, DEEP_END, block)
+    else:
+        content = content.replace("## Methods × σ_DP", f"{block}\n\n## Methods × σ_DP", 1)
+    utils.write_text(out, content)
+    return block
 
 
 def main(argv=None) -> None:
@@ -777,6 +933,9 @@ def main(argv=None) -> None:
           flush=True)
     out = args.out or (os.path.join(args.workdir, "replication.md") if args.quick
                        else "docs/replication.md")
+    if stages == ["deep"] and os.path.exists(out):   # only its own section
+        print(write_deep_section(results, study, out))
+        return
     text = report(results, study, out, seconds, seeds)
     write_markdown(text, out, None if args.quick else "README.md")
     print(text)

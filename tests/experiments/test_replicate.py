@@ -126,19 +126,22 @@ def test_adaptive_rows_keep_the_delta_noise_within_six_percent(sigma_dp, num_bou
     assert stddev >= cohort / 20        # never below the default
 
 
-def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
-    def run(method, depth, seed, cer, snr):
-        workdir = tmp_path / f"{method}{depth}{seed}"
-        workdir.mkdir()
-        record = {"step": 1}
-        for module, ratio in snr.items():
-            record[f"{replicate.SIGNAL}{module}/kernel"] = ratio * 1e-3
-            record[f"{replicate.NOISE}{module}/kernel"] = 1e-3
-        (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        return dict(method=method, depth=depth, seed=seed, sigma_dp=0.0 if method == "no DP"
-                    else 0.1, server="lamb", cohort=16, rounds=None, final_cer=cer,
-                    final_wer=2 * cer, seed_cer=0.5, workdir=str(workdir))
+def fake_run(tmp_path, method, depth, seed, cer, snr, sigma_dp=0.1):
+    """A cell's result whose metrics give each module of ``snr`` that S/N."""
+    workdir = tmp_path / f"{method}{depth}{seed}{sigma_dp:g}"
+    workdir.mkdir()
+    record = {"step": 1}
+    for module, ratio in snr.items():
+        record[f"{replicate.SIGNAL}{module}/kernel"] = ratio * 1e-3
+        record[f"{replicate.NOISE}{module}/kernel"] = 1e-3
+    (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return dict(method=method, depth=depth, seed=seed, sigma_dp=0.0 if method == "no DP"
+                else sigma_dp, server="lamb", cohort=16, rounds=None, final_cer=cer,
+                final_wer=2 * cer, seed_cer=0.5, seed_wer=0.9, workdir=str(workdir))
 
+
+def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
+    run = functools.partial(fake_run, tmp_path)
     results = [run("no DP", 8, s, 0.30, {}) for s in (0, 1)]
     results += [run("global", 8, s, 0.40 + s / 100, {"a": 0.1, "b": 2.0}) for s in (0, 1)]
     results += [run("per-layer by dim", 8, s, 0.35, {"a": 0.3, "b": 0.4}) for s in (0, 1)]
@@ -164,3 +167,47 @@ def test_signal_noise_table_keeps_two_significant_digits_of_small_ratios():
     assert "**0.0022**" in table                 # not rounded to 0.00
     assert "**0.30**" in table                   # trailing zero kept
     assert "**∞**" in table                      # a module without noise
+
+
+def test_deep_stage_matches_the_papers_noise_per_coordinate():
+    study = dataclasses.replace(replicate.FULL, deep_depths=(2,))
+    params = replicate.num_params(2)
+    paper, top = replicate.deep_sigmas(study, 2)
+    assert replicate.PAPER_NOISE_PER_COORD[0] == pytest.approx(0.16, abs=5e-4)
+    assert paper * params ** 0.5 == pytest.approx(0.16, rel=0.03)   # 2 digits and top == study.top
+    cells = replicate.deep_cells(study)
+    methods = study.deep_methods
+    # no DP once per seed, every other row at both levels; seed 0's cells come first
+    assert len(cells) == study.seeds * (1 + 2 * (len(methods) - 1)) == len(set(cells))
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)
+    assert {c.sigma_dp for c in cells if c.method == "global"} == {paper, top}
+    assert {c.depth for c in cells} == {2}
+
+
+def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
+    study = dataclasses.replace(replicate.FULL, deep_depths=(2,), seeds=1)
+    paper, top = replicate.deep_sigmas(study, 2)
+    results = [fake_run(tmp_path, "no DP", 2, 0, 0.30, {})]
+    results += [fake_run(tmp_path, m, 2, 0, cer, {"a": 0.1, "b": 2.0}, sigma)
+                for m in study.deep_methods[1:] for sigma, cer in ((paper, 0.31), (top, 0.4))]
+    out = tmp_path / "replication.md"
+    out.write_text("# Study\n\nanalysis\n\n## Methods × σ_DP\n\ngrid\n")
+
+    block = replicate.write_deep_section(results, study, str(out))
+
+    text = out.read_text()
+    assert text.index(replicate.DEEP_BEGIN) < text.index("## Methods × σ_DP")
+    assert "analysis" in text and "grid" in text and block in text
+    assert f"σ_DP = {paper:g} (σ_DP·√D = 0.16)" in block
+    assert "| global | CER 31.0 · WER 62.0 (n=1) | CER 40.0 · WER 80.0 (n=1) |" in block
+    assert "| 0.1 | 82 | 110 |" in block         # σ_DP·√D at 2 and 4 blocks
+    assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block
+    assert "| paper (D = 255.8 M) |" in block and "| 1e-05 |" in block
+    # a report without deep results keeps the section; a second splice replaces it
+    replicate.write_markdown(f"# New\n\n{replicate.DEEP_BEGIN}\n{replicate.DEEP_END}\n", str(out),
+                             None)
+    assert block in out.read_text() and "# New" in out.read_text()
+    results[0]["final_cer"] = 0.2
+    replicate.write_deep_section(results, study, str(out))
+    assert out.read_text().count(replicate.DEEP_BEGIN) == 1
+    assert "| no DP | CER 20.0 · WER 60.0 (n=1)" in out.read_text()
