@@ -127,7 +127,7 @@ class Study:
 FULL = Study()
 QUICK = Study(sigmas=(0.0, 3e-2), methods=("no DP", *KEY_METHODS), seeds=1, key_seeds=1,
               rounds=2, curve_rounds=4, curve_every=2, curve_methods=("no DP",), cohorts=(),
-              depths=(), adam=(),
+              depths=(), adam=(), deep_depths=(),
               seed_steps=20)
 
 
