@@ -92,18 +92,32 @@ class Plan:
     repeats: int = 3
     run_tests: bool = True
     profile_rounds: int = 2
+    # Padding cuts (row and length levels) of the tiny and small models' local steps: the
+    # trainer's (3, 2), six compiled copies of the local step. The paper model: (1, 1), one
+    # (its compile time, not its run time, limits it on a GPU today).
+    padding_cuts: tuple[int, int] = (3, 2)
+
+    def model_overrides(self, size: str) -> dict[str, Any]:
+        """``get_model_config`` overrides of a model size in this plan."""
+        return dict(PAPER_OVERRIDES) if size == "paper" else {}
+
+    def task_args(self, size: str) -> dict[str, Any]:
+        """``common.asr_task`` / ``make_asr_step`` arguments of a model size in this plan."""
+        cuts = (1, 1) if size == "paper" else self.padding_cuts
+        return {**self.model_overrides(size), "padding_cuts": cuts}
 
 
 # The cohort section runs the paper-round section's programs (same model, cohort, chunk and
 # shapes): with the persistent compilation cache it measures without compiling again, so the
-# dry run (in ``make test``) compiles two round steps, not four.
+# dry run (in ``make test``) compiles two round steps, not four, each with one local step
+# (no padding cuts).
 _DRY_ROUND_SHAPE = common.ClientShape(min_utterances=2, max_utterances=4, max_seconds=1.0,
                                       max_seconds_padded=1.0, local_steps=2, max_label_len=16)
 DRY_RUN = Plan(step_size="tiny", step_batches=((2, 1.0),), round_size="tiny",
                round_cohort=4, round_chunks=(4, 2), round_shape=_DRY_ROUND_SHAPE,
                cohort_shape=_DRY_ROUND_SHAPE, cohort_sizes=("tiny",), cohort=4,
                cohort_chunks=(4,), compile_sizes=(), repeats=1, run_tests=False,
-               profile_rounds=1)
+               profile_rounds=1, padding_cuts=(1, 1))
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -144,14 +158,15 @@ def largest_fitting(candidates: Sequence[int], attempt: Callable[[int], Any]
 
 
 def local_step(size: str, utterances: int, seconds: float, repeats: int,
-               **model_overrides) -> dict[str, float]:
-    """Compile and time one client's local SGD step on ``utterances × seconds`` of audio."""
+               task_args: dict[str, Any], **model_overrides) -> dict[str, float]:
+    """Compile and time one client's local SGD step on ``utterances × seconds`` of audio
+    (``task_args``: :meth:`Plan.task_args`; ``model_overrides`` on top of them)."""
     import jax
     import optax
 
     from fl_dp_asr.fl import client
     from fl_dp_asr.models import asr
-    config, params, _, _ = common.asr_task(size, **{**_overrides(size), **model_overrides})
+    config, params, _, _ = common.asr_task(size, **{**task_args, **model_overrides})
     shape = dataclasses.replace(common.ClientShape(), batch_size=utterances, local_steps=1,
                                 min_utterances=utterances, max_utterances=utterances,
                                 min_seconds=seconds, max_seconds=seconds,
@@ -184,14 +199,14 @@ def model_flops(params: int, frames: float, passes: int = 6) -> float:
     return float(passes) * params * frames
 
 
-def init_seconds(size: str) -> float:
+def init_seconds(size: str, model_overrides: dict[str, Any]) -> float:
     """Seconds to create a model's parameters on the device: one jitted function, first
     call (compile included), until the arrays are ready."""
     import jax
 
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
-    config = get_model_config(size, **_overrides(size))
+    config = get_model_config(size, **model_overrides)
     jax.clear_caches()
     return common.time_call(lambda: common.block_until_ready(
         asr.init_params(config, jax.random.key(1))))
@@ -199,7 +214,8 @@ def init_seconds(size: str) -> float:
 
 def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
     rec.note(f"{plan.step_size} model parameters created on the device (jitted init, first "
-             f"call incl. compile): {init_seconds(plan.step_size):.1f} s")
+             f"call incl. compile): "
+             f"{init_seconds(plan.step_size, plan.model_overrides(plan.step_size)):.1f} s")
     add_row = rec.table(
         f"One client's local step, {plan.step_size} model "
         f"({'bf16 compute, remat, layer-drop off' if plan.step_size == 'paper' else 'float32'}). "
@@ -207,7 +223,7 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
         "pass runs twice (8 · params · frames) unless the remat policy keeps the matmuls",
         ["batch", "remat keeps", "compile s", "ms / step", "model TFLOP / step",
          "model TFLOP/s", "MFU", "MFU with remat recompute"])
-    config, params = common.asr_task(plan.step_size, **_overrides(plan.step_size))[:2]
+    config, params = common.asr_task(plan.step_size, **plan.task_args(plan.step_size))[:2]
     from fl_dp_asr.models import asr
     num_params = asr.count_params(params)
     policies = plan.step_remat_policies if config.remat else (config.remat_policy,)
@@ -216,7 +232,7 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
             common.log(f"  local step: {plan.step_size}, {utterances} × {seconds:g} s, "
                        f"remat keeps {policy}")
             r = local_step(plan.step_size, utterances, seconds, plan.repeats,
-                           remat_policy=policy)
+                           plan.task_args(plan.step_size), remat_policy=policy)
             frames = utterances * seconds / config.frame_seconds
             flops = model_flops(num_params, frames)
             tflops = flops / r["step_s"] / 1e12
@@ -229,12 +245,6 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
 
 def _mfu(flops: float, seconds: float, peak: float | None) -> str:
     return f"{100 * flops / seconds / 1e12 / peak:.1f} %" if peak else "n/a"
-
-
-def _overrides(size: str) -> dict[str, Any]:
-    # The paper model without padding cuts: one compiled local step (its compile time, not
-    # its run time, limits it on a GPU today; six cut copies would multiply it).
-    return {**PAPER_OVERRIDES, "padding_cuts": (1, 1)} if size == "paper" else {}
 
 
 # ------------------------------------------------------------------ 2./3. round steps
@@ -252,7 +262,7 @@ def time_round(step, params, opt, block, key, repeats: int) -> tuple[float, floa
     return first, common.median([common.time_call(run) for _ in range(repeats)])
 
 
-def compare_executors(size: str, cohort: int, chunks: Sequence[int],
+def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks: Sequence[int],
                       shape: common.ClientShape, repeats: int,
                       add_row: Callable[[list[Any]], None], *, search: bool,
                       extra: Callable[[float], list[Any]] = lambda per_round: []
@@ -260,13 +270,13 @@ def compare_executors(size: str, cohort: int, chunks: Sequence[int],
     """Rows ``[executor, first call s, s/round, clients/s, *extra(s/round)]``: vectorized
     chunks, then sequential.
 
-    ``search``: chunks are alternatives, largest first; only the largest that fits runs.
-    Otherwise a chunk that does not fit gets an "out of memory" row. Returns a call of one
-    round of the (last) vectorized step that ran, for profiling (None if none ran).
+    ``task_args``: :meth:`Plan.task_args` of ``size``. ``search``: chunks are alternatives,
+    largest first; only the largest that fits runs. Otherwise a chunk that does not fit
+    gets an "out of memory" row. Returns a call of one round of the (last) vectorized step
+    that ran, for profiling (None if none ran).
     """
     import jax
-    overrides = _overrides(size)
-    config = common.asr_task(size, **overrides)[0]
+    config = common.asr_task(size, **task_args)[0]
     block = jax.device_put(common.synthetic_cohort(cohort, shape, vocab_size=config.vocab_size))
     key = jax.random.key(0)
     ran: dict[str, Callable[[], Any]] = {}
@@ -276,7 +286,7 @@ def compare_executors(size: str, cohort: int, chunks: Sequence[int],
 
     def vectorized(chunk):
         common.log(f"  round: {size}/{cohort} vectorized chunk {chunk}")
-        step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **overrides)
+        step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **task_args)
         result = time_round(step, params, opt, block, key, repeats)
         ran["round"] = lambda: step(common.fresh_state(params, opt), block, key)
         return result
@@ -294,7 +304,7 @@ def compare_executors(size: str, cohort: int, chunks: Sequence[int],
                     raise
                 add_row([f"vectorized, chunk {chunk}", "out of memory", "", ""])
     common.log(f"  round: {size}/{cohort} sequential")
-    step, params, opt = common.make_asr_step(size, cohort, executor="sequential", **overrides)
+    step, params, opt = common.make_asr_step(size, cohort, executor="sequential", **task_args)
     row("sequential", *time_round(step, params, opt, block, key, repeats))
     return ran.get("round")
 
@@ -314,7 +324,7 @@ def section_paper_round(plan: Plan, rec: Recorder, peak: float | None,
                         profile: bool = False) -> None:
     from fl_dp_asr.models import asr
     s = plan.round_shape
-    config, params = common.asr_task(plan.round_size, **_overrides(plan.round_size))[:2]
+    config, params = common.asr_task(plan.round_size, **plan.task_args(plan.round_size))[:2]
     frames = round_frames(s, plan.round_cohort, config.frame_seconds)
     flops = model_flops(asr.count_params(params), frames)
     remat_flops = model_flops(asr.count_params(params), frames, 8) if config.remat else None
@@ -330,7 +340,8 @@ def section_paper_round(plan: Plan, rec: Recorder, peak: float | None,
         return [flops / per_round / 1e12, _mfu(flops, per_round, peak),
                 _mfu(remat_flops, per_round, peak) if remat_flops else "(no remat)"]
 
-    one_round = compare_executors(plan.round_size, plan.round_cohort, plan.round_chunks, s,
+    one_round = compare_executors(plan.round_size, plan.task_args(plan.round_size),
+                                  plan.round_cohort, plan.round_chunks, s,
                                   plan.repeats, add_row, search=True, extra=mfu_columns)
     if profile and one_round is not None:
         section_profile(rec, one_round, plan.profile_rounds)
@@ -357,8 +368,9 @@ def section_cohort_rounds(plan: Plan, rec: Recorder) -> None:
         f"{s.max_utterances} utterances of {s.min_seconds:g}–{s.max_seconds:g} s, batch "
         f"{s.batch_size}, ≤ {s.local_steps} local steps)", ["model", *ROUND_HEADERS])
     for size in plan.cohort_sizes:
-        compare_executors(size, plan.cohort, plan.cohort_chunks, plan.cohort_shape,
-                          plan.repeats, lambda row, size=size: add_row([size, *row]),
+        compare_executors(size, plan.task_args(size), plan.cohort, plan.cohort_chunks,
+                          plan.cohort_shape, plan.repeats,
+                          lambda row, size=size: add_row([size, *row]),
                           search=False)
 
 

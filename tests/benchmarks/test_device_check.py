@@ -6,6 +6,7 @@ import jax
 import pytest
 
 from benchmarks import common, device_check
+from fl_dp_asr.models.config import get_model_config
 
 
 def test_dry_run_measures_every_section(tmp_path, monkeypatch):
@@ -38,6 +39,16 @@ def test_a_section_past_the_budget_is_skipped_with_a_note(monkeypatch):
     assert ran == []
     assert [n.split(":")[0] for n in report.notes if "SKIPPED" in n] == [
         "section 'local step' SKIPPED", "section 'paper round' SKIPPED"]
+
+
+def test_the_paper_models_init_gets_model_overrides_only():
+    plan = device_check.Plan()
+    assert plan.task_args("paper")["padding_cuts"] == (1, 1)
+    assert plan.task_args("tiny")["padding_cuts"] == (3, 2)
+    assert device_check.DRY_RUN.task_args("tiny")["padding_cuts"] == (1, 1)
+    # what the init section builds the paper model with: a model config, no cuts in it
+    config = get_model_config("paper", **plan.model_overrides("paper"))
+    assert config.remat and config.layer_drop_rate == 0.0
 
 
 def test_round_model_flops_count_every_real_step_of_every_client():
