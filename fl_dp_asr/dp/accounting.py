@@ -220,6 +220,8 @@ def _check_cohort(cohort_size: object, population: object, cohort_name: str = "c
     return cohort, users
 
 
+# Min-separation participation (each user at most once every b rounds): the samplers of
+# correlated noise (fl_dp_asr.fl.samplers.CyclicSampler).
 MIN_SEPARATION_SAMPLING: tuple[str, ...] = ("cyclic",)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from fl_dp_asr.dp import accounting
 
 SAMPLERS = accounting.SAMPLING_SCHEMES          # samplers of the Gaussian mechanism
-MIN_SEPARATION_SAMPLERS: tuple[str, ...] = ("cyclic",)   # samplers of correlated noise
+MIN_SEPARATION_SAMPLERS = accounting.MIN_SEPARATION_SAMPLING   # samplers of correlated noise
 
 
 def _round_rng(seed: int, round_index: int) -> np.random.Generator:

@@ -24,6 +24,7 @@ def tiny_central_config(corpus, tfds_dir, steps=2):
 
 def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
     central_config = tiny_central_config(tiny_corpus, tfds_dir)
+    central_config.model.num_blocks = 2      # the FL stage fine-tunes this seed model
     fl = small_config(tiny_corpus, tfds_dir, 2)
     fl.fl.sampling = "poisson"
     fl.dp.noise_multiplier = None
