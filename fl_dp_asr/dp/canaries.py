@@ -17,7 +17,7 @@ for Federated Learning", ICLR 2024 (arXiv 2302.03098):
     to the held-out cosines, μ = (mean_in − mean_out) / std, and returns the ε at δ of the
     Gaussian mechanism (μ-GDP) that separates them that well.
 
-Directions are drawn from ``fold_in(key(seed), c)`` on the fly
+Directions are drawn from a key folded from ``(seed, c)`` on the fly
 (:func:`fl_dp_asr.dp.transforms.standard_normal_like`), so k full model vectors are never
 stored. Only fixed clipping (global, per layer, or rescaled per layer) is supported:
 adaptive bounds move the canaries' norm every round, and without clipping there is no
@@ -50,6 +50,9 @@ from fl_dp_asr.dp.policy import DPConfig
 
 PyTree = Any
 OVERSHOOT = 10.0   # a canary client sends OVERSHOOT × the bound; the clipping brings it to C
+# Canary c draws from fold_in(fold_in(key(seed), _STREAM), c): never a round's key
+# fold_in(key(seed), r) of a trainer whose seed is the canaries' (rounds < 2³⁰).
+_STREAM = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Canaries:
     Attributes:
         inserted: k ≥ 2, canary clients that take part as users.
         heldout: m ≥ 2, directions never inserted (two, at least, for a std).
-        seed: fixes the directions (canary c draws from ``fold_in(key(seed), c)``).
+        seed: fixes the directions (canary c draws from a key folded from ``seed`` and c).
     """
     inserted: int
     heldout: int
@@ -96,7 +99,7 @@ class Canaries:
         """What canary client ``index`` sends, float32 shaped like ``like`` (compute layout
         ``layout``): a standard-normal draw with every canonical layer h (``dp.layers``)
         scaled to ``OVERSHOOT``·C_h, or (global clipping) the whole to ``OVERSHOOT``·C."""
-        key = jax.random.fold_in(jax.random.key(self.seed), index)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _STREAM), index)
         draw = transforms.standard_normal_like(key, like, layout)
         bounds = dp.initial_clip_bounds(like, layout)
         if dp.clipping == "global":
@@ -147,9 +150,11 @@ class Estimate(NamedTuple):
         epsilon: the Gaussian fit's ε at δ (∞: the two groups do not overlap at all).
         ci_low, ci_high: its ``confidence`` interval (from that of μ).
         mu: μ = (mean_in − mean_out) / std, the fitted GDP parameter.
-        lower_bound: jax_privacy's ``CanaryScoreAuditor.epsilon_from_gdp``: thresholds
-            with Clopper–Pearson intervals at the same confidence, no Gaussian assumption
-            (0 unless there are many canaries).
+        lower_bound: jax_privacy's ``CanaryScoreAuditor.epsilon_clopper_pearson``: the
+            best threshold's ε with Clopper–Pearson intervals at the same confidence, no
+            Gaussian assumption (at most about log k: 0 unless the groups separate well).
+            Its ``epsilon_from_gdp`` is not used: it gives ε ≈ 7 for 100 + 100 scores drawn
+            from one distribution (it takes |μ| over thresholds, upper bounds included).
     """
     epsilon: float
     ci_low: float
@@ -189,8 +194,8 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
                          f"{ins.size} inserted and {out.size} held out.")
     gap = ins.mean() - out.mean()
     std = math.sqrt((ins.var(ddof=1) + out.var(ddof=1)) / 2)
-    lower = float(auditing.CanaryScoreAuditor(ins, out).epsilon_from_gdp(1 - confidence,
-                                                                          delta))
+    lower = float(auditing.CanaryScoreAuditor(ins, out).epsilon_clopper_pearson(
+        1 - confidence, delta))
     if std == 0:   # each group's scores all equal: perfectly separated, or not at all
         eps = math.inf if gap > 0 else 0.0
         return Estimate(eps, eps, eps, eps, lower)
