@@ -1,20 +1,18 @@
 """Empirical privacy with canary clients: it measures something (ε_empirical falls as σ_DP
 grows and stays within reach of ε_accounted, large without noise), it catches a mechanism
 whose code path drops the noise or the clipping while its accountant does not, and the FL
-trainer reports both estimates, resuming bit for bit."""
+trainer reports both estimates, also after a resume."""
 
 import math
 import os
 
-import jax
-import numpy as np
 import pytest
 
 from experiments import audit_sweep, train_fl
 from fl_dp_asr.dp import transforms
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.train.metrics import read_jsonl
-from tests.experiments.test_train_fl import final_state, small_config
+from tests.experiments.test_train_fl import small_config
 
 TOY = audit_sweep.Setting(rounds=20, dims=2000, canaries=40)
 SIGMAS = (0.0, 0.05, 0.2, 1.0)
@@ -76,22 +74,22 @@ def audit_config(corpus, tfds_dir, rounds):
     return c
 
 
-def test_the_trainer_reports_both_estimates_and_resumes_bit_for_bit(tiny_corpus, tfds_dir,
-                                                                    tmp_path):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
+def test_the_trainer_reports_both_estimates_after_a_resume(tiny_corpus, tfds_dir, tmp_path,
+                                                          capsys):
+    """Stopped after round 1, resumed to 2: the trail comes back from the checkpoint and the
+    end of the run reports both estimates (its JSON round trip is exact: test_round_canaries).
+    Two runs, not three (an uninterrupted one to compare with): the ASR step with canaries is
+    the slowest compilation of these tests."""
     round_steps = {}
-    summary = train_fl.train(audit_config(tiny_corpus, tfds_dir, 2), str(whole), round_steps)
-    train_fl.train(audit_config(tiny_corpus, tfds_dir, 1), str(parts), round_steps)
-    resumed = train_fl.train(audit_config(tiny_corpus, tfds_dir, 2), str(parts), round_steps)
-    assert len(round_steps) == 1
-    (_, state_a), (_, state_b) = final_state(whole), final_state(parts)
-    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    train_fl.train(audit_config(tiny_corpus, tfds_dir, 1), str(tmp_path), round_steps)
+    summary = train_fl.train(audit_config(tiny_corpus, tfds_dir, 2), str(tmp_path), round_steps)
+    assert len(round_steps) == 1 and summary["rounds"] == 2
     assert summary["population"] == 3 and summary["audit_canaries"] == 3
     for view in ("final_model", "all_iterates"):
         assert summary[f"audit_epsilon_{view}"] >= 0
-        assert resumed[f"audit_epsilon_{view}"] == summary[f"audit_epsilon_{view}"]
     assert summary["epsilon_rdp"] > 0
-    last = read_jsonl(os.path.join(whole, "metrics.jsonl"))[-1]
+    assert "Empirical privacy (3 canaries, 4 held out" in capsys.readouterr().out
+    last = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))[-1]
     assert last["step"] == 2 and "audit/epsilon_all_iterates_ci_high" in last
 
 
