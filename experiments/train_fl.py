@@ -7,6 +7,10 @@ The work directory always resumes from its newest complete checkpoint; otherwise
 run starts from ``config.init_checkpoint`` (the central seed model), otherwise from
 scratch. SIGINT/SIGTERM save a checkpoint and exit cleanly. Metrics go to
 ``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``).
+
+With ``config.audit.canaries = k`` (> 0) k canary clients take part as users and the run
+ends with two empirical ε next to the accountant's (``fl_dp_asr.fl.audit``; README,
+"Empirical privacy: canary clients").
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from absl import logging as absl_logging
 
 from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
 from fl_dp_asr.dp import DPConfig, accounting, adaptive, correlated
-from fl_dp_asr.fl import client, distributed, executors, round as round_lib, samplers
+from fl_dp_asr.dp.canaries import Canaries
+from fl_dp_asr.fl import audit, client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.text.tokenizer import CharTokenizer
@@ -83,6 +88,8 @@ class Run(NamedTuple):
     mesh: jax.sharding.Mesh | None           # the global client mesh of a multi-process run
     dp: DPConfig
     privacy: dict[int, dict[str, float]]     # privacy_metrics by rounds (PLD can take minutes)
+    canaries: Canaries | None = None         # config.audit (None: no canary clients)
+    canary_cohorts: audit.CanaryCohorts | None = None  # the sampler split into users, canaries
 
 
 MECHANISMS = ("gaussian",) + correlated.KINDS
@@ -146,10 +153,34 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.fl.executor not in executors.EXECUTORS:
         raise ValueError(f"config.fl.executor={config.fl.executor!r}: choose one of "
                          f"{executors.EXECUTORS}.")
+    if make_canaries(config) is not None and config.distributed.num_processes != 1:
+        raise ValueError("config.audit.canaries needs a single-process run "
+                         "(config.distributed.num_processes=1).")
+
+
+def make_canaries(config: ml_collections.ConfigDict) -> Canaries | None:
+    """The canary clients of ``config.audit`` (None for ``canaries=0``); held-out ones:
+    ``audit.heldout`` (None: as many as inserted).
+
+    Raises:
+        ValueError: naming ``config.audit.canaries``: fewer than 2, or a ``dp`` section
+            without fixed clipping.
+    """
+    k = config.audit.canaries
+    if k == 0:
+        return None
+    heldout = k if config.audit.heldout is None else config.audit.heldout
+    try:
+        canaries = Canaries(k, heldout, config.audit.seed)
+        Canaries.check(dp_config(config))
+    except ValueError as error:
+        raise ValueError(f"config.audit.canaries={k}: {error}") from None
+    return canaries
 
 
 def make_sampler(config: ml_collections.ConfigDict, population: int) -> samplers.CohortSampler:
-    """The cohort sampler of ``config.fl`` over ``population`` training users.
+    """The cohort sampler of ``config.fl`` over ``population`` (training users, and canary
+    clients if any).
 
     Raises:
         ValueError: naming the config field, e.g. a cohort larger than the population.
@@ -204,7 +235,7 @@ def round_step_key(config: ml_collections.ConfigDict, model_config: ModelConfig,
         dp = dataclasses.replace(dp, sigma_dp=None, noise_multiplier=None)
     return json.dumps({
         "model": model_config.to_dict(), "server": config.server.to_dict(), "dp": repr(dp),
-        "expected_cohort_size": expected_cohort_size,
+        "expected_cohort_size": expected_cohort_size, "canaries": repr(make_canaries(config)),
         "fl": {k: fl[k] for k in ("local_learning_rate", "local_grad_clip_norm", "executor",
                                   "chunk_size", "cut_row_levels", "cut_length_levels")},
     }, sort_keys=True, default=str)
@@ -220,7 +251,10 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     """
     model_config, seed_params, seed_source = utils.load_seed_model(
         config.init_checkpoint, config.model, jax.random.key(config.seed))
-    sampler = make_sampler(config, data.train.num_users)
+    canaries = make_canaries(config)
+    num_canaries = 0 if canaries is None else canaries.inserted
+    sampler = make_sampler(config, data.train.num_users + num_canaries)
+    cohorts = None if canaries is None else audit.CanaryCohorts(sampler, data.train.num_users)
     dp = dp_config(config)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)
     check_count_noise(dp, sampler.expected_size, len(dp.initial_clip_bounds(seed_params)))
@@ -233,13 +267,14 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     mesh = distributed.client_mesh() if config.fl.executor == "sharded" else None
     executor = executors.make(config.fl.executor, chunk_size=config.fl.chunk_size, mesh=mesh)
     round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
-                                           sampler.expected_size, executor, asr.PARAM_LAYOUT)
+                                           sampler.expected_size, executor, asr.PARAM_LAYOUT,
+                                           canaries)
     if round_steps is not None and not multi_process:
         key = round_step_key(config, model_config, dp, sampler.expected_size)
         round_step = round_step._replace(step=round_steps.setdefault(key, round_step.step))
     num_slots = sampler.num_slots(executor.client_multiple)
     stream = CohortStream(
-        data.train, sampler, tokenizer.encode, data.buckets, local_steps=config.fl.local_steps,
+        data.train, sampler if cohorts is None else cohorts, tokenizer.encode, data.buckets, local_steps=config.fl.local_steps,
         batch_size=config.fl.local_batch_size, seed=config.seed,
         client_multiple=executor.client_multiple, max_batch_seconds=config.fl.max_batch_seconds,
         max_local_epochs=config.fl.max_local_epochs,
@@ -249,7 +284,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     return Run(model_config, seed_params, seed_source, sampler, noise_multiplier,
                accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
                accountant, server_optimizer, round_step, stream,
-               mesh if multi_process else None, dp, {})
+               mesh if multi_process else None, dp, {}, canaries, cohorts)
 
 
 def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) -> int:
@@ -309,13 +344,16 @@ def _privacy_after(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict
 
 @dataclasses.dataclass
 class Progress:
-    """Where the run stands; saved in every checkpoint's meta (except ``last_eval``)."""
+    """Where the run stands; saved in every checkpoint's meta (except ``last_eval`` and
+    ``audit``)."""
     completed: int = 0                       # rounds applied
     best_wer: float = float("inf")
     seed_eval: dict[str, float] | None = None    # WER/CER/loss of the seed model
     # The latest evaluation of the trained model: {"round", "wer", "cer"} (None: none yet).
     trained_eval: dict[str, Any] | None = None
     last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the bar
+    audit_trail: audit.AuditTrail | None = None  # with canaries: the all-iterates statistic
+    audit: dict[str, float] | None = None    # with canaries: both ε estimates, at the end
 
 
 class OldLayoutError(ValueError):
@@ -353,7 +391,8 @@ def resume(checkpoints: Checkpointer, run: Run, log: Log
     restored = restore_latest(checkpoints, state)
     if restored is None:
         log(f"Starting from the seed model: {run.seed_source}.")
-        return state, Progress()
+        return state, Progress(audit_trail=None if run.canaries is None
+                               else audit.AuditTrail.start(run.canaries))
     completed, state_dict, meta = restored
     if meta.get("correlated_noise") != strategy_fields(run.dp):
         raise ValueError(
@@ -366,8 +405,11 @@ def resume(checkpoints: Checkpointer, run: Run, log: Log
             "new work directory.")
     log(f"Resumed from {checkpoints.directory} at round {completed}.")
     best = float("inf") if meta["best_wer"] is None else meta["best_wer"]
+    trail = (None if run.canaries is None else audit.AuditTrail.from_meta(
+        meta.get("audit"), run.canaries, f"{checkpoints.directory} (round {completed})"))
     return round_lib.ServerState(**state_dict), Progress(
-        completed, best, meta["seed_eval"], meta.get("trained_eval"), dict(meta["seed_eval"]))
+        completed, best, meta["seed_eval"], meta.get("trained_eval"), dict(meta["seed_eval"]),
+        trail)
 
 
 def strategy_fields(dp: DPConfig) -> dict[str, Any] | None:
@@ -386,6 +428,8 @@ def save(checkpoints: Checkpointer, state: round_lib.ServerState, progress: Prog
             "trained_eval": progress.trained_eval,
             "best_wer": progress.best_wer if np.isfinite(progress.best_wer) else None,
             "correlated_noise": strategy_fields(run.dp)}
+    if run.canaries is not None:
+        meta["audit"] = progress.audit_trail.to_meta(run.canaries)
     checkpoints.save(progress.completed, distributed.to_host(state._asdict()), meta, metric=wer)
 
 
@@ -417,6 +461,29 @@ def apply_round(run: Run, state: round_lib.ServerState, block: dict[str, Any], k
     seconds = time.perf_counter() - started
     return state, metrics | {"seconds_per_round": seconds,
                              "clients_per_second": float(metrics["clients"]) / seconds}
+
+
+def audit_estimates(initial: PyTree, state: round_lib.ServerState, run: Run,
+                    progress: Progress, config: ml_collections.ConfigDict, log: Log
+                    ) -> dict[str, float]:
+    """Both empirical ε of the canaries after ``progress.completed`` rounds
+    (:func:`fl_dp_asr.fl.audit.estimates`), logged next to the accountant's ε.
+
+    ``initial``: θ_0, the seed model in the round's layout (a host copy taken before the
+    first round donates the state; a resumed run loads the same seed model).
+    """
+    final = audit.final_model_cosines(run.canaries, initial, state.params, run.dp,
+                                      asr.PARAM_LAYOUT)
+    out = audit.estimates(run.canaries, progress.audit_trail, final, config.dp.delta)
+    accounted = privacy_metrics(run, progress.completed, config.dp).get("epsilon_rdp")
+    views = "; ".join(
+        f"{view.replace('_', ' ')} ε ≈ {out[f'epsilon_{view}']:.3g} (95 % CI "
+        f"{out[f'epsilon_{view}_ci_low']:.3g} … {out[f'epsilon_{view}_ci_high']:.3g})"
+        for view in audit.VIEWS)
+    log(f"Empirical privacy ({run.canaries.inserted} canaries, {run.canaries.heldout} held "
+        f"out, δ = {config.dp.delta:g}): {views}; accounted ε = "
+        f"{'∞' if accounted is None else f'{accounted:.3g}'} (RDP). Estimates, not bounds.")
+    return out
 
 
 def check_metrics(metrics: dict[str, Any], r: int) -> None:
@@ -478,6 +545,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     bar = tqdm.tqdm(total=num_rounds, initial=progress.completed, desc="FL rounds",
                     unit="round", disable=not (config.progress_bar and chief))
     cohorts = run.stream.blocks(progress.completed, num_rounds)
+    if run.canary_cohorts is not None:
+        cohorts = run.canary_cohorts.with_masks(cohorts)
+        initial = jax.tree.map(np.array, asr.stack_blocks(run.seed_params))   # θ_0 (host)
     # The stop handlers stay installed until the last checkpoint is written: a signal that
     # lands during a save (or the wait for it) cannot cut it.
     with utils.StopSignals() as stop:
@@ -487,6 +557,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     key = jax.random.fold_in(run_key, r)
                     state, metrics = apply_round(run, state, block, key)
                     check_metrics(metrics, r)
+                    if run.canaries is not None:
+                        progress.audit_trail.add(metrics.pop("canary_cosines"))
                     progress.completed = r + 1
                     writer.write(progress.completed, {"train": metrics})
                     wer = None
@@ -507,6 +579,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     # All processes of a multi-process run stop (and save) at the same round.
                     if distributed.any_process(stop.received is not None):
                         raise StopRequested(stop.received or "a signal to another process")
+            if run.canaries is not None and progress.completed > 0:
+                progress.audit = audit_estimates(initial, state, run, progress, config, log)
+                writer.write(progress.completed, {"audit": progress.audit})
         except StopRequested as stopped:
             save(checkpoints, state, progress, run, config)
             log(f"\n{stopped} received: saved round {progress.completed} to "
@@ -558,7 +633,19 @@ def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progr
         "extrapolated_population": dp.target_population if dp.target_cohort else None,
         "extrapolated_epsilon_rdp": privacy.get("extrapolated_epsilon_rdp"),
         "extrapolated_epsilon_pld": privacy.get("extrapolated_epsilon_pld"),
-    }
+    } | audit_summary(run, progress)
+
+
+def audit_summary(run: Run, progress: Progress) -> dict[str, Any]:
+    """The canaries and both empirical ε for ``summary.json`` (``audit_*``; {} without
+    canaries, None before the last round)."""
+    if run.canaries is None:
+        return {}
+    names = [f"epsilon_{v}{part}" for v in audit.VIEWS
+             for part in ("", "_ci_low", "_ci_high", "_lower_bound")]
+    found = progress.audit or {}
+    return ({"audit_canaries": run.canaries.inserted, "audit_heldout": run.canaries.heldout}
+            | {f"audit_{name}": found.get(name) for name in names})
 
 
 def main(argv: list[str]) -> None:

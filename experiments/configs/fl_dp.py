@@ -106,6 +106,14 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.server.decay_every = 750
     c.server.decay_rate = 0.6
 
+    # Canary clients (README "Empirical privacy: canary clients"): k extra users of the
+    # sampler whose updates are random directions at the clip norm; the run ends with two
+    # empirical ε (final model, all iterates) next to the accountant's. 0: off.
+    c.audit = ml_collections.ConfigDict()
+    c.audit.canaries = 0                # k inserted canary clients (>= 2 when on)
+    c.audit.heldout = common.optional(int)  # m directions never inserted (None: k)
+    c.audit.seed = 0                    # fixes the canaries' directions
+
     c.eval = ml_collections.ConfigDict({"every": 100, "batch_size": 64})
     c.checkpoint = ml_collections.ConfigDict({"every": 50, "keep": 3})  # keep: last K (+ best)
 

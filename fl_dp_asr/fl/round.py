@@ -32,6 +32,13 @@ also reports its unclipped bits, summed with the deltas by the same executor; th
 adds N(0, (z_Δ·C_t)²) to the delta sum and N(0, σ_b²) to every bit count (both once, after
 the cross-device sum, each from its own key) and moves the bounds inside the same jitted
 step.
+
+Canary clients (``canaries``, :mod:`fl_dp_asr.dp.canaries`): the cohort block's
+``canary_mask`` (float32 ``[k]``, 1.0 for the canaries sampled this round) says which canary
+updates, clipped as users' deltas are, join the sum before the noise; the metrics then hold
+``canary_cosines`` ``[k + m]``, the cosine of the round's noisy sum (the same as of the
+pseudo-gradient: a positive multiple) with every inserted and held-out canary. Without
+canaries none of this is in the program.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import numpy as np
 import optax
 
 from fl_dp_asr.dp import DPConfig, adaptive, checks, transforms
+from fl_dp_asr.dp.canaries import Canaries
 from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 from fl_dp_asr.fl import distributed, executors
 from fl_dp_asr.fl.client import ClientUpdate
@@ -55,6 +63,7 @@ PyTree = Any
 RoundStep = Callable[["ServerState", dict[str, Any], jax.Array],
                      tuple["ServerState", dict[str, Any]]]   # e.g. a BoundRoundStep
 _CLIENT_STREAM, _NOISE_STREAM, _COUNT_NOISE_STREAM = 0, 1, 2
+CANARY_MASK = "canary_mask"   # cohort block entry: float32 [k], the canaries sampled
 
 
 class AllClientsDroppedError(RuntimeError):
@@ -126,14 +135,19 @@ class ServerUpdate(NamedTuple):
 
 
 def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
-                   expected_cohort_size: float, layout: ParamLayout, state: ServerState,
-                   total, sums: RoundSums, key, noise_stddev: jax.Array):
+                   expected_cohort_size: float, layout: ParamLayout,
+                   canaries: Canaries | None, state: ServerState, total, sums: RoundSums, key,
+                   noise_stddev: jax.Array, canary_mask: jax.Array | None):
     """Noise once on the sum, divide by the expected cohort size, server optimizer, and
     (adaptive clipping) the new bounds from the noisy unclipped counts.
 
     ``noise_stddev``: fixed clipping's z·C (a float32 scalar, traced; 0: no noise — the draw
     is then multiplied by 0 and changes nothing); unused with adaptive clipping.
+    ``canary_mask``: with ``canaries``, the sampled canaries' updates join the sum before
+    the noise (:meth:`Canaries.insert`); None without.
     """
+    if canaries is not None:
+        total = canaries.insert(total, canary_mask, dp, layout)
     # Traced params still have static shapes: the per-layer bounds come from them.
     config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params,
                                   layout)
@@ -174,6 +188,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
                        dp.layer_fn, layout)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
+    if canaries is not None:
+        metrics["canary_cosines"] = canaries.cosines(noisy, dp, layout)
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
         metrics["layer_clip_norms"] = bounds
@@ -275,6 +291,7 @@ def make_round_step(
         expected_cohort_size: float,
         executor: executors.Executor | None = None,
         layout: ParamLayout = SAME_LAYOUT,
+        canaries: Canaries | None = None,
 ) -> RoundStep:
     """Builds the round step ``(server_state, cohort_block, key) -> (server_state, metrics)``.
 
@@ -293,13 +310,17 @@ def make_round_step(
             use it; per-layer clipping, bounds and metrics name canonical layers. Build
             the server optimizer with the same layout
             (:func:`fl_dp_asr.fl.server.make_server_optimizer`).
+        canaries: canary clients for the empirical privacy estimate (module docstring);
+            every ``cohort_block`` then carries ``canary_mask`` ``[canaries.inserted]``.
+            None: no canaries, and the program of a run without them.
 
     Raises:
         ValueError: at once, naming the argument: ``expected_cohort_size`` not finite and
             > 0, ``dp`` not a ``DPConfig``, ``executor`` not an ``Executor``, or adaptive
             clipping whose clipped-count noise leaves the deltas nothing (z_b ≤ z; per-layer
-            clipping: even with one bound). At a call: a server state that does not fit
-            ``dp`` (:func:`check_server_state`).
+            clipping: even with one bound), canaries without fixed clipping. At a call: a
+            server state that does not fit ``dp`` (:func:`check_server_state`), a cohort
+            block whose ``canary_mask`` does not match ``canaries``.
 
     Returns:
         The round step, a :class:`BoundRoundStep` (σ_DP is an argument of its compiled
@@ -319,19 +340,22 @@ def make_round_step(
                          f"{executor!r}.")
     if dp.adaptive:
         _check_count_noise(dp, expected_cohort_size)
+    if canaries is not None:
+        Canaries.check(dp)
     contribution = make_contribution(client_update, dp.client_clip(layout))
     server_update = functools.partial(_server_update, dp, server_optimizer,
-                                      float(expected_cohort_size), layout)
+                                      float(expected_cohort_size), layout, canaries)
     noise_stddev = _device_scalar(
         0.0 if dp.adaptive else dp.noise_stddev(expected_cohort_size), executor.mesh)
 
     def compose(update):
         def round_step(state: ServerState, cohort_block, key, noise_stddev):
+            cohort_block, canary_mask = _split_canary_mask(cohort_block, canaries)
             cohort_block = executors.pad_clients(cohort_block, executor.client_multiple)
             keys = client_keys(key, executors.num_slots(cohort_block))
             broadcast = Broadcast(state.params, state.clip_bounds)
             total, sums = executor.aggregate(contribution, broadcast, cohort_block, keys)
-            return update(state, total, sums, key, noise_stddev)
+            return update(state, total, sums, key, noise_stddev, canary_mask)
         return round_step
 
     check = functools.partial(check_server_state, dp=dp,
@@ -341,6 +365,23 @@ def make_round_step(
                               noise_stddev, check)
     return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev,
                           check)
+
+
+def _split_canary_mask(cohort_block: dict[str, Any], canaries: Canaries | None
+                       ) -> tuple[dict[str, Any], jax.Array | None]:
+    """``(the clients' block, canary_mask or None)``: the mask is not a per-client entry
+    (the executors must not pad or shard it)."""
+    if canaries is None:
+        if CANARY_MASK in cohort_block:
+            raise ValueError(f"the cohort block carries {CANARY_MASK!r}, but the round step "
+                             "was made without canaries (make_round_step(..., canaries=)).")
+        return cohort_block, None
+    mask = cohort_block.get(CANARY_MASK)
+    if mask is None or jnp.shape(mask) != (canaries.inserted,):
+        raise ValueError(f"a round step with {canaries.inserted} canaries needs the cohort "
+                         f"block entry {CANARY_MASK!r}, float32 [{canaries.inserted}] (1.0: "
+                         f"sampled this round), got {None if mask is None else jnp.shape(mask)}.")
+    return {k: v for k, v in cohort_block.items() if k != CANARY_MASK}, mask
 
 
 def _check_count_noise(dp: DPConfig, expected_cohort_size: float) -> None:
