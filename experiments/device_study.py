@@ -67,7 +67,7 @@ DEVICE_METHODS = ("no DP", "global", "per-layer by dim", "per-layer uniform",
                   "rescale per-layer")
 # The FL comparison's domain: few utterances per user (Common Voice-like), 200 users; the
 # seed's: 500 LibriSpeech-part utterances. Sized so that corpus + wheels + tree ≤ 64 MiB
-# (FLAC of the noisy LibriSpeech part costs ~58 KB per utterance, 32 kHz MP3 ~14 KB).
+# (FLAC of the noisy LibriSpeech part costs ~59 KB per utterance, 32 kHz MP3 ~16 KB).
 DEVICE_CORPUS = synthetic.CorpusConfig(
     librispeech=(synthetic.SplitSpec("train-clean-100", 25, 500),
                  synthetic.SplitSpec("dev-clean", 6, 40), synthetic.SplitSpec("test-clean", 1, 2)),
@@ -132,10 +132,12 @@ class Preset:
 
 
 DEVICE = Preset()
-# Toy size on a CPU (the test suite runs it): the tiny corpus, 2 blocks of the tiny width,
-# no DP and global clipping at both levels, 2 rounds.
+# Toy size on a CPU (the test suite runs it): the tiny corpus and model, 2 seed steps, no DP
+# and global clipping at both levels, 2 rounds. The seed's and the cells' programs are those
+# of tests/experiments/test_demo.py and test_replicate.py (same shapes and settings): in the
+# test session's compilation cache, whichever runs first compiles them for the others.
 DRY_RUN = Preset(corpus=synthetic.tiny_config(), model_size="tiny",
-                 model={"num_blocks": 2, "dtype": "float32"}, seed_steps=2, seed_batch=2,
+                 model={"num_blocks": 4, "dtype": "float32"}, seed_steps=2, seed_batch=2,
                  seed_learning_rate=2e-3, seed_minutes=1.0, rounds=2, cohort=2, chunk=2,
                  local_steps=2, local_batch=2, methods=("no DP", "global"), seeds=1,
                  first_cell_s=5.0, workers=1)
@@ -184,7 +186,6 @@ def fl_config(preset: Preset, corpus: str, data_dir: str):
     c.dp.target_cohort = 204_800
     c.dp.target_population = round(204_800 * population / preset.cohort)
     c.dp.target_pld = False         # PLD at small z' takes minutes; RDP is reported
-    c.eval.batch_size = 32
     return c
 
 
@@ -418,11 +419,16 @@ class Report:
                 f"loses {gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
 
     def grid(self, results: list[dict]) -> str:
-        headers = ["method"] + [f"σ_DP·√D = {level:g}" for level in self.preset.levels]
+        """Rows = methods, columns = no noise (no DP's) and the levels: CER and WER."""
+        headers = ["method", "σ_DP = 0"] + [f"σ_DP·√D = {level:g}" for level in self.preset.levels]
         rows = []
         for method in self.preset.methods:
-            runs = [self._runs(results, method, sigma) for sigma in self.sigmas]
-            rows.append([method] + [replicate._errors(r, with_count=True) for r in runs])
+            if method == "no DP":
+                runs = [self._runs(results, method, 0.0)] + [None] * len(self.sigmas)
+            else:
+                runs = [None] + [self._runs(results, method, sigma) for sigma in self.sigmas]
+            rows.append([method] + ["" if r is None else replicate._errors(r, with_count=True)
+                                    for r in runs])
         return _table(headers, rows)
 
     def snr_grid(self, results: list[dict]) -> str:
