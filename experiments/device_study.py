@@ -41,12 +41,12 @@ import json
 import multiprocessing
 import os
 import pathlib
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -215,7 +215,8 @@ def sigma_dp(level: float, params: int) -> float:
 # ------------------------------------------------------------------ cells and workers
 
 
-def plan_workers(preset: Preset, sigmas: Sequence[float], workers: int) -> list[list[replicate.Cell]]:
+def plan_workers(preset: Preset, sigmas: Sequence[float], workers: int
+                 ) -> list[list[replicate.Cell]]:
     """The cells of each worker, in order: whole methods (one compiled round step each)
     dealt round-robin; within a method seed by seed, every level per seed, so a run cut
     short has every (method, level) at seed 0 first."""
@@ -228,14 +229,15 @@ def plan_workers(preset: Preset, sigmas: Sequence[float], workers: int) -> list[
     return plans
 
 
-SKIPPED = "skipped.json"
+# A cell's outcome other than its result.json: {"reason": ...} in its cell directory.
+SKIPPED, FAILED = "skipped.json", "failed.json"
 
 
 def cell_status(workdir: str, cell: replicate.Cell, study_: replicate.Study
                 ) -> tuple[str, dict[str, Any]]:
-    """``("done", result)``, ``("skipped", {"reason"})`` or ``("not run", {})``."""
+    """``("done", result)``, ``("failed" or "skipped", {"reason"})`` or ``("not run", {})``."""
     run_dir = replicate.cell_dir(workdir, cell, study_)
-    for status, name in (("done", "result.json"), ("skipped", SKIPPED)):
+    for status, name in (("done", "result.json"), ("failed", FAILED), ("skipped", SKIPPED)):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
@@ -256,7 +258,9 @@ def run_worker(cells: Sequence[replicate.Cell], study_: replicate.Study, workdir
                recipes_: replicate.Recipes, deadline: float, first_cell_s: float,
                compile_cache: bool, on_cell: Callable[[], None] = lambda: None) -> None:
     """Runs ``cells`` in order; one whose estimate does not fit before ``deadline`` (a
-    ``time.time()``) is skipped: a ``skipped.json`` with the reason in its cell directory."""
+    ``time.time()``) is skipped, one that raises is failed: its reason goes to
+    ``skipped.json`` or ``failed.json`` in its cell directory, and the next cell follows
+    (one call on a lent GPU returns every cell it could run)."""
     if compile_cache:
         replicate.use_compilation_cache(workdir)
     estimate = first_cell_s
@@ -265,14 +269,28 @@ def run_worker(cells: Sequence[replicate.Cell], study_: replicate.Study, workdir
             continue
         left = deadline - time.time()
         if left < estimate:
-            run_dir = replicate.cell_dir(workdir, cell, study_)
-            os.makedirs(run_dir, exist_ok=True)
-            utils.write_json(os.path.join(run_dir, SKIPPED), {
-                "reason": f"budget: {max(left, 0):.0f} s left, the cell needs ~{estimate:.0f} s"})
+            _note(workdir, cell, study_, SKIPPED,
+                  f"budget: {max(left, 0):.0f} s left, the cell needs ~{estimate:.0f} s")
         else:
-            estimate = next_cell_estimate(replicate.run_cell(cell, study_, workdir, recipes_,
-                                                             None))
+            try:
+                estimate = next_cell_estimate(replicate.run_cell(cell, study_, workdir,
+                                                                 recipes_, None))
+            except replicate.StudyStopped:
+                raise
+            except Exception as error:     # noqa: BLE001 -- noted; the next cell runs
+                lines = str(error).strip().splitlines()
+                _note(workdir, cell, study_, FAILED,
+                      f"{type(error).__name__}: {lines[0][:300] if lines else ''}")
+                print(f"== {cell.name} FAILED", file=sys.stderr, flush=True)
+                traceback.print_exc()
         on_cell()
+
+
+def _note(workdir: str, cell: replicate.Cell, study_: replicate.Study, name: str,
+          reason: str) -> None:
+    run_dir = replicate.cell_dir(workdir, cell, study_)
+    os.makedirs(run_dir, exist_ok=True)
+    utils.write_json(os.path.join(run_dir, name), {"reason": reason})
 
 
 def run_cells(plans: list[list[replicate.Cell]], study_: replicate.Study, workdir: str,
@@ -382,8 +400,8 @@ class Report:
             self.detectability(results), "",
             "## Methods × noise level", "", self.grid(results), "",
             "## Per-module signal/noise, seed 0", "",
-            "Range over modules of signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S (round means): "
-            "min – max (max/min).", "", self.snr_grid(results), "",
+            "Range over modules of signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S (round "
+            "means): min – max (max/min).", "", self.snr_grid(results), "",
             "## Cells", "", _table(["cell", "worker", "status", "seconds", "note"], [
                 [c["name"], c["worker"], c["status"],
                  round(c["result"]["seconds"], 1) if c["status"] == "done" else "",
@@ -420,7 +438,7 @@ class Report:
 
     def grid(self, results: list[dict]) -> str:
         """Rows = methods, columns = no noise (no DP's) and the levels: CER and WER."""
-        headers = ["method", "σ_DP = 0"] + [f"σ_DP·√D = {level:g}" for level in self.preset.levels]
+        headers = ["method", "σ_DP = 0", *(f"σ_DP·√D = {v:g}" for v in self.preset.levels)]
         rows = []
         for method in self.preset.methods:
             if method == "no DP":

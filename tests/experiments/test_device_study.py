@@ -27,7 +27,7 @@ def test_dry_run_runs_every_planned_cell_and_reports_both_levels(tiny_corpus, tf
         assert sigma == pytest.approx(level / saved["num_params"] ** 0.5)
         assert f"| {level:g} | {sigma:.4g} |" in text
         assert f"σ_DP·√D = {level:g}" in text
-    assert "| global | CER" in text and "| no DP | CER" in text
+    assert "| no DP | CER" in text and "| global |  | CER" in text   # no noise: no DP only
     assert "Detectability: at σ_DP·√D = 108" in text
     global_runs = [c["result"] for c in saved["cells"] if c["method"] == "global"]
     assert all(r["extrapolated_epsilon_rdp"] > 0 for r in global_runs)
@@ -49,6 +49,24 @@ def test_a_worker_skips_the_cells_its_budget_cannot_hold(tmp_path, monkeypatch):
     assert [c["status"] for c in cells] == ["skipped"] * 3
     assert all(c["reason"].startswith("budget: ") for c in cells)
     assert "| skipped | " in (tmp_path / "out" / "device_study.md").read_text()
+
+
+def test_a_failing_cell_is_noted_and_the_next_one_runs(tmp_path, monkeypatch):
+    ran = []
+
+    def broken(cell, *args):
+        ran.append(cell.name)
+        raise ValueError("boom\nmore lines")
+    monkeypatch.setattr(replicate, "run_cell", broken)
+    plans = device_study.plan_workers(device_study.DRY_RUN, [1e-3, 0.1], 1)
+    study = device_study.study(device_study.DRY_RUN, [1e-3, 0.1])
+
+    device_study.run_worker(plans[0], study, str(tmp_path), None, deadline=time.time() + 60,
+                            first_cell_s=1.0, compile_cache=False)
+
+    assert ran == [cell.name for cell in plans[0]]
+    assert [device_study.cell_status(str(tmp_path), cell, study) for cell in plans[0]] == [
+        ("failed", {"reason": "ValueError: boom"})] * 3
 
 
 def test_workers_take_whole_methods_seed_by_seed():
