@@ -398,7 +398,7 @@ class Report:
                    [[name, s["seconds"], s["note"]] for name, s in self.stages.items()]), "",
             "## Noise levels", "", self.levels_table(results), "",
             self.detectability(results), "",
-            "## Methods × noise level", "", self.grid(results), "",
+            "## Methods × noise level", "", self.grid(results), "", _seed_line(results), "",
             "## Per-module signal/noise, seed 0", "",
             "Range over modules of signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S (round "
             "means): min – max (max/min).", "", self.snr_grid(results), "",
@@ -475,6 +475,13 @@ class Report:
                 "‖Δ_h‖, signal, noise, S/N</summary>", "", table, "</details>", ""]
 
 
+def _seed_line(results: list[dict]) -> str:
+    if not results:
+        return "The seed model on the held-out users: not evaluated yet (no cell finished)."
+    return (f"The seed model on the held-out users (before FL): CER "
+            f"{100 * results[0]['seed_cer']:.1f} %, WER {100 * results[0]['seed_wer']:.1f} %.")
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
@@ -526,8 +533,8 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
     with open(os.path.join(os.path.dirname(seed_dir), "seed.json"), encoding="utf-8") as f:
         seed = json.load(f)
     report.stage("seed", time.time() - started,
-                 f"{seed['step']} steps, dev-clean CER {100 * seed['dev_cer']:.1f} %, WER "
-                 f"{100 * seed['dev_wer']:.1f} %")
+                 f"{seed['step']} steps in {seed['seconds']:.0f} s, dev-clean CER "
+                 f"{100 * seed['dev_cer']:.1f} %, WER {100 * seed['dev_wer']:.1f} %")
     started = time.time()
     run_cells(plans, report.study, workdir, recipes_, deadline, preset.first_cell_s,
               compile_cache, report.write)
