@@ -111,7 +111,7 @@ class Preset:
     model_size: str = "small"
     model: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"num_blocks": 36, "dtype": "bfloat16"})
-    seed_steps: int = 3000
+    seed_steps: int = 2000
     seed_batch: int = 32
     seed_learning_rate: float = 1e-3
     seed_minutes: float = 2.5
