@@ -50,6 +50,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import ml_collections
+
 from experiments import replicate
 from experiments.configs import central, common, fl_dp
 from fl_dp_asr.data import synthetic
@@ -133,9 +135,9 @@ class Preset:
 
 DEVICE = Preset()
 # Toy size on a CPU (the test suite runs it): the tiny corpus and model, 2 seed steps, no DP
-# and global clipping at both levels, 2 rounds. The seed's and the cells' programs are those
-# of tests/experiments/test_demo.py and test_replicate.py (same shapes and settings): in the
-# test session's compilation cache, whichever runs first compiles them for the others.
+# and global clipping at both levels, 2 rounds. Its settings are those of the tiny configs
+# of tests/experiments/test_demo.py and test_replicate.py, so that the test session's
+# compilation cache can serve the same programs to all three.
 DRY_RUN = Preset(corpus=synthetic.tiny_config(), model_size="tiny",
                  model={"num_blocks": 4, "dtype": "float32"}, seed_steps=2, seed_batch=2,
                  seed_learning_rate=2e-3, seed_minutes=1.0, rounds=2, cohort=2, chunk=2,
@@ -146,13 +148,13 @@ DRY_RUN = Preset(corpus=synthetic.tiny_config(), model_size="tiny",
 # ------------------------------------------------------------------ recipes
 
 
-def _data(section, corpus: str, data_dir: str) -> None:
+def _data(section: ml_collections.ConfigDict, corpus: str, data_dir: str) -> None:
     """Points a ``data`` section at ``corpus`` (never generated there: ``--prepare`` does)."""
     section.manual_dir, section.data_dir, section.synthetic_dir = corpus, data_dir, None
     section.num_buckets = 1         # one padded shape: one compilation per program
 
 
-def central_config(preset: Preset, corpus: str, data_dir: str):
+def central_config(preset: Preset, corpus: str, data_dir: str) -> ml_collections.ConfigDict:
     """The central demo recipe with the preset's model, batch, learning rate and steps."""
     c = central.get_config("demo")
     _data(c.data, corpus, data_dir)
@@ -170,7 +172,7 @@ def central_config(preset: Preset, corpus: str, data_dir: str):
     return c
 
 
-def fl_config(preset: Preset, corpus: str, data_dir: str):
+def fl_config(preset: Preset, corpus: str, data_dir: str) -> ml_collections.ConfigDict:
     """The FL demo recipe on the preset's corpus, cohort and local work, one compiled local
     step (no padding cuts), RDP ε of the paper's extrapolated cohort S' = 204,800 at the
     simulated q (δ = 1e-9, the paper's)."""
