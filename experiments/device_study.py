@@ -135,9 +135,9 @@ class Preset:
 
 DEVICE = Preset()
 # Toy size on a CPU (the test suite runs it): the tiny corpus and model, 2 seed steps, no DP
-# and global clipping at both levels, 2 rounds. Its settings are those of the tiny configs
-# of tests/experiments/test_demo.py and test_replicate.py, so that the test session's
-# compilation cache can serve the same programs to all three.
+# and global clipping at both levels, 2 rounds. Its seed and cells are configured like those
+# of tests/experiments/test_replicate.py's quick study (apart from δ and S'/K', which no
+# compiled program holds), so that the test session's compilation cache serves both.
 DRY_RUN = Preset(corpus=synthetic.tiny_config(), model_size="tiny",
                  model={"num_blocks": 4, "dtype": "float32"}, seed_steps=2, seed_batch=2,
                  seed_learning_rate=2e-3, seed_minutes=1.0, rounds=2, cohort=2, chunk=2,
