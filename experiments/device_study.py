@@ -119,7 +119,7 @@ class Preset:
     seed_minutes: float = 2.5
     rounds: int = 20
     cohort: int = 32
-    chunk: int = 16
+    chunk: int = 8
     local_steps: int = 3
     local_batch: int = 4
     levels: tuple[float, ...] = (PAPER_LEVEL, HIGH_LEVEL)
