@@ -52,6 +52,7 @@ from typing import Any
 
 import ml_collections
 
+from benchmarks.common import markdown_table
 from experiments import replicate
 from experiments.configs import central, common, fl_dp
 from fl_dp_asr.data import synthetic
@@ -396,15 +397,16 @@ class Report:
             f"local steps of {p.local_batch} utterances, LAMB server. Final CER/WER on the "
             f"held-out users, mean ± std over seeds (n = runs). Budget {self.budget_s:.0f} s.",
             "", "## Timeline", "",
-            _table(["stage", "seconds", "note"],
-                   [[name, s["seconds"], s["note"]] for name, s in self.stages.items()]), "",
+            markdown_table(["stage", "seconds", "note"],
+                           [[name, s["seconds"], s["note"]] for name, s in self.stages.items()]),
+            "",
             "## Noise levels", "", self.levels_table(results), "",
             self.detectability(results), "",
             "## Methods × noise level", "", self.grid(results), "", _seed_line(results), "",
             "## Per-module signal/noise, seed 0", "",
             "Range over modules of signal ‖Σ clip(Δ)_h‖/S over noise ‖ξ_h‖/S (round "
             "means): min – max (max/min).", "", self.snr_grid(results), "",
-            "## Cells", "", _table(["cell", "worker", "status", "seconds", "note"], [
+            "## Cells", "", markdown_table(["cell", "worker", "status", "seconds", "note"], [
                 [c["name"], c["worker"], c["status"],
                  round(c["result"]["seconds"], 1) if c["status"] == "done" else "",
                  c.get("reason", "")] for c in cells]), ""]
@@ -422,8 +424,8 @@ class Report:
                    if r["sigma_dp"] == sigma and r.get("extrapolated_epsilon_rdp")]
             rows.append([f"{level:g}", f"{sigma:.4g}", f"{self.preset.cohort * sigma:.4g}",
                          f"{eps[0]:.3g}" if eps else "–"])
-        return _table(["σ_DP·√D", "σ_DP", "z = S·σ_DP", "ε (S' = 204,800, RDP, δ = 1e-9)"],
-                      rows)
+        return markdown_table(
+            ["σ_DP·√D", "σ_DP", "z = S·σ_DP", "ε (S' = 204,800, RDP, δ = 1e-9)"], rows)
 
     def detectability(self, results: list[dict]) -> str:
         """Whether global clipping at the highest level loses ≥ 5 CER points to no DP."""
@@ -449,7 +451,7 @@ class Report:
                 runs = [None] + [self._runs(results, method, sigma) for sigma in self.sigmas]
             rows.append([method] + ["" if r is None else replicate._errors(r, with_count=True)
                                     for r in runs])
-        return _table(headers, rows)
+        return markdown_table(headers, rows)
 
     def snr_grid(self, results: list[dict]) -> str:
         headers = ["method"] + [f"σ_DP·√D = {level:g}" for level in self.preset.levels]
@@ -464,7 +466,7 @@ class Report:
                 row.append(f"{min(snr.values()):.2g} – {max(snr.values()):.2g} "
                            f"({max(snr.values()) / min(snr.values()):.0f}×)" if snr else "–")
             rows.append(row)
-        return _table(headers, rows)
+        return markdown_table(headers, rows)
 
     def signal_noise(self, results: list[dict]) -> list[str]:
         """The per-module table of the key methods at the highest level (seed 0), folded."""
@@ -482,11 +484,6 @@ def _seed_line(results: list[dict]) -> str:
         return "The seed model on the held-out users: not evaluated yet (no cell finished)."
     return (f"The seed model on the held-out users (before FL): CER "
             f"{100 * results[0]['seed_cer']:.1f} %, WER {100 * results[0]['seed_wer']:.1f} %.")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
 
 
 def _device() -> str:
@@ -567,13 +564,12 @@ def _size_mib(path: str) -> float:
 # ------------------------------------------------------------------ preparing the carry
 
 
-def device_command(budget_s: float = 420.0) -> str:
+def device_command() -> str:
     """The device call's command (run from the repository root; carry :func:`carry`)."""
-    study_flags = "" if budget_s == 420.0 else f" --budget-s {budget_s:g}"
     return ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
             f"--upgrade --target /tmp/site {WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site:$PWD "
             "PYTHONUNBUFFERED=1 || exit; set -o pipefail; python3 -m experiments.device_study "
-            f"--out $OUT --workdir /tmp/device_study{study_flags} 2>&1 | tee "
+            "--out $OUT --workdir /tmp/device_study 2>&1 | tee "
             "$OUT/device_study.log")
 
 
@@ -619,7 +615,7 @@ def prepare(corpus: str = CORPUS_DIR, wheel_dir: str = WHEEL_DIR) -> str:
     sizes = {"corpus": _size_mib(corpus), "wheels": _size_mib(wheel_dir), "tree": tree_mib()}
     total = sum(sizes.values())
     text = "\n".join([
-        _table(["what travels", "MiB"], [[k, f"{v:.1f}"] for k, v in sizes.items()]
+        markdown_table(["what travels", "MiB"], [[k, f"{v:.1f}"] for k, v in sizes.items()]
                + [["total (limit 64)", f"{total:.1f}"]]), "",
         f"Corpus: {_utterances(manifest)} utterances ({manifest['generation_seconds']} s to "
         f"generate, {generated:.0f} s this call). Device call: `carry` {json.dumps(carry())}, "
