@@ -64,7 +64,7 @@ from fl_dp_asr.train import utils
 # σ_DP·√D, the noise norm on the cohort mean in units of C (D = parameters): the paper's
 # σ_DP = 1e-5 at D = 255.8 M (0.16), and the CPU study's σ_DP = 0.1 at the tiny model's
 # D = 1.16 M (108), where global clipping lost 5.8 CER points.
-PAPER_LEVEL = 0.16
+PAPER_LEVEL = replicate.PAPER_NOISE_PER_COORD[0]   # 0.16
 HIGH_LEVEL = 108.0
 DEVICE_METHODS = ("no DP", "global", "per-layer by dim", "per-layer uniform",
                   "rescale per-layer")
@@ -208,11 +208,6 @@ def num_params(preset: Preset) -> int:
     """D: the preset model's parameter count (shapes only, nothing allocated)."""
     config = utils.model_config_from(central_config(preset, "", "").model)
     return asr.count_params(asr.abstract_params(config))
-
-
-def sigma_dp(level: float, params: int) -> float:
-    """σ_DP (noise std on the cohort mean / C) of a level σ_DP·√D."""
-    return level / params ** 0.5
 
 
 # ------------------------------------------------------------------ cells and workers
@@ -511,7 +506,7 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
     workdir = os.path.abspath(workdir)
     data_dir = data_dir or os.path.join(workdir, "tfds")
     params = num_params(preset)
-    sigmas = [sigma_dp(level, params) for level in preset.levels]
+    sigmas = [replicate.matched_sigma(level, params) for level in preset.levels]
     plans = plan_workers(preset, sigmas, workers or preset.workers)
     report = Report(preset, command, workdir, out, budget_s, params, sigmas, plans)
     recipes_ = recipes(preset, corpus, data_dir)

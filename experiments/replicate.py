@@ -82,10 +82,15 @@ PAPER_PARAMS = 255.8e6
 PAPER_SIGMAS = (1e-5, 3e-6)
 PAPER_NOISE_PER_COORD = tuple(s * PAPER_PARAMS ** 0.5 for s in PAPER_SIGMAS)
 BEGIN, END = "<!-- replication:begin -->", "<!-- replication:end -->"
-# The deep stage's section: ``--stages deep`` alone rewrites only this block of the report.
-DEEP_BEGIN, DEEP_END = "<!-- deep:begin -->", "<!-- deep:end -->"
 # The hand-written analysis in docs/replication.md, kept when the study rewrites the file.
 ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+# The deep stage's section: ``--stages deep`` alone rewrites only this block of the report.
+DEEP_BEGIN, DEEP_END = "<!-- deep:begin -->", "<!-- deep:end -->"
+# The GPU preset's section (experiments.device_study), written by hand from its report.
+DEVICE_BEGIN, DEVICE_END = "<!-- device:begin -->", "<!-- device:end -->"
+# Blocks a regeneration keeps when its own text leaves them empty.
+KEPT_BLOCKS = ((ANALYSIS_BEGIN, ANALYSIS_END), (DEEP_BEGIN, DEEP_END),
+               (DEVICE_BEGIN, DEVICE_END))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -846,7 +851,7 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
                                        f"{method}, σ_DP = {study.top:g}: {what}", prefix)
                 if os.path.exists(os.path.join(figures, name)):
                     parts += [f"![{method}: {what}](replication/{name})", ""]
-    return "\n".join(parts)
+    return "\n".join(parts + ["", DEVICE_BEGIN, DEVICE_END, ""])
 
 
 def _block(text: str, begin: str, end: str) -> str | None:
@@ -863,13 +868,14 @@ def _splice(text: str, begin: str, end: str, block: str) -> str:
 def write_markdown(text: str, out: str, readme: str | None) -> None:
     """``out`` (atomically) and, if given, the README block between the markers.
 
-    Blocks that ``text`` leaves empty keep what ``out`` had: the hand-written analysis, and
-    the deep stage's section (a study run without it does not erase it)."""
+    Blocks that ``text`` leaves empty keep what ``out`` had (:data:`KEPT_BLOCKS`): the
+    hand-written analysis, the deep stage's section (a study run without it does not erase
+    it) and the GPU preset's."""
     old = ""
     if os.path.exists(out):
         with open(out, encoding="utf-8") as f:
             old = f.read()
-    for begin, end in ((ANALYSIS_BEGIN, ANALYSIS_END), (DEEP_BEGIN, DEEP_END)):
+    for begin, end in KEPT_BLOCKS:
         kept = _block(old, begin, end)
         if kept and f"{begin}\n{end}" in text:
             text = _splice(text, begin, end, kept)

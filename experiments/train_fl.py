@@ -274,7 +274,8 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
         round_step = round_step._replace(step=round_steps.setdefault(key, round_step.step))
     num_slots = sampler.num_slots(executor.client_multiple)
     stream = CohortStream(
-        data.train, sampler if cohorts is None else cohorts, tokenizer.encode, data.buckets, local_steps=config.fl.local_steps,
+        data.train, sampler if cohorts is None else cohorts, tokenizer.encode, data.buckets,
+        local_steps=config.fl.local_steps,
         batch_size=config.fl.local_batch_size, seed=config.seed,
         client_multiple=executor.client_multiple, max_batch_seconds=config.fl.max_batch_seconds,
         max_local_epochs=config.fl.max_local_epochs,

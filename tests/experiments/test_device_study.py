@@ -24,7 +24,7 @@ def test_dry_run_runs_every_planned_cell_and_reports_both_levels(tiny_corpus, tf
     assert list(saved["stages"]) == ["corpus", "TFDS datasets", "seed", "cells", "whole call"]
     text = (out / "device_study.md").read_text()
     for level, sigma in zip(device_study.DRY_RUN.levels, report.sigmas):
-        assert sigma == pytest.approx(level / saved["num_params"] ** 0.5)
+        assert sigma == pytest.approx(level / saved["num_params"] ** 0.5, rel=0.03)  # 2 digits
         assert f"| {level:g} | {sigma:.4g} |" in text
         assert f"σ_DP·√D = {level:g}" in text
     assert "| no DP | CER" in text and "| global |  | CER" in text   # no noise: no DP only
@@ -91,5 +91,5 @@ def test_the_device_call_carries_the_wheels_and_corpus_and_fits_its_limit():
     assert "--out $OUT" in command and "--budget-s" not in command
     assert device_study.carry() == [".whl", "data/device_corpus"]
     assert device_study.DEVICE_TIMEOUT_S <= 480
-    assert device_study.DEVICE.levels == (0.16, 108.0)
+    assert device_study.DEVICE.levels == pytest.approx((0.16, 108.0), rel=1e-3)
     assert device_study.DEVICE.depth == 36

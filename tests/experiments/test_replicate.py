@@ -203,10 +203,13 @@ def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
     assert "| 0.1 | 82 | 110 |" in block         # σ_DP·√D at 2 and 4 blocks
     assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block
     assert "| paper (D = 255.8 M) |" in block and "| 1e-05 |" in block
-    # a report without deep results keeps the section; a second splice replaces it
-    replicate.write_markdown(f"# New\n\n{replicate.DEEP_BEGIN}\n{replicate.DEEP_END}\n", str(out),
-                             None)
-    assert block in out.read_text() and "# New" in out.read_text()
+    # a report without deep results keeps the section (and the GPU preset's); a second
+    # splice replaces it
+    device = f"{replicate.DEVICE_BEGIN}\nGPU plan\n{replicate.DEVICE_END}"
+    out.write_text(out.read_text() + "\n" + device + "\n")
+    replicate.write_markdown(f"# New\n\n{replicate.DEEP_BEGIN}\n{replicate.DEEP_END}\n\n"
+                             f"{replicate.DEVICE_BEGIN}\n{replicate.DEVICE_END}\n", str(out), None)
+    assert block in out.read_text() and "# New" in out.read_text() and device in out.read_text()
     results[0]["final_cer"] = 0.2
     replicate.write_deep_section(results, study, str(out))
     assert out.read_text().count(replicate.DEEP_BEGIN) == 1
