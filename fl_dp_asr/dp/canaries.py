@@ -86,13 +86,8 @@ class Canaries:
     @staticmethod
     def check(dp: DPConfig) -> None:
         """Raises ValueError when ``dp`` gives a canary no fixed bound to be scaled to."""
-        if dp.clipping == "none":
-            raise ValueError("canary clients (audit.canaries) need clipping: their update is "
-                             "scaled to the clip norm; set dp.clipping and dp.clip_norm.")
-        if dp.adaptive:
-            raise ValueError("canary clients (audit.canaries) need fixed clip bounds: adaptive "
-                             "clipping (dp.target_unclipped_quantile) moves the bound the "
-                             "canaries are scaled to. Set dp.target_unclipped_quantile=None.")
+        dp.check_fixed_bounds("canary clients (audit.canaries; their update is scaled to "
+                              "the clip bounds)", "it moves the bounds every round")
 
     def update(self, index: jax.Array, like: PyTree, dp: DPConfig,
                layout: ParamLayout = SAME_LAYOUT) -> PyTree:

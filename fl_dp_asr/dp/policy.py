@@ -126,14 +126,20 @@ class DPConfig:
         if not isinstance(self.correlated_noise, correlated.CorrelatedNoise):
             raise ValueError("dp.correlated_noise must be a fl_dp_asr.dp.correlated."
                              f"CorrelatedNoise or None, got {self.correlated_noise!r}.")
+        self.check_fixed_bounds("correlated noise (dp.correlated_noise)",
+                                "the clipped-count query is not accounted under "
+                                "min-separation participation")
+
+    def check_fixed_bounds(self, feature: str, adaptive_reason: str) -> None:
+        """Raises ValueError, naming ``feature``, unless the clipping has fixed bounds: no
+        clipping, or adaptive clipping (``adaptive_reason`` says why ``feature`` refuses it)."""
         if self.clipping == "none":
-            raise ValueError("correlated noise (dp.correlated_noise) needs clipping: set "
-                             "dp.clipping and dp.clip_norm.")
+            raise ValueError(f"{feature} needs clipping (fixed clip bounds): set dp.clipping "
+                             "and dp.clip_norm.")
         if self.adaptive:
-            raise ValueError("correlated noise (dp.correlated_noise) with adaptive clipping "
-                             "(dp.target_unclipped_quantile) is not supported: the clipped-"
-                             "count query is not accounted under min-separation "
-                             "participation. Use fixed bounds.")
+            raise ValueError(f"{feature} needs fixed clip bounds, not adaptive clipping "
+                             f"(dp.target_unclipped_quantile): {adaptive_reason}. Set "
+                             "dp.target_unclipped_quantile=None.")
 
     @property
     def mechanism(self) -> str:

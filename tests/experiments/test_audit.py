@@ -96,7 +96,7 @@ def test_the_trainer_reports_both_estimates_after_a_resume(tiny_corpus, tfds_dir
 @pytest.mark.parametrize("change, message", [
     ({"audit.canaries": 1}, "canaries=1: canaries: inserted=1 must be an integer >= 2"),
     ({"dp.target_unclipped_quantile": 0.5}, "canaries=3: .*fixed clip bounds"),
-    ({"dp.clipping": "none", "dp.noise_multiplier": None}, "canaries=3: .*need clipping"),
+    ({"dp.clipping": "none", "dp.noise_multiplier": None}, "canaries=3: .*needs clipping"),
     ({"distributed.num_processes": 2}, "single-process run"),
 ])
 def test_config_mistakes_of_the_audit_are_named(tiny_corpus, tfds_dir, change, message):

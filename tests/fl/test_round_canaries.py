@@ -94,7 +94,7 @@ def test_two_sampled_canaries_add_up_before_the_noise():
 
 
 @pytest.mark.parametrize("dp, message", [
-    (DPConfig("none"), "need clipping"),
+    (DPConfig("none"), "needs clipping"),
     (DPConfig("global", CLIP, target_unclipped_quantile=0.5), "fixed clip bounds"),
 ])
 def test_canaries_without_a_fixed_bound_are_refused(dp, message):
