@@ -655,7 +655,7 @@ def _level(sigma: float, depth: int) -> str:
 def _snr_range(run: dict) -> str:
     """min – max (max/min) of a noisy run's per-module S/N."""
     snr = module_snr(read_metrics(run)).values()
-    return f"{min(snr):.2g} – {max(snr):.2g} ({max(snr) / min(snr):.0f}×)"
+    return f"{min(snr):.2g} – {max(snr):.2g} ({_digits(max(snr) / min(snr))}×)"
 
 
 def deep_section(results: list[dict], study: Study) -> str:

@@ -201,7 +201,7 @@ def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
     assert f"σ_DP = {paper:g} (σ_DP·√D = 0.16)" in block
     assert "| global | CER 31.0 · WER 62.0 (n=1) | CER 40.0 · WER 80.0 (n=1) |" in block
     assert "| 0.1 | 82 | 110 |" in block         # σ_DP·√D at 2 and 4 blocks
-    assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block
+    assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block   # 2 digits
     assert "| paper (D = 255.8 M) |" in block and "| 1e-05 |" in block
     # a report without deep results keeps the section (and the GPU preset's); a second
     # splice replaces it
