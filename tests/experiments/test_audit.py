@@ -12,7 +12,7 @@ from experiments import audit_sweep, train_fl
 from fl_dp_asr.dp import transforms
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.train.metrics import read_jsonl
-from tests.experiments.test_train_fl import small_config
+from tests.experiments.test_train_fl import assert_check_config_refuses, small_config
 
 TOY = audit_sweep.Setting(rounds=20, dims=2000, canaries=40)
 SIGMAS = (0.0, 0.05, 0.2, 1.0)
@@ -100,9 +100,4 @@ def test_the_trainer_reports_both_estimates_after_a_resume(tiny_corpus, tfds_dir
     ({"distributed.num_processes": 2}, "single-process run"),
 ])
 def test_config_mistakes_of_the_audit_are_named(tiny_corpus, tfds_dir, change, message):
-    config = audit_config(tiny_corpus, tfds_dir, 1)
-    for key, value in change.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    with pytest.raises(ValueError, match=message):
-        train_fl.check_config(config)
+    assert_check_config_refuses(audit_config(tiny_corpus, tfds_dir, 1), change, message)

@@ -109,6 +109,16 @@ def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny
     assert len(round_steps) == 2
 
 
+def assert_check_config_refuses(config, change, message):
+    """``train_fl.check_config`` refuses ``config`` with ``change`` ({"section.key": value})
+    applied, with a ValueError matching ``message``."""
+    for key, value in change.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        train_fl.check_config(config)
+
+
 def adaptive_config(tiny_corpus, tfds_dir, rounds):
     """Per-layer adaptive clipping, one bound per module, noisy deltas and counts."""
     c = small_config(tiny_corpus, tfds_dir, rounds)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import train_fl
-from tests.experiments.test_train_fl import final_state, small_config
+from tests.experiments.test_train_fl import assert_check_config_refuses, final_state, small_config
 
 
 def ftrl_config(corpus, tfds_dir, rounds):
@@ -62,9 +62,4 @@ def test_a_run_resumed_with_another_strategy_is_refused(tiny_corpus, tfds_dir, t
     ({"dp.mechanism": "gaussian", "fl.sampling": "fixed"}, "min_separation=3 is a setting"),
 ])
 def test_config_mistakes_of_correlated_noise_are_named(tiny_corpus, tfds_dir, change, message):
-    config = ftrl_config(tiny_corpus, tfds_dir, 2)
-    for key, value in change.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    with pytest.raises(ValueError, match=message):
-        train_fl.check_config(config)
+    assert_check_config_refuses(ftrl_config(tiny_corpus, tfds_dir, 2), change, message)
