@@ -227,15 +227,16 @@ def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int
 
 
 def round_step_key(config: ml_collections.ConfigDict, model_config: ModelConfig, dp: DPConfig,
-                   expected_cohort_size: float) -> str:
+                   expected_cohort_size: float, canaries: Canaries | None) -> str:
     """Everything that shapes the compiled round step of ``config`` except the fixed-clipping
-    noise std, which is an argument of it (adaptive clipping's noise is not: it stays in)."""
+    noise std, which is an argument of it (adaptive clipping's noise is not: it stays in);
+    ``canaries``: :func:`make_canaries` of ``config``."""
     fl = config.fl
     if not dp.adaptive:
         dp = dataclasses.replace(dp, sigma_dp=None, noise_multiplier=None)
     return json.dumps({
         "model": model_config.to_dict(), "server": config.server.to_dict(), "dp": repr(dp),
-        "expected_cohort_size": expected_cohort_size, "canaries": repr(make_canaries(config)),
+        "expected_cohort_size": expected_cohort_size, "canaries": repr(canaries),
         "fl": {k: fl[k] for k in ("local_learning_rate", "local_grad_clip_norm", "executor",
                                   "chunk_size", "cut_row_levels", "cut_length_levels")},
     }, sort_keys=True, default=str)
@@ -270,7 +271,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
                                            sampler.expected_size, executor, asr.PARAM_LAYOUT,
                                            canaries)
     if round_steps is not None and not multi_process:
-        key = round_step_key(config, model_config, dp, sampler.expected_size)
+        key = round_step_key(config, model_config, dp, sampler.expected_size, canaries)
         round_step = round_step._replace(step=round_steps.setdefault(key, round_step.step))
     num_slots = sampler.num_slots(executor.client_multiple)
     stream = CohortStream(
