@@ -96,12 +96,12 @@ class Canaries:
         scaled to ``OVERSHOOT``·C_h, or (global clipping) the whole to ``OVERSHOOT``·C."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _STREAM), index)
         draw = transforms.standard_normal_like(key, like, layout)
-        bounds = dp.initial_clip_bounds(like, layout)
         if dp.clipping == "global":
             scale = OVERSHOOT * dp.clip_norm / transforms.l2_norm(jax.tree.leaves(draw))
             return jax.tree.map(lambda x: x * scale, draw)
         # rescale_layers with C = 0 sets every layer to exactly its (overshot) bound.
-        overshot = {name: OVERSHOOT * bound for name, bound in bounds.items()}
+        overshot = {name: OVERSHOOT * bound
+                    for name, bound in dp.initial_clip_bounds(like, layout).items()}
         return transforms.rescale_layers(draw, 0.0, overshot, dp.layer_fn, layout)[0]
 
     def insert(self, total: PyTree, mask: jax.Array, dp: DPConfig,
@@ -112,13 +112,18 @@ class Canaries:
         Args:
             total: the round's float32 sum of clipped deltas (compute layout).
             mask: float32 ``[inserted]``, 1.0 for the canaries sampled this round, else 0.0
-                (adds exactly zero).
+                (adds nothing: a canary that was not sampled is not even drawn, which at a
+                sampling rate q saves a fraction 1 − q of the draws).
         """
         clip = dp.client_clip(layout)
 
-        def add(acc, index):
+        def with_canary(acc, index):
             clipped, _, _ = clip(self.update(index, acc, dp, layout), {})
-            return jax.tree.map(lambda a, x: a + mask[index] * x, acc, clipped), None
+            return jax.tree.map(lambda a, x: a + mask[index] * x, acc, clipped)
+
+        def add(acc, index):
+            return jax.lax.cond(mask[index] > 0, with_canary, lambda acc, _: acc, acc,
+                                index), None
 
         return jax.lax.scan(add, total, jnp.arange(self.inserted))[0]
 
