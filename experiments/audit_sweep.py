@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,10 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plots
+from experiments import markers, plots
 from fl_dp_asr.dp import DPConfig, accounting
 from fl_dp_asr.dp.canaries import Canaries
 from fl_dp_asr.fl import audit, client, round as round_lib, server
+from fl_dp_asr.train import utils
 
 BEGIN, END = "<!-- audit_sweep:begin -->", "<!-- audit_sweep:end -->"
 SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -193,8 +193,7 @@ def plot(rows: Sequence[dict[str, float]], path: str) -> None:
 
 def embed(document: str, text: str) -> str:
     """``document`` with the text between the sweep's README markers replaced by ``text``."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    return pattern.sub(lambda _: f"{BEGIN}\n{text}{END}", document)
+    return markers.embed(document, BEGIN, END, text)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
@@ -221,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out)
     if args.readme:
-        readme = pathlib.Path(args.readme)
-        readme.write_text(embed(readme.read_text(encoding="utf-8"), text), encoding="utf-8")
+        readme = pathlib.Path(args.readme).read_text(encoding="utf-8")
+        utils.write_text(args.readme, embed(readme, text))   # atomic
     print(text)
     return rows
 

@@ -15,9 +15,9 @@ import argparse
 import contextlib
 import io
 import pathlib
-import re
 import sys
 
+from experiments import markers
 from fl_dp_asr import privacy
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -47,8 +47,7 @@ def render() -> str:
 
 def embed(document: str, table: str) -> str:
     """`document` with the text between the table markers replaced by `table`."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    return pattern.sub(lambda _: f"{BEGIN}\n{table}{END}", document)
+    return markers.embed(document, BEGIN, END, table)
 
 
 def expected_files() -> dict[pathlib.Path, str]:

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import statistics
 import functools
@@ -51,7 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from experiments import plots, train_central, train_fl
+from experiments import markers, plots, train_central, train_fl
 from experiments.configs import central, fl_dp
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.models import asr
@@ -854,17 +853,6 @@ def report(results: list[dict], study: Study, out: str, seconds: float,
     return "\n".join(parts + ["", DEVICE_BEGIN, DEVICE_END, ""])
 
 
-def _block(text: str, begin: str, end: str) -> str | None:
-    """The block of ``text`` from ``begin`` to ``end`` (markers included), or None."""
-    found = re.search(re.escape(begin) + ".*?" + re.escape(end), text, flags=re.S)
-    return found.group(0) if found else None
-
-
-def _splice(text: str, begin: str, end: str, block: str) -> str:
-    """``text`` with its ``begin``–``end`` block replaced by ``block``."""
-    return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-
-
 def write_markdown(text: str, out: str, readme: str | None) -> None:
     """``out`` (atomically) and, if given, the README block between the markers.
 
@@ -876,16 +864,16 @@ def write_markdown(text: str, out: str, readme: str | None) -> None:
         with open(out, encoding="utf-8") as f:
             old = f.read()
     for begin, end in KEPT_BLOCKS:
-        kept = _block(old, begin, end)
+        kept = markers.find_block(old, begin, end)
         if kept and f"{begin}\n{end}" in text:
-            text = _splice(text, begin, end, kept)
+            text = markers.replace_block(text, begin, end, kept)
     utils.write_text(out, text)
     if readme and os.path.exists(readme):
         with open(readme, encoding="utf-8") as f:
             content = f.read()
         if BEGIN in content:
             table = text.split("## Methods × σ_DP", 1)[-1].split("![", 1)[0].strip()
-            utils.write_text(readme, _splice(content, BEGIN, END, f"{BEGIN}\n{table}\n{END}"))
+            utils.write_text(readme, markers.embed(content, BEGIN, END, f"{table}\n"))
 
 
 def write_deep_section(results: list[dict], study: Study, out: str) -> str:
@@ -895,7 +883,7 @@ def write_deep_section(results: list[dict], study: Study, out: str) -> str:
         content = f.read()
     block = deep_section(results, study).rstrip("\n")
     if DEEP_BEGIN in content:
-        content = _splice(content, DEEP_BEGIN, DEEP_END, block)
+        content = markers.replace_block(content, DEEP_BEGIN, DEEP_END, block)
     else:
         content = content.replace("## Methods × σ_DP", f"{block}\n\n## Methods × σ_DP", 1)
     utils.write_text(out, content)
