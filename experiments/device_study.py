@@ -457,9 +457,7 @@ class Report:
             row = [method]
             for sigma in self.sigmas:
                 runs = self._runs(results, method, sigma, seed=0)
-                snr = replicate.module_snr(replicate.read_metrics(runs[0])) if runs else {}
-                row.append(f"{min(snr.values()):.2g} – {max(snr.values()):.2g} "
-                           f"({max(snr.values()) / min(snr.values()):.0f}×)" if snr else "–")
+                row.append(replicate.snr_range(runs[0]) if runs else "–")
             rows.append(row)
         return markdown_table(headers, rows)
 

@@ -591,9 +591,8 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
              f"module S/N, {global_}: min – max (max/min) | module S/N, {per_layer} |",
              "|---" * 8 + "|"]
 
-    def snr_range(runs: list[dict]) -> str:
-        snr = module_snr(read_metrics(next(r for r in runs if r["seed"] == 0))).values()
-        return f"{min(snr):.2g} – {max(snr):.2g} ({max(snr) / min(snr):.0f}×)"
+    def seed0(runs: list[dict]) -> dict:
+        return next(r for r in runs if r["seed"] == 0)
 
     for depth in study.depths:
         fixed = dict(server="lamb", depth=depth, cohort=study.cohort)
@@ -604,7 +603,7 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
         gap = _mean_cer(runs[per_layer]) - _mean_cer(runs[global_])
         lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {_errors(base)} | "
                      f"{_errors(runs[global_])} | {_errors(runs[per_layer])} | {gap:+.1f} | "
-                     f"{snr_range(runs[global_])} | {snr_range(runs[per_layer])} |")
+                     f"{snr_range(seed0(runs[global_]))} | {snr_range(seed0(runs[per_layer]))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -651,7 +650,7 @@ def _level(sigma: float, depth: int) -> str:
     return f"σ_DP = {sigma:g} (σ_DP·√D = {_digits(sigma * num_params(depth) ** 0.5)})"
 
 
-def _snr_range(run: dict) -> str:
+def snr_range(run: dict) -> str:
     """min – max (max/min) of a noisy run's per-module S/N."""
     snr = module_snr(read_metrics(run)).values()
     return f"{min(snr):.2g} – {max(snr):.2g} ({_digits(max(snr) / min(snr))}×)"
@@ -698,7 +697,7 @@ def deep_section(results: list[dict], study: Study) -> str:
                       "|---" * (len(levels) + 1) + "|"]
             for method in dict.fromkeys(m for m, _ in noisy):
                 parts.append(f"| {method} | " + " | ".join(
-                    _snr_range(noisy[method, s]) if (method, s) in noisy else "–"
+                    snr_range(noisy[method, s]) if (method, s) in noisy else "–"
                     for s in levels) + " |")
             parts += ["", "<details><summary>Per-module S/N, every module</summary>", "",
                       snr_table({f"{m}, σ_DP = {s:g}": read_metrics(r)

@@ -151,7 +151,7 @@ def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
 
     row = next(line for line in table.splitlines() if line.startswith("| 8 |"))
     assert "| -5.5 |" in row                     # 35.0 − 40.5 CER points
-    assert "0.1 – 2 (20×)" in row and "0.3 – 0.4 (1×)" in row
+    assert "0.1 – 2 (20×)" in row and "0.3 – 0.4 (1.3×)" in row
     assert "| 4 |" not in table                  # a depth with no runs has no row
 
 
