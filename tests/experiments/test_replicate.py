@@ -172,20 +172,24 @@ def test_signal_noise_table_keeps_two_significant_digits_of_small_ratios():
 def test_deep_stage_matches_the_papers_noise_per_coordinate():
     study = dataclasses.replace(replicate.FULL, deep_depths=(2,))
     params = replicate.num_params(2)
-    paper, top = replicate.deep_sigmas(study, 2)
+    paper, *high = replicate.deep_sigmas(study, 2)
+    assert high == [study.top, pytest.approx(3 * study.top)]
     assert replicate.PAPER_NOISE_PER_COORD[0] == pytest.approx(0.16, abs=5e-4)
-    assert paper * params ** 0.5 == pytest.approx(0.16, rel=0.03)   # 2 digits and top == study.top
+    assert paper * params ** 0.5 == pytest.approx(0.16, rel=0.03)   # 2 digits
     cells = replicate.deep_cells(study)
     methods = study.deep_methods
-    # no DP once per seed, every other row at both levels; seed 0's cells come first
-    assert len(cells) == study.seeds * (1 + 2 * (len(methods) - 1)) == len(set(cells))
+    # no DP once per seed, every other row at all 3 levels; seed 0's cells come first, the
+    # highest σ_DP first
+    assert len(cells) == study.seeds * (1 + 3 * (len(methods) - 1)) == len(set(cells))
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)
-    assert {c.sigma_dp for c in cells if c.method == "global"} == {paper, top}
+    assert {c.sigma_dp for c in cells if c.method == "global"} == {paper, *high}
+    assert [c.sigma_dp for c in cells if c.method == "global" and c.seed == 0] == [
+        *reversed(high), paper]
     assert {c.depth for c in cells} == {2}
 
 
 def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
-    study = dataclasses.replace(replicate.FULL, deep_depths=(2,), seeds=1)
+    study = dataclasses.replace(replicate.FULL, deep_depths=(2,), seeds=1, deep_high=(0.1,))
     paper, top = replicate.deep_sigmas(study, 2)
     results = [fake_run(tmp_path, "no DP", 2, 0, 0.30, {})]
     results += [fake_run(tmp_path, m, 2, 0, cer, {"a": 0.1, "b": 2.0}, sigma)
