@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import types
 
 import pytest
 
@@ -57,6 +58,42 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
     monkeypatch.setattr(replicate.train_fl, "train", lambda *a: pytest.fail("retrained"))
     again = replicate.run_study(study, stages, str(tmp_path / "study"), recipes)
     assert [r["final_cer"] for r in again] == [r["final_cer"] for r in results]
+
+
+def test_the_data_is_prepared_once_before_the_workers_start(tmp_path, monkeypatch):
+    events = []
+
+    class Process:     # a spawned worker
+        exitcode = 0
+
+        def __init__(self, target, args):
+            pass
+
+        def start(self):
+            events.append("spawn")
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(replicate, "seed_checkpoint", lambda *a: None)
+    monkeypatch.setattr(replicate.utils, "load_data",
+                        lambda data, *a: events.append(("data", data.manual_dir)))
+    monkeypatch.setattr(replicate.multiprocessing, "get_context",
+                        lambda method: types.SimpleNamespace(Process=Process))
+    monkeypatch.setattr(replicate, "_work", lambda *a: events.append("work"))
+    recipes, cell = replicate.Recipes(), replicate.Cell("no DP", 0.0)
+    corpus = recipes.fl().data.manual_dir
+
+    replicate.run_in_parallel([cell], replicate.FULL, str(tmp_path), recipes, None, workers=2)
+
+    assert events == [("data", corpus), "spawn", "work"]
+    # every cell cached: nothing to prepare
+    events.clear()
+    done = tmp_path / "cells" / f"{cell.name}__T{replicate.FULL.rounds}" / "result.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    replicate.run_in_parallel([cell], replicate.FULL, str(tmp_path), recipes, None, workers=2)
+    assert events == ["spawn", "work"]
 
 
 def test_a_worker_does_not_compile_what_another_is_compiling():
