@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
-import tempfile
 
-import jax
-import pytest
+from tests import processes
 
-from fl_dp_asr.data.synthetic import generate_corpus, tiny_config
+os.environ["XLA_FLAGS"] = f"{processes.TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}"
+
+import jax  # noqa: E402  (after XLA_FLAGS: read when its CPU backend starts)
+import pytest  # noqa: E402
+
+from fl_dp_asr.data.synthetic import generate_corpus, tiny_config  # noqa: E402
 
 
 def pytest_configure(config):
     """Trainers build fresh jitted functions per run; identical programs hit this cache."""
     del config
-    cache_dir = pathlib.Path(tempfile.gettempdir()) / "fl_dp_asr_test_jax_cache"
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_compilation_cache_dir", str(processes.COMPILATION_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

@@ -3,7 +3,6 @@
 import functools
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,8 @@ import pytest
 
 from fl_dp_asr.dp import DPConfig, adaptive
 from fl_dp_asr.fl import client, executors, round as round_lib, server
+from tests import processes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = {"a": 4, "b": 100}
 
 
@@ -165,10 +164,9 @@ def test_both_noises_are_added_once_with_eight_devices():
         noise, xi = noise_round("sharded")
         print(json.dumps({"std": float(np.std(noise)), "head": noise[:5].tolist(), "xi": xi}))
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(devices=8),
+                         cwd=processes.REPO, check=True, capture_output=True, text=True,
+                         timeout=300).stdout
     eight = json.loads(out.strip().splitlines()[-1])
     one, xi = noise_round()
     assert eight["std"] == pytest.approx(float(np.std(one)), rel=1e-5)

@@ -1,7 +1,6 @@
 """The round step: one shared suite for the three executors, DP properties, memory."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,10 +13,10 @@ import pytest
 
 from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.fl import client, executors, round as round_lib, server
+from tests import processes
 from tests.fl import toy_task
 
 EXECUTORS = ["vectorized", "sequential", "sharded"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def fresh_params(extra_zeros: int = 0):
@@ -193,10 +192,9 @@ def test_noise_is_added_once_with_eight_devices():
         noise = noise_round("sharded")
         print(json.dumps({"std": float(np.std(noise)), "head": noise[:5].tolist()}))
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(devices=8),
+                         cwd=processes.REPO, check=True, capture_output=True, text=True,
+                         timeout=300).stdout
     eight = json.loads(out.strip().splitlines()[-1])
     one = noise_round()
     assert eight["std"] == pytest.approx(float(np.std(one)), rel=1e-5)

@@ -3,7 +3,6 @@ the strategy (empirical covariance over many coordinates), added once per round 
 cross-device sum, its state in the server state, checkpointed and resumed bit-identically."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,9 @@ from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.dp.correlated import CorrelatedNoise
 from fl_dp_asr.fl import client, executors, round as round_lib, server
 from fl_dp_asr.train.checkpoint import Checkpointer
+from tests import processes
 from tests.fl import toy_task
-from tests.fl.test_round import REPO, fresh_params
+from tests.fl.test_round import fresh_params
 
 ROUNDS, COORDS, CLIP, Z, COHORT = 6, 20_000, 0.5, 2.0, 4
 MECHANISMS = {
@@ -84,10 +84,9 @@ def test_correlated_noise_is_added_once_with_eight_devices():
         noise, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
         print(json.dumps(noise[:, :5].tolist()))
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(devices=8),
+                         cwd=processes.REPO, check=True, capture_output=True, text=True,
+                         timeout=300).stdout
     eight = np.array(json.loads(out.strip().splitlines()[-1]))
     one, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
     np.testing.assert_allclose(eight, one[:, :5], rtol=1e-5, atol=1e-6)

@@ -27,7 +27,9 @@ UNROLLED = {
                             "output": 41.211685}),
 }
 UNROLLED_EVAL_LOGIT_SUM = -435.3383483886719
-UNROLLED_INIT_SUM = 428.14691162109375
+# Exact under XLA's default flags; the test session compiles without LLVM's optimizations
+# (tests/processes.TEST_XLA_FLAGS), which moves the initializers' last bits (sum 428.146942).
+UNROLLED_INIT_SUM = pytest.approx(428.14691162109375, rel=1e-6)
 
 
 @pytest.mark.parametrize("remat_policy", [None, "dots"])
