@@ -903,6 +903,16 @@ def write_deep_section(results: list[dict], study: Study, out: str) -> str:
     return block
 
 
+def _positive_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of σ_DP > 0")
+    return values
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/replicate")
@@ -911,6 +921,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--methods", help=f"comma-separated subset of the rows: {list(METHODS)}")
+    parser.add_argument("--deep-sigmas", type=_positive_floats, help="comma-separated σ_DP levels of the deep stage "
+                        "beyond the paper's σ_DP·√D (default: "
+                        f"{','.join(f'{s:g}' for s in FULL.deep_high)}; 0.3 alone fits 2 h)")
     parser.add_argument("--cached-only", action="store_true",
                         help="report the cells already run, run nothing")
     parser.add_argument("--workers", type=int, default=2,
@@ -924,6 +937,8 @@ def main(argv=None) -> None:
             parser.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from "
                          f"{list(METHODS)}")
         study = dataclasses.replace(study, methods=methods)
+    if args.deep_sigmas:
+        study = dataclasses.replace(study, deep_high=args.deep_sigmas)
     stages = args.stages.split(",")
     unknown = set(stages) - set(STAGES)
     if unknown:

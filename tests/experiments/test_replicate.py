@@ -132,6 +132,19 @@ def test_unknown_stage_is_a_clear_error(capsys):
     assert "unknown stages ['gird']" in capsys.readouterr().err
 
 
+def test_deep_sigmas_flag_sets_the_deep_stages_levels(monkeypatch, capsys):
+    def stop(study, *args, **kwargs):
+        raise SystemExit(f"deep_high={study.deep_high}")
+
+    monkeypatch.setattr(replicate, "use_compilation_cache", lambda workdir: None)
+    monkeypatch.setattr(replicate, "run_study", stop)
+    with pytest.raises(SystemExit, match=r"deep_high=\(0.3,\)"):
+        replicate.main(["--stages", "deep", "--deep-sigmas", "0.3"])
+    with pytest.raises(SystemExit, match="2"):
+        replicate.main(["--stages", "deep", "--deep-sigmas", "0.3,-1"])
+    assert "'0.3,-1' is not a comma-separated list of σ_DP > 0" in capsys.readouterr().err
+
+
 def test_hand_written_analysis_survives_regeneration(tmp_path):
     out = str(tmp_path / "replication.md")
     generated = "\n".join(["# Study", "", replicate.ANALYSIS_BEGIN, replicate.ANALYSIS_END,
