@@ -19,7 +19,8 @@ def pytest_configure(config):
     """Trainers build fresh jitted functions per run; identical programs hit this cache."""
     del config
     jax.config.update("jax_compilation_cache_dir", str(processes.COMPILATION_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      processes.CACHE_MIN_COMPILE_SECONDS)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # 100 s). Numbers compare only between runs under the same flags.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 COMPILATION_CACHE = pathlib.Path(tempfile.gettempdir()) / "fl_dp_asr_test_jax_cache"
+CACHE_MIN_COMPILE_SECONDS = 0.0   # every program: most compile in under a second without LLVM
 
 
 def python_env(devices: int = 1) -> dict[str, str]:
@@ -22,7 +23,8 @@ def python_env(devices: int = 1) -> dict[str, str]:
     session's XLA flags with ``devices`` CPU devices, and its persistent compilation cache."""
     return dict(os.environ, PYTHONPATH=str(REPO),
                 XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
-                JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE))
+                JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(CACHE_MIN_COMPILE_SECONDS))
 
 
 def free_port() -> int:
