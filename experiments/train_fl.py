@@ -358,7 +358,11 @@ class Progress:
     audit: dict[str, float] | None = None    # with canaries: both ε estimates, at the end
 
 
-class OldLayoutError(ValueError):
+class CheckpointMismatchError(ValueError):
+    """The work directory's checkpoint holds a server state of another shape than this run's."""
+
+
+class OldLayoutError(CheckpointMismatchError):
     """A checkpoint whose server state holds the blocks unrolled (``block_NN``)."""
 
 
@@ -370,6 +374,8 @@ def restore_latest(checkpoints: Checkpointer, state: round_lib.ServerState
         OldLayoutError: the checkpoint was written before the round step held the blocks
             stacked (its server state names ``block_00``...): it cannot be resumed by this
             version (its model still loads: ``utils.load_model_checkpoint``).
+        CheckpointMismatchError: any other server state that does not fit this run's (a
+            work directory started with another model, server optimizer or DP config).
     """
     try:
         return checkpoints.restore_latest(state._asdict())
@@ -382,7 +388,12 @@ def restore_latest(checkpoints: Checkpointer, state: round_lib.ServerState
                 "unrolled (block_00, ...), written before the round step held them stacked; "
                 "this version cannot resume it. Start a new work directory, or use its model "
                 "as the seed: --config.init_checkpoint=" + checkpoints.directory) from error
-        raise
+        raise CheckpointMismatchError(
+            f"{checkpoints.directory} (round {step}) holds a server state that does not fit "
+            "this run's: the work directory was started with another config (model, server "
+            "optimizer, clipping or adaptive bounds, correlated noise). Resume it with the "
+            f"config it was started with (saved in each checkpoint's meta, {step}/meta), or "
+            f"start a new work directory. Restoring said: {error}") from error
 
 
 def resume(checkpoints: Checkpointer, run: Run, log: Log

@@ -36,3 +36,15 @@ def test_resuming_an_unrolled_server_state_names_the_directory_and_the_way_out(t
     with pytest.raises(train_fl.OldLayoutError, match="unrolled.*init_checkpoint="):
         train_fl.restore_latest(checkpoints, state)
     checkpoints.close()
+
+
+def test_resuming_a_server_state_of_another_config_names_the_directory_and_the_way_out(
+        tmp_path):
+    params = stack_blocks(UNROLLED)
+    checkpoints = write(tmp_path, params)
+    state = round_lib.ServerState({**params, "head": {"w": jnp.ones(3)}}, {},
+                                  jnp.zeros((), jnp.int32))
+    with pytest.raises(train_fl.CheckpointMismatchError,
+                       match=f"{tmp_path} \\(round 3\\) .*another config.*new work directory"):
+        train_fl.restore_latest(checkpoints, state)
+    checkpoints.close()
