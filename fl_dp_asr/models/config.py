@@ -22,6 +22,11 @@ from fl_dp_asr.audio.features import LogMelConfig
 from fl_dp_asr.text.tokenizer import VOCAB_SIZE
 
 
+# Names of ``encoder.REMAT_POLICIES`` (the jax.checkpoint policies live with the encoder;
+# this module validates configs without importing it).
+REMAT_POLICY_NAMES = ("nothing", "dots", "dots_no_batch")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the CTC model and its input pipeline.
@@ -88,8 +93,8 @@ class ModelConfig:
         if self.loss_normalization not in ("sum", "per_token"):
             raise ValueError("loss_normalization must be 'sum' or 'per_token', got "
                              f"{self.loss_normalization!r}")
-        if self.remat_policy not in ("nothing", "dots", "dots_no_batch"):
-            raise ValueError("remat_policy must be 'nothing', 'dots' or 'dots_no_batch', got "
+        if self.remat_policy not in REMAT_POLICY_NAMES:
+            raise ValueError(f"remat_policy must be one of {REMAT_POLICY_NAMES}, got "
                              f"{self.remat_policy!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.scope import LazyRng
 
-from fl_dp_asr.models.config import ModelConfig
+from fl_dp_asr.models.config import REMAT_POLICY_NAMES, ModelConfig
 from fl_dp_asr.models.layers import (FrameDropout, attention_with_frame_dropout, frame_dropout,
                                      gelu, row_uniform)
 
@@ -174,6 +174,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+assert tuple(REMAT_POLICIES) == REMAT_POLICY_NAMES, "config.REMAT_POLICY_NAMES is stale"
 
 
 STACKED = "blocks"   # the subtree of the stacked layout (stack_blocks)
