@@ -23,6 +23,18 @@ def pytest_configure(config):
                       processes.CACHE_MIN_COMPILE_SECONDS)
 
 
+# Directories of the end-to-end tests (trainers, studies, device check: 20–90 s per file).
+SLOW_FIRST = ("tests/experiments/", "tests/benchmarks/")
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the end-to-end test files first: `make test`'s two xdist workers take whole files
+    in collection order (``--dist loadfile``), so the slow ones go out first and the many
+    short unit-test files fill the end evenly, instead of one worker finishing a long file
+    while the other waits."""
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))   # stable
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> pathlib.Path:
     """A tiny corpus in both layouts (LibriSpeech: 9 utterances, Common Voice: 14)."""
