@@ -55,7 +55,6 @@ from experiments.configs import central, fl_dp
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import get_model_config
-from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train import utils
 
 # method name → dp.* settings (σ_DP comes from the cell). The paper's rows.
@@ -442,19 +441,13 @@ def _work(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
         run_cell(cell, study, workdir, recipes, demo_seed)
 
 
-def prepare_data(config: ml_collections.ConfigDict) -> None:
-    """Generates the cells' corpus (where ``config.data`` says the synthetic one lives) and
-    builds their TFDS datasets, once, in this process: workers that each found them missing
-    would generate and build them at once into the same directories (on a machine where
-    only the seed models' cached checkpoints were carried over)."""
-    utils.load_data(config.data, CharTokenizer(config.data.language), config.eval.batch_size)
-
-
 def run_in_parallel(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
                     demo_seed: str | None, workers: int) -> None:
     """Runs the missing ``cells`` with ``workers`` processes (this one and ``workers − 1``
     spawned ones). The seed models are trained first, here, one at a time, and the cells'
-    data is prepared here (:func:`prepare_data`).
+    data is prepared here (``utils.prepare_data``: workers that each found the corpus
+    missing would generate it at once into the same directory, e.g. on a machine where only
+    the seed models' checkpoints were carried over).
 
     On 2 CPU cores one cell keeps ~1.5 cores busy in its rounds and one while it loads,
     compiles and evaluates; two workers fill the gaps. A cell's numbers do not depend on
@@ -467,7 +460,7 @@ def run_in_parallel(cells: list[Cell], study: Study, workdir: str, recipes: Reci
     for depth in sorted({cell.depth for cell in cells}):
         seed_checkpoint(workdir, depth, study, recipes, demo_seed)
     if not all(os.path.exists(_result_path(workdir, c, study)) for c in cells):
-        prepare_data(recipes.fl())
+        utils.prepare_data(recipes.fl().data)
     claims = os.path.join(workdir, "claims")
     shutil.rmtree(claims, ignore_errors=True)    # this call owns the work dir's cells
     os.makedirs(claims)
@@ -921,8 +914,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--methods", help=f"comma-separated subset of the rows: {list(METHODS)}")
-    parser.add_argument("--deep-sigmas", type=_positive_floats, help="comma-separated σ_DP levels of the deep stage "
-                        "beyond the paper's σ_DP·√D (default: "
+    parser.add_argument("--deep-sigmas", type=_positive_floats,
+                        help="comma-separated σ_DP levels of the deep stage beyond the paper's "
+                        "σ_DP·√D (default: "
                         f"{','.join(f'{s:g}' for s in FULL.deep_high)}; 0.3 alone fits 2 h)")
     parser.add_argument("--cached-only", action="store_true",
                         help="report the cells already run, run nothing")

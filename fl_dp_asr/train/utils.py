@@ -83,9 +83,7 @@ def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
     manual_dir = distributed.chief_first(lambda: corpus_dir(data))
 
     def load(config: str, split: str) -> federated.FederatedDataset:
-        return builders.load_federated(data.name, config, split, manual_dir=manual_dir,
-                                       data_dir=data.data_dir, progress=False,
-                                       skip_bad_files=data.skip_bad_files)
+        return _load_split(data, manual_dir, config, split)
 
     train_set = distributed.chief_first(lambda: load(data.train_config, data.train_split))
     if data.min_seconds is not None or data.max_seconds is not None:
@@ -105,6 +103,28 @@ def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
     eval_batches = list(federated.iterate_batches(
         eval_set, batch_size=eval_batch_size, tokenize=tokenizer.encode, buckets=eval_buckets))
     return Data(train_set, eval_set, eval_batches, buckets)
+
+
+def _load_split(data: ml_collections.ConfigDict, manual_dir: str | None, config: str,
+                split: str) -> federated.FederatedDataset:
+    return builders.load_federated(data.name, config, split, manual_dir=manual_dir,
+                                   data_dir=data.data_dir, progress=False,
+                                   skip_bad_files=data.skip_bad_files)
+
+
+def prepare_data(data: ml_collections.ConfigDict) -> None:
+    """What :func:`load_data` reads, made ready without reading the audio: the corpus
+    (:func:`corpus_dir`), the TFDS datasets and the user indexes of the training and held-out
+    splits. For a parent process that starts workers which would otherwise each find them
+    missing and write them into the same directories at once.
+
+    Raises:
+        LayoutError: as :func:`corpus_dir`.
+    """
+    manual_dir = corpus_dir(data)
+    for config, split in ((data.train_config, data.train_split),
+                          (data.eval_config, data.eval_split)):
+        _load_split(data, manual_dir, config, split)
 
 
 def corpus_dir(data: ml_collections.ConfigDict) -> str | None:

@@ -76,8 +76,8 @@ def test_the_data_is_prepared_once_before_the_workers_start(tmp_path, monkeypatc
             pass
 
     monkeypatch.setattr(replicate, "seed_checkpoint", lambda *a: None)
-    monkeypatch.setattr(replicate.utils, "load_data",
-                        lambda data, *a: events.append(("data", data.manual_dir)))
+    monkeypatch.setattr(replicate.utils, "prepare_data",
+                        lambda data: events.append(("data", data.manual_dir)))
     monkeypatch.setattr(replicate.multiprocessing, "get_context",
                         lambda method: types.SimpleNamespace(Process=Process))
     monkeypatch.setattr(replicate, "_work", lambda *a: events.append("work"))
