@@ -18,11 +18,12 @@ COMPILATION_CACHE = pathlib.Path(tempfile.gettempdir()) / "fl_dp_asr_test_jax_ca
 CACHE_MIN_COMPILE_SECONDS = 0.0   # every program: most compile in under a second without LLVM
 
 
-def python_env(devices: int = 1) -> dict[str, str]:
-    """The environment of a test's Python subprocess: this repository importable, the test
-    session's XLA flags with ``devices`` CPU devices, and its persistent compilation cache."""
+def python_env(devices: int = 1, xla_flags: str = TEST_XLA_FLAGS) -> dict[str, str]:
+    """The environment of a test's Python subprocess: this repository importable,
+    ``xla_flags`` (default: the test session's; "": XLA's defaults) with ``devices`` CPU
+    devices, and the session's persistent compilation cache."""
     return dict(os.environ, PYTHONPATH=str(REPO),
-                XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
+                XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}",
                 JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(CACHE_MIN_COMPILE_SECONDS))
 
