@@ -35,6 +35,7 @@ returns what it measured. Cells and the seed are cached in ``--workdir`` as in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -259,29 +260,33 @@ def run_worker(cells: Sequence[replicate.Cell], study_: replicate.Study, workdir
     ``time.time()``) is skipped, one that raises is failed: its reason goes to
     ``skipped.json`` or ``failed.json`` in its cell directory, and the next cell follows
     (one call on a lent GPU returns every cell it could run)."""
-    if compile_cache:
-        replicate.use_compilation_cache(workdir)
-    estimate = first_cell_s
-    for cell in cells:
-        if cell_status(workdir, cell, study_)[0] == "done":
-            continue
-        left = deadline - time.time()
-        if left < estimate:
-            _note(workdir, cell, study_, SKIPPED,
-                  f"budget: {max(left, 0):.0f} s left, the cell needs ~{estimate:.0f} s")
-        else:
-            try:
-                estimate = next_cell_estimate(replicate.run_cell(cell, study_, workdir,
-                                                                 recipes_, None))
-            except replicate.StudyStopped:
-                raise
-            except Exception as error:     # noqa: BLE001 -- noted; the next cell runs
-                lines = str(error).strip().splitlines()
-                _note(workdir, cell, study_, FAILED,
-                      f"{type(error).__name__}: {lines[0][:300] if lines else ''}")
-                print(f"== {cell.name} FAILED", file=sys.stderr, flush=True)
-                traceback.print_exc()
-        on_cell()
+    with _compilation_cache(workdir, compile_cache):
+        estimate = first_cell_s
+        for cell in cells:
+            if cell_status(workdir, cell, study_)[0] == "done":
+                continue
+            left = deadline - time.time()
+            if left < estimate:
+                _note(workdir, cell, study_, SKIPPED,
+                      f"budget: {max(left, 0):.0f} s left, the cell needs ~{estimate:.0f} s")
+            else:
+                try:
+                    estimate = next_cell_estimate(replicate.run_cell(cell, study_, workdir,
+                                                                     recipes_, None))
+                except replicate.StudyStopped:
+                    raise
+                except Exception as error:     # noqa: BLE001 -- noted; the next cell runs
+                    lines = str(error).strip().splitlines()
+                    _note(workdir, cell, study_, FAILED,
+                          f"{type(error).__name__}: {lines[0][:300] if lines else ''}")
+                    print(f"== {cell.name} FAILED", file=sys.stderr, flush=True)
+                    traceback.print_exc()
+            on_cell()
+
+
+def _compilation_cache(workdir: str, enabled: bool) -> contextlib.AbstractContextManager:
+    """``replicate.compilation_cache(workdir)``, or nothing when not ``enabled``."""
+    return replicate.compilation_cache(workdir) if enabled else contextlib.nullcontext()
 
 
 def _note(workdir: str, cell: replicate.Cell, study_: replicate.Study, name: str,
@@ -409,7 +414,7 @@ class Report:
 
     def _runs(self, results: list[dict], method: str, sigma: float, **match) -> list[dict]:
         noise = {} if method == "no DP" else {"sigma_dp": sigma}
-        return replicate._group(results, method=method, depth=self.preset.depth,
+        return replicate.select(results, method=method, depth=self.preset.depth,
                                 cohort=self.preset.cohort, server="lamb", **noise, **match)
 
     def levels_table(self, results: list[dict]) -> str:
@@ -430,7 +435,7 @@ class Report:
         if not (base and top):
             return (f"Detectability at σ_DP·√D = {level:g}: not measured (no DP or global "
                     "did not run).")
-        gap = replicate._mean_cer(top) - replicate._mean_cer(base)
+        gap = replicate.mean_cer(top) - replicate.mean_cer(base)
         verdict = "met" if gap >= 5 else "NOT met: raise the high level"
         return (f"Detectability: at σ_DP·√D = {level:g} (σ_DP = {sigma:.4g}) global clipping "
                 f"loses {gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
@@ -444,7 +449,7 @@ class Report:
                 runs = [self._runs(results, method, 0.0)] + [None] * len(self.sigmas)
             else:
                 runs = [None] + [self._runs(results, method, sigma) for sigma in self.sigmas]
-            rows.append([method] + ["" if r is None else replicate._errors(r, with_count=True)
+            rows.append([method] + ["" if r is None else replicate.errors_cell(r, with_count=True)
                                     for r in runs])
         return markdown_table(headers, rows)
 
@@ -508,30 +513,28 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
     plans = plan_workers(preset, sigmas, workers or preset.workers)
     report = Report(preset, command, workdir, out, budget_s, params, sigmas, plans)
     recipes_ = recipes(preset, corpus, data_dir)
-    if compile_cache:
-        replicate.use_compilation_cache(workdir)
-
-    started = time.time()
-    manifest = corpus_manifest(preset, corpus)
-    report.stage("corpus", time.time() - started,
-                 f"{corpus}: {_utterances(manifest)} utterances, {_size_mib(corpus):.1f} MiB")
-    started = time.time()
-    for config in (recipes_.central(), recipes_.fl()):
-        utils.load_data(config.data, CharTokenizer(config.data.language),
-                        config.eval.batch_size)
-    report.stage("TFDS datasets", time.time() - started, f"built in {data_dir}")
-    started = time.time()
-    seed_dir = replicate.seed_checkpoint(workdir, preset.depth, report.study, recipes_, None)
-    with open(os.path.join(os.path.dirname(seed_dir), "seed.json"), encoding="utf-8") as f:
-        seed = json.load(f)
-    report.stage("seed", time.time() - started,
-                 f"{seed['step']} steps in {seed['seconds']:.0f} s, dev-clean CER "
-                 f"{100 * seed['dev_cer']:.1f} %, WER {100 * seed['dev_wer']:.1f} %")
-    started = time.time()
-    run_cells(plans, report.study, workdir, recipes_, deadline, preset.first_cell_s,
-              compile_cache, report.write)
-    report.stage("cells", time.time() - started, f"{len(plans)} worker(s)")
-    report.stage("whole call", time.time() - began, f"budget {budget_s:.0f} s")
+    with _compilation_cache(workdir, compile_cache):
+        started = time.time()
+        manifest = corpus_manifest(preset, corpus)
+        report.stage("corpus", time.time() - started,
+                     f"{corpus}: {_utterances(manifest)} utterances, {_size_mib(corpus):.1f} MiB")
+        started = time.time()
+        for config in (recipes_.central(), recipes_.fl()):
+            utils.load_data(config.data, CharTokenizer(config.data.language),
+                            config.eval.batch_size)
+        report.stage("TFDS datasets", time.time() - started, f"built in {data_dir}")
+        started = time.time()
+        seed_dir = replicate.seed_checkpoint(workdir, preset.depth, report.study, recipes_, None)
+        with open(os.path.join(os.path.dirname(seed_dir), "seed.json"), encoding="utf-8") as f:
+            seed = json.load(f)
+        report.stage("seed", time.time() - started,
+                     f"{seed['step']} steps in {seed['seconds']:.0f} s, dev-clean CER "
+                     f"{100 * seed['dev_cer']:.1f} %, WER {100 * seed['dev_wer']:.1f} %")
+        started = time.time()
+        run_cells(plans, report.study, workdir, recipes_, deadline, preset.first_cell_s,
+                  compile_cache, report.write)
+        report.stage("cells", time.time() - started, f"{len(plans)} worker(s)")
+        report.stage("whole call", time.time() - began, f"budget {budget_s:.0f} s")
     return report
 
 

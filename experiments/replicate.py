@@ -36,6 +36,7 @@ signal/noise analysis) and the README's ``replication:begin/end`` block.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -44,10 +45,11 @@ import shutil
 import statistics
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import ml_collections
 
 from experiments import markers, plots, train_central, train_fl
@@ -387,12 +389,27 @@ def run_study(study: Study, stages: Sequence[str], workdir: str, recipes: Recipe
 # ------------------------------------------------------------------ parallel cells
 
 
-def use_compilation_cache(workdir: str) -> None:
-    """JAX's persistent compilation cache in ``<workdir>/xla_cache``: cells that lower to
-    the same round step (same method, depth, server and cohort; any σ_DP and seed) compile
-    it once, across processes."""
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+@contextlib.contextmanager
+def compilation_cache(workdir: str) -> Iterator[None]:
+    """JAX's persistent compilation cache in ``<workdir>/xla_cache`` while the context is
+    open: cells that lower to the same round step (same method, depth, server and cohort;
+    any σ_DP and seed) compile it once, across processes. On exit the process's own cache
+    settings are back (JAX reads its cache directory once: it is reset both ways)."""
+    saved = [getattr(jax.config, name) for name in _CACHE_OPTIONS]
+
+    def switch(values):
+        for name, value in zip(_CACHE_OPTIONS, values):
+            jax.config.update(name, value)
+        jax_cache.reset_cache()
+
+    switch([os.path.join(workdir, "xla_cache"), 1.0])
+    try:
+        yield
+    finally:
+        switch(saved)
 
 
 def _program(cell: Cell) -> tuple:
@@ -417,8 +434,12 @@ def _work(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
     """One worker: claims and runs cells until none is left. A cell whose round step is
     being compiled by another worker for the first time waits (the other cells go first),
     so that no two workers compile the same program."""
-    use_compilation_cache(workdir)
+    with compilation_cache(workdir):
+        _claim_and_run(cells, study, workdir, recipes, demo_seed, claims)
 
+
+def _claim_and_run(cells: list[Cell], study: Study, workdir: str, recipes: Recipes,
+                   demo_seed: str | None, claims: str) -> None:
     def claim_path(cell):
         return os.path.join(claims, os.path.basename(cell_dir(workdir, cell, study)))
 
@@ -494,7 +515,7 @@ def _stats(values: Sequence[float]) -> str:
     return f"{statistics.mean(points):.1f} ± {statistics.stdev(points):.1f}"
 
 
-def _errors(runs: list[dict], with_count: bool = False) -> str:
+def errors_cell(runs: list[dict], with_count: bool = False) -> str:
     """A table cell: final CER and WER over ``runs`` ("–" when none ran)."""
     if not runs:
         return "–"
@@ -503,19 +524,21 @@ def _errors(runs: list[dict], with_count: bool = False) -> str:
             f"{_stats([r['final_wer'] for r in runs])}{count}")
 
 
-def _mean_cer(runs: list[dict]) -> float:
+def mean_cer(runs: list[dict]) -> float:
     """Final CER over ``runs``, mean, in points."""
     return 100 * statistics.mean(r["final_cer"] for r in runs)
 
 
-def _group(results: list[dict], **match) -> list[dict]:
+def select(results: list[dict], **match) -> list[dict]:
+    """The cell results whose fields equal ``match`` (e.g. ``method="global", depth=16``);
+    the curve cells (``rounds`` set) only when asked for."""
     match.setdefault("rounds", None)   # the curve cells run longer: not part of the tables
     return [r for r in results if all(r[k] == v for k, v in match.items())]
 
 
 def _grid_group(results: list[dict], study: Study, **match) -> list[dict]:
-    """:func:`_group` within the main grid: LAMB, the demo's depth, the study's cohort."""
-    return _group(results, **{"server": "lamb", "depth": DEMO_DEPTH, "cohort": study.cohort,
+    """:func:`select` within the main grid: LAMB, the demo's depth, the study's cohort."""
+    return select(results, **{"server": "lamb", "depth": DEMO_DEPTH, "cohort": study.cohort,
                               **match})
 
 
@@ -531,7 +554,7 @@ def grid_table(results: list[dict], study: Study) -> str:
             if method == "no DP" and sigma != 0.0:
                 cells.append("")
                 continue
-            cells.append(_errors(runs, with_count=True))
+            cells.append(errors_cell(runs, with_count=True))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     eps = {s: r["extrapolated_epsilon_rdp"] for r in results for s in [r["sigma_dp"]]
            if r.get("extrapolated_epsilon_rdp") is not None}
@@ -551,8 +574,8 @@ def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: S
             match = {"server": "lamb", **fixed, axis: value}
             if method != "no DP":
                 match["sigma_dp"] = sigma
-            runs = _group(results, method=method, **match)
-            cells.append(_errors(runs))
+            runs = select(results, method=method, **match)
+            cells.append(errors_cell(runs))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -603,13 +626,13 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
 
     for depth in study.depths:
         fixed = dict(server="lamb", depth=depth, cohort=study.cohort)
-        runs = {m: _group(results, method=m, sigma_dp=sigma, **fixed) for m in KEY_METHODS}
-        base = _group(results, method="no DP", **fixed)
+        runs = {m: select(results, method=m, sigma_dp=sigma, **fixed) for m in KEY_METHODS}
+        base = select(results, method="no DP", **fixed)
         if not (base and all(runs.values())):
             continue
-        gap = _mean_cer(runs[per_layer]) - _mean_cer(runs[global_])
-        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {_errors(base)} | "
-                     f"{_errors(runs[global_])} | {_errors(runs[per_layer])} | {gap:+.1f} | "
+        gap = mean_cer(runs[per_layer]) - mean_cer(runs[global_])
+        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {errors_cell(base)} | "
+                     f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | {gap:+.1f} | "
                      f"{snr_range(seed0(runs[global_]))} | {snr_range(seed0(runs[per_layer]))} |")
     return "\n".join(lines) + "\n"
 
@@ -679,22 +702,22 @@ def deep_section(results: list[dict], study: Study) -> str:
     for depth in study.deep_depths:
         fixed = dict(server="lamb", depth=depth, cohort=study.cohort)
         levels = deep_sigmas(study, depth)
-        if not any(_group(results, **fixed, method=m) for m in study.deep_methods):
+        if not any(select(results, **fixed, method=m) for m in study.deep_methods):
             continue
         lines = ["| method | " + " | ".join(_level(s, depth) for s in levels) + " |",
                  "|---" * (len(levels) + 1) + "|"]
         for method in study.deep_methods:
-            runs = [_group(results, method=method, **fixed, **(
+            runs = [select(results, method=method, **fixed, **(
                 {} if method == "no DP" else {"sigma_dp": sigma})) for sigma in levels]
             lines.append(f"| {method} | " + " | ".join(
-                _errors(r, with_count=True) for r in runs) + " |")
+                errors_cell(r, with_count=True) for r in runs) + " |")
         seed_model = next(r for r in results if r["depth"] == depth)
         parts += [f"### {depth} blocks (D = {num_params(depth) / 1e6:.2f} M)", "",
                   f"Seed model (trained centrally with the demo's recipe): held-out CER "
                   f"{100 * seed_model['seed_cer']:.1f} %, WER {100 * seed_model['seed_wer']:.1f} "
                   f"%; {study.rounds} rounds, mean ± std over seeds.", "",
                   "\n".join(lines), ""]
-        noisy = {(m, s): _group(results, method=m, sigma_dp=s, seed=0, **fixed)
+        noisy = {(m, s): select(results, method=m, sigma_dp=s, seed=0, **fixed)
                  for s in levels for m in study.deep_methods if m != "no DP"}
         noisy = {k: v[0] for k, v in noisy.items() if v}
         if noisy:
@@ -752,11 +775,11 @@ def plot_cer_vs_epsilon(results: list[dict], study: Study, path: str) -> None:
         for sigma in study.sigmas[1:]:
             runs = _grid_group(results, study, method=method, sigma_dp=sigma)
             if runs and method != "no DP" and runs[0].get("extrapolated_epsilon_rdp"):
-                points.append((runs[0]["extrapolated_epsilon_rdp"], _mean_cer(runs)))
+                points.append((runs[0]["extrapolated_epsilon_rdp"], mean_cer(runs)))
         if method == "no DP":
             runs = _grid_group(results, study, method=method)
             if runs:
-                ax.axhline(_mean_cer(runs), color="k", linestyle="--", label="no DP")
+                ax.axhline(mean_cer(runs), color="k", linestyle="--", label="no DP")
         elif points:
             ax.plot(*zip(*sorted(points)), marker="o", label=method)
     ax.set(xscale="log", xlabel="ε (RDP, extrapolated deployment)",
@@ -772,7 +795,7 @@ def detectability(results: list[dict], study: Study) -> str:
     top = _grid_group(results, study, method="global", sigma_dp=study.top)
     if not (base and top):
         return "Detectability: not measured (run the `probe` stage)."
-    gap = _mean_cer(top) - _mean_cer(base)
+    gap = mean_cer(top) - mean_cer(base)
     verdict = "met" if gap >= 5 else "NOT met: raise the highest σ_DP"
     return (f"Detectability: at the highest σ_DP = {study.top:g} global clipping loses "
             f"{gap:.1f} CER points against no DP (condition ≥ 5: {verdict}).")
@@ -937,10 +960,10 @@ def main(argv=None) -> None:
     unknown = set(stages) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
-    use_compilation_cache(args.workdir)
     began = time.perf_counter()
-    results = run_study(study, stages, args.workdir, demo_seed=args.seed_checkpoint,
-                        cached_only=args.cached_only, workers=args.workers)
+    with compilation_cache(args.workdir):
+        results = run_study(study, stages, args.workdir, demo_seed=args.seed_checkpoint,
+                            cached_only=args.cached_only, workers=args.workers)
     seconds = wall_seconds(results, args.workdir, study)
     seeds = seed_seconds(args.workdir, study)
     print(f"study: {len(results)} cells, {seconds:.0f} s of wall time ({args.workers} "

@@ -23,6 +23,7 @@ Each becomes an ε at the run's δ with :func:`fl_dp_asr.dp.canaries.estimate_ep
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,13 +53,19 @@ class CanaryCohorts:
     sampler: samplers.CohortSampler
     num_users: int
 
+    def __post_init__(self):
+        # The users and the mask of a round come from one draw (O(K) for Poisson sampling
+        # over K users): the last few rounds' draws are kept. lru_cache is thread-safe (the
+        # stream may pack in a prefetch thread).
+        object.__setattr__(self, "_draw", functools.lru_cache(maxsize=4)(self.sampler.sample))
+
     @property
     def num_canaries(self) -> int:
         return self.sampler.population - self.num_users
 
     def sample(self, round_index: int) -> np.ndarray:
         """The users of round ``round_index`` (sorted ids < K)."""
-        ids = self.sampler.sample(round_index)
+        ids = self._draw(round_index)
         return ids[ids < self.num_users]
 
     def num_slots(self, multiple: int = 1) -> int:
@@ -67,7 +74,7 @@ class CanaryCohorts:
 
     def canary_mask(self, round_index: int) -> np.ndarray:
         """float32 ``[k]``: 1.0 for the canaries drawn in round ``round_index``."""
-        ids = self.sampler.sample(round_index)
+        ids = self._draw(round_index)
         mask = np.zeros(self.num_canaries, np.float32)
         mask[ids[ids >= self.num_users] - self.num_users] = 1.0
         return mask

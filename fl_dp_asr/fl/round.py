@@ -427,6 +427,8 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"the server state {'lacks' if _keeps_noise_state(dp) else 'carries'} "
             f"a correlated-noise state, but the round step's dp.correlated_noise is "
             f"{dp.correlated_noise!r}: {make}.")
+    if _keeps_noise_state(dp):
+        _check_noise_state(state, dp, make)
     if not dp.adaptive:
         return
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
@@ -439,6 +441,28 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"those of dp.clipping={dp.clipping!r}, dp.layers={dp.layers!r} "
             f"{sorted(expected)[:3]}... ({len(expected)}): {make}.")
     dp.noise_multipliers(expected_cohort_size, len(bounds))
+
+
+def _check_noise_state(state: ServerState, dp: DPConfig, make: str) -> None:
+    """Raises ValueError when the correlated-noise state is not the one ``dp``'s mechanism
+    makes for these parameters (structure, shapes, dtypes; nothing is computed)."""
+    expected = jax.eval_shape(dp.correlated_noise.init_state, state.params)
+    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                       state.noise_state)
+    if jax.tree.structure(got) != jax.tree.structure(expected):
+        raise ValueError(
+            f"the server state's correlated-noise state has {len(jax.tree.leaves(got))} "
+            f"arrays, but dp.correlated_noise={dp.correlated_noise!r} keeps "
+            f"{len(jax.tree.leaves(expected))} for these parameters (another mechanism, "
+            f"number of buffers or model): {make}.")
+    for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                  jax.tree.leaves(got)):
+        if (want.shape, want.dtype) != (have.shape, have.dtype):
+            raise ValueError(
+                f"the server state's correlated-noise state at "
+                f"{jax.tree_util.keystr(path)} is {have.dtype}{list(have.shape)}, but "
+                f"dp.correlated_noise={dp.correlated_noise!r} keeps {want.dtype}"
+                f"{list(want.shape)} for these parameters: {make}.")
 
 
 class BoundRoundStep(NamedTuple):

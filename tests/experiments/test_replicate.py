@@ -1,10 +1,12 @@
 """`python -m experiments.replicate --quick` on the tiny corpus: every stage, the report."""
 
+import contextlib
 import dataclasses
 import functools
 import json
 import types
 
+import jax
 import pytest
 
 from experiments import replicate
@@ -132,11 +134,19 @@ def test_unknown_stage_is_a_clear_error(capsys):
     assert "unknown stages ['gird']" in capsys.readouterr().err
 
 
+def test_the_study_cache_is_undone_when_its_context_closes(tmp_path):
+    """The study's compilation cache does not outlive it: the process's own comes back."""
+    before = jax.config.jax_compilation_cache_dir
+    with replicate.compilation_cache(str(tmp_path)):
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla_cache")
+    assert jax.config.jax_compilation_cache_dir == before
+
+
 def test_deep_sigmas_flag_sets_the_deep_stages_levels(monkeypatch, capsys):
     def stop(study, *args, **kwargs):
         raise SystemExit(f"deep_high={study.deep_high}")
 
-    monkeypatch.setattr(replicate, "use_compilation_cache", lambda workdir: None)
+    monkeypatch.setattr(replicate, "compilation_cache", lambda workdir: contextlib.nullcontext())
     monkeypatch.setattr(replicate, "run_study", stop)
     with pytest.raises(SystemExit, match=r"deep_high=\(0.3,\)"):
         replicate.main(["--stages", "deep", "--deep-sigmas", "0.3"])

@@ -127,6 +127,19 @@ def test_canaries_are_users_of_the_run_sampler():
     assert 0.3 < drawn / (30 * 5) < 0.5     # q = 10 / 25
 
 
+def test_a_round_is_drawn_once_for_its_users_and_its_canary_mask():
+    cohorts = audit.canary_sampler("poisson", 20, Canaries(5, 2), cohort_size=10, seed=1)
+    expected = {r: cohorts.sampler.sample(r) for r in range(3)}
+    draws = []
+    counting = lambda r: draws.append(r) or expected[r]
+    object.__setattr__(cohorts.sampler, "sample", counting)   # the cache wraps it from now on
+    cohorts.__post_init__()
+    for r in range(3):
+        cohorts.sample(r)
+        cohorts.canary_mask(r)
+    assert draws == [0, 1, 2]
+
+
 def test_the_all_iterates_trail_keeps_the_maximum_and_survives_json():
     trail = audit.AuditTrail.start(CANARIES)
     trail.add(np.array([0.1, -0.2, 0.3, 0.0, 0.05], np.float32))

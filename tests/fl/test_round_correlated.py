@@ -102,6 +102,19 @@ def test_a_state_without_the_noise_state_is_refused():
              jax.random.key(0))
 
 
+def test_a_noise_state_of_other_shapes_is_refused():
+    """A noise state made for other parameters is named before anything is traced."""
+    dp = DPConfig("global", CLIP, noise_multiplier=Z, correlated_noise=MECHANISMS["blt"])
+    update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.0, 1.0))
+    opt = server.make_server_optimizer("sgd", 1.0)
+    step = round_lib.make_round_step(update, opt, dp, COHORT)
+    state = round_lib.init_server_state(fresh_params(10), opt, dp)
+    other = round_lib.init_server_state(fresh_params(COORDS), opt, dp).noise_state
+    with pytest.raises(ValueError, match=r"noise state at .*unused.* is float32\[2, 20000\], "
+                                         r"but .* keeps float32\[2, \d+\]"):
+        step(state._replace(noise_state=other), toy_task.make_cohort(COHORT), jax.random.key(0))
+
+
 def test_correlated_noise_with_adaptive_clipping_is_refused():
     with pytest.raises(ValueError, match="adaptive clipping"):
         DPConfig("global", CLIP, noise_multiplier=Z, target_unclipped_quantile=0.5,
