@@ -178,13 +178,15 @@ def make_canaries(config: ml_collections.ConfigDict) -> Canaries | None:
     return canaries
 
 
-def make_sampler(config: ml_collections.ConfigDict, population: int) -> samplers.CohortSampler:
-    """The cohort sampler of ``config.fl`` over ``population`` (training users, and canary
-    clients if any).
+def make_sampler(config: ml_collections.ConfigDict, num_users: int) -> samplers.CohortSampler:
+    """The cohort sampler of ``config.fl`` over ``num_users`` training users and the canary
+    clients of ``config.audit`` (users of the sampler too: ids after the training users).
 
     Raises:
         ValueError: naming the config field, e.g. a cohort larger than the population.
     """
+    canaries = make_canaries(config)
+    population = num_users + (0 if canaries is None else canaries.inserted)
     try:
         return samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
                                      config.seed, config.fl.min_separation)
@@ -253,8 +255,7 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     model_config, seed_params, seed_source = utils.load_seed_model(
         config.init_checkpoint, config.model, jax.random.key(config.seed))
     canaries = make_canaries(config)
-    num_canaries = 0 if canaries is None else canaries.inserted
-    sampler = make_sampler(config, data.train.num_users + num_canaries)
+    sampler = make_sampler(config, data.train.num_users)
     cohorts = None if canaries is None else audit.CanaryCohorts(sampler, data.train.num_users)
     dp = dp_config(config)
     noise_multiplier = dp.resolve_noise_multiplier(sampler.expected_size)

@@ -293,9 +293,11 @@ def test_config_mistakes_that_need_no_data_stop_before_the_data_is_prepared(
         train_fl.train(config, str(tmp_path))
 
 
+@pytest.mark.parametrize("canaries, population", [(0, 3), (3, 6)])
 def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_known(
-        tiny_corpus, tfds_dir, tmp_path, monkeypatch):
-    """Checked right after the training split, before the held-out split and the seed model."""
+        tiny_corpus, tfds_dir, tmp_path, monkeypatch, canaries, population):
+    """Checked right after the training split, before the held-out split and the seed model,
+    against the run's population: the users and the canary clients."""
     loaded, load_federated = [], builders.load_federated
 
     def record(name, config, split, **kwargs):
@@ -308,7 +310,9 @@ def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_k
     monkeypatch.setattr(utils, "load_seed_model", no_seed_model)
     config = small_config(tiny_corpus, tfds_dir, 1)
     config.fl.cohort_size = 10
-    with pytest.raises(ValueError, match=r"cohort_size=10 must be in \[1, population=3\]"):
+    config.audit.canaries = canaries
+    with pytest.raises(ValueError,
+                       match=rf"cohort_size=10 must be in \[1, population={population}\]"):
         train_fl.train(config, str(tmp_path))
     assert loaded == ["train"]
 
