@@ -191,7 +191,10 @@ def make_sampler(config: ml_collections.ConfigDict, num_users: int) -> samplers.
         return samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
                                      config.seed, config.fl.min_separation)
     except ValueError as error:  # "cohort_size=… must be …": name the config field
-        raise ValueError(f"config.fl.{error}") from None
+        with_canaries = ("" if canaries is None else f" With config.audit.canaries="
+                         f"{canaries.inserted} the population is {num_users} training users "
+                         f"+ {canaries.inserted} canary clients.")
+        raise ValueError(f"config.fl.{error}{with_canaries}") from None
 
 
 def make_accountant(config: ml_collections.ConfigDict, sampler: samplers.CohortSampler,

@@ -312,8 +312,9 @@ def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_k
     config.fl.cohort_size = 10
     config.audit.canaries = canaries
     with pytest.raises(ValueError,
-                       match=rf"cohort_size=10 must be in \[1, population={population}\]"):
+                       match=rf"cohort_size=10 must be in \[1, population={population}\]") as error:
         train_fl.train(config, str(tmp_path))
+    assert ("3 training users + 3 canary clients" in str(error.value)) == (canaries > 0)
     assert loaded == ["train"]
 
 
