@@ -4,17 +4,18 @@
     python -m benchmarks.device_check --only "local step,paper round"
     python -m benchmarks.device_check --dry-run    # tiny shapes on any machine (< 2 min)
 
-Sections, in this order (each one's failure is reported and the next one runs; a section
+Sections, in this order (each one's failure is reported and the next one runs; a section,
+or a row of one — a local-step variant, an executor's round step, the profile, a bucket —
 that would start after ``--budget-s`` seconds is skipped with a note, so one call stays
-bounded):
+bounded by the budget plus the one compilation and run that was under way):
 
 1. **tests**: the executor, sharded, memory and transfer tests of ``tests/fl/test_round.py``
    on the device (a subprocess).
 2. **local step** of the paper model (255.8 M parameters, bf16 compute, fp32 parameters,
    ``remat`` per block, layer-drop off so every step does the same work): the time to
    create its parameters (one jitted function on the device), then one client's SGD step
-   (CTC loss, gradient, per-step clip, update) on 8 × 8 s utterances and on 15 × 8 s =
-   120 s of audio (the paper's ~120 s batches). Time, model TFLOP/s (6 · params · frames)
+   (CTC loss, gradient, per-step clip, update) on 15 × 8 s = 120 s of audio (the paper's
+   ~120 s batches) and on 8 × 8 s utterances. Time, model TFLOP/s (6 · params · frames)
    and MFU against the device's dense bf16 peak (:data:`PEAK_BF16_TFLOPS`), also with the
    remat recompute counted (8 · params · frames).
 3. **paper round**: the round step of the paper model, cohort 16, every client 10 local
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import subprocess
@@ -74,7 +76,8 @@ OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 class Plan:
     """What one run measures: the full plan on a device, tiny shapes for ``--dry-run``."""
     step_size: str = "paper"
-    step_batches: tuple[tuple[int, float], ...] = ((8, 8.0), (15, 8.0))  # (utterances, s)
+    # (utterances, s), the paper's ~120 s batch first (rows run until the budget is spent)
+    step_batches: tuple[tuple[int, float], ...] = ((15, 8.0), (8, 8.0))
     # What remat keeps (ModelConfig.remat_policy): recompute the whole block, or keep matmuls.
     step_remat_policies: tuple[str, ...] = ("nothing", "dots")
     round_size: str = "paper"
@@ -227,8 +230,10 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
     from fl_dp_asr.models import asr
     num_params = asr.count_params(params)
     policies = plan.step_remat_policies if config.remat else (config.remat_policy,)
-    for policy in policies:
-        for utterances, seconds in plan.step_batches:
+    for utterances, seconds in plan.step_batches:
+        for policy in policies:
+            if rec.over_budget(f"local step {utterances} × {seconds:g} s, remat keeps {policy}"):
+                return
             common.log(f"  local step: {plan.step_size}, {utterances} × {seconds:g} s, "
                        f"remat keeps {policy}")
             r = local_step(plan.step_size, utterances, seconds, plan.repeats,
@@ -265,15 +270,17 @@ def time_round(step, params, opt, block, key, repeats: int) -> tuple[float, floa
 def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks: Sequence[int],
                       shape: common.ClientShape, repeats: int,
                       add_row: Callable[[list[Any]], None], *, search: bool,
-                      extra: Callable[[float], list[Any]] = lambda per_round: []
+                      extra: Callable[[float], list[Any]] = lambda per_round: [],
+                      over_budget: Callable[[str], bool] = lambda what: False
                       ) -> Callable[[], Any] | None:
     """Rows ``[executor, first call s, s/round, clients/s, *extra(s/round)]``: vectorized
     chunks, then sequential.
 
     ``task_args``: :meth:`Plan.task_args` of ``size``. ``search``: chunks are alternatives,
     largest first; only the largest that fits runs. Otherwise a chunk that does not fit
-    gets an "out of memory" row. Returns a call of one round of the (last) vectorized step
-    that ran, for profiling (None if none ran).
+    gets an "out of memory" row. ``over_budget(what)`` is asked before each compilation
+    (:meth:`Recorder.over_budget`): once it says so, the rest is skipped. Returns a call of
+    one round of the (last) vectorized step that ran, for profiling (None if none ran).
     """
     import jax
     config = common.asr_task(size, **task_args)[0]
@@ -285,28 +292,39 @@ def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks:
         add_row([name, first, per_round, cohort / per_round, *extra(per_round)])
 
     def vectorized(chunk):
+        if over_budget(f"round {size}/{cohort}, vectorized chunk {chunk}"):
+            raise _BudgetSpent
         common.log(f"  round: {size}/{cohort} vectorized chunk {chunk}")
         step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **task_args)
         result = time_round(step, params, opt, block, key, repeats)
         ran["round"] = lambda: step(common.fresh_state(params, opt), block, key)
         return result
 
-    if search:
-        chunk, result, notes = largest_fitting(chunks, vectorized)
-        row(f"vectorized, chunk {chunk} (largest that fits"
-            + (f"; {', '.join(notes)}" if notes else "") + ")", *result)
-    else:
-        for chunk in chunks:
-            try:
-                row(f"vectorized, chunk {chunk}", *vectorized(chunk))
-            except Exception as error:      # noqa: BLE001
-                if not is_out_of_memory(error):
-                    raise
-                add_row([f"vectorized, chunk {chunk}", "out of memory", "", ""])
+    try:
+        if search:
+            chunk, result, notes = largest_fitting(chunks, vectorized)
+            row(f"vectorized, chunk {chunk} (largest that fits"
+                + (f"; {', '.join(notes)}" if notes else "") + ")", *result)
+        else:
+            for chunk in chunks:
+                try:
+                    row(f"vectorized, chunk {chunk}", *vectorized(chunk))
+                except Exception as error:      # noqa: BLE001
+                    if not is_out_of_memory(error):
+                        raise
+                    add_row([f"vectorized, chunk {chunk}", "out of memory", "", ""])
+    except _BudgetSpent:
+        return ran.get("round")
+    if over_budget(f"round {size}/{cohort}, sequential"):
+        return ran.get("round")
     common.log(f"  round: {size}/{cohort} sequential")
     step, params, opt = common.make_asr_step(size, cohort, executor="sequential", **task_args)
     row("sequential", *time_round(step, params, opt, block, key, repeats))
     return ran.get("round")
+
+
+class _BudgetSpent(Exception):
+    """Raised out of a chunk attempt when the device check's budget is spent."""
 
 
 ROUND_HEADERS = ["executor", "first call s (compile)", "s / round", "clients/s"]
@@ -342,8 +360,9 @@ def section_paper_round(plan: Plan, rec: Recorder, peak: float | None,
 
     one_round = compare_executors(plan.round_size, plan.task_args(plan.round_size),
                                   plan.round_cohort, plan.round_chunks, s,
-                                  plan.repeats, add_row, search=True, extra=mfu_columns)
-    if profile and one_round is not None:
+                                  plan.repeats, add_row, search=True, extra=mfu_columns,
+                                  over_budget=rec.over_budget)
+    if profile and one_round is not None and not rec.over_budget("profile"):
         section_profile(rec, one_round, plan.profile_rounds)
 
 
@@ -371,7 +390,7 @@ def section_cohort_rounds(plan: Plan, rec: Recorder) -> None:
         compare_executors(size, plan.task_args(size), plan.cohort, plan.cohort_chunks,
                           plan.cohort_shape, plan.repeats,
                           lambda row, size=size: add_row([size, *row]),
-                          search=False)
+                          search=False, over_budget=rec.over_budget)
 
 
 # ------------------------------------------------------------------ 4. compile per bucket
@@ -386,6 +405,8 @@ def section_compile(plan: Plan, rec: Recorder) -> None:
         "nothing cached", ["model", "bucket (audio / label)", "trace+lower s", "XLA compile s"])
     for size in plan.compile_sizes:
         for seconds, label_len in compile_bench.BUCKETS:
+            if rec.over_budget(f"compile: {size} bucket {seconds:g} s"):
+                return
             common.log(f"  compile: {size} bucket {seconds:g} s")
             add_row([size, f"{seconds:g} s / {label_len}",
                      *compile_bench.compile_seconds(size, seconds, label_len)])
@@ -424,8 +445,21 @@ class Recorder:
     """The report under construction; every new row or note is printed and, with ``out``,
     written to that file at once, so a run killed mid-section keeps what it measured."""
 
-    def __init__(self, report: common.Report, out: pathlib.Path | None):
+    def __init__(self, report: common.Report, out: pathlib.Path | None,
+                 budget_s: float = math.inf):
         self.report, self.out = report, out
+        self.budget_s = budget_s
+        self.start = time.perf_counter()
+
+    def over_budget(self, what: str) -> bool:
+        """True, with a note that ``what`` is skipped, once the budget is spent: no section
+        and no row of one starts after it, so one device call stays within its limit."""
+        elapsed = time.perf_counter() - self.start
+        if elapsed <= self.budget_s:
+            return False
+        self.note(f"{what} SKIPPED: {elapsed:.0f} s of the {self.budget_s:.0f} s budget spent "
+                  "(run it alone with --only)")
+        return True
 
     def table(self, caption: str, headers: Sequence[str]) -> Callable[[list[Any]], None]:
         """Adds an empty table; returns ``add_row(row)``."""
@@ -465,8 +499,7 @@ def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
         f"{' --only ' + ','.join(only) if only else ''}{' --profile' if profile else ''}`; "
         f"{jax.device_count()} × {device.device_kind}; dense bf16 peak used for MFU: "
         f"{f'{peak:g} TFLOP/s' if peak else 'unknown (no MFU)'}; repeats {plan.repeats} "
-        "(medians), first calls include compilation"), out)
-    start = time.perf_counter()
+        "(medians), first calls include compilation"), out, budget_s)
     sections: dict[str, Callable[[], None]] = {
         "tests": lambda: section_tests(rec, tests_budget_s),
         "local step": lambda: section_local_step(plan, rec, peak),
@@ -478,9 +511,7 @@ def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
     for name in SECTIONS:
         if (only and name not in only) or (name == "tests" and not plan.run_tests):
             continue
-        if (elapsed := time.perf_counter() - start) > budget_s:
-            rec.note(f"section '{name}' SKIPPED: {elapsed:.0f} s of the {budget_s:.0f} s "
-                     "budget spent (run it alone with --only)")
+        if rec.over_budget(f"section '{name}'"):
             continue
         began = time.perf_counter()
         common.log(f"section {name}")
@@ -492,7 +523,7 @@ def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
                      f"{lines[0][:300] if lines else ''}")
         rec.note(f"section '{name}': {time.perf_counter() - began:.0f} s")
         jax.clear_caches()
-    rec.note(f"whole check: {time.perf_counter() - start:.0f} s")
+    rec.note(f"whole check: {time.perf_counter() - rec.start:.0f} s")
     return rec.report
 
 
@@ -505,8 +536,8 @@ def main(argv: Sequence[str] | None = None) -> common.Report:
     parser.add_argument("--out", type=pathlib.Path,
                         help="also write the report here, row by row")
     parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no section starts after this many seconds (default 420: one "
-                             "8-minute device call with start-up and transfers)")
+                        help="no section or row starts after this many seconds (default "
+                             "420: one 8-minute device call with start-up and transfers)")
     parser.add_argument("--profile", action="store_true",
                         help="trace the paper round with jax.profiler; report the top ops")
     parser.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import pytest
 
@@ -39,6 +41,30 @@ def test_a_section_past_the_budget_is_skipped_with_a_note(monkeypatch):
     assert ran == []
     assert [n.split(":")[0] for n in report.notes if "SKIPPED" in n] == [
         "section 'local step' SKIPPED", "section 'paper round' SKIPPED"]
+
+
+def test_rows_past_the_budget_are_skipped_within_a_section(monkeypatch):
+    """The budget is checked before every row: a section that started in time does not run
+    past it (nothing more is compiled)."""
+    def slow_init(*args):
+        time.sleep(0.3)
+        return 1.0
+    monkeypatch.setattr(device_check, "init_seconds", slow_init)
+    monkeypatch.setattr(device_check, "local_step", lambda *a, **k: pytest.fail("compiled"))
+    report = device_check.run(device_check.DRY_RUN, budget_s=0.2, only=["local step"])
+    skipped = [n.split(" SKIPPED")[0] for n in report.notes if "SKIPPED" in n]
+    assert skipped == ["local step 2 × 1 s, remat keeps nothing"]
+    assert report.tables[0][1].splitlines()[2:] == []
+
+
+def test_an_executor_past_the_budget_is_not_compiled():
+    asked, rows = [], []
+    plan = device_check.DRY_RUN
+    one_round = device_check.compare_executors(
+        "tiny", plan.task_args("tiny"), 4, (4, 2), plan.round_shape, 1, rows.append,
+        search=True, over_budget=lambda what: asked.append(what) or True)
+    assert one_round is None and rows == []
+    assert asked == ["round tiny/4, vectorized chunk 4"]
 
 
 def test_the_paper_models_init_gets_model_overrides_only():
