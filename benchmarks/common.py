@@ -38,13 +38,11 @@ CACHE_ENV = "FL_DP_ASR_BENCH_CACHE"
 def setup(cache: bool = True) -> None:
     """Process-wide settings: a persistent XLA compilation cache (compile time is excluded
     from every timing except benchmarks.compile, which turns it off) under
-    ``$FL_DP_ASR_BENCH_CACHE`` (default ``~/.cache/fl_dp_asr/xla``; ``off`` disables it)."""
-    import jax
-    where = os.environ.get(CACHE_ENV, str(pathlib.Path.home() / ".cache/fl_dp_asr/xla"))
-    if cache and where != "off":
-        jax.config.update("jax_compilation_cache_dir", where)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    ``$FL_DP_ASR_BENCH_CACHE`` (default: the trainers', ``~/.cache/fl_dp_asr/xla``; ``off``
+    disables it; :func:`fl_dp_asr.train.cli.use_compilation_cache`)."""
+    from fl_dp_asr.train import cli
+    if cache:
+        cli.use_compilation_cache(env=CACHE_ENV)
 
 
 # ------------------------------------------------------------------ synthetic cohorts

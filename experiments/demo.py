@@ -20,6 +20,7 @@ import os
 
 from experiments import plots, train_central, train_fl
 from experiments.configs import central, fl_dp
+from fl_dp_asr.train import cli
 
 
 def run(workdir: str, central_config, fl_config) -> str:
@@ -45,6 +46,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/demo", help="where runs and plots go")
     args = parser.parse_args(argv)
+    cli.use_compilation_cache()
     run(args.workdir, central.get_config("demo"), fl_dp.get_config("demo"))
 
 

@@ -8,6 +8,10 @@ import pathlib
 from tests import processes
 
 os.environ["XLA_FLAGS"] = f"{processes.TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}"
+# The session's compilation cache, for this process and every subprocess (the trainers'
+# command lines keep a cache JAX is configured with instead of ~/.cache/fl_dp_asr/xla).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(processes.COMPILATION_CACHE)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(processes.CACHE_MIN_COMPILE_SECONDS)
 
 import jax  # noqa: E402  (after XLA_FLAGS: read when its CPU backend starts)
 import pytest  # noqa: E402

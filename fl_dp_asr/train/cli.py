@@ -154,14 +154,45 @@ def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
              status=1 if isinstance(error, RUN_ERRORS) else 2)
 
 
+CACHE_ENV = "FL_DP_ASR_XLA_CACHE"
+DEFAULT_CACHE = os.path.join("~", ".cache", "fl_dp_asr", "xla")
+
+
+def use_compilation_cache(env: str = CACHE_ENV, default: str = DEFAULT_CACHE) -> str | None:
+    """Turns on JAX's persistent compilation cache for this process, so that a resumed or
+    repeated run reads its compiled programs back instead of compiling them again (the
+    trainers' round step: 40–90 s on 2 CPU cores). Same program, same numbers: the cache
+    only skips XLA's compilation.
+
+    Where: the directory in ``$<env>`` (``off``: no cache); else a cache JAX is already
+    configured with (e.g. ``JAX_COMPILATION_CACHE_DIR``), left as it is; else ``default``
+    (``~/.cache/fl_dp_asr/xla``). Programs that compile in under a second are not stored.
+    Call it before the first compilation (JAX reads the setting once). Returns the
+    directory, or None when off.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+
+    chosen = os.environ.get(env)
+    if chosen == "off":
+        return None
+    if not chosen and jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    where = os.path.expanduser(chosen or default)
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return where
+
+
 def run_main(main: Callable[[list[str]], Any], prog: str) -> None:
-    """``absl.app.run(main)`` with the error handling of the module docstring.
+    """``absl.app.run(main)`` with the error handling of the module docstring, and the
+    persistent compilation cache on (:func:`use_compilation_cache`).
 
     Args:
         main: the program's ``main(argv)``; the flags ``--config`` (config file) and
             ``--workdir`` must be defined.
         prog: the program's name in error messages (``train_fl``).
     """
+    use_compilation_cache()
     flags.DEFINE_bool("debug", False, "show the traceback of an error instead of one line")
     app.run(functools.partial(_run, main, prog),
             flags_parser=functools.partial(parse_flags, prog=prog))

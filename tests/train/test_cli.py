@@ -1,7 +1,10 @@
-"""The trainers' command line: every mistake is one line naming the flag, field or file."""
+"""The trainers' command line: every mistake is one line naming the flag, field or file;
+compiled programs are kept in a persistent cache."""
 
+import os
 import pathlib
 
+import jax
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -70,3 +73,42 @@ def test_library_field_names_become_config_paths():
         "config.dp.clipping='x'")
     for untouched in ("rounds must be >= 1", "a.wav: no such file", "numpy.float is gone"):
         assert cli.config_path_message(untouched, config) == untouched
+
+
+CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+@pytest.fixture
+def restore_jax_cache_settings():
+    saved = [getattr(jax.config, name) for name in CACHE_OPTIONS]
+    yield
+    for name, value in zip(CACHE_OPTIONS, saved):
+        jax.config.update(name, value)
+
+
+def test_the_compilation_cache_goes_where_the_environment_says(
+        monkeypatch, tmp_path, restore_jax_cache_settings):
+    monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "xla"))
+    assert cli.use_compilation_cache() == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+
+
+def test_the_compilation_cache_is_off_when_asked(monkeypatch, restore_jax_cache_settings):
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv(cli.CACHE_ENV, "off")
+    assert cli.use_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_a_cache_jax_already_has_is_kept_else_the_default(monkeypatch, tmp_path,
+                                                          restore_jax_cache_settings):
+    monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    kept = cli.use_compilation_cache(default=str(tmp_path / "default"))
+    assert kept == str(tmp_path / "jax_own")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0   # left as it is
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert cli.use_compilation_cache(default="~/xla_here") == os.path.expanduser("~/xla_here")
+    assert cli.DEFAULT_CACHE.startswith("~")
