@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import ml_collections
 
 from experiments import markers, plots, train_central, train_fl
@@ -57,7 +56,7 @@ from experiments.configs import central, fl_dp
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import get_model_config
-from fl_dp_asr.train import utils
+from fl_dp_asr.train import cli, utils
 
 # method name → dp.* settings (σ_DP comes from the cell). The paper's rows.
 METHODS: dict[str, dict[str, Any]] = {
@@ -389,27 +388,18 @@ def run_study(study: Study, stages: Sequence[str], workdir: str, recipes: Recipe
 # ------------------------------------------------------------------ parallel cells
 
 
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-
-
 @contextlib.contextmanager
 def compilation_cache(workdir: str) -> Iterator[None]:
     """JAX's persistent compilation cache in ``<workdir>/xla_cache`` while the context is
     open: cells that lower to the same round step (same method, depth, server and cohort;
     any σ_DP and seed) compile it once, across processes. On exit the process's own cache
-    settings are back (JAX reads its cache directory once: it is reset both ways)."""
-    saved = [getattr(jax.config, name) for name in _CACHE_OPTIONS]
-
-    def switch(values):
-        for name, value in zip(_CACHE_OPTIONS, values):
-            jax.config.update(name, value)
-        jax_cache.reset_cache()
-
-    switch([os.path.join(workdir, "xla_cache"), 1.0])
+    settings are back."""
+    saved = cli.compilation_cache_settings()
+    cli.set_compilation_cache(os.path.join(workdir, "xla_cache"))
     try:
         yield
     finally:
-        switch(saved)
+        cli.set_compilation_cache(*saved)
 
 
 def _program(cell: Cell) -> tuple:
@@ -632,8 +622,8 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
             continue
         gap = mean_cer(runs[per_layer]) - mean_cer(runs[global_])
         lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {errors_cell(base)} | "
-                     f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | {gap:+.1f} | "
-                     f"{snr_range(seed0(runs[global_]))} | {snr_range(seed0(runs[per_layer]))} |")
+                     f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | "
+                     f"{gap:+.1f} | {snr_range(seed0(runs[global_]))} | {snr_range(seed0(runs[per_layer]))} |")
     return "\n".join(lines) + "\n"
 
 

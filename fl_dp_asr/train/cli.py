@@ -156,6 +156,26 @@ def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
 
 CACHE_ENV = "FL_DP_ASR_XLA_CACHE"
 DEFAULT_CACHE = os.path.join("~", ".cache", "fl_dp_asr", "xla")
+# JAX's options of its persistent compilation cache: the directory, and the shortest compile
+# (seconds) whose program is stored.
+CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+def compilation_cache_settings() -> tuple[str | None, float]:
+    """This process's ``(cache directory, min compile seconds)`` (:data:`CACHE_OPTIONS`)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return tuple(getattr(jax.config, name) for name in CACHE_OPTIONS)
+
+
+def set_compilation_cache(directory: str | None, min_compile_seconds: float = 1.0) -> None:
+    """Points JAX's persistent compilation cache at ``directory`` (None: no cache) from the
+    next compilation on: JAX reads the directory once, so its cache is reset too."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from jax.experimental.compilation_cache import (  # pylint: disable=import-outside-toplevel
+        compilation_cache)
+    for name, value in zip(CACHE_OPTIONS, (directory, min_compile_seconds)):
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def use_compilation_cache(env: str = CACHE_ENV, default: str = DEFAULT_CACHE) -> str | None:
@@ -170,16 +190,14 @@ def use_compilation_cache(env: str = CACHE_ENV, default: str = DEFAULT_CACHE) ->
     Call it before the first compilation (JAX reads the setting once). Returns the
     directory, or None when off.
     """
-    import jax  # pylint: disable=import-outside-toplevel
-
     chosen = os.environ.get(env)
     if chosen == "off":
         return None
-    if not chosen and jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
+    configured = compilation_cache_settings()[0]
+    if not chosen and configured:
+        return configured
     where = os.path.expanduser(chosen or default)
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    set_compilation_cache(where)
     return where
 
 

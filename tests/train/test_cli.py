@@ -75,15 +75,11 @@ def test_library_field_names_become_config_paths():
         assert cli.config_path_message(untouched, config) == untouched
 
 
-CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-
-
 @pytest.fixture
 def restore_jax_cache_settings():
-    saved = [getattr(jax.config, name) for name in CACHE_OPTIONS]
+    saved = cli.compilation_cache_settings()
     yield
-    for name, value in zip(CACHE_OPTIONS, saved):
-        jax.config.update(name, value)
+    cli.set_compilation_cache(*saved)
 
 
 def test_the_compilation_cache_goes_where_the_environment_says(
@@ -104,11 +100,10 @@ def test_the_compilation_cache_is_off_when_asked(monkeypatch, restore_jax_cache_
 def test_a_cache_jax_already_has_is_kept_else_the_default(monkeypatch, tmp_path,
                                                           restore_jax_cache_settings):
     monkeypatch.delenv(cli.CACHE_ENV, raising=False)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cli.set_compilation_cache(str(tmp_path / "jax_own"), 0.0)
     kept = cli.use_compilation_cache(default=str(tmp_path / "default"))
     assert kept == str(tmp_path / "jax_own")
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0   # left as it is
-    jax.config.update("jax_compilation_cache_dir", None)
+    cli.set_compilation_cache(None)
     assert cli.use_compilation_cache(default="~/xla_here") == os.path.expanduser("~/xla_here")
     assert cli.DEFAULT_CACHE.startswith("~")
