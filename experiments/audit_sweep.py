@@ -128,7 +128,7 @@ def run(sweep: Sweep, sigma_dp: float, noise_stddev: float | None = None
     setting, sampler = sweep.setting, sweep.cohorts.sampler
     z = accounting.sigma_dp_to_noise_multiplier(sigma_dp, sampler.expected_size)
     stddev = z * setting.clip_norm if noise_stddev is None else noise_stddev
-    step = sweep.step._replace(noise_stddev=jnp.float32(stddev))
+    step = sweep.step._replace(noise_stddev=float(stddev))
     opt = server.make_server_optimizer("sgd", 1.0)
     state = round_lib.init_server_state(initial_params(setting), opt)
     trail, clipped = audit.AuditTrail.start(sweep.canaries), []

@@ -17,6 +17,7 @@ SCRIPTS = {  # console script -> what its --help prints
     "fl-dp-asr-train-fl": "--workdir",
     "fl-dp-asr-replicate": "--seed-checkpoint",
     "fl-dp-asr-device-check": "--dry-run",
+    "fl-dp-asr-plan": "--topology",
 }
 # The trainers parse flags with absl: its --help lists only the flags of the script's own
 # module (none here: they live in the trainer module), --helpfull all of them; both exit with 1.
@@ -74,7 +75,8 @@ def test_wheel_installs_every_console_script(tmp_path):
     elsewhere.mkdir()
     for script, expected in SCRIPTS.items():
         module = declared[script].split(":")[0]
-        help_flag, status = ABSL_HELP if script.startswith("fl-dp-asr-train-") else ("--help", 0)
+        help_flag, status = (ABSL_HELP if script.startswith(("fl-dp-asr-train-", "fl-dp-asr-plan"))
+                             else ("--help", 0))
         result = subprocess.run(
             [sys.executable, "-c", DRIVER, str(target / "bin" / script), module, help_flag],
             cwd=elsewhere, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

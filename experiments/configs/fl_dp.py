@@ -47,14 +47,25 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
                          eval_config="en", eval_split="dev", num_buckets=4)
 
     c.model = common.model("paper")     # used only without init_checkpoint
+    # Recompute each block in the backward pass: the paper model's local training then fits
+    # an accelerator with room for a chunk of clients (docs/performance.md, "Planning").
+    c.model.remat = True
 
     c.fl = ml_collections.ConfigDict()
     c.fl.rounds = 2000
     c.fl.sampling = "poisson"           # or "fixed", "cyclic": the cohort sampler, its DP analysis
     c.fl.min_separation = common.optional(int)  # cyclic: b, rounds between a user's turns
     c.fl.cohort_size = 1024             # S (Poisson: the expected size q·K)
-    c.fl.executor = "vectorized"        # "vectorized", "sharded" or "sequential"
-    c.fl.chunk_size = 64                # clients per vmap (per device)
+    # "auto": sharded over every device when there are several, else vectorized; or
+    # "vectorized", "sharded", "sequential" (fl_dp_asr.fl.executors)
+    c.fl.executor = "auto"
+    # Clients per vmap (per device). None: the largest that fits the device's memory, found
+    # at start-up by compiling the round step (fl-dp-asr-plan's search; 16 on a CPU).
+    c.fl.chunk_size = common.optional(int)
+    # Split the server state (params, optimizer moments, DP-FTRL buffers) over the devices
+    # instead of replicating it (ZeRO; needs several devices): for models whose state crowds
+    # a chip (docs/performance.md, "Planning for TPU and GPU").
+    c.fl.shard_server_state = False
     c.fl.local_steps = 10
     c.fl.local_batch_size = 48          # padded utterances per local batch
     c.fl.max_batch_seconds = common.optional(float, 120.0)  # cap a local batch's audio (s)

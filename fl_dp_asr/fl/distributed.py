@@ -130,6 +130,21 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     return jax.tree.map(put, tree)
 
 
+def place(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Puts ``tree`` (the same values on every process) on the devices as ``shardings`` (a
+    pytree of shardings like ``tree``, e.g. :func:`fl_dp_asr.fl.round.server_state_shardings`)
+    says: each device gets its own part. PRNG key arrays are supported."""
+
+    def put(x, sharding):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
 def to_host(tree: PyTree) -> PyTree:
     """numpy copies of a tree of global arrays.
 

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fl_dp_asr.dp import DPConfig, adaptive, checks, transforms
 from fl_dp_asr.dp.canaries import Canaries
@@ -281,6 +282,33 @@ def check_round(metrics: dict[str, Any], round_index: int) -> None:
             "was not applied. Check the local learning rate and the client data.")
 
 
+# ------------------------------------------------------------------ state sharding
+
+
+def server_state_shardings(state: ServerState, mesh: jax.sharding.Mesh,
+                           shard: bool = True) -> ServerState:
+    """Where each leaf of the server state lives on ``mesh`` (a pytree of ``NamedSharding``
+    like ``state``; its leaves may be arrays or ``jax.ShapeDtypeStruct`` values).
+
+    ``shard``: every array leaf is split along its first dimension that the mesh's
+    ``"clients"`` axis divides (ZeRO: each device keeps 1/n of the parameters, optimizer
+    moments and correlated-noise buffers); scalars and leaves without such a dimension are
+    replicated. ``shard=False``: everything replicated (the default state).
+    """
+    axis = distributed.CLIENTS_AXIS
+    devices = mesh.shape[axis]
+
+    def sharding(leaf) -> NamedSharding:
+        shape = np.shape(leaf)
+        divisible = [d for d, size in enumerate(shape) if size >= devices and size % devices == 0]
+        split = divisible[0] if shard and divisible else None
+        if split is None:
+            return NamedSharding(mesh, PartitionSpec())
+        return NamedSharding(mesh, PartitionSpec(*([None] * split), axis))
+
+    return jax.tree.map(sharding, state)
+
+
 # ------------------------------------------------------------------ the round step
 
 
@@ -292,6 +320,7 @@ def make_round_step(
         executor: executors.Executor | None = None,
         layout: ParamLayout = SAME_LAYOUT,
         canaries: Canaries | None = None,
+        shard_server_state: bool = False,
 ) -> RoundStep:
     """Builds the round step ``(server_state, cohort_block, key) -> (server_state, metrics)``.
 
@@ -313,6 +342,13 @@ def make_round_step(
         canaries: canary clients for the empirical privacy estimate (module docstring);
             every ``cohort_block`` then carries ``canary_mask`` ``[canaries.inserted]``.
             None: no canaries, and the program of a run without them.
+        shard_server_state: split the server state (parameters, optimizer moments,
+            correlated-noise buffers) over the executor's mesh instead of replicating it
+            (ZeRO-style, :func:`server_state_shardings`): the parameters are gathered for
+            local training (one all-gather per round, outside the client loop) and every
+            device updates its own part of the state. Same numbers as the replicated state;
+            needs a mesh (the ``sharded`` executor). Place the state with
+            :func:`server_state_shardings` (``jax.device_put``) before the first call.
 
     Raises:
         ValueError: at once, naming the argument: ``expected_cohort_size`` not finite and
@@ -342,11 +378,14 @@ def make_round_step(
         _check_count_noise(dp, expected_cohort_size)
     if canaries is not None:
         Canaries.check(dp)
+    if shard_server_state and executor.mesh is None:
+        raise ValueError("shard_server_state=True splits the server state over the devices of "
+                         "the executor's mesh: use the sharded executor "
+                         "(executors.make('sharded')).")
     contribution = make_contribution(client_update, dp.client_clip(layout))
     server_update = functools.partial(_server_update, dp, server_optimizer,
                                       float(expected_cohort_size), layout, canaries)
-    noise_stddev = _device_scalar(
-        0.0 if dp.adaptive else dp.noise_stddev(expected_cohort_size), executor.mesh)
+    noise_stddev = 0.0 if dp.adaptive else float(dp.noise_stddev(expected_cohort_size))
 
     def compose(update):
         def round_step(state: ServerState, cohort_block, key, noise_stddev):
@@ -355,16 +394,20 @@ def make_round_step(
             keys = client_keys(key, executors.num_slots(cohort_block))
             broadcast = Broadcast(state.params, state.clip_bounds)
             total, sums = executor.aggregate(contribution, broadcast, cohort_block, keys)
-            return update(state, total, sums, key, noise_stddev, canary_mask)
+            new_state, metrics = update(state, total, sums, key, noise_stddev, canary_mask)
+            if shard_server_state:
+                new_state = jax.lax.with_sharding_constraint(
+                    new_state, server_state_shardings(new_state, executor.mesh))
+            return new_state, metrics
         return round_step
 
     check = functools.partial(check_server_state, dp=dp,
                               expected_cohort_size=float(expected_cohort_size), layout=layout)
     if executor.traceable:
         return BoundRoundStep(jax.jit(compose(server_update), donate_argnums=(0,)),
-                              noise_stddev, check)
+                              noise_stddev, check, executor.mesh)
     return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev,
-                          check)
+                          check, executor.mesh)
 
 
 def _split_canary_mask(cohort_block: dict[str, Any], canaries: Canaries | None
@@ -474,22 +517,39 @@ class BoundRoundStep(NamedTuple):
     across processes, through JAX's persistent compilation cache). Both first run
     ``check(state)`` (:func:`check_server_state`): a state that does not fit the step's
     DP settings is a clear error, not a failure inside the trace.
+
+    Making or lowering a round step touches no device: the noise std is a host number,
+    placed on the devices (replicated over ``mesh``) at the first call and kept there, and
+    :meth:`lower` takes ``jax.ShapeDtypeStruct`` values (with shardings) as well as arrays, so
+    the step compiles for devices that are not attached (e.g. a TPU topology from
+    ``jax.experimental.topologies``; :mod:`fl_dp_asr.aot`).
+
+    Attributes:
+        step: the jitted ``(state, cohort_block, key, noise_stddev) -> (state, metrics)``.
+        noise_stddev: the std of the noise on the sum, z·C (a float32 number).
+        check: ``check(state)`` before every call.
+        mesh: the executor's client mesh (``None``: one device).
     """
     step: Callable
-    noise_stddev: jax.Array
+    noise_stddev: float
     check: Callable[[ServerState], None]
+    mesh: jax.sharding.Mesh | None = None
 
     def __call__(self, state: ServerState, cohort_block, key):
         self.check(state)
-        return self.step(state, cohort_block, key, self.noise_stddev)
+        return self.step(state, cohort_block, key,
+                         _placed_scalar(float(self.noise_stddev), self.mesh))
 
     def lower(self, state: ServerState, cohort_block, key):
         self.check(state)
-        return self.step.lower(state, cohort_block, key, self.noise_stddev)
+        sharding = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        noise = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding)
+        return self.step.lower(state, cohort_block, key, noise)
 
 
-def _device_scalar(value: float, mesh: jax.sharding.Mesh | None) -> jax.Array:
-    """``value`` as a float32 scalar on the device (replicated over ``mesh`` if given), so
-    calling the round step moves nothing from the host."""
+@functools.lru_cache(maxsize=64)
+def _placed_scalar(value: float, mesh: jax.sharding.Mesh | None) -> jax.Array:
+    """``value`` as a float32 scalar on the device (replicated over ``mesh`` if given), placed
+    once per (value, mesh) so that later calls of the round step move nothing from the host."""
     value = np.float32(value)
     return jax.device_put(value) if mesh is None else distributed.replicate(value, mesh)

@@ -337,10 +337,48 @@ def test_noise_without_clipping_is_rejected(tiny_corpus, tfds_dir, tmp_path):
 def test_bad_multi_process_settings_are_clear_errors():
     config = fl_dp.get_config("demo")
     config.distributed.num_processes = 2
+    config.fl.executor = "vectorized"
     with pytest.raises(ValueError, match="executor='sharded'"):
         train_fl.join_processes(config)
-    config.fl.executor = "sharded"
-    with pytest.raises(ValueError, match="coordinator_address"):
-        train_fl.join_processes(config)
+    for executor in ("sharded", "auto"):
+        config.fl.executor = executor
+        with pytest.raises(ValueError, match="coordinator_address"):
+            train_fl.join_processes(config)
     config.distributed.num_processes = 1
     assert train_fl.join_processes(config) is False   # one process: nothing to join
+
+
+def test_auto_executor_uses_every_device_and_explicit_ones_say_when_they_do_not(caplog):
+    config = fl_dp.get_config("demo")
+    assert config.fl.executor == "auto"
+    assert train_fl.executor_name(config, 1) == "vectorized"
+    assert train_fl.executor_name(config, 8) == "sharded"
+    config.fl.executor = "vectorized"
+    with caplog.at_level("WARNING"):
+        assert train_fl.executor_name(config, 8) == "vectorized"
+    assert "trains on 1 of the 8 devices" in caplog.text
+    assert "--config.fl.executor=auto" in caplog.text
+
+
+def test_automatic_chunk_on_a_device_without_memory_limit_is_the_cpu_default():
+    config = fl_dp.get_config("paper")
+    assert config.fl.chunk_size is None
+    messages = []
+    assert train_fl.automatic_chunk(config, None, messages.append) == train_fl.CPU_CHUNK
+    assert "reports no memory limit" in messages[0]
+
+
+def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
+    """The search compiles the trainer's round step for the data's longest bucket and
+    compares its memory with the device's."""
+    import types
+
+    from fl_dp_asr.data import LengthBuckets
+    config = fl_dp.get_config("demo")
+    config.model.num_blocks = 1
+    config.fl.update(sampling="fixed", cohort_size=4, local_steps=1, local_batch_size=1,
+                     cut_row_levels=1, cut_length_levels=1, chunk_size=None)
+    data = types.SimpleNamespace(buckets=LengthBuckets((16_000,), (16,)),
+                                 train=types.SimpleNamespace(num_users=8))
+    with pytest.raises(RuntimeError, match="even with one client per device"):
+        train_fl.automatic_chunk(config, data, lambda message: None, memory_limit=1024)

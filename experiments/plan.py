@@ -1,0 +1,433 @@
+r"""Plan a run for a TPU slice or GPU box from the compiler alone: ``fl-dp-asr-plan``.
+
+    fl-dp-asr-plan --config experiments/configs/fl_dp.py:paper --topology v5e-256
+    fl-dp-asr-plan --config experiments/configs/fl_dp.py:paper --topology v5p-128 \
+        --config.dp.mechanism=blt --config.fl.sampling=cyclic --config.fl.min_separation=20
+    JAX_PLATFORMS=cpu fl-dp-asr-plan --config experiments/configs/fl_dp.py:paper \
+        --topology h100x8                       # needs the CUDA plugin, not a GPU
+
+Builds the trainer's **real** round step for the config (:func:`experiments.train_fl.
+make_round_step`: model, local training, clipping, noise, server optimizer, canaries,
+adaptive clipping, DP-FTRL) on the target's compile-only devices
+(:mod:`fl_dp_asr.aot.targets`), sharded over all of them, compiles it with the target's own
+compiler (libtpu, XLA:GPU) and prints, as markdown:
+
+* per chip: argument, temp, output and aliased bytes against the chip's memory, "fits" or
+  "does not fit" and the headroom;
+* the largest chunk (clients vectorized at once per chip) that fits, found by compiling
+  (``--chunk`` fixes it instead);
+* compile time and program size;
+* the collectives of the optimized program and their bytes per round; a parameter-sized
+  collective inside a loop (per client or per step) is an error;
+* model FLOPs per round, the compiled program's loop-aware FLOPs and memory traffic
+  (:mod:`fl_dp_asr.aot.hlo`), and from them a roofline lower bound on the round's time at
+  the chip's peak and bandwidth, hence an upper bound on MFU.
+
+Everything is the compiler's view, not a run: nothing is measured on a device.
+
+Exit status: 0 when the config fits; 1 when it does not fit at any chunk, or a
+parameter-sized collective sits inside a loop (the table is printed first); 2 for a bad
+flag or config field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import train_fl
+from fl_dp_asr.aot import abstract, hlo, targets
+from fl_dp_asr.data import federated
+from fl_dp_asr.fl import round as round_lib
+from fl_dp_asr.models import asr
+from fl_dp_asr.train import utils
+
+GIB = 2 ** 30
+# A collective inside a loop moving at least this share of the parameters' bytes is one that
+# gathers or reduces parameters per client or per local step: refused.
+PARAMETER_SIZED = 0.1
+
+
+class PlanError(RuntimeError):
+    """The config does not fit the target, or its program moves parameters inside a loop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundShape:
+    """The cohort block a round of the config packs (every slot a real client).
+
+    Attributes:
+        num_slots: client slots (real and padding) of the round.
+        local_steps, batch_size: L and B of the block.
+        seconds: padded utterance length (s): the corpus's bucket.
+        max_label_len: padded label length (tokens).
+    """
+    num_slots: int
+    local_steps: int
+    batch_size: int
+    seconds: float
+    max_label_len: int
+
+    @property
+    def max_samples(self) -> int:
+        return int(round(self.seconds * federated.SAMPLE_RATE))
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """One compiled round step: its chunk, memory per chip, costs and compile time."""
+    chunk: int
+    memory: Any                   # compiled.memory_analysis()
+    cost: hlo.HloCost
+    compile_s: float
+    hlo_chars: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """What the program holds on a chip at its peak: arguments + temporaries + outputs
+        not aliased to arguments + code."""
+        m = self.memory
+        return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+                - m.alias_size_in_bytes + m.generated_code_size_in_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Planner:
+    """Compiles the config's round step for a target at any chunk size."""
+    config: ml_collections.ConfigDict
+    target: targets.Target
+    devices: list
+    seconds: float
+    population: int
+    max_label_len: int | None = None    # None: label_length(seconds)
+
+    def compile(self, chunk: int) -> Compiled:
+        """The round step with ``chunk`` clients vectorized per chip (sharded over every
+        device when there are several), compiled."""
+        config = _with(self.config, fl={"chunk_size": chunk, "executor": "auto"})
+        model_config = utils.model_config_from(config.model)
+        dp = train_fl.dp_config(config)
+        canaries = train_fl.make_canaries(config)
+        sampler = train_fl.make_sampler(config, self.population)
+        parts = train_fl.make_round_step(config, model_config, dp, sampler.expected_size,
+                                         canaries, self.devices)
+        mesh = parts.executor.mesh
+        params = jax.eval_shape(lambda: asr.stack_blocks(
+            asr.init_params(model_config, jax.random.key(0))))
+        state = jax.eval_shape(lambda p: round_lib.init_server_state(
+            p, parts.server_optimizer, dp, asr.PARAM_LAYOUT), params)
+        shape = self.round_shape(sampler.num_slots(parts.executor.client_multiple))
+        block = abstract.cohort_block(shape.num_slots, shape.local_steps, shape.batch_size,
+                                      shape.max_samples, shape.max_label_len, mesh)
+        if canaries is not None:
+            block[round_lib.CANARY_MASK] = jax.ShapeDtypeStruct(
+                (canaries.inserted,), np.float32, sharding=abstract.replicated(mesh))
+        start = time.perf_counter()
+        lowered = parts.round_step.lower(
+            abstract.with_sharding(state, abstract.replicated(mesh)), block, abstract.key(mesh))
+        # A compile-only target's program cannot be read back from JAX's cache: skip it.
+        with _no_compilation_cache() if self.target.topology else contextlib.nullcontext():
+            compiled = lowered.compile()
+        seconds = time.perf_counter() - start
+        text = compiled.as_text()
+        return Compiled(chunk, compiled.memory_analysis(), hlo.analyze(text), seconds, len(text))
+
+    def round_shape(self, num_slots: int) -> RoundShape:
+        fl = self.config.fl
+        return RoundShape(num_slots, fl.local_steps, fl.local_batch_size, self.seconds,
+                          self.max_label_len or label_length(self.seconds))
+
+
+@contextlib.contextmanager
+def _no_compilation_cache():
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+def label_length(seconds: float) -> int:
+    """Padded label length of a ``seconds``-long utterance: 16 characters per second (fast
+    speech), rounded up to 8 tokens."""
+    return int(math.ceil(seconds * 16 / 8) * 8)
+
+
+def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]
+          ) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    for section, values in sections.items():
+        for name, value in values.items():
+            config[section][name] = value
+    return config
+
+
+def fits(compiled: Compiled, chip: targets.Chip) -> bool:
+    return compiled.peak_bytes <= chip.hbm_bytes
+
+
+def largest_chunk(planner: Planner, clients_per_chip: int, log=print
+                  ) -> tuple[Compiled | None, list[Compiled]]:
+    """The largest power-of-two chunk (≤ the clients per chip) whose round step fits a chip,
+    and every program compiled on the way.
+
+    Memory grows about linearly with the chunk: after chunks 1 and 2 the next candidate is
+    the largest power of two the line predicts to fit, then it steps down (or up) by halves
+    until a fitting one is found, so a search compiles three or four programs.
+    """
+    chip, tried = planner.target.chip, {}
+
+    def attempt(chunk: int) -> Compiled:
+        if chunk not in tried:
+            log(f"compiling the round step at chunk {chunk} ...")
+            tried[chunk] = planner.compile(chunk)
+            log(f"  chunk {chunk}: {tried[chunk].peak_bytes / GIB:.2f} GiB per chip, "
+                f"compiled in {tried[chunk].compile_s:.0f} s")
+        return tried[chunk]
+
+    top = 1 << int(math.log2(max(clients_per_chip, 1)))
+    one = attempt(1)
+    if not fits(one, chip):
+        return None, list(tried.values())
+    if top == 1:
+        return one, list(tried.values())
+    two = attempt(2)
+    if not fits(two, chip):
+        return one, list(tried.values())
+    per_client = max(two.peak_bytes - one.peak_bytes, 1)
+    predicted = 1 + (chip.hbm_bytes - one.peak_bytes) // per_client
+    chunk = max(2, min(top, 1 << int(math.log2(predicted))))
+    while chunk > 2 and not fits(attempt(chunk), chip):
+        chunk //= 2
+    while chunk * 2 <= min(top, predicted) and fits(attempt(chunk * 2), chip):
+        chunk *= 2
+    return attempt(chunk), sorted(tried.values(), key=lambda c: c.chunk)
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:.2f}"
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value:.3g} s"
+
+
+def model_flops_per_chip(config: ml_collections.ConfigDict, shape: RoundShape,
+                         num_chips: int) -> float:
+    """6 · parameters · encoder frames of the round's local training per chip, every slot
+    real (the usual MFU numerator: forward + backward, no attention term)."""
+    model_config = utils.model_config_from(config.model)
+    params = jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0)))
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    frames = (shape.num_slots / num_chips * shape.local_steps * shape.batch_size
+              * shape.seconds / model_config.frame_seconds)
+    return 6.0 * num_params * frames
+
+
+def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: int,
+           params_bytes: int) -> tuple[str, list[str]]:
+    """The markdown report and the list of problems (empty: the plan holds)."""
+    target, chip = planner.target, planner.target.chip
+    m, cost = best.memory, best.cost
+    shape = planner.round_shape(_num_slots(planner, best.chunk))
+    problems = []
+    if not fits(best, chip):
+        problems.append(f"does not fit: {_gib(best.peak_bytes)} GiB per chip at chunk "
+                        f"{best.chunk}, the chip has {_gib(chip.hbm_bytes)} GiB")
+    in_loop = [c for c in cost.collectives
+               if c.loop_depth > 0 and c.bytes >= PARAMETER_SIZED * params_bytes]
+    problems += [f"parameter-sized {c.op} {c.name} ({c.bytes / 2**20:.1f} MiB) inside a "
+                 f"loop, {c.per_round} times per round: the client loop moves parameters"
+                 for c in in_loop]
+    model = model_flops_per_chip(planner.config, shape, target.num_chips)
+    compute_s = cost.flops / chip.peak_flops
+    memory_s = cost.hbm_bytes / chip.hbm_bandwidth
+    bound_s = max(compute_s, memory_s)
+    mfu_bound = model / (chip.peak_flops * bound_s) if bound_s > 0 else float("nan")
+    fl = planner.config.fl
+    lines = [
+        f"## Plan: `{target.name}` ({target.num_chips} × {chip.name}, "
+        f"{targets.num_hosts(planner.devices)} hosts, topology `{target.topology}`)",
+        "",
+        f"The trainer's round step, compiled for the target by its own compiler "
+        f"(jax {jax.__version__}); **the compiler's numbers, not a run**. Cohort "
+        f"S = {fl.cohort_size} ({fl.sampling}, population {planner.population:,}): "
+        f"{shape.num_slots} client slots, {shape.num_slots // target.num_chips} per chip; "
+        f"{shape.local_steps} local steps × {shape.batch_size} utterances × "
+        f"{shape.seconds:g} s padded; model `{planner.config.model.size}`; "
+        f"clipping {planner.config.dp.clipping}, noise {planner.config.dp.mechanism}, "
+        f"server {planner.config.server.optimizer}.",
+        "",
+        "| chunk | arguments GiB | temp GiB | output GiB | aliased GiB | code GiB | "
+        f"peak GiB / {_gib(chip.hbm_bytes)} | fits | compile s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in tried:
+        mm = c.memory
+        lines.append(
+            f"| {c.chunk}{' ←' if c is best else ''} | {_gib(mm.argument_size_in_bytes)} | "
+            f"{_gib(mm.temp_size_in_bytes)} | {_gib(mm.output_size_in_bytes)} | "
+            f"{_gib(mm.alias_size_in_bytes)} | {_gib(mm.generated_code_size_in_bytes)} | "
+            f"{_gib(c.peak_bytes)} | {'fits' if fits(c, chip) else 'does not fit'} | "
+            f"{c.compile_s:.0f} |")
+    headroom = chip.hbm_bytes - best.peak_bytes
+    lines += [
+        "",
+        f"- **Chunk {best.chunk}**: {_gib(best.peak_bytes)} GiB per chip, headroom "
+        f"{_gib(headroom)} GiB ({headroom / chip.hbm_bytes:.0%}); compiled in "
+        f"{best.compile_s:.0f} s on this machine; optimized HLO {best.hlo_chars / 1e6:.1f} M "
+        f"characters, {len(cost.loops)} loops.",
+        f"- Chip memory and peaks: {chip.source}.",
+        "",
+        "| collective | MiB per run | per round | inside loops | MiB per round |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {c.op} `{c.name}` | {c.bytes / 2**20:.2f} | {c.per_round} | {c.loop_depth} | "
+              f"{c.bytes * c.per_round / 2**20:.2f} |" for c in cost.collectives]
+    if not cost.collectives:
+        lines.append("| (none) | | | | |")
+    lines += [
+        "",
+        f"- Parameters: {params_bytes / 2**20:.1f} MiB; a collective inside a loop moving "
+        f"≥ {PARAMETER_SIZED:.0%} of that is refused.",
+        "",
+        "| per chip, per round | value |",
+        "|---|---|",
+        f"| model FLOPs (6 · N · frames, every slot real) | {model:.3e} |",
+        f"| compiled dot/conv FLOPs (loop-aware) | {cost.flops:.3e} |",
+        f"| compiled HBM traffic (estimate) | {cost.hbm_bytes / GIB:.1f} GiB |",
+        f"| time at peak FLOP/s ({chip.peak_flops / 1e12:.0f} TFLOP/s) | {_seconds(compute_s)} |",
+        f"| time at HBM bandwidth ({chip.hbm_bandwidth / 1e9:,.0f} GB/s) | {_seconds(memory_s)} |",
+        f"| **roofline bound per round** | **{_seconds(bound_s)}** |",
+        f"| roofline bound for {rounds} rounds | {_seconds(bound_s * rounds)} |",
+        f"| MFU upper bound | {mfu_bound:.0%} |",
+        "",
+        "The bound assumes the chip runs at peak FLOP/s or HBM bandwidth, whichever binds: a "
+        "round takes at least this long, and MFU is at most the bound (remat's recompute and "
+        "padding make compiled FLOPs exceed model FLOPs).",
+    ]
+    if cost.unknown_loops:
+        lines.append(f"- {len(cost.unknown_loops)} loops without a readable trip count were "
+                     "counted once: FLOPs and traffic are underestimated.")
+    if problems:
+        lines += ["", "**Problems:**", *[f"- {p}" for p in problems]]
+    return "\n".join(lines) + "\n", problems
+
+
+def _num_slots(planner: Planner, chunk: int) -> int:
+    config = _with(planner.config, fl={"chunk_size": chunk})
+    sampler = train_fl.make_sampler(config, planner.population)
+    return sampler.num_slots(chunk * planner.target.num_chips)
+
+
+def clients_per_chip(planner: Planner) -> int:
+    """Client slots per chip of a round at chunk 1 (the most a chunk can usefully hold)."""
+    return _num_slots(planner, 1) // planner.target.num_chips
+
+
+def default_population(config: ml_collections.ConfigDict) -> int:
+    """The population whose sampling rate is the config's extrapolated one (S·K'/S'), or
+    100 × S without an extrapolation."""
+    dp, cohort = config.dp, config.fl.cohort_size
+    if dp.target_cohort and dp.target_population:
+        return int(round(cohort * dp.target_population / dp.target_cohort))
+    return 100 * cohort
+
+
+def plan(config: ml_collections.ConfigDict, topology: str, *, seconds: float = 8.0,
+         population: int | None = None, chunk: int | None = None, log=print
+         ) -> tuple[str, list[str]]:
+    """The plan's markdown report and its problems (module docstring)."""
+    train_fl.check_config(config)
+    target = targets.target(topology)
+    devices = targets.abstract_devices(target)
+    planner = Planner(config, target, devices, seconds,
+                      population or default_population(config))
+    if chunk is None:
+        best, tried = largest_chunk(planner, clients_per_chip(planner), log)
+        if best is None:
+            best = tried[0]
+    else:
+        best = planner.compile(chunk)
+        tried = [best]
+    return report(planner, best, tried, config.fl.rounds, parameter_bytes(config))
+
+
+def parameter_bytes(config: ml_collections.ConfigDict) -> int:
+    """Bytes of the model's parameters."""
+    model_config = utils.model_config_from(config.model)
+    params = jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0)))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------------------ command line
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from absl import logging as absl_logging
+
+    from fl_dp_asr.train import cli
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    text, problems = plan(_CONFIG.value, _TOPOLOGY.value, seconds=_SECONDS.value,
+                          population=_POPULATION.value, chunk=_CHUNK.value,
+                          log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(text)
+    if _OUT.value:
+        utils.write_text(_OUT.value, text)
+    if problems:
+        cli.fail("fl-dp-asr-plan", "; ".join(problems), status=1)
+
+
+def console_main() -> None:
+    """The console script ``fl-dp-asr-plan``: ``python -m experiments.plan``."""
+    global _CONFIG, _TOPOLOGY, _SECONDS, _POPULATION, _CHUNK, _OUT  # pylint: disable=global-statement
+    import functools
+
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from fl_dp_asr.train import cli
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "trainer config file (fl_dp.py)",
+                                              lock_config=True)
+    _TOPOLOGY = flags.DEFINE_string("topology", None, "target: v5e-256, v5p-128, v4-32, "
+                                    "v6e-64, h100x8, h200x8, a100x8, ...")
+    _SECONDS = flags.DEFINE_float("seconds", 8.0, "padded utterance length of the round's "
+                                  "bucket (s); the corpus decides it")
+    _POPULATION = flags.DEFINE_integer("population", None, "users the cohort is drawn from "
+                                       "(default: S·K'/S' of the config's extrapolation)")
+    _CHUNK = flags.DEFINE_integer("chunk", None, "clients vectorized per chip (default: the "
+                                  "largest that fits, found by compiling)")
+    _OUT = flags.DEFINE_string("out", None, "also write the report to this file")
+    flags.DEFINE_bool("debug", False, "show the traceback of an error instead of one line")
+    flags.mark_flags_as_required(["config", "topology"])
+
+    def run(argv):
+        try:
+            main(argv)
+        except (ValueError, RuntimeError, FileNotFoundError) as error:
+            if flags.FLAGS.debug:
+                raise
+            cli.fail("fl-dp-asr-plan", cli.config_path_message(str(error), _CONFIG.value),
+                     status=1 if isinstance(error, RuntimeError) else 2)
+
+    app.run(run, flags_parser=functools.partial(cli.parse_flags, prog="fl-dp-asr-plan"))
+
+
+if __name__ == "__main__":
+    console_main()
