@@ -161,19 +161,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         clip_norm = adaptive.total_bound(bounds) if bounds else None
         noisy_round = dp.clipping != "none"   # noise is refused without clipping
     noise_key = jax.random.fold_in(key, _NOISE_STREAM)
-    noise_state = state.noise_state
-    if not noisy_round:
-        noisy = total
-    elif dp.correlated_noise is not None:   # DP-FTRL: this round's row of z·C·C⁻¹Z
-        mechanism = dp.correlated_noise
-        if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
-            noise_state = mechanism.init_state(total)
-        noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
-                                                  layout)
-        noise_state = noise_state if _keeps_noise_state(dp) else ()
-        noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
-    else:
-        noisy = transforms.gaussian_noise(total, noise_stddev, noise_key, layout)
+    noising = functools.partial(_add_noise, dp, layout, noisy_round)
+    noisy, noise_state = noising(total, noise_key, noise_stddev, state.noise_state)
     pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
                                noisy, state.params)
     updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state,
@@ -189,11 +178,47 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
                        dp.layer_fn, layout)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
     if canaries is not None:
-        metrics["canary_cosines"] = canaries.cosines(noisy, dp, layout)
+        metrics["canary_cosines"] = _canary_cosines(
+            canaries, dp, layout, noising, (total, noise_key, noise_stddev, state.noise_state))
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
         metrics["layer_clip_norms"] = bounds
     return new_state, metrics
+
+
+def _add_noise(dp: DPConfig, layout: ParamLayout, noisy_round: bool, total: PyTree,
+               noise_key: jax.Array, noise_stddev: jax.Array, noise_state: PyTree
+               ) -> tuple[PyTree, PyTree]:
+    """``(noisy sum, next noise state)``: the round's noise added once to ``total`` (float32,
+    compute layout) — independent N(0, noise_stddev²) per coordinate, or (DP-FTRL) this
+    round's row of z·C·C⁻¹Z; ``total`` and the state unchanged when not ``noisy_round``."""
+    if not noisy_round:
+        return total, noise_state
+    if dp.correlated_noise is None:
+        return transforms.gaussian_noise(total, noise_stddev, noise_key, layout), noise_state
+    mechanism = dp.correlated_noise
+    if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
+        noise_state = mechanism.init_state(total)
+    noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
+                                              layout)
+    noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
+    return noisy, noise_state if _keeps_noise_state(dp) else ()
+
+
+def _canary_cosines(canaries: Canaries, dp: DPConfig, layout: ParamLayout,
+                    noising: Callable, noise_inputs: tuple) -> jax.Array:
+    """float32 ``[k + m]``: cos(the round's noisy sum, canary c) of every canary.
+
+    The noisy sum is drawn again (the same key: the same values) from ``noise_inputs``
+    passed through ``jax.lax.optimization_barrier``, not taken from the server update: XLA
+    then cannot share or re-fuse anything of the update with the cosines, so the update
+    compiles as in a round step without canaries and its numbers are bit-identical (the
+    audit does not change the program the user trains; with Adam or LAMB sharing the sum
+    made XLA fuse the noise out of the optimizer's kernels, 1–2 ulp apart by round 2).
+    Costs one more noise draw per round, only with canaries.
+    """
+    noisy, _ = noising(*jax.lax.optimization_barrier(noise_inputs))
+    return canaries.cosines(noisy, dp, layout)
 
 
 def _keeps_noise_state(dp: DPConfig) -> bool:
