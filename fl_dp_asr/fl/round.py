@@ -74,6 +74,11 @@ class NonFiniteParamsError(FloatingPointError):
     """The server update would have made parameters NaN/inf; the round was not applied."""
 
 
+class PastNoiseHorizonError(RuntimeError):
+    """A round past the n rounds of the correlated-noise strategy (``dp.correlated_noise``):
+    its noise is not the mechanism the accountant covers; the round was not applied."""
+
+
 class ServerState(NamedTuple):
     """Server parameters (in the round's compute layout, :mod:`fl_dp_asr.dp.layout`),
     server optimizer state, the number of rounds applied, the adaptive clip bounds
@@ -173,10 +178,16 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
+    horizon = {}
+    if dp.correlated_noise is not None:    # DP-FTRL: rounds 1..n only
+        horizon = {"noise_horizon": jnp.float32(dp.correlated_noise.rounds),
+                   "past_noise_horizon": state.round >= dp.correlated_noise.rounds}
+        rejected = rejected | horizon["past_noise_horizon"]
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
     metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
                        dp.layer_fn, layout)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
+    metrics |= {name: value.astype(jnp.float32) for name, value in horizon.items()}
     if canaries is not None:
         metrics["canary_cosines"] = _canary_cosines(
             canaries, dp, layout, noising, (total, noise_key, noise_stddev, state.noise_state))
@@ -291,10 +302,15 @@ def check_round(metrics: dict[str, Any], round_index: int) -> None:
     """Raises when the round step refused to apply a round.
 
     :class:`AllClientsDroppedError` when every real client was dropped,
-    :class:`NonFiniteParamsError` when the update would make parameters NaN/inf. The
-    round step keeps the previous server state in both cases, so the run can stop
+    :class:`NonFiniteParamsError` when the update would make parameters NaN/inf,
+    :class:`PastNoiseHorizonError` when the server state had already applied the n rounds
+    of the correlated-noise strategy (metrics ``past_noise_horizon``, ``noise_horizon``).
+    The round step keeps the previous server state in these cases, so the run can stop
     cleanly with nothing lost.
     """
+    if float(metrics.get("past_noise_horizon", 0.0)):
+        raise PastNoiseHorizonError(_past_horizon_message(
+            f"round {round_index}", int(metrics["noise_horizon"])))
     if float(metrics["params_finite"]) == 0.0:
         raise NonFiniteParamsError(
             f"round {round_index}: the server update made parameters NaN/inf; the round "
@@ -431,7 +447,9 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
     (one per layer of ``dp.layers``, or ``"global"``), and a clipped-count noise that leaves
     the deltas a share of z with that many bounds (z_b > z); fixed clipping needs a state
     without bounds (otherwise the step would add the adaptive noise z_Δ·C_t, which is 0).
-    Only names and shapes are read: nothing moves between host and device.
+    Only names and shapes are read: nothing moves between host and device — except with
+    correlated noise, whose state must not have applied the strategy's n rounds already
+    (:class:`PastNoiseHorizonError`; the round count is read: :func:`_check_horizon`).
     """
     bounds = state.clip_bounds
     make = ("make the state with fl_round.init_server_state(params, server_optimizer, dp), "
@@ -454,6 +472,8 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"{dp.correlated_noise!r}: {make}.")
     if _keeps_noise_state(dp):
         _check_noise_state(state, dp, make)
+    if dp.correlated_noise is not None:
+        _check_horizon(state, dp.correlated_noise.rounds)
     if not dp.adaptive:
         return
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
@@ -466,6 +486,30 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"those of dp.clipping={dp.clipping!r}, dp.layers={dp.layers!r} "
             f"{sorted(expected)[:3]}... ({len(expected)}): {make}.")
     dp.noise_multipliers(expected_cohort_size, len(bounds))
+
+
+def _check_horizon(state: ServerState, horizon: int) -> None:
+    """Raises :class:`PastNoiseHorizonError` when ``state`` has applied ``horizon`` rounds
+    (the correlated-noise strategy's n) already. Reads the round count, one int32 scalar,
+    from the device (this process's copy; waits for the step that made the state): only
+    with correlated noise, and not for a state of shapes (``lower``) or under a trace, whose
+    rounds the step's ``past_noise_horizon`` metric flags instead."""
+    applied = state.round
+    if isinstance(applied, jax.core.Tracer) or not hasattr(applied, "__array__"):
+        return
+    if isinstance(applied, jax.Array):
+        applied = applied.addressable_data(0)
+    if int(applied) >= horizon:
+        raise PastNoiseHorizonError(_past_horizon_message(
+            f"the server state has applied {int(applied)} rounds", horizon))
+
+
+def _past_horizon_message(where: str, horizon: int) -> str:
+    return (f"{where}: the correlated-noise strategy (dp.correlated_noise) covers {horizon} "
+            "rounds; the noise of a later round is not the mechanism the accountant covers, "
+            "so the round was not applied. Build the strategy for all the rounds you run "
+            f"(CorrelatedNoise(rounds=...), trainer: --config.dp.strategy_rounds) from round "
+            "1, or stop here.")
 
 
 def _check_noise_state(state: ServerState, dp: DPConfig, make: str) -> None:
