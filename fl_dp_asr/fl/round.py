@@ -505,6 +505,7 @@ def _check_horizon(state: ServerState, horizon: int) -> None:
 
 
 def _past_horizon_message(where: str, horizon: int) -> str:
+    """The error of a round past the strategy's ``horizon`` n rounds, found at ``where``."""
     return (f"{where}: the correlated-noise strategy (dp.correlated_noise) covers {horizon} "
             "rounds; the noise of a later round is not the mechanism the accountant covers, "
             "so the round was not applied. Build the strategy for all the rounds you run "
