@@ -491,7 +491,8 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
 def _check_horizon(state: ServerState, horizon: int) -> None:
     """Raises :class:`PastNoiseHorizonError` when ``state`` has applied ``horizon`` rounds
     (the correlated-noise strategy's n) already. Reads the round count, one int32 scalar,
-    from the device (this process's copy; waits for the step that made the state): only
+    from the device (this process's copy, an explicit ``jax.device_get``: allowed under
+    ``jax.transfer_guard("disallow")``; it waits for the step that made the state): only
     with correlated noise, and not for a state of shapes (``lower``) or under a trace, whose
     rounds the step's ``past_noise_horizon`` metric flags instead."""
     applied = state.round
@@ -499,9 +500,10 @@ def _check_horizon(state: ServerState, horizon: int) -> None:
         return
     if isinstance(applied, jax.Array):
         applied = applied.addressable_data(0)
-    if int(applied) >= horizon:
+    applied = int(jax.device_get(applied))
+    if applied >= horizon:
         raise PastNoiseHorizonError(_past_horizon_message(
-            f"the server state has applied {int(applied)} rounds", horizon))
+            f"the server state has applied {applied} rounds", horizon))
 
 
 def _past_horizon_message(where: str, horizon: int) -> str:

@@ -140,16 +140,18 @@ def test_every_executor_adds_the_same_correlated_noise():
 
 def test_a_round_past_the_strategys_rounds_is_refused():
     """Round n + 1 would add noise the accountant never covered: the step refuses a state
-    that has applied the n rounds; its program (run under a trace, where the host cannot
-    read the round count) keeps the state and flags the round, which check_round raises."""
+    that has applied the n rounds (an explicit read of its round count, allowed under a
+    transfer guard); its program (run under a trace, where the host cannot read the round count) keeps the
+    state and flags the round, which check_round raises."""
     mechanism = MECHANISMS["banded_toeplitz"]
     _, state = noise_rounds(mechanism)                   # rounds 1..n are applied
-    assert int(state.round) == ROUNDS
     step, _ = correlated_step(mechanism)
-    block, key = toy_task.make_cohort(COHORT), jax.random.key(0)
+    block, key = jax.device_put(toy_task.make_cohort(COHORT)), jax.random.key(0)
     with pytest.raises(round_lib.PastNoiseHorizonError,
-                       match=f"has applied {ROUNDS} rounds: .* covers {ROUNDS} rounds"):
+                       match=f"has applied {ROUNDS} rounds: .* covers {ROUNDS} rounds"), \
+            jax.transfer_guard("disallow"):
         step(state, block, key)
+    assert int(state.round) == ROUNDS
     kept, metrics = jax.jit(lambda *args: step(*args))(state, block, key)
     jax.tree.map(np.testing.assert_array_equal, kept, state)
     assert float(metrics["past_noise_horizon"]) == 1.0
