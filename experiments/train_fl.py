@@ -422,13 +422,34 @@ def _privacy_after(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict
     if dp.pld and run.accountant.pld_feasible(rounds):   # else ε_PLD empty (README)
         out["epsilon_pld"] = run.accountant.epsilon(rounds, "pld")
     if dp.target_cohort is not None:
-        extrapolated = accounting.extrapolate(
-            run.sigma_dp, run.sampler.cohort_size, dp.target_cohort, dp.target_population,
-            rounds, dp.delta, accountants=["rdp", "pld"] if dp.target_pld else ["rdp"])
+        extrapolated = _extrapolate(run, rounds, dp, ["rdp", "pld"] if dp.target_pld else ["rdp"])
         out["extrapolated_epsilon_rdp"] = extrapolated.epsilon_rdp
         if dp.target_pld:
             out["extrapolated_epsilon_pld"] = extrapolated.epsilon_pld
     return out
+
+
+def _extrapolate(run: Run, rounds: int, dp: ml_collections.ConfigDict,
+                 accountants: list[accounting.AccountantName]) -> accounting.Extrapolation:
+    """The deployment of ``dp.target_cohort`` out of ``dp.target_population`` after
+    ``rounds`` rounds at this run's σ_DP (:func:`fl_dp_asr.dp.accounting.extrapolate`)."""
+    return accounting.extrapolate(run.sigma_dp, run.sampler.cohort_size, dp.target_cohort,
+                                  dp.target_population, rounds, dp.delta, accountants)
+
+
+def shown_epsilon(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> float | None:
+    """The ε the progress bar shows after ``rounds`` rounds (RDP): the run's, or the
+    extrapolated deployment's when ``dp.target_cohort`` is set (what the run is about).
+    None without noise (ε = ∞) or before round 1. Milliseconds: the accountant caches per
+    round count; the extrapolation is taken from an evaluation's :func:`privacy_metrics`
+    of the same round count when there is one, else computed (RDP only)."""
+    if run.accountant is None or rounds == 0:
+        return None
+    if dp.target_cohort is None:
+        return run.accountant.epsilon(rounds, "rdp")
+    if rounds in run.privacy:
+        return run.privacy[rounds]["extrapolated_epsilon_rdp"]
+    return _extrapolate(run, rounds, dp, ["rdp"]).epsilon_rdp
 
 
 # ------------------------------------------------------------------ progress and checkpoints
@@ -589,6 +610,18 @@ def audit_estimates(initial: PyTree, state: round_lib.ServerState, run: Run,
     return out
 
 
+def bar_fields(metrics: dict[str, Any], progress: Progress, run: Run,
+               dp: ml_collections.ConfigDict) -> dict[str, str]:
+    """The progress bar's fields after a round: clients per second, the latest evaluation's
+    WER and the ε spent so far (:func:`shown_epsilon`; left out without noise)."""
+    fields = {"clients_s": f"{metrics['clients_per_second']:.1f}",
+              "wer": f"{progress.last_eval.get('wer', float('nan')):.3f}"}
+    epsilon = shown_epsilon(run, progress.completed, dp)
+    if epsilon is not None:
+        fields["eps"] = f"{epsilon:.3g}"
+    return fields
+
+
 def check_metrics(metrics: dict[str, Any], r: int) -> None:
     """Raises when round ``r`` was refused (:func:`fl_dp_asr.fl.round.check_round`) or its
     mean client loss is not finite."""
@@ -646,8 +679,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     # ---- 4. rounds -----------------------------------------------------------------------
     run_key = jax.random.key(config.seed)
-    # The bar shows the ε the run is about: the extrapolated deployment's when configured.
-    shown = "epsilon_rdp" if config.dp.target_cohort is None else "extrapolated_epsilon_rdp"
     bar = tqdm.tqdm(total=num_rounds, initial=progress.completed, desc="FL rounds",
                     unit="round", disable=not (config.progress_bar and chief))
     cohorts = run.stream.blocks(progress.completed, num_rounds)
@@ -679,9 +710,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
                         save(checkpoints, state, progress, run, config, wer)
                     bar.update(1)
-                    bar.set_postfix(clients_s=f"{metrics['clients_per_second']:.1f}",
-                                    wer=f"{progress.last_eval.get('wer', float('nan')):.3f}",
-                                    eps=f"{progress.last_eval.get(shown, float('nan')):.3g}")
+                    bar.set_postfix(bar_fields(metrics, progress, run, config.dp))
                     # All processes of a multi-process run stop (and save) at the same round.
                     if distributed.any_process(stop.received is not None):
                         raise StopRequested(stop.received or "a signal to another process")

@@ -75,6 +75,11 @@ class NonFiniteParamsError(FloatingPointError):
     """The server update would have made parameters NaN/inf; the round was not applied."""
 
 
+class PastNoiseHorizonError(RuntimeError):
+    """A round past the n rounds of the correlated-noise strategy (``dp.correlated_noise``):
+    its noise is not the mechanism the accountant covers; the round was not applied."""
+
+
 class ServerState(NamedTuple):
     """Server parameters (in the round's compute layout, :mod:`fl_dp_asr.dp.layout`),
     server optimizer state, the number of rounds applied, the adaptive clip bounds
@@ -162,19 +167,8 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         clip_norm = adaptive.total_bound(bounds) if bounds else None
         noisy_round = dp.clipping != "none"   # noise is refused without clipping
     noise_key = jax.random.fold_in(key, _NOISE_STREAM)
-    noise_state = state.noise_state
-    if not noisy_round:
-        noisy = total
-    elif dp.correlated_noise is not None:   # DP-FTRL: this round's row of z·C·C⁻¹Z
-        mechanism = dp.correlated_noise
-        if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
-            noise_state = mechanism.init_state(total)
-        noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
-                                                  layout)
-        noise_state = noise_state if _keeps_noise_state(dp) else ()
-        noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
-    else:
-        noisy = transforms.gaussian_noise(total, noise_stddev, noise_key, layout)
+    noising = functools.partial(_add_noise, dp, layout, noisy_round)
+    noisy, noise_state = noising(total, noise_key, noise_stddev, state.noise_state)
     pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
                                noisy, state.params)
     updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state,
@@ -185,16 +179,58 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
+    horizon = {}
+    if dp.correlated_noise is not None:    # DP-FTRL: rounds 1..n only
+        horizon = {"noise_horizon": jnp.float32(dp.correlated_noise.rounds),
+                   "past_noise_horizon": state.round >= dp.correlated_noise.rounds}
+        rejected = rejected | horizon["past_noise_horizon"]
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
     metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
                        dp.layer_fn, layout)
     metrics["params_finite"] = params_finite.astype(jnp.float32)
+    metrics |= {name: value.astype(jnp.float32) for name, value in horizon.items()}
     if canaries is not None:
-        metrics["canary_cosines"] = canaries.cosines(noisy, dp, layout)
+        metrics["canary_cosines"] = _canary_cosines(
+            canaries, dp, layout, noising, (total, noise_key, noise_stddev, state.noise_state))
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
         metrics["layer_clip_norms"] = bounds
     return new_state, metrics
+
+
+def _add_noise(dp: DPConfig, layout: ParamLayout, noisy_round: bool, total: PyTree,
+               noise_key: jax.Array, noise_stddev: jax.Array, noise_state: PyTree
+               ) -> tuple[PyTree, PyTree]:
+    """``(noisy sum, next noise state)``: the round's noise added once to ``total`` (float32,
+    compute layout) — independent N(0, noise_stddev²) per coordinate, or (DP-FTRL) this
+    round's row of z·C·C⁻¹Z; ``total`` and the state unchanged when not ``noisy_round``."""
+    if not noisy_round:
+        return total, noise_state
+    if dp.correlated_noise is None:
+        return transforms.gaussian_noise(total, noise_stddev, noise_key, layout), noise_state
+    mechanism = dp.correlated_noise
+    if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
+        noise_state = mechanism.init_state(total)
+    noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
+                                              layout)
+    noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
+    return noisy, noise_state if _keeps_noise_state(dp) else ()
+
+
+def _canary_cosines(canaries: Canaries, dp: DPConfig, layout: ParamLayout,
+                    noising: Callable, noise_inputs: tuple) -> jax.Array:
+    """float32 ``[k + m]``: cos(the round's noisy sum, canary c) of every canary.
+
+    The noisy sum is drawn again (the same key: the same values) from ``noise_inputs``
+    passed through ``jax.lax.optimization_barrier``, not taken from the server update: XLA
+    then cannot share or re-fuse anything of the update with the cosines, so the update
+    compiles as in a round step without canaries and its numbers are bit-identical (the
+    audit does not change the program the user trains; with Adam or LAMB sharing the sum
+    made XLA fuse the noise out of the optimizer's kernels, 1–2 ulp apart by round 2).
+    Costs one more noise draw per round, only with canaries.
+    """
+    noisy, _ = noising(*jax.lax.optimization_barrier(noise_inputs))
+    return canaries.cosines(noisy, dp, layout)
 
 
 def _keeps_noise_state(dp: DPConfig) -> bool:
@@ -267,10 +303,15 @@ def check_round(metrics: dict[str, Any], round_index: int) -> None:
     """Raises when the round step refused to apply a round.
 
     :class:`AllClientsDroppedError` when every real client was dropped,
-    :class:`NonFiniteParamsError` when the update would make parameters NaN/inf. The
-    round step keeps the previous server state in both cases, so the run can stop
+    :class:`NonFiniteParamsError` when the update would make parameters NaN/inf,
+    :class:`PastNoiseHorizonError` when the server state had already applied the n rounds
+    of the correlated-noise strategy (metrics ``past_noise_horizon``, ``noise_horizon``).
+    The round step keeps the previous server state in these cases, so the run can stop
     cleanly with nothing lost.
     """
+    if float(metrics.get("past_noise_horizon", 0.0)):
+        raise PastNoiseHorizonError(_past_horizon_message(
+            f"round {round_index}", int(metrics["noise_horizon"])))
     if float(metrics["params_finite"]) == 0.0:
         raise NonFiniteParamsError(
             f"round {round_index}: the server update made parameters NaN/inf; the round "
@@ -449,7 +490,9 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
     (one per layer of ``dp.layers``, or ``"global"``), and a clipped-count noise that leaves
     the deltas a share of z with that many bounds (z_b > z); fixed clipping needs a state
     without bounds (otherwise the step would add the adaptive noise z_Δ·C_t, which is 0).
-    Only names and shapes are read: nothing moves between host and device.
+    Only names and shapes are read: nothing moves between host and device — except with
+    correlated noise, whose state must not have applied the strategy's n rounds already
+    (:class:`PastNoiseHorizonError`; the round count is read: :func:`_check_horizon`).
     """
     bounds = state.clip_bounds
     make = ("make the state with fl_round.init_server_state(params, server_optimizer, dp), "
@@ -472,6 +515,8 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"{dp.correlated_noise!r}: {make}.")
     if _keeps_noise_state(dp):
         _check_noise_state(state, dp, make)
+    if dp.correlated_noise is not None:
+        _check_horizon(state, dp.correlated_noise.rounds)
     if not dp.adaptive:
         return
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
@@ -484,6 +529,33 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
             f"those of dp.clipping={dp.clipping!r}, dp.layers={dp.layers!r} "
             f"{sorted(expected)[:3]}... ({len(expected)}): {make}.")
     dp.noise_multipliers(expected_cohort_size, len(bounds))
+
+
+def _check_horizon(state: ServerState, horizon: int) -> None:
+    """Raises :class:`PastNoiseHorizonError` when ``state`` has applied ``horizon`` rounds
+    (the correlated-noise strategy's n) already. Reads the round count, one int32 scalar,
+    from the device (this process's copy, an explicit ``jax.device_get``: allowed under
+    ``jax.transfer_guard("disallow")``; it waits for the step that made the state): only
+    with correlated noise, and not for a state of shapes (``lower``) or under a trace, whose
+    rounds the step's ``past_noise_horizon`` metric flags instead."""
+    applied = state.round
+    if isinstance(applied, jax.core.Tracer) or not hasattr(applied, "__array__"):
+        return
+    if isinstance(applied, jax.Array):
+        applied = applied.addressable_data(0)
+    applied = int(jax.device_get(applied))
+    if applied >= horizon:
+        raise PastNoiseHorizonError(_past_horizon_message(
+            f"the server state has applied {applied} rounds", horizon))
+
+
+def _past_horizon_message(where: str, horizon: int) -> str:
+    """The error of a round past the strategy's ``horizon`` n rounds, found at ``where``."""
+    return (f"{where}: the correlated-noise strategy (dp.correlated_noise) covers {horizon} "
+            "rounds; the noise of a later round is not the mechanism the accountant covers, "
+            "so the round was not applied. Build the strategy for all the rounds you run "
+            f"(CorrelatedNoise(rounds=...), trainer: --config.dp.strategy_rounds) from round "
+            "1, or stop here.")
 
 
 def _check_noise_state(state: ServerState, dp: DPConfig, make: str) -> None:

@@ -245,6 +245,36 @@ def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multipl
         assert 0 < metrics["epsilon_pld"] <= metrics["epsilon_rdp"]
 
 
+def test_the_progress_bar_shows_the_epsilon_spent_after_every_round(tiny_corpus, tfds_dir,
+                                                                    tmp_path, monkeypatch):
+    """Round 1 is not evaluated (eval.every = 2), its ε is shown all the same."""
+    shown = []
+    monkeypatch.setattr(train_fl.tqdm.tqdm, "set_postfix",
+                        lambda self, fields=None, **more: shown.append(dict(fields or {}, **more)))
+    config = small_config(tiny_corpus, tfds_dir, 2)
+    config.progress_bar = True
+    summary = train_fl.train(config, str(tmp_path))
+    sampler = train_fl.make_sampler(config, summary["population"])
+    spent = [sampler.accountant(0.5, 1e-5).epsilon(r) for r in (1, 2)]
+    assert spent[1] == summary["epsilon_rdp"]
+    assert [fields["eps"] for fields in shown] == [f"{eps:.3g}" for eps in spent]
+
+
+def test_the_bar_shows_the_extrapolated_epsilon_or_none_without_noise():
+    sampler = samplers.make_sampler("fixed", 300, 16)
+    run = types.SimpleNamespace(accountant=sampler.accountant(1.0, 1e-6), privacy={},
+                                sigma_dp=1.0 / 16, sampler=sampler)
+    dp = fl_dp.get_config("demo").dp
+    dp.target_cohort, dp.target_population, dp.delta = 1024, 100_000, 1e-6
+    extrapolated = accounting.extrapolate(1.0 / 16, 16, 1024, 100_000, 3, 1e-6, ["rdp"])
+    progress = train_fl.Progress(3, last_eval={"wer": 0.5})
+    fields = train_fl.bar_fields({"clients_per_second": 2.0}, progress, run, dp)
+    assert fields == {"clients_s": "2.0", "wer": "0.500",
+                      "eps": f"{extrapolated.epsilon_rdp:.3g}"}
+    no_noise = types.SimpleNamespace(**{**vars(run), "accountant": None})
+    assert "eps" not in train_fl.bar_fields({"clients_per_second": 2.0}, progress, no_noise, dp)
+
+
 def run_train_fl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments.train_fl",

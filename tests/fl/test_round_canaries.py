@@ -1,8 +1,13 @@
-"""Canary clients in the round step: without a sampled canary nothing changes, bit for bit;
-a sampled canary enters the sum once, clipped to the bound (globally or per layer), before
+"""Canary clients in the round step: without a sampled canary nothing changes, bit for bit,
+whatever the server optimizer, round after round, under the trainers' XLA flags; a sampled
+canary enters the sum once, clipped to the bound (globally or per layer), before
 the noise; the cosine metric sees it."""
 
 import functools
+import json
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -11,6 +16,7 @@ import pytest
 from fl_dp_asr.dp import DPConfig, transforms
 from fl_dp_asr.dp.canaries import OVERSHOOT, Canaries
 from fl_dp_asr.fl import audit, client, round as round_lib, samplers, server
+from tests import processes
 from tests.fl import toy_task
 from tests.fl.test_round import fresh_params
 
@@ -18,14 +24,18 @@ CANARIES = Canaries(inserted=3, heldout=2, seed=7)
 COHORT, CLIP = 4, 0.5
 
 
-OPT = server.make_server_optimizer("sgd", 1.0)
+OPTIMIZERS = {"sgd": server.make_server_optimizer("sgd", 1.0),
+              "adam": server.make_server_optimizer("adam", 0.01),
+              "lamb": server.make_server_optimizer("lamb", 0.01)}
+OPT = OPTIMIZERS["sgd"]
 
 
 @functools.lru_cache
-def round_step(dp, canaries):
+def round_step(dp, canaries, optimizer="sgd"):
     """One compiled step per setting (the noise std is its argument)."""
     update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1, 1.0))
-    return round_lib.make_round_step(update, OPT, dp, COHORT, canaries=canaries)
+    return round_lib.make_round_step(update, OPTIMIZERS[optimizer], dp, COHORT,
+                                     canaries=canaries)
 
 
 def one_round(dp, canaries=None, mask=None, noise=True):
@@ -48,18 +58,58 @@ DPS = {"global": DPConfig("global", CLIP, noise_multiplier=1.0),
        "per_layer": DPConfig("per_layer", CLIP, "by_dim", noise_multiplier=1.0)}
 
 
-def test_a_round_without_sampled_canaries_is_bit_identical_to_one_without_the_audit():
+def rounds_with_and_without_the_audit(optimizer, rounds=3):
+    """``rounds`` rounds (other clients each round) of the server ``optimizer`` without
+    canaries, then with canaries none of which is sampled: ``[(states, last metrics)] * 2``,
+    the server state after every round (numpy copies)."""
     dp = DPS["per_layer"]
-    plain_state, plain_metrics, _ = one_round(dp)
-    state, metrics, _ = one_round(dp, CANARIES, mask=[0, 0, 0])
-    jax.tree.map(np.testing.assert_array_equal, plain_state, state)
-    for name in ("loss", "clip_fraction", "clients"):
-        assert metrics[name] == plain_metrics[name]
-    # Norms are reductions of another program (its fusions): equal up to rounding.
-    for name in ("noisy_sum_norm", "update_norm"):
-        np.testing.assert_allclose(metrics[name], plain_metrics[name], rtol=1e-6)
+    runs = []
+    for canaries in (None, CANARIES):
+        step = round_step(dp, canaries, optimizer)
+        state = round_lib.init_server_state(fresh_params(200), OPTIMIZERS[optimizer])
+        states = []
+        for r in range(rounds):
+            block = toy_task.make_cohort(COHORT, seed=r)
+            if canaries is not None:
+                block[round_lib.CANARY_MASK] = np.zeros(canaries.inserted, np.float32)
+            state, metrics = step(state, block, jax.random.fold_in(jax.random.key(3), r))
+            states.append(jax.tree.map(np.array, state))
+        runs.append((states, metrics))
+    return runs
+
+
+def test_rounds_without_sampled_canaries_are_bit_identical_to_rounds_without_the_audit():
+    (plain_states, plain_metrics), (states, metrics) = rounds_with_and_without_the_audit("sgd")
+    for plain, audited in zip(plain_states, states):
+        jax.tree.map(np.testing.assert_array_equal, plain, audited)
+    for name in ("loss", "clip_fraction", "clients", "noisy_sum_norm", "update_norm"):
+        assert metrics[name] == plain_metrics[name], name
     assert metrics["canary_cosines"].shape == (CANARIES.total,)
     assert "canary_cosines" not in plain_metrics
+
+
+def test_without_sampled_canaries_adam_and_lamb_are_bit_identical_under_default_flags():
+    """Adam and LAMB (the trainer's default), three rounds, in a process with XLA's default
+    flags, those of the trainers: the test session compiles without LLVM's optimizations,
+    under which a server update fused differently with the audit differed in no bit."""
+    script = textwrap.dedent("""
+        import json
+        import jax, numpy as np
+        from tests.fl.test_round_canaries import rounds_with_and_without_the_audit
+        differences = {}
+        for optimizer in ("adam", "lamb"):
+            (plain, _), (audited, _) = rounds_with_and_without_the_audit(optimizer)
+            differences[optimizer] = [
+                max(float(np.max(np.abs(p - a))) for p, a in
+                    zip(jax.tree.leaves(one), jax.tree.leaves(other)))
+                for one, other in zip(plain, audited)]
+        print(json.dumps(differences))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(xla_flags=""),
+                         cwd=processes.REPO, check=True, capture_output=True, text=True,
+                         timeout=300).stdout
+    differences = json.loads(out.strip().splitlines()[-1])
+    assert differences == {"adam": [0.0] * 3, "lamb": [0.0] * 3}
 
 
 @pytest.mark.parametrize("clipping", sorted(DPS))

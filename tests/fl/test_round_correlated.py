@@ -1,7 +1,9 @@
 """DP-FTRL in the round step: the noise the server adds over rounds 1..n is z·C·(C⁻¹Z) of
 the strategy (empirical covariance over many coordinates), added once per round after the
-cross-device sum, its state in the server state, checkpointed and resumed bit-identically."""
+cross-device sum, its state in the server state, checkpointed and resumed bit-identically; a
+round past the strategy's n rounds is refused."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -28,16 +30,25 @@ MECHANISMS = {
 }
 
 
-def noise_rounds(mechanism, executor="vectorized", rounds=ROUNDS, state=None, start=0):
-    """Rounds whose clients send zero (local lr 0) with server SGD lr 1: the noise of round t
-    on the sum is S·(θ_{t−1} − θ_t). Returns ``([rounds, COORDS] noise, final state)``."""
+OPT = server.make_server_optimizer("sgd", 1.0)
+
+
+@functools.lru_cache
+def correlated_step(mechanism, executor="vectorized"):
+    """A round step whose clients send zero (local lr 0) with server SGD lr 1, and its
+    DPConfig (one compilation per setting)."""
     dp = DPConfig("global", CLIP, noise_multiplier=Z, correlated_noise=mechanism)
     update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.0, 1.0))
-    opt = server.make_server_optimizer("sgd", 1.0)
-    step = round_lib.make_round_step(update, opt, dp, COHORT,
-                                     executors.make(executor, chunk_size=2))
+    return round_lib.make_round_step(update, OPT, dp, COHORT,
+                                     executors.make(executor, chunk_size=2)), dp
+
+
+def noise_rounds(mechanism, executor="vectorized", rounds=ROUNDS, state=None, start=0):
+    """Rounds of :func:`correlated_step`: the noise of round t on the sum is
+    S·(θ_{t−1} − θ_t). Returns ``([rounds, COORDS] noise, final state)``."""
+    step, dp = correlated_step(mechanism, executor)
     if state is None:
-        state = round_lib.init_server_state(fresh_params(COORDS), opt, dp)
+        state = round_lib.init_server_state(fresh_params(COORDS), OPT, dp)
     block, noise = toy_task.make_cohort(COHORT), []
     for t in range(start, start + rounds):
         before = np.asarray(state.params["unused"])
@@ -125,3 +136,25 @@ def test_every_executor_adds_the_same_correlated_noise():
     vectorized, _ = noise_rounds(MECHANISMS["blt"], "vectorized", rounds=2)
     sequential, _ = noise_rounds(MECHANISMS["blt"], "sequential", rounds=2)
     np.testing.assert_allclose(sequential, vectorized, rtol=1e-5, atol=1e-6)
+
+
+def test_a_round_past_the_strategys_rounds_is_refused():
+    """Round n + 1 would add noise the accountant never covered: the step refuses a state
+    that has applied the n rounds (an explicit read of its round count, allowed under a
+    transfer guard); its program (run under a trace, where the host cannot read the round count) keeps the
+    state and flags the round, which check_round raises."""
+    mechanism = MECHANISMS["banded_toeplitz"]
+    _, state = noise_rounds(mechanism)                   # rounds 1..n are applied
+    step, _ = correlated_step(mechanism)
+    block, key = jax.device_put(toy_task.make_cohort(COHORT)), jax.random.key(0)
+    with pytest.raises(round_lib.PastNoiseHorizonError,
+                       match=f"has applied {ROUNDS} rounds: .* covers {ROUNDS} rounds"), \
+            jax.transfer_guard("disallow"):
+        step(state, block, key)
+    assert int(state.round) == ROUNDS
+    kept, metrics = jax.jit(lambda *args: step(*args))(state, block, key)
+    jax.tree.map(np.testing.assert_array_equal, kept, state)
+    assert float(metrics["past_noise_horizon"]) == 1.0
+    with pytest.raises(round_lib.PastNoiseHorizonError,
+                       match=f"round {ROUNDS}: .* covers {ROUNDS} rounds.* not applied"):
+        round_lib.check_round(metrics, ROUNDS)
