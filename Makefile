@@ -9,7 +9,7 @@ TPU_COMPILER := .tpu-compiler
 LIBTPU := libtpu==0.0.52
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps test demo bench docs clean
 
 install: system-deps $(STAMP) $(TPU_COMPILER)/.stamp
 
@@ -30,7 +30,7 @@ $(TPU_COMPILER)/.stamp: | $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 # Two workers, one test file each at a time (a file's module fixtures are built once).
@@ -43,5 +43,10 @@ demo: install
 bench: install
 	$(PY) -m benchmarks.run
 
+# The documentation site (Sphinx + MyST, API reference from the docstrings), offline;
+# any warning fails the build.
+docs: install
+	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) $(TPU_COMPILER) build *.egg-info
+	rm -rf $(VENV) $(TPU_COMPILER) build *.egg-info docs/_build docs/reference/generated

@@ -27,8 +27,9 @@ def pytest_configure(config):
                       processes.CACHE_MIN_COMPILE_SECONDS)
 
 
-# Directories of the end-to-end tests (trainers, studies, device check: 20–90 s per file).
-SLOW_FIRST = ("tests/experiments/", "tests/benchmarks/")
+# The end-to-end tests (trainers, studies, device check, the documentation build: 20–90 s
+# per file).
+SLOW_FIRST = ("tests/experiments/", "tests/benchmarks/", "tests/test_docs.py")
 
 
 def pytest_collection_modifyitems(items):

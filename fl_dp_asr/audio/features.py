@@ -7,7 +7,7 @@ Pipeline for a batch of zero-padded waveforms ``[B, S]`` with valid lengths ``[B
 3. Frames of 25 ms (400 samples) every 10 ms (160 samples), no centre padding: frame ``t``
    covers samples ``[160·t, 160·t + 400)`` and is valid iff it lies inside the valid
    samples, so an utterance of ``L`` samples has ``max(0, 1 + (L − 400) // 160)`` frames.
-4. Periodic Hann window, |FFT|² with 512 points (257 bins).
+4. Periodic Hann window, ``|FFT|²`` with 512 points (257 bins).
 5. 80 triangular filters on the HTK mel scale (2595·log10(1 + f/700)) between 20 Hz and
    8 kHz, applied to the power spectrum.
 6. ``log(max(mel, 1e-6))``.

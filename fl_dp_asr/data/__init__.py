@@ -1,6 +1,6 @@
 """Speech data: local corpora as TFDS datasets, the synthetic corpus, federated cohorts.
 
-See README.md, section "Data". Entry points for the trainers::
+See docs/guides/data.md. Entry points for the trainers::
 
     load_split(name, config, split, manual_dir=..., data_dir=...)      -> data source
     load_federated(name, config, split, manual_dir=..., data_dir=...)  -> FederatedDataset

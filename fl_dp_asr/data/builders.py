@@ -4,17 +4,17 @@ Both read the official layouts (see :mod:`fl_dp_asr.data.layouts`) through ``man
 and write ``array_record`` files that are read back with random access, without TensorFlow
 (``builder.as_data_source()``). One example per utterance:
 
-=================  =========================  ==============================================
-feature            type                       meaning
-=================  =========================  ==============================================
-``audio``          int16 ``[samples]``        16 kHz mono waveform (resampled if needed)
-``transcript``     text (bytes when read)     normalized by ``fl_dp_asr.text.normalize``
-``raw_transcript`` text                       as written in the corpus
-``user_id``        text                       LibriSpeech speaker id / Common Voice client_id
-``utterance_id``   text                       ``19-198-0000`` / clip name without extension
-``duration``       float32                    seconds
-``gender``         text                       ``female``/``male``/``other``/``""`` (unknown)
-=================  =========================  ==============================================
+==================  =========================  ==============================================
+feature             type                       meaning
+==================  =========================  ==============================================
+``audio``           int16 ``[samples]``        16 kHz mono waveform (resampled if needed)
+``transcript``      text (bytes when read)     normalized by ``fl_dp_asr.text.normalize``
+``raw_transcript``  text                       as written in the corpus
+``user_id``         text                       LibriSpeech speaker id / Common Voice client_id
+``utterance_id``    text                       ``19-198-0000`` / clip name without extension
+``duration``        float32                    seconds
+``gender``          text                       ``female``/``male``/``other``/``""`` (unknown)
+==================  =========================  ==============================================
 
 TFDS 4.9.10 builds without TensorFlow with ``file_format="array_record"``, with two
 workarounds: ``tfds.features.Audio`` calls ``tf.dtypes`` in its constructor, so audio is a

@@ -1,6 +1,6 @@
 """Client-level differential privacy: optax transforms, the DP policy, accounting.
 
-* :mod:`fl_dp_asr.dp.transforms`: clipping and noise as optax ``GradientTransformation``s;
+* :mod:`fl_dp_asr.dp.transforms`: clipping and noise as optax ``GradientTransformation`` values;
 * :mod:`fl_dp_asr.dp.policy`: :class:`DPConfig`, the DP settings of a round;
 * :mod:`fl_dp_asr.dp.accounting`: ε of a run, noise calibration, population extrapolation.
 

@@ -154,7 +154,7 @@ class Estimate(NamedTuple):
             best threshold's ε with Clopper–Pearson intervals at the same confidence, no
             Gaussian assumption (at most about log k: 0 unless the groups separate well).
             Its ``epsilon_from_gdp`` is not used: it gives ε ≈ 7 for 100 + 100 scores drawn
-            from one distribution (it takes |μ| over thresholds, upper bounds included).
+            from one distribution (it takes ``|μ|`` over thresholds, upper bounds included).
     """
     epsilon: float
     ci_low: float

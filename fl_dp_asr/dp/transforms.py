@@ -1,4 +1,4 @@
-"""Client-level differential privacy as optax ``GradientTransformation``s.
+"""Client-level differential privacy as optax ``GradientTransformation`` values.
 
 Everything here acts on **one client's model delta** Δ (a pytree shaped like the
 parameters) and is pure, ``jit``- and ``vmap``-safe, so it composes with

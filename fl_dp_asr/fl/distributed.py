@@ -18,7 +18,7 @@ Every process runs the same program (multi-controller SPMD). One round::
 Each process packs only its own clients; :func:`global_cohort` assembles the global
 cohort array from the process-local parts (``jax.make_array_from_process_local_data``),
 sharded over the ``"clients"`` axis. The round step sums the clipped deltas on each
-device, ``psum``s across all devices of all processes, and adds the noise **once**, from
+device, sums them (``psum``) across all devices of all processes, and adds the noise **once**, from
 one key, after the cross-device sum: every process computes the same noise, so the noisy
 sum (hence the new server state) is identical, replicated, on every device.
 

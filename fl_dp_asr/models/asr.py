@@ -73,7 +73,7 @@ def abstract_params(config: ModelConfig) -> PyTree:
 
 
 def count_params(params: PyTree) -> int:
-    """Number of scalars in ``params`` (arrays or ``ShapeDtypeStruct``s)."""
+    """Number of scalars in ``params`` (arrays or ``ShapeDtypeStruct`` values)."""
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 

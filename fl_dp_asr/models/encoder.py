@@ -91,7 +91,7 @@ def strided_conv1d_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=Non
     Same parameters and numbers (to float rounding) as the convolution. Why: XLA:CPU runs the
     kernel gradient of this strided convolution at ~0.3 GFLOP/s; it was 45 % of a client's
     local step, and under ``vmap`` (per-client kernels) it becomes an even slower grouped
-    convolution. As a matmul the client step is 2x faster on CPU (README, "Performance").
+    convolution. As a matmul the client step is 2x faster on CPU (docs/guides/performance.md).
     """
     del lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, unused
     (stride,) = window_strides
