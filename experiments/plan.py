@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -90,6 +91,7 @@ class Compiled:
     cost: hlo.HloCost
     compile_s: float
     hlo_chars: int
+    num_slots: int = 0            # client slots of the round (real and padding)
 
     @property
     def peak_bytes(self) -> int:
@@ -109,6 +111,7 @@ class Planner:
     seconds: float
     population: int
     max_label_len: int | None = None    # None: label_length(seconds)
+    hlo_dir: str | None = None          # also write each program's optimized HLO there
 
     def compile(self, chunk: int) -> Compiled:
         """The round step with ``chunk`` clients vectorized per chip (sharded over every
@@ -132,14 +135,22 @@ class Planner:
             block[round_lib.CANARY_MASK] = jax.ShapeDtypeStruct(
                 (canaries.inserted,), np.float32, sharding=abstract.replicated(mesh))
         start = time.perf_counter()
-        lowered = parts.round_step.lower(
-            abstract.with_sharding(state, abstract.replicated(mesh)), block, abstract.key(mesh))
+        if mesh is not None:    # replicated, or split over the chips (fl.shard_server_state)
+            shardings = round_lib.server_state_shardings(state, mesh,
+                                                         config.fl.shard_server_state)
+            state = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(
+                s.shape, s.dtype, sharding=sharding), state, shardings)
+        lowered = parts.round_step.lower(state, block, abstract.key(mesh))
         # A compile-only target's program cannot be read back from JAX's cache: skip it.
         with _no_compilation_cache() if self.target.topology else contextlib.nullcontext():
             compiled = lowered.compile()
         seconds = time.perf_counter() - start
         text = compiled.as_text()
-        return Compiled(chunk, compiled.memory_analysis(), hlo.analyze(text), seconds, len(text))
+        if self.hlo_dir:
+            pathlib.Path(self.hlo_dir).mkdir(parents=True, exist_ok=True)
+            (pathlib.Path(self.hlo_dir) / f"chunk{chunk}.hlo.txt").write_text(text)
+        return Compiled(chunk, compiled.memory_analysis(), hlo.analyze(text), seconds, len(text),
+                        shape.num_slots)
 
     def round_shape(self, num_slots: int) -> RoundShape:
         fl = self.config.fl
@@ -239,6 +250,11 @@ def model_flops_per_chip(config: ml_collections.ConfigDict, shape: RoundShape,
     return 6.0 * num_params * frames
 
 
+def roofline_seconds(cost: hlo.HloCost, chip: targets.Chip) -> float:
+    """The round's time at the chip's peak FLOP/s or HBM bandwidth, whichever binds."""
+    return max(cost.flops / chip.peak_flops, cost.hbm_bytes / chip.hbm_bandwidth)
+
+
 def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: int,
            params_bytes: int) -> tuple[str, list[str]]:
     """The markdown report and the list of problems (empty: the plan holds)."""
@@ -257,7 +273,7 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
     model = model_flops_per_chip(planner.config, shape, target.num_chips)
     compute_s = cost.flops / chip.peak_flops
     memory_s = cost.hbm_bytes / chip.hbm_bandwidth
-    bound_s = max(compute_s, memory_s)
+    bound_s = roofline_seconds(cost, chip)
     mfu_bound = model / (chip.peak_flops * bound_s) if bound_s > 0 else float("nan")
     fl = planner.config.fl
     lines = [
@@ -273,25 +289,31 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
         f"clipping {planner.config.dp.clipping}, noise {planner.config.dp.mechanism}, "
         f"server {planner.config.server.optimizer}.",
         "",
-        "| chunk | arguments GiB | temp GiB | output GiB | aliased GiB | code GiB | "
-        f"peak GiB / {_gib(chip.hbm_bytes)} | fits | compile s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| chunk | clients per chip | arguments GiB | temp GiB | output GiB | aliased GiB | "
+        f"code GiB | peak GiB / {_gib(chip.hbm_bytes)} | fits | bound s / round | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in tried:
         mm = c.memory
         lines.append(
-            f"| {c.chunk}{' ←' if c is best else ''} | {_gib(mm.argument_size_in_bytes)} | "
+            f"| {c.chunk}{' ←' if c is best else ''} | {c.num_slots // target.num_chips} | "
+            f"{_gib(mm.argument_size_in_bytes)} | "
             f"{_gib(mm.temp_size_in_bytes)} | {_gib(mm.output_size_in_bytes)} | "
             f"{_gib(mm.alias_size_in_bytes)} | {_gib(mm.generated_code_size_in_bytes)} | "
             f"{_gib(c.peak_bytes)} | {'fits' if fits(c, chip) else 'does not fit'} | "
-            f"{c.compile_s:.0f} |")
+            f"{roofline_seconds(c.cost, chip):.3g} | {c.compile_s:.0f} |")
+    fastest = min((c for c in tried if fits(c, chip)), default=best,
+                  key=lambda c: roofline_seconds(c.cost, chip))
     headroom = chip.hbm_bytes - best.peak_bytes
     lines += [
         "",
         f"- **Chunk {best.chunk}**: {_gib(best.peak_bytes)} GiB per chip, headroom "
         f"{_gib(headroom)} GiB ({headroom / chip.hbm_bytes:.0%}); compiled in "
         f"{best.compile_s:.0f} s on this machine; optimized HLO {best.hlo_chars / 1e6:.1f} M "
-        f"characters, {len(cost.loops)} loops.",
+        f"characters, {len(cost.loops)} loops."
+        + ("" if fastest is best else
+           f" The smallest roofline bound is chunk {fastest.chunk}'s: a larger chunk pads the "
+           "round with more client slots (the slots are a multiple of chunk × chips)."),
         f"- Chip memory and peaks: {chip.source}.",
         "",
         "| collective | MiB per run | per round | inside loops | MiB per round |",
@@ -350,14 +372,14 @@ def default_population(config: ml_collections.ConfigDict) -> int:
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, *, seconds: float = 8.0,
-         population: int | None = None, chunk: int | None = None, log=print
-         ) -> tuple[str, list[str]]:
+         population: int | None = None, chunk: int | None = None, log=print,
+         hlo_dir: str | None = None) -> tuple[str, list[str]]:
     """The plan's markdown report and its problems (module docstring)."""
     train_fl.check_config(config)
     target = targets.target(topology)
     devices = targets.abstract_devices(target)
     planner = Planner(config, target, devices, seconds,
-                      population or default_population(config))
+                      population or default_population(config), hlo_dir=hlo_dir)
     if chunk is None:
         best, tried = largest_chunk(planner, clients_per_chip(planner), log)
         if best is None:
@@ -386,7 +408,8 @@ def main(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     text, problems = plan(_CONFIG.value, _TOPOLOGY.value, seconds=_SECONDS.value,
                           population=_POPULATION.value, chunk=_CHUNK.value,
-                          log=lambda message: print(message, file=sys.stderr, flush=True))
+                          log=lambda message: print(message, file=sys.stderr, flush=True),
+                          hlo_dir=_HLO_DIR.value)
     print(text)
     if _OUT.value:
         utils.write_text(_OUT.value, text)
@@ -396,7 +419,7 @@ def main(argv: Sequence[str]) -> None:
 
 def console_main() -> None:
     """The console script ``fl-dp-asr-plan``: ``python -m experiments.plan``."""
-    global _CONFIG, _TOPOLOGY, _SECONDS, _POPULATION, _CHUNK, _OUT  # pylint: disable=global-statement
+    global _CONFIG, _TOPOLOGY, _SECONDS, _POPULATION, _CHUNK, _OUT, _HLO_DIR
     import functools
 
     from absl import app, flags
@@ -414,6 +437,8 @@ def console_main() -> None:
     _CHUNK = flags.DEFINE_integer("chunk", None, "clients vectorized per chip (default: the "
                                   "largest that fits, found by compiling)")
     _OUT = flags.DEFINE_string("out", None, "also write the report to this file")
+    _HLO_DIR = flags.DEFINE_string("hlo_dir", None, "also write each compiled program's "
+                                   "optimized HLO text there (chunk<N>.hlo.txt)")
     flags.DEFINE_bool("debug", False, "show the traceback of an error instead of one line")
     flags.mark_flags_as_required(["config", "topology"])
 

@@ -16,15 +16,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fl_dp_asr.fl import distributed
 
-PyTree = Any
-
-
-def with_sharding(tree: PyTree, sharding: jax.sharding.Sharding | None) -> PyTree:
-    """``tree``'s arrays (or abstract values) as ``ShapeDtypeStruct`` values with
-    ``sharding``."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
-                        tree)
-
 
 def replicated(mesh: Mesh | None) -> NamedSharding | None:
     """Every device of ``mesh`` holds the whole value (None: no mesh, no sharding)."""

@@ -280,13 +280,69 @@ def analyze(hlo_text: str) -> HloCost:
                 cost.collectives.append(Collective(base, instruction.name,
                                                    _collective_bytes(instruction, types), 1, 0))
             if not fused and op not in _NO_TRAFFIC:
-                cost.hbm_bytes += type_bytes(instruction.type, hbm_only=True) + sum(
-                    type_bytes(types.get(o, ""), hbm_only=True) for o in instruction.operands)
+                cost.hbm_bytes += _traffic(instruction, computations, types)
         return cost
 
     total = cost_of(entry)
     return HloCost(total.flops, total.hbm_bytes, tuple(total.collectives), tuple(total.loops),
                    tuple(total.unknown))
+
+
+_SLICES = ("dynamic-slice", "slice", "gather")
+
+
+def _traffic(instruction: _Instruction, computations: dict[str, list[_Instruction]],
+             types: dict[str, str]) -> float:
+    """HBM bytes a kernel reads and writes: its operands and results, except that a buffer
+    it only slices is charged the slices read (a loop body taking one block of stacked
+    weights, one frame of a sequence), and a buffer it updates in place the update."""
+    operands = [type_bytes(types.get(o, ""), hbm_only=True) for o in instruction.operands]
+    result = type_bytes(instruction.type, hbm_only=True)
+    if instruction.op in _SLICES and operands:
+        return result + min(operands[0], result) + sum(operands[1:])
+    if instruction.op == "dynamic-update-slice" and len(operands) > 1:
+        return 2.0 * operands[1] + sum(operands[2:])
+    if instruction.op != "fusion":
+        return result + sum(operands)
+    fused = computations.get(next(iter(_called(instruction, "calls")), ""), [])
+    users: dict[str, list[_Instruction]] = {}
+    for inner in fused:
+        for name in inner.operands:
+            users.setdefault(name, []).append(inner)
+
+    def uses(name: str) -> list[_Instruction]:   # through bitcasts
+        found = []
+        for user in users.get(name, []):
+            found += uses(user.name) if user.op == "bitcast" else [user]
+        return found
+
+    def reads(name: str, full: float) -> float:
+        found = uses(name)
+        if found and all(u.op in _SLICES and u.operands[0] == name for u in found):
+            return min(full, sum(type_bytes(u.type) for u in found))
+        if found and all(u.op == "dynamic-update-slice" and u.operands[0] == name for u in found):
+            return 0.0                 # updated in place: the write is charged below
+        return full
+
+    params = {i.arguments.strip(): i.name for i in fused if i.op == "parameter"}
+    total = sum(reads(params.get(str(k), ""), size) for k, size in enumerate(operands))
+    root = fused[-1] if fused else None
+    if root is None or not any(i.op == "dynamic-update-slice" for i in fused):
+        return total + result
+    # Results written in place by a dynamic-update-slice are charged the update only; the
+    # fusion's own result type says which are in HBM.
+    results = list(_arrays(instruction.type))
+    outputs = root.operands if root.op == "tuple" else [root.name]
+    by_name = {i.name: i for i in fused}
+    for (dtype, dims, layout), name in zip(results, outputs):
+        if "S(1)" in layout:
+            continue
+        inner = by_name.get(name)
+        if inner is not None and inner.op == "dynamic-update-slice":
+            total += type_bytes(types.get(inner.operands[1], ""))
+        else:
+            total += _DTYPE_BYTES[dtype] * math.prod(dims)
+    return total
 
 
 def _collective_bytes(instruction: _Instruction, types: dict[str, str]) -> int:

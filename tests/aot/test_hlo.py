@@ -98,3 +98,60 @@ def test_compiled_scan_of_vmapped_matmuls_counts_every_trip():
 def test_text_without_entry_is_refused():
     with pytest.raises(ValueError, match="ENTRY"):
         hlo.analyze("HloModule m\n")
+
+
+SLICING_LOOP = """HloModule m
+
+%fused_slice (param_0: f32[36,256], param_1: s32[]) -> f32[1,256] {
+  %param_0 = f32[36,256]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %ds = f32[1,256]{1,0} dynamic-slice(%param_0, %param_1, %zero), dynamic_slice_sizes={1,256}
+}
+
+%fused_update (param_0: f32[36,256], param_1: f32[1,256], param_2: s32[]) -> f32[36,256] {
+  %param_0 = f32[36,256]{1,0} parameter(0)
+  %param_1 = f32[1,256]{1,0} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %zero = s32[] constant(0)
+  ROOT %dus = f32[36,256]{1,0} dynamic-update-slice(%param_0, %param_1, %param_2, %zero)
+}
+
+%body (p: (s32[], f32[36,256], f32[36,256])) -> (s32[], f32[36,256], f32[36,256]) {
+  %p = (s32[], f32[36,256]{1,0}, f32[36,256]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %w = f32[36,256]{1,0} get-tuple-element(%p), index=1
+  %acc = f32[36,256]{1,0} get-tuple-element(%p), index=2
+  %block = f32[1,256]{1,0} fusion(%w, %i), kind=kLoop, calls=%fused_slice
+  %new = f32[36,256]{1,0} fusion(%acc, %block, %i), kind=kLoop, calls=%fused_update
+  %one = s32[] constant(1)
+  %j = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[36,256]{1,0}, f32[36,256]{1,0}) tuple(%j, %w, %new)
+}
+
+%cond (q: (s32[], f32[36,256], f32[36,256])) -> pred[] {
+  %q = (s32[], f32[36,256]{1,0}, f32[36,256]{1,0}) parameter(0)
+  %k = s32[] get-tuple-element(%q), index=0
+  %n = s32[] constant(36)
+  ROOT %lt = pred[] compare(%k, %n), direction=LT
+}
+
+ENTRY %main (w0: f32[36,256], a0: f32[36,256]) -> (s32[], f32[36,256], f32[36,256]) {
+  %w0 = f32[36,256]{1,0} parameter(0)
+  %a0 = f32[36,256]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[36,256]{1,0}, f32[36,256]{1,0}) tuple(%zero, %w0, %a0)
+  ROOT %w = (s32[], f32[36,256]{1,0}, f32[36,256]{1,0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_a_loop_over_stacked_blocks_is_charged_one_block_per_trip():
+    """Reading block i of stacked weights and writing block i of an accumulator costs a
+    block's bytes per trip, not the whole stack's (scanned blocks would count 36× too much)."""
+    cost = hlo.analyze(SLICING_LOOP)
+    block, index = 256 * 4, 4
+    slice_fusion = block + index + block          # reads a block and the index, writes a block
+    update_fusion = block + index + block         # reads the block, writes it into the stack
+    counter = 3 * 4                               # i + 1 on s32 scalars
+    assert cost.hbm_bytes == 36 * (slice_fusion + update_fusion + counter)

@@ -90,7 +90,7 @@ class FakePlanner:
         memory = type("Memory", (), dict(
             argument_size_in_bytes=2**30, temp_size_in_bytes=3 * chunk * 2**30,
             output_size_in_bytes=0, alias_size_in_bytes=0, generated_code_size_in_bytes=0))
-        return plan_lib.Compiled(chunk, memory, hlo.HloCost(0, 0, (), (), ()), 0.0, 0)
+        return plan_lib.Compiled(chunk, memory, hlo.HloCost(0, 0, (), (), ()), 0.0, 0, chunk)
 
 
 @pytest.mark.parametrize("hbm_gib, clients, best, compiled", [
