@@ -22,6 +22,7 @@ is a dict with the model parameters under ``"params"``, and ``meta["model_config
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from typing import Any
@@ -84,12 +85,17 @@ class Checkpointer:
         policies = [checkpoint_managers.LatestN(n=max_to_keep)]
         best_fn = None
         if best_metric is not None:
-            best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+            # A checkpoint saved without the metric carries {} (orbax warns at every save
+            # given none) and ranks last: kept only while among the most recent.
+            worst = math.inf if best_mode == "min" else -math.inf
+            best_fn = lambda metrics: metrics.get(best_metric, worst)  # noqa: E731
             policies.append(checkpoint_managers.BestN(
                 get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
+        # read_only is ours (save refuses; nothing is created, cleaned or deleted): orbax's
+        # own flag only logs notices a user cannot act on when a seed model is loaded.
         options = ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only, best_fn=best_fn, best_mode=best_mode,
+            create=not read_only, best_fn=best_fn, best_mode=best_mode,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -116,7 +122,9 @@ class Checkpointer:
             raise ValueError("a metric was given but this Checkpointer has no best_metric")
         if self.has_step(step):
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
-        metrics = None if metric is None else {self.best_metric: float(metric)}
+        metrics = None
+        if self.best_metric is not None:
+            metrics = {} if metric is None else {self.best_metric: float(metric)}
         self._manager.save(
             int(step), metrics=metrics, force=True,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
