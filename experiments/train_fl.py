@@ -613,9 +613,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             raise
         finally:
             bar.close()
-            checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
-            checkpoints.close()
-            writer.close()
+            try:   # still under the stop handlers: a signal now cannot cut the save
+                checkpoints.close()   # waits; raises a failed save (CheckpointSaveError)
+            finally:
+                writer.close()
 
     summary = run_summary(workdir, config, run, progress, data)
     if chief:

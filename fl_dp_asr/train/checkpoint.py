@@ -21,10 +21,12 @@ is a dict with the model parameters under ``"params"``, and ``meta["model_config
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -41,6 +43,11 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, read-only or vanished directory); the
+    message names the directory, the step and the last complete checkpoint."""
 
 
 class Checkpointer:
@@ -99,6 +106,8 @@ class Checkpointer:
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None   # the step of the last save started
+        self._failed = False              # a failed save was reported
 
     def _remove_incomplete(self) -> None:
         for name in incomplete_checkpoints(self.directory):
@@ -125,10 +134,29 @@ class Checkpointer:
         metrics = None
         if self.best_metric is not None:
             metrics = {} if metric is None else {self.best_metric: float(metric)}
-        self._manager.save(
-            int(step), metrics=metrics, force=True,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(dict(meta))))
+        self.wait()   # raises the failure of the save in flight, if any
+        self._saving = int(step)
+        with self._failing():
+            # A directory the step cannot be made in (read-only, full, gone) fails here, at
+            # once: in orbax's background threads its waiters hang for minutes at exit.
+            check_writable(self.directory)
+            self._manager.save(
+                int(step), metrics=metrics, force=True,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(dict(meta))))
+
+    @contextlib.contextmanager
+    def _failing(self):
+        """Raises what fails in a save as :class:`CheckpointSaveError`."""
+        try:
+            yield
+        except Exception as error:
+            self._failed = True
+            raise CheckpointSaveError(
+                f"saving checkpoint {self._saving} to {self.directory} failed "
+                f"({type(error).__name__}: {error}). The last complete checkpoint there "
+                f"({self.latest_step()}) stays loadable: free space or make the directory "
+                "writable, then run the same command to resume from it.") from error
 
     def restore(self, step: int, abstract_state: PyTree | None = None) -> tuple[PyTree, dict]:
         """``(state, meta)`` of ``step``.
@@ -175,12 +203,22 @@ class Checkpointer:
         return self._manager.best_step()
 
     def wait(self) -> None:
-        """Blocks until pending saves are written."""
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are written; raises :class:`CheckpointSaveError` if
+        one failed."""
+        with self._failing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for pending saves and releases the manager (raises like :meth:`wait`, unless
+        the failure was raised already)."""
+        reported = self._failed
+        try:
+            with self._failing():
+                self._manager.close()
+        except CheckpointSaveError:
+            self._manager.close()   # the first call raised the failed save before releasing
+            if not reported:
+                raise
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -199,6 +237,11 @@ def incomplete_checkpoints(directory: str) -> list[str]:
         if os.path.isdir(path) and (unfinished or _TMP_SUFFIX in name):
             names.append(name)
     return names
+
+
+def check_writable(directory: str) -> None:
+    """Raises OSError unless a directory can be made (and removed) in ``directory``."""
+    os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=directory))
 
 
 def checkpoint_directory(directory: str | os.PathLike) -> str:
