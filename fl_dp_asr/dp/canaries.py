@@ -277,8 +277,13 @@ def detectable_epsilon(inserted: int, heldout: int, epsilon_accounted: float, de
     Args:
         inserted, heldout: k and m canaries.
         epsilon_accounted: the accountant's ε at ``delta`` (its μ is μ_acc).
+
+    Returns:
+        That ε, or ∞ when k and m are too few for ``power`` at any ε.
     """
     z = float(stats.norm.ppf(0.5 + confidence / 2) + stats.norm.ppf(power))
+    if z * math.sqrt((1 / inserted + 1 / heldout) / 8) >= 1:
+        return math.inf   # se(μ) grows as fast as μ: too few canaries for this power
     mu_acc = gdp_mu(epsilon_accounted, delta) if epsilon_accounted > 0 else 0.0
 
     def excess(mu):

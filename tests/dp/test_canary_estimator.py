@@ -96,6 +96,7 @@ def test_detectable_epsilon_is_what_the_audit_flags_half_the_time():
             *final_model_scores(rng, mu)).low, DELTA) > 0.52 for _ in range(400)])
         assert abs(flagged - power) < 0.05, (power, eps, flagged)
     assert canaries.detectable_epsilon(4 * K, 4 * K, 0.52, DELTA) < eps   # more canaries
+    assert canaries.detectable_epsilon(2, 2, 0.52, DELTA, power=0.95) == math.inf
 
 
 def test_constant_scores_are_perfectly_separated_or_not_at_all():
