@@ -186,15 +186,15 @@ class GaussianFit(NamedTuple):
     Attributes:
         mu: the standardized mean difference of the two groups' scores (0 when both groups'
             scores are constant and equal; ±∞ when constant and different).
-        low, high: its ``confidence`` interval (normal approximation, see :func:`fit`).
+        low, high: its ``confidence`` interval (normal approximation, see :func:`pooled_fit`).
     """
     mu: float
     low: float
     high: float
 
 
-def fit(inserted: Sequence[float], heldout: Sequence[float], confidence: float = 0.95
-        ) -> GaussianFit:
+def pooled_fit(inserted: Sequence[float], heldout: Sequence[float],
+               confidence: float = 0.95) -> GaussianFit:
     """The standardized mean difference of the inserted and held-out scores with its
     interval.
 
@@ -234,7 +234,7 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
     """The ε at δ of the Gaussian mechanism that separates the inserted canaries' statistic
     from the held-out ones' as well as this run does.
 
-    μ from :func:`fit` (one pooled spread), mapped through the increasing ε(μ) of μ-GDP,
+    μ from :func:`pooled_fit` (one pooled spread), mapped through the increasing ε(μ) of μ-GDP,
     and so is its interval. Andrew et al. (Algorithm 1 and their code, google-research
     ``one_shot_epe``) fit each group its own Gaussian and take the ε of that pair
     (final model: the held-out group replaced by the cosine's null N(0, 1/d)). We differ on
@@ -257,7 +257,7 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
         confidence: of the interval and of the jax_privacy lower bound.
     """
     ins, out = np.asarray(inserted, np.float64), np.asarray(heldout, np.float64)
-    mu, low, high = fit(ins, out, confidence)
+    mu, low, high = pooled_fit(ins, out, confidence)
     lower = float(auditing.CanaryScoreAuditor(ins, out).epsilon_clopper_pearson(
         1 - confidence, delta))
     return Estimate(gdp_epsilon(mu, delta), gdp_epsilon(low, delta), gdp_epsilon(high, delta),
@@ -271,7 +271,8 @@ def detectable_epsilon(inserted: int, heldout: int, epsilon_accounted: float, de
     ``epsilon_accounted``.
 
     From the estimator's variance, with Gaussian scores of equal spread: μ̂ is about
-    N(μ, se(μ)²), se(μ)² = (1 + μ²/8)(1/k + 1/m) (:func:`fit`'s for Gaussian scores), and the audit flags when μ̂ − z_c·se > μ_acc; so μ solves
+    N(μ, se(μ)²), se(μ)² = (1 + μ²/8)(1/k + 1/m) (:func:`pooled_fit`'s for Gaussian
+    scores), and the audit flags when μ̂ − z_c·se > μ_acc; so μ solves
     μ − μ_acc = (z_c + z_power)·se(μ), z_c the two-sided ``confidence`` quantile.
 
     Args:

@@ -49,7 +49,7 @@ def test_final_model_estimate_covers_the_mechanisms_epsilon(mu):
     """μ-GDP known: the 95 % interval holds ε(μ) in about 95 % of 400 runs, and the
     estimate's median is ε(μ) within its spread."""
     rng = np.random.default_rng(1)
-    fits = [canaries.fit(*final_model_scores(rng, mu)) for _ in range(400)]
+    fits = [canaries.pooled_fit(*final_model_scores(rng, mu)) for _ in range(400)]
     coverage = np.mean([f.low <= mu <= f.high for f in fits])
     assert 0.92 <= coverage <= 0.98, coverage
     estimates = [canaries.gdp_epsilon(f.mu, DELTA) for f in fits]
@@ -65,8 +65,8 @@ def test_interval_holds_its_coverage_when_the_spreads_differ():
     equal-variance normal-theory interval covered the standardized difference 91 % of the
     time; the moments' delta method keeps 95 %."""
     rng = np.random.default_rng(2)
-    truth = canaries.fit(*all_iterates_scores(rng, 8.0, size=200_000)).mu   # population μ
-    fits = [canaries.fit(*all_iterates_scores(rng, 8.0)) for _ in range(600)]
+    truth = canaries.pooled_fit(*all_iterates_scores(rng, 8.0, size=200_000)).mu   # population μ
+    fits = [canaries.pooled_fit(*all_iterates_scores(rng, 8.0)) for _ in range(600)]
     coverage = np.mean([f.low <= truth <= f.high for f in fits])
     assert coverage >= 0.93, coverage
 
@@ -92,7 +92,7 @@ def test_detectable_epsilon_is_what_the_audit_flags_half_the_time():
     for power in (0.5, 0.95):
         eps = canaries.detectable_epsilon(K, K, 0.52, DELTA, power=power)
         mu = canaries.gdp_mu(eps, DELTA)
-        flagged = np.mean([canaries.gdp_epsilon(canaries.fit(
+        flagged = np.mean([canaries.gdp_epsilon(canaries.pooled_fit(
             *final_model_scores(rng, mu)).low, DELTA) > 0.52 for _ in range(400)])
         assert abs(flagged - power) < 0.05, (power, eps, flagged)
     assert canaries.detectable_epsilon(4 * K, 4 * K, 0.52, DELTA) < eps   # more canaries
@@ -100,8 +100,8 @@ def test_detectable_epsilon_is_what_the_audit_flags_half_the_time():
 
 
 def test_constant_scores_are_perfectly_separated_or_not_at_all():
-    assert canaries.fit([1.0, 1.0], [0.0, 0.0]) == (math.inf, math.inf, math.inf)
+    assert canaries.pooled_fit([1.0, 1.0], [0.0, 0.0]) == (math.inf, math.inf, math.inf)
     assert canaries.estimate_epsilon([1.0, 1.0], [0.0, 0.0], DELTA).epsilon == math.inf
-    assert canaries.fit([0.5, 0.5], [0.5, 0.5]).mu == 0.0
+    assert canaries.pooled_fit([0.5, 0.5], [0.5, 0.5]).mu == 0.0
     with pytest.raises(ValueError, match="two scores of each group at least, got 1 inserted"):
-        canaries.fit([1.0], [0.0, 1.0])
+        canaries.pooled_fit([1.0], [0.0, 1.0])
