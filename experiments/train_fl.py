@@ -695,6 +695,7 @@ def exit_lost(error: distributed.ProcessLostError) -> None:
     """Prints ``error`` and ends the process at once (status 3): JAX's shutdown barrier at
     exit would wait for the lost process until ``distributed.heartbeat_timeout_s``, then
     abort."""
+    sys.stdout.flush()
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     os._exit(3)
 
