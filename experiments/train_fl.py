@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ from absl import logging as absl_logging
 from fl_dp_asr.data import CohortStream, PaddingBuckets, prefetch
 from fl_dp_asr.data.layouts import SAMPLE_RATE
 from fl_dp_asr.dp import DPConfig, accounting, adaptive, correlated
-from fl_dp_asr.dp.canaries import Canaries
+from fl_dp_asr.dp.canaries import Canaries, detectable_epsilon
 from fl_dp_asr.fl import audit, client, distributed, executors, round as round_lib, samplers
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
@@ -53,7 +54,9 @@ def join_processes(config: ml_collections.ConfigDict) -> bool:
     """Joins the JAX multi-process runtime when configured; True in a multi-process run.
 
     Must run before any other JAX call. Multi-process runs need the ``sharded`` executor
-    (one global mesh over the devices of all processes).
+    (one global mesh over the devices of all processes). A process started with another
+    config or code than process 0 is refused, on every process
+    (:func:`distributed.check_same_run`).
     """
     cfg = config.distributed
     if cfg.num_processes == 1:
@@ -62,13 +65,19 @@ def join_processes(config: ml_collections.ConfigDict) -> bool:
         raise ValueError(f"config.distributed.num_processes={cfg.num_processes} needs "
                          f"config.fl.executor='sharded' (or 'auto'), not "
                          f"{config.fl.executor!r}.")
+    timeouts = {"heartbeat_timeout_seconds": cfg.heartbeat_timeout_s}
     if cfg.num_processes == 0:
-        distributed.initialize()  # detected: Cloud TPU, SLURM, Open MPI, ...
+        distributed.initialize(**timeouts)  # detected: Cloud TPU, SLURM, Open MPI, ...
     elif not cfg.coordinator_address:
         raise ValueError("config.distributed.coordinator_address ('host:port' of process 0) "
                          f"is required with num_processes={cfg.num_processes}.")
     else:
-        distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+        distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id,
+                               **timeouts)
+    run = config.to_dict()
+    del run["distributed"]["process_id"]   # the one key that differs between the processes
+    distributed.check_same_run({"config": run,
+                                "code": distributed.code_version("fl_dp_asr", "experiments")})
     return True
 
 
@@ -604,9 +613,15 @@ def audit_estimates(initial: PyTree, state: round_lib.ServerState, run: Run,
         f"{view.replace('_', ' ')} ε ≈ {out[f'epsilon_{view}']:.3g} (95 % CI "
         f"{out[f'epsilon_{view}_ci_low']:.3g} … {out[f'epsilon_{view}_ci_high']:.3g})"
         for view in audit.VIEWS)
+    power = ""
+    if accounted is not None:   # the audit's power: canaries.detectable_epsilon
+        found = detectable_epsilon(run.canaries.inserted, run.canaries.heldout, accounted,
+                                   config.dp.delta)
+        power = f"; a leak is flagged (CI above it) half the time at ε ≈ {found:.3g}"
     log(f"Empirical privacy ({run.canaries.inserted} canaries, {run.canaries.heldout} held "
         f"out, δ = {config.dp.delta:g}): {views}; accounted ε = "
-        f"{'∞' if accounted is None else f'{accounted:.3g}'} (RDP). Estimates, not bounds.")
+        f"{'∞' if accounted is None else f'{accounted:.3g}'} (RDP){power}. Estimates, not "
+        "bounds.")
     return out
 
 
@@ -729,11 +744,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             progress.completed = int(state.round)
             save(checkpoints, state, progress, run, config)
             raise
+        except (jax.errors.JaxRuntimeError, ValueError) as error:
+            if not distributed.lost_process(error):
+                raise
+            # Saving would need the lost process: the last checkpoint is the resume point.
+            raise distributed.ProcessLostError(
+                f"After round {progress.completed}, a collective across the "
+                f"{jax.process_count()} processes failed: a process died or lost its "
+                f"connection ({error}). The last checkpoint in {checkpoints.directory} is "
+                f"round {checkpoints.latest_step()}: restart every process with the same "
+                "command to resume from it.") from error
         finally:
             bar.close()
-            checkpoints.wait()  # still under the stop handlers: a signal now cannot cut the save
-            checkpoints.close()
-            writer.close()
+            try:   # still under the stop handlers: a signal now cannot cut the save
+                checkpoints.close()   # waits; raises a failed save (CheckpointSaveError)
+            finally:
+                writer.close()
 
     summary = run_summary(workdir, config, run, progress, data)
     if chief:
@@ -783,10 +809,22 @@ def audit_summary(run: Run, progress: Progress) -> dict[str, Any]:
             | {f"audit_{name}": found.get(name) for name in names})
 
 
+def exit_lost(error: distributed.ProcessLostError) -> None:
+    """Prints ``error`` and ends the process at once (status 3): JAX's shutdown barrier at
+    exit would wait for the lost process until ``distributed.heartbeat_timeout_s``, then
+    abort."""
+    sys.stdout.flush()
+    print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
 def main(argv: list[str]) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and TFDS log INFO lines otherwise
-    summary = train(_CONFIG.value, _WORKDIR.value)
+    try:
+        summary = train(_CONFIG.value, _WORKDIR.value)
+    except distributed.ProcessLostError as error:
+        exit_lost(error)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 

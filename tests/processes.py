@@ -35,12 +35,12 @@ def free_port() -> int:
 
 
 def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: int,
-               timeout: float = 300) -> list[str]:
+               timeout: float = 300, exit_codes: list[int] | None = None) -> list[str]:
     """Runs ``python *argv`` for every argv at once; returns their stdouts.
 
     Each process sees ``devices_per_process`` CPU devices and shares the test session's
     persistent compilation cache. Fails with the stderr tail of any process that exits
-    with an error.
+    with another code than its ``exit_codes`` entry (default: 0 for all).
     """
     env = python_env(devices_per_process)
     procs = []
@@ -57,7 +57,8 @@ def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: 
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for rank, proc in enumerate(procs):
-        assert proc.returncode == 0, (f"process {rank} failed (exit {proc.returncode}):\n"
-                                      f"{(logs / f'{rank}.err').read_text()[-3000:]}")
+    for rank, (proc, code) in enumerate(zip(procs, exit_codes or [0] * len(procs))):
+        assert proc.returncode == code, (f"process {rank} exited {proc.returncode}, not "
+                                         f"{code}:\n"
+                                         f"{(logs / f'{rank}.err').read_text()[-3000:]}")
     return [(logs / f"{rank}.out").read_text() for rank in range(len(argvs))]

@@ -134,6 +134,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.distributed.num_processes = 1     # 1: one process; 0: detect (Cloud TPU, SLURM, MPI)
     c.distributed.process_id = 0
     c.distributed.coordinator_address = common.optional(str)  # "host:port" of process 0
+    # A process silent this long is dead: the others stop (JAX's heartbeat; a killed
+    # process's peers see its connections close and stop at their next collective).
+    c.distributed.heartbeat_timeout_s = 100
     if variant == "demo":
         _shrink_to_demo(c)
     return c

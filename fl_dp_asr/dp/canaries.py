@@ -13,9 +13,10 @@ for Federated Learning", ICLR 2024 (arXiv 2302.03098):
 * ``inserted`` canaries take part as users (the trainer samples them with the users);
     ``heldout`` more directions of the same stream never do;
 * the attack statistic is the cosine of a released vector with each canary
-    (:meth:`Canaries.cosines`); :func:`estimate_epsilon` fits a Gaussian to the inserted and
-    to the held-out cosines, μ = (mean_in − mean_out) / std, and returns the ε at δ of the
-    Gaussian mechanism (μ-GDP) that separates them that well.
+    (:meth:`Canaries.cosines`); :func:`estimate_epsilon` fits Gaussians of one pooled spread
+    to the inserted and the held-out cosines, μ = (mean_in − mean_out) / std, and returns
+    the ε at δ of the Gaussian mechanism (μ-GDP) that separates them that well (where and
+    why this differs from the paper: its docstring).
 
 Directions are drawn from a key folded from ``(seed, c)`` on the fly
 (:func:`fl_dp_asr.dp.transforms.standard_normal_like`), so k full model vectors are never
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_privacy import auditing
-from scipy import stats
+from scipy import optimize, stats
 
 from fl_dp_asr.dp import transforms
 from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
@@ -168,7 +169,64 @@ def gdp_epsilon(mu: float, delta: float) -> float:
     ``dp_accounting.get_epsilon_gaussian``); 0 for μ ≤ 0, ∞ for μ = ∞."""
     if mu <= 0:
         return 0.0
+    if math.isinf(mu):
+        return math.inf
     return float(dp_accounting.get_epsilon_gaussian(1.0 / mu, delta))
+
+
+def gdp_mu(epsilon: float, delta: float) -> float:
+    """μ of the Gaussian mechanism that is (``epsilon``, δ)-DP, the inverse of
+    :func:`gdp_epsilon` (``dp_accounting.get_sigma_gaussian``)."""
+    return 1.0 / float(dp_accounting.get_sigma_gaussian(epsilon, delta))
+
+
+class GaussianFit(NamedTuple):
+    """μ = (mean_in − mean_out) / s, s² = (s_in² + s_out²)/2, and its interval.
+
+    Attributes:
+        mu: the standardized mean difference of the two groups' scores (0 when both groups'
+            scores are constant and equal; ±∞ when constant and different).
+        low, high: its ``confidence`` interval (normal approximation, see :func:`pooled_fit`).
+    """
+    mu: float
+    low: float
+    high: float
+
+
+def pooled_fit(inserted: Sequence[float], heldout: Sequence[float],
+               confidence: float = 0.95) -> GaussianFit:
+    """The standardized mean difference of the inserted and held-out scores with its
+    interval.
+
+    The standard error is the delta method's for (x̄_in − x̄_out)/s with each group's own
+    variance, skewness and kurtosis (the moments of the sample): the two groups' spreads
+    need not be equal, nor their scores Gaussian. The all-iterates statistic (a maximum
+    over rounds, Gumbel-like for held-out canaries) has spreads that differ by up to 24×;
+    the equal-variance normal-theory error (Hedges & Olkin, 1985) made its interval too
+    narrow (91 % coverage of a nominal 95 %, tests/dp/test_canary_estimator.py).
+
+    Per group g of n_g scores (variance v_g, third and fourth central moments m3_g, m4_g):
+    Var(μ̂) ≈ Σ_g [v_g / s² + μ² (m4_g − v_g²) / (16 s⁴) ∓ μ m3_g / (2 s³)] / n_g
+    (− for the inserted group, + for the held-out one).
+    """
+    ins, out = np.asarray(inserted, np.float64), np.asarray(heldout, np.float64)
+    if min(ins.size, out.size) < 2:
+        raise ValueError(f"the canary estimate needs two scores of each group at least, got "
+                         f"{ins.size} inserted and {out.size} held out.")
+    gap = ins.mean() - out.mean()
+    var = (ins.var(ddof=1) + out.var(ddof=1)) / 2
+    if var == 0:   # each group's scores all equal: perfectly separated, or not at all
+        mu = math.copysign(math.inf, gap) if gap else 0.0
+        return GaussianFit(mu, mu, mu)
+    mu = gap / math.sqrt(var)
+    variance = 0.0
+    for scores, sign in ((ins, -1.0), (out, 1.0)):
+        centered = scores - scores.mean()
+        v, m3, m4 = (np.mean(centered ** p) for p in (2, 3, 4))
+        variance += (v / var + mu * mu * (m4 - v * v) / (16 * var * var)
+                     + sign * mu * m3 / (2 * var ** 1.5)) / scores.size
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(variance, 0.0))
+    return GaussianFit(mu, mu - half, mu + half)
 
 
 def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta: float,
@@ -176,11 +234,21 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
     """The ε at δ of the Gaussian mechanism that separates the inserted canaries' statistic
     from the held-out ones' as well as this run does.
 
-    μ = (mean_in − mean_out) / s with s the pooled std √((s_in² + s_out²)/2) (Andrew et al.
-    fit a Gaussian to each group; with equal variances, as the Gaussian mechanism gives in
-    high dimension, the pair is μ-GDP). The interval is the normal approximation of the
-    standardized mean difference, SE(μ) = √(1/n_in + 1/n_out + μ²/(2(n_in + n_out)))
-    (Hedges & Olkin, 1985), mapped through the increasing ε(μ).
+    μ from :func:`pooled_fit` (one pooled spread), mapped through the increasing ε(μ) of μ-GDP,
+    and so is its interval. Andrew et al. (Algorithm 1 and their code, google-research
+    ``one_shot_epe``) fit each group its own Gaussian and take the ε of that pair
+    (final model: the held-out group replaced by the cosine's null N(0, 1/d)). We differ on
+    two counts, both checked on mechanisms whose ε is known
+    (tests/dp/test_canary_estimator.py):
+
+    * one pooled spread: two Gaussians of different spreads have a likelihood ratio
+      quadratic in the score, so their ε at a small δ comes from the fits' far tails. Fitted
+      to the all-iterates maximum (not Gaussian), it exceeds the ε of the mechanism itself
+      (e.g. 3.2 against 2.0); fitted to equal-spread Gaussian scores, the spreads' sampling
+      noise alone adds 0.5–2 to ε at δ = 1e-5. The pooled fit is the paper's own limit for
+      the Gaussian mechanism in high dimension (both groups' cosines have variance 1/d);
+    * held-out canaries as the null of both views, not N(0, 1/d): the per-layer canaries
+      are not isotropic, and the same null then serves the maximum over rounds too.
 
     Args:
         inserted: the statistic of every inserted canary, ``[k]``.
@@ -189,18 +257,41 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
         confidence: of the interval and of the jax_privacy lower bound.
     """
     ins, out = np.asarray(inserted, np.float64), np.asarray(heldout, np.float64)
-    if min(ins.size, out.size) < 2:
-        raise ValueError(f"estimate_epsilon needs two scores of each group at least, got "
-                         f"{ins.size} inserted and {out.size} held out.")
-    gap = ins.mean() - out.mean()
-    std = math.sqrt((ins.var(ddof=1) + out.var(ddof=1)) / 2)
+    mu, low, high = pooled_fit(ins, out, confidence)
     lower = float(auditing.CanaryScoreAuditor(ins, out).epsilon_clopper_pearson(
         1 - confidence, delta))
-    if std == 0:   # each group's scores all equal: perfectly separated, or not at all
-        eps = math.inf if gap > 0 else 0.0
-        return Estimate(eps, eps, eps, eps, lower)
-    mu = gap / std
-    stderr = math.sqrt(1 / ins.size + 1 / out.size + mu * mu / (2 * (ins.size + out.size)))
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * stderr
-    return Estimate(gdp_epsilon(mu, delta), gdp_epsilon(mu - half, delta),
-                    gdp_epsilon(mu + half, delta), mu, lower)
+    return Estimate(gdp_epsilon(mu, delta), gdp_epsilon(low, delta), gdp_epsilon(high, delta),
+                    mu, lower)
+
+
+def detectable_epsilon(inserted: int, heldout: int, epsilon_accounted: float, delta: float,
+                       confidence: float = 0.95, power: float = 0.5) -> float:
+    """The smallest ε (at δ) of a run's statistic that the audit flags with probability
+    ``power``: its interval's low end (:func:`estimate_epsilon`) above
+    ``epsilon_accounted``.
+
+    From the estimator's variance, with Gaussian scores of equal spread: μ̂ is about
+    N(μ, se(μ)²), se(μ)² = (1 + μ²/8)(1/k + 1/m) (:func:`pooled_fit`'s for Gaussian
+    scores), and the audit flags when μ̂ − z_c·se > μ_acc; so μ solves
+    μ − μ_acc = (z_c + z_power)·se(μ), z_c the two-sided ``confidence`` quantile.
+
+    Args:
+        inserted, heldout: k and m canaries.
+        epsilon_accounted: the accountant's ε at ``delta`` (its μ is μ_acc).
+
+    Returns:
+        That ε, or ∞ when k and m are too few for ``power`` at any ε.
+    """
+    z = float(stats.norm.ppf(0.5 + confidence / 2) + stats.norm.ppf(power))
+    if z * math.sqrt((1 / inserted + 1 / heldout) / 8) >= 1:
+        return math.inf   # se(μ) grows as fast as μ: too few canaries for this power
+    mu_acc = gdp_mu(epsilon_accounted, delta) if epsilon_accounted > 0 else 0.0
+
+    def excess(mu):
+        stderr = math.sqrt((1 + mu * mu / 8) * (1 / inserted + 1 / heldout))
+        return mu - mu_acc - z * stderr
+
+    high = mu_acc + 1.0
+    while excess(high) < 0:
+        high *= 2
+    return gdp_epsilon(optimize.brentq(excess, mu_acc, high), delta)

@@ -24,10 +24,20 @@ sum (hence the new server state) is identical, replicated, on every device.
 
 On CPU the cross-process collectives use gloo (set before initialization, see
 :func:`initialize`); on GPU NCCL and on TPU ICI/DCN need no setting.
+
+Faults: :func:`check_same_run` refuses, at start, a process whose config or code differs
+from its peers'; :func:`lost_process` tells a failed collective (a peer died: its
+connections closed) from other errors, for the trainer's :class:`ProcessLostError`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import pathlib
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,6 +69,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                local_device_ids=local_device_ids, **kwargs)
+
+
+class ProcessLostError(RuntimeError):
+    """A collective across the processes of a run failed: a process died (killed, crashed,
+    preempted) or lost its connection. The others stop; restart all to resume."""
+
+
+def lost_process(error: BaseException) -> bool:
+    """Whether ``error`` is the failure of a cross-process collective of a multi-process run
+    (XLA's runtime errors, which gloo's ``Connection reset by peer`` arrives as: a
+    ``ValueError`` whose message starts with a status code such as ``UNKNOWN:``)."""
+    if jax.process_count() == 1:
+        return False
+    return isinstance(error, jax.errors.JaxRuntimeError) or (
+        isinstance(error, ValueError) and re.match(r"[A-Z_]+: ", str(error)) is not None)
 
 
 def client_mesh(devices=None) -> jax.sharding.Mesh:
@@ -189,3 +214,53 @@ def any_process(flag: bool) -> bool:
         return bool(flag)
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def code_version(*packages: str) -> dict[str, str]:
+    """What code this process runs: jax's and fl_dp_asr's versions and, per package name in
+    ``packages``, a digest of its ``.py`` sources (an edited file changes it)."""
+    version = {"jax": jax.__version__, "fl_dp_asr": importlib.metadata.version("fl_dp_asr")}
+    for name in packages:
+        root = pathlib.Path(importlib.import_module(name).__file__).parent
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        version[f"{name} sources"] = digest.hexdigest()[:16]
+    return version
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` for the nested dicts of ``tree``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {key: value for name, sub in tree.items()
+            for key, value in _flat(sub, f"{prefix}.{name}" if prefix else str(name)).items()}
+
+
+def check_same_run(fingerprint: dict[str, Any]) -> None:
+    """Refuses a process started with another run than its peers (a collective: every
+    process calls it, after :func:`initialize`).
+
+    Every process all-gathers every process's ``fingerprint`` (a JSON-serializable dict:
+    the config, :func:`code_version`) and raises the same ValueError, naming the processes
+    and the keys that differ from process 0's, when any differs. One process: nothing.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    blob = np.frombuffer(json.dumps(fingerprint, sort_keys=True, default=repr).encode(),
+                         np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(blob.size)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:blob.size] = blob
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    runs = [_flat(json.loads(bytes(row[:size]))) for row, size in zip(rows, sizes)]
+    differences = []
+    for rank, run in enumerate(runs[1:], start=1):
+        keys = sorted(k for k in runs[0].keys() | run.keys() if runs[0].get(k) != run.get(k))
+        differences += [f"{key}: {runs[0].get(key)!r} on process 0, {run.get(key)!r} on "
+                        f"process {rank}" for key in keys[:5]]
+    if differences:
+        raise ValueError("the processes of this run were started with different configs or "
+                         "code: " + "; ".join(differences) + ". Start every process with the "
+                         "same config and the same installed code.")

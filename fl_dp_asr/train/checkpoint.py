@@ -21,9 +21,12 @@ is a dict with the model parameters under ``"params"``, and ``meta["model_config
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -40,6 +43,11 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, read-only or vanished directory); the
+    message names the directory, the step and the last complete checkpoint."""
 
 
 class Checkpointer:
@@ -84,15 +92,22 @@ class Checkpointer:
         policies = [checkpoint_managers.LatestN(n=max_to_keep)]
         best_fn = None
         if best_metric is not None:
-            best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+            # A checkpoint saved without the metric carries {} (orbax warns at every save
+            # given none) and ranks last: kept only while among the most recent.
+            worst = math.inf if best_mode == "min" else -math.inf
+            best_fn = lambda metrics: metrics.get(best_metric, worst)  # noqa: E731
             policies.append(checkpoint_managers.BestN(
                 get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
+        # read_only is ours (save refuses; nothing is created, cleaned or deleted): orbax's
+        # own flag only logs notices a user cannot act on when a seed model is loaded.
         options = ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only, best_fn=best_fn, best_mode=best_mode,
+            create=not read_only, best_fn=best_fn, best_mode=best_mode,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None   # the step of the last save started
+        self._failed = False              # a failed save was reported
 
     def _remove_incomplete(self) -> None:
         for name in incomplete_checkpoints(self.directory):
@@ -116,11 +131,32 @@ class Checkpointer:
             raise ValueError("a metric was given but this Checkpointer has no best_metric")
         if self.has_step(step):
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
-        metrics = None if metric is None else {self.best_metric: float(metric)}
-        self._manager.save(
-            int(step), metrics=metrics, force=True,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(dict(meta))))
+        metrics = None
+        if self.best_metric is not None:
+            metrics = {} if metric is None else {self.best_metric: float(metric)}
+        self.wait()   # raises the failure of the save in flight, if any
+        self._saving = int(step)
+        with self._failing():
+            # A directory the step cannot be made in (read-only, full, gone) fails here, at
+            # once: in orbax's background threads its waiters hang for minutes at exit.
+            check_writable(self.directory)
+            self._manager.save(
+                int(step), metrics=metrics, force=True,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(dict(meta))))
+
+    @contextlib.contextmanager
+    def _failing(self):
+        """Raises what fails in a save as :class:`CheckpointSaveError`."""
+        try:
+            yield
+        except Exception as error:
+            self._failed = True
+            raise CheckpointSaveError(
+                f"saving checkpoint {self._saving} to {self.directory} failed "
+                f"({type(error).__name__}: {error}). The last complete checkpoint there "
+                f"({self.latest_step()}) stays loadable: free space or make the directory "
+                "writable, then run the same command to resume from it.") from error
 
     def restore(self, step: int, abstract_state: PyTree | None = None) -> tuple[PyTree, dict]:
         """``(state, meta)`` of ``step``.
@@ -167,12 +203,22 @@ class Checkpointer:
         return self._manager.best_step()
 
     def wait(self) -> None:
-        """Blocks until pending saves are written."""
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are written; raises :class:`CheckpointSaveError` if
+        one failed."""
+        with self._failing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for pending saves and releases the manager (raises like :meth:`wait`, unless
+        the failure was raised already)."""
+        reported = self._failed
+        try:
+            with self._failing():
+                self._manager.close()
+        except CheckpointSaveError:
+            self._manager.close()   # the first call raised the failed save before releasing
+            if not reported:
+                raise
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -191,6 +237,11 @@ def incomplete_checkpoints(directory: str) -> list[str]:
         if os.path.isdir(path) and (unfinished or _TMP_SUFFIX in name):
             names.append(name)
     return names
+
+
+def check_writable(directory: str) -> None:
+    """Raises OSError unless a directory can be made (and removed) in ``directory``."""
+    os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=directory))
 
 
 def checkpoint_directory(directory: str | os.PathLike) -> str:

@@ -88,7 +88,9 @@ def test_the_trainer_reports_both_estimates_after_a_resume(tiny_corpus, tfds_dir
     for view in ("final_model", "all_iterates"):
         assert summary[f"audit_epsilon_{view}"] >= 0
     assert summary["epsilon_rdp"] > 0
-    assert "Empirical privacy (3 canaries, 4 held out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Empirical privacy (3 canaries, 4 held out" in out
+    assert "a leak is flagged (CI above it) half the time at ε ≈ " in out   # its power
     last = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))[-1]
     assert last["step"] == 2 and "audit/epsilon_all_iterates_ci_high" in last
 

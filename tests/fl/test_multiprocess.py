@@ -59,7 +59,13 @@ WORKER = textwrap.dedent("""
     mesh = distributed.client_mesh()
     info = {"process_count": jax.process_count(), "device_count": jax.device_count(),
             "slots": distributed.process_client_indices(8, mesh).tolist()}
-    print("RESULT " + json.dumps({"info": info, "rounds": rounds(mesh, "sharded")}))
+    results = rounds(mesh, "sharded")
+    distributed.check_same_run({"config": {"seed": 1}, "code": distributed.code_version()})
+    try:   # process 1 started with another config
+        distributed.check_same_run({"config": {"seed": 1, "rounds": 10 + int(sys.argv[1])}})
+    except ValueError as error:
+        info["refused"] = str(error)
+    print("RESULT " + json.dumps({"info": info, "rounds": results}))
 """)
 
 
@@ -93,6 +99,15 @@ def test_each_process_holds_its_own_clients(two_processes):
     assert all(i["process_count"] == 2 and i["device_count"] == 4 for i in infos)
     slots = [i["slots"] for i in infos]
     assert sorted(slots[0] + slots[1]) == list(range(8)) and len(slots[0]) == 4
+
+
+def test_a_process_started_with_another_config_is_refused_by_all(two_processes):
+    """Same fingerprints pass; one key different on process 1: both processes raise."""
+    for out in two_processes:
+        assert out["info"]["refused"] == (
+            "the processes of this run were started with different configs or code: "
+            "config.rounds: 10 on process 0, 11 on process 1. Start every process with the "
+            "same config and the same installed code.")
 
 
 def test_two_process_round_equals_one_process_round(two_processes, one_process):
