@@ -14,7 +14,7 @@ those steps again.
 Retention: the ``max_to_keep`` most recent checkpoints plus, when ``best_metric`` is
 set, the best one by that metric (``best_mode`` ``"min"`` or ``"max"``).
 
-Conventions shared by the trainers and ``python -m fl_dp_asr.transcribe``: the state
+Conventions shared by the trainers and ``python -m fl_dp_asr.cli.transcribe``: the state
 is a dict with the model parameters under ``"params"``, and ``meta["model_config"]`` is
 ``ModelConfig.to_dict()``.
 """
