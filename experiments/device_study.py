@@ -179,5 +179,6 @@ def main(argv: Sequence[str] | None = None) -> Report | None:
     print((args.out / "device_study.md").read_text(encoding="utf-8"))
     return report
 
+
 if __name__ == "__main__":
     main()

@@ -217,6 +217,9 @@ def _run_calibrate(args: argparse.Namespace) -> str:
     ) + pld_footnotes(footnotes)
 
 
+# --------------------------------------------------------------------------------------
+# extrapolate
+# --------------------------------------------------------------------------------------
 def _run_extrapolate(args: argparse.Namespace) -> str:
     rows = []
     if args.rows:

@@ -82,6 +82,20 @@ def check_cohort(cohort: int, population: int, cohort_name: str, population_name
                        f"({population:,}): a cohort is drawn from the population")
 
 
+def accountants(choice: str) -> tuple[str, ...]:
+    """The accountants of ``--accountant`` (``both``: RDP and PLD)."""
+    return accounting.ACCOUNTANTS if choice == "both" else (choice,)
+
+
+def check_accountant_choice(sampling: str, choice: str) -> None:
+    """CliError when ``--accountant`` cannot analyse ``--sampling``."""
+    if choice != "both" and not accounting.supports(sampling, choice):
+        raise CliError("--accountant pld does not support --sampling fixed (no PLD "
+                       "analysis of fixed-size cohorts without replacement); use --accountant "
+                       "rdp with --sampling fixed, or --sampling poisson with --accountant "
+                       "pld/rdp/both")
+
+
 # --------------------------------------------------------------------------------------
 # Extrapolation rows (--rows FILE and the grid flags)
 # --------------------------------------------------------------------------------------
@@ -194,15 +208,3 @@ def grid_rows(args: argparse.Namespace) -> list[ExtrapolationRow]:
                     rows.append(ExtrapolationRow(sigma, cohort, population, rounds, args.delta,
                                                  args.simulated_cohort))
     return rows
-
-
-def accountants(choice: str) -> tuple[str, ...]:
-    return accounting.ACCOUNTANTS if choice == "both" else (choice,)
-
-
-def check_accountant_choice(sampling: str, choice: str) -> None:
-    if choice != "both" and not accounting.supports(sampling, choice):
-        raise CliError("--accountant pld does not support --sampling fixed (no PLD "
-                       "analysis of fixed-size cohorts without replacement); use --accountant "
-                       "rdp with --sampling fixed, or --sampling poisson with --accountant "
-                       "pld/rdp/both")
