@@ -15,7 +15,7 @@ Every cell is one federated run of the demo recipe (``experiments/configs/fl_dp.
 Poisson cohorts of an expected 16 of the 300 synthetic Common Voice-part users, LAMB server)
 from the same seed model, changing only the clipping method, σ_DP (noise std on the cohort
 mean / C), the seed of the run, and — for the two extra axes — the simulated cohort size and
-the depth of the model. Cells are cached (``<workdir>/cells/<name>__T<rounds>/result.json``): an
+the depth of the model. Cells are cached (``<workdir>/cells/<cell id>/result.json``): an
 interrupted study resumes where it stopped, and a larger study reuses a smaller one's cells.
 The study's design is :mod:`experiments.replication.design`, one cell's run
 :mod:`~experiments.replication.cell_run`, the worker processes
