@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from experiments import train_central, train_fl
+from experiments import fl_setup
 from experiments.configs import central, fl_dp
 from experiments.replication.design import DEMO_DEPTH, METHODS, Cell, Study, cell_id
 from fl_dp_asr.dp.policy import DPConfig
@@ -101,7 +102,7 @@ def count_stddev_for_ratio(dp: DPConfig, cohort: float, num_bounds: int) -> floa
 
 def adaptive_count_stddev(config: ml_collections.ConfigDict, seed: str) -> float:
     """:func:`count_stddev_for_ratio` for ``config`` (H: the seed model's clip bounds)."""
-    dp = train_fl.dp_config(config)
+    dp = fl_setup.dp_config(config)
     _, params, _ = utils.load_seed_model(seed, config.model, jax.random.key(0))
     return count_stddev_for_ratio(dp, config.fl.cohort_size, len(dp.initial_clip_bounds(params)))
 

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import train_fl
+from experiments import fl_setup
 from experiments.configs import fl_dp
 from fl_dp_asr.data import builders
 from fl_dp_asr.dp import accounting
@@ -110,13 +111,13 @@ def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny
 
 
 def assert_check_config_refuses(config, change, message):
-    """``train_fl.check_config`` refuses ``config`` with ``change`` ({"section.key": value})
+    """``fl_setup.check_config`` refuses ``config`` with ``change`` ({"section.key": value})
     applied, with a ValueError matching ``message``."""
     for key, value in change.items():
         section, name = key.split(".")
         config[section][name] = value
     with pytest.raises(ValueError, match=message):
-        train_fl.check_config(config)
+        fl_setup.check_config(config)
 
 
 def adaptive_config(tiny_corpus, tfds_dir, rounds):
@@ -238,7 +239,7 @@ def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multipl
                                 privacy={}, sigma_dp=noise_multiplier / 16)
     dp = fl_dp.get_config("demo").dp
     dp.pld, dp.target_cohort = True, None
-    metrics = train_fl.privacy_metrics(run, rounds, dp)
+    metrics = fl_setup.privacy_metrics(run, rounds, dp)
     assert metrics["epsilon_rdp"] > 0
     assert ("epsilon_pld" in metrics) == pld_runs
     if pld_runs:
