@@ -45,7 +45,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import train_fl
+from experiments import fl_setup
 from fl_dp_asr.aot import abstract, hlo, targets
 from fl_dp_asr.data import federated
 from fl_dp_asr.fl import round as round_lib
@@ -118,10 +118,10 @@ class Planner:
         device when there are several), compiled."""
         config = _with(self.config, fl={"chunk_size": chunk, "executor": "auto"})
         model_config = utils.model_config_from(config.model)
-        dp = train_fl.dp_config(config)
-        canaries = train_fl.make_canaries(config)
-        sampler = train_fl.make_sampler(config, self.population)
-        parts = train_fl.make_round_step(config, model_config, dp, sampler.expected_size,
+        dp = fl_setup.dp_config(config)
+        canaries = fl_setup.make_canaries(config)
+        sampler = fl_setup.make_sampler(config, self.population)
+        parts = fl_setup.make_round_step(config, model_config, dp, sampler.expected_size,
                                          canaries, self.devices)
         mesh = parts.executor.mesh
         params = jax.eval_shape(lambda: asr.stack_blocks(
@@ -353,7 +353,7 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
 
 def _num_slots(planner: Planner, chunk: int) -> int:
     config = _with(planner.config, fl={"chunk_size": chunk})
-    sampler = train_fl.make_sampler(config, planner.population)
+    sampler = fl_setup.make_sampler(config, planner.population)
     return sampler.num_slots(chunk * planner.target.num_chips)
 
 
@@ -375,7 +375,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, seconds: float = 8
          population: int | None = None, chunk: int | None = None, log=print,
          hlo_dir: str | None = None) -> tuple[str, list[str]]:
     """The plan's markdown report and its problems (module docstring)."""
-    train_fl.check_config(config)
+    fl_setup.check_config(config)
     target = targets.target(topology)
     devices = targets.abstract_devices(target)
     planner = Planner(config, target, devices, seconds,

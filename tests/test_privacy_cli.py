@@ -1,4 +1,4 @@
-"""Tests of the privacy command line (fl_dp_asr.privacy), mostly through main() in-process."""
+"""Tests of the privacy command line (fl_dp_asr.cli.privacy), mostly through main() in-process."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fl_dp_asr import privacy
+from fl_dp_asr.cli import privacy
 from fl_dp_asr.dp import accounting
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_epsilon_refuses_pld_where_it_would_take_gigabytes(capsys):
 def _limited_run(*argv: str) -> subprocess.CompletedProcess:
     """The CLI in a child with 3 GB of address space and a minute: a runaway fails fast."""
     return subprocess.run(
-        [sys.executable, "-m", "fl_dp_asr.privacy", *argv], capture_output=True, text=True,
+        [sys.executable, "-m", "fl_dp_asr.cli.privacy", *argv], capture_output=True, text=True,
         cwd=ROOT, timeout=60, check=False,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)),
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
@@ -273,13 +273,13 @@ def test_bad_rows_file_names_file_line_and_column(capsys, tmp_path, content, fra
 
 def test_module_runs_as_a_program():
     ok = subprocess.run(
-        [sys.executable, "-m", "fl_dp_asr.privacy", "epsilon", "--sigma-dp", "0.1", *SMALL,
+        [sys.executable, "-m", "fl_dp_asr.cli.privacy", "epsilon", "--sigma-dp", "0.1", *SMALL,
          "--accountant", "rdp", "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["results"][0]["accountant"] == "rdp"
     bad = subprocess.run(
-        [sys.executable, "-m", "fl_dp_asr.privacy", "epsilon", "--sigma-dp", "0.1",
+        [sys.executable, "-m", "fl_dp_asr.cli.privacy", "epsilon", "--sigma-dp", "0.1",
          "--cohort", "10", "--population", "6.5", "--rounds", "1"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert bad.returncode == 2 and bad.stdout == ""
@@ -323,6 +323,11 @@ def test_correlated_min_separation_defaults_to_population_over_cohort(capsys):
     settings = json.loads(out)["settings"]
     assert settings["min_separation"] == 3 and settings["strategy"]["coefs"] == [1.0]
     assert settings["sensitivity"] == pytest.approx(2.0)    # independent noise, k = 4
+    # ⌊K/S⌋ = 100 beyond T = 12 rounds: the default (not a value the user gave) is capped
+    status, out, _ = run(capsys, "epsilon", "--noise-multiplier", "2", "--cohort", "10",
+                         "--population", "1000", "--rounds", "12", "--mechanism",
+                         "banded_toeplitz", "--bands", "1", "--accountant", "rdp", "--json")
+    assert status == 0 and json.loads(out)["settings"]["min_separation"] == 12
 
 
 def test_correlated_calibrate_reaches_the_target(capsys):
@@ -374,6 +379,13 @@ def test_blt_epsilon_on_the_command_line(capsys):
       "--bands", "5"], "bands (5) must not exceed min_separation (4)"),
     (["epsilon", "--noise-multiplier", "1", *CORRELATED, "--min-separation", "0"],
      "--min-separation: expected an integer >= 1"),
+    # b beyond T is refused, not quietly lowered to T (issue 36)
+    (["epsilon", "--noise-multiplier", "1", "--cohort", "10", "--population", "1000",
+      "--rounds", "8", "--mechanism", "blt", "--min-separation", "20"],
+     "--min-separation 20 exceeds the T = 8 rounds"),
+    (["extrapolate", "--sigma-dp", "0.1", "--target-cohort", "10", "--target-population",
+      "1000", "--rounds", "8", "--mechanism", "blt", "--min-separation", "20"],
+     "pass --min-separation 8 (or less)"),
 ])
 def test_bad_correlated_input_exits_nonzero_with_one_line(capsys, argv, fragment):
     status, out, err = run(capsys, *argv)

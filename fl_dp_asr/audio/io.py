@@ -1,7 +1,7 @@
 """Reading audio files into the model's input format (16 kHz mono int16).
 
 :func:`load_audio` is the project's one audio decoder: the dataset builders
-(:func:`fl_dp_asr.data.layouts.read_audio_16k`) and ``python -m fl_dp_asr.transcribe`` both
+(:func:`fl_dp_asr.data.layouts.read_audio_16k`) and ``python -m fl_dp_asr.cli.transcribe`` both
 read through it, with the same checks (missing file, directory, unreadable, truncated, empty).
 """
 

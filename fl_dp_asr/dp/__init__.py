@@ -5,7 +5,7 @@
 * :mod:`fl_dp_asr.dp.accounting`: ε of a run, noise calibration, population extrapolation.
 
 ``from fl_dp_asr.dp import DPConfig`` imports the policy (and JAX) on first use only, so the
-privacy calculator (:mod:`fl_dp_asr.privacy`, accounting only) starts without JAX.
+privacy calculator (:mod:`fl_dp_asr.cli.privacy`, accounting only) starts without JAX.
 """
 
 __all__ = ["DPConfig"]

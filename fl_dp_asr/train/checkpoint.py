@@ -14,7 +14,7 @@ those steps again.
 Retention: the ``max_to_keep`` most recent checkpoints plus, when ``best_metric`` is
 set, the best one by that metric (``best_mode`` ``"min"`` or ``"max"``).
 
-Conventions shared by the trainers and ``python -m fl_dp_asr.transcribe``: the state
+Conventions shared by the trainers and ``python -m fl_dp_asr.cli.transcribe``: the state
 is a dict with the model parameters under ``"params"``, and ``meta["model_config"]`` is
 ``ModelConfig.to_dict()``.
 """
@@ -134,7 +134,7 @@ class Checkpointer:
         metrics = None
         if self.best_metric is not None:
             metrics = {} if metric is None else {self.best_metric: float(metric)}
-        self.wait()   # raises the failure of the save in flight, if any
+        self._wait_for_saves()   # raises the failure of the save in flight, if any
         self._saving = int(step)
         with self._failing():
             # A directory the step cannot be made in (read-only, full, gone) fails here, at
@@ -205,6 +205,9 @@ class Checkpointer:
     def wait(self) -> None:
         """Blocks until pending saves are written; raises :class:`CheckpointSaveError` if
         one failed."""
+        self._wait_for_saves()
+
+    def _wait_for_saves(self) -> None:
         with self._failing():
             self._manager.wait_until_finished()
 

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from experiments import plan as plan_lib
-from experiments import train_fl
+from experiments import fl_setup
 from experiments.configs import fl_dp
 from fl_dp_asr.aot import hlo, targets
 from fl_dp_asr.train import utils
@@ -33,7 +33,7 @@ def test_making_the_round_step_moves_nothing_to_a_device():
     config = tiny_config()
     model_config = utils.model_config_from(config.model)
     with jax.transfer_guard_host_to_device("disallow"):
-        parts = train_fl.make_round_step(config, model_config, train_fl.dp_config(config),
+        parts = fl_setup.make_round_step(config, model_config, fl_setup.dp_config(config),
                                          16.0, None)
     assert isinstance(parts.round_step.noise_stddev, float)
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train_fl
+from experiments import fl_progress
 from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import get_model_config, stack_blocks
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
@@ -33,8 +33,8 @@ def test_a_stacked_checkpoint_loads_in_the_models_own_layout(tmp_path):
 def test_resuming_an_unrolled_server_state_names_the_directory_and_the_way_out(tmp_path):
     checkpoints = write(tmp_path, UNROLLED)
     state = round_lib.ServerState(stack_blocks(UNROLLED), {}, jnp.zeros((), jnp.int32))
-    with pytest.raises(train_fl.OldLayoutError, match="unrolled.*init_checkpoint="):
-        train_fl.restore_latest(checkpoints, state)
+    with pytest.raises(fl_progress.OldLayoutError, match="unrolled.*init_checkpoint="):
+        fl_progress.restore_latest(checkpoints, state)
     checkpoints.close()
 
 
@@ -44,7 +44,7 @@ def test_resuming_a_server_state_of_another_config_names_the_directory_and_the_w
     checkpoints = write(tmp_path, params)
     state = round_lib.ServerState({**params, "head": {"w": jnp.ones(3)}}, {},
                                   jnp.zeros((), jnp.int32))
-    with pytest.raises(train_fl.CheckpointMismatchError,
+    with pytest.raises(fl_progress.CheckpointMismatchError,
                        match=f"{tmp_path} \\(round 3\\) .*another config.*new work directory"):
-        train_fl.restore_latest(checkpoints, state)
+        fl_progress.restore_latest(checkpoints, state)
     checkpoints.close()

@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import train_fl
+from experiments import fl_progress, fl_setup
+from experiments import fl_setup
 from experiments.configs import fl_dp
 from fl_dp_asr.data import builders
 from fl_dp_asr.dp import accounting
@@ -110,13 +112,13 @@ def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny
 
 
 def assert_check_config_refuses(config, change, message):
-    """``train_fl.check_config`` refuses ``config`` with ``change`` ({"section.key": value})
+    """``fl_setup.check_config`` refuses ``config`` with ``change`` ({"section.key": value})
     applied, with a ValueError matching ``message``."""
     for key, value in change.items():
         section, name = key.split(".")
         config[section][name] = value
     with pytest.raises(ValueError, match=message):
-        train_fl.check_config(config)
+        fl_setup.check_config(config)
 
 
 def adaptive_config(tiny_corpus, tfds_dir, rounds):
@@ -238,7 +240,7 @@ def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multipl
                                 privacy={}, sigma_dp=noise_multiplier / 16)
     dp = fl_dp.get_config("demo").dp
     dp.pld, dp.target_cohort = True, None
-    metrics = train_fl.privacy_metrics(run, rounds, dp)
+    metrics = fl_setup.privacy_metrics(run, rounds, dp)
     assert metrics["epsilon_rdp"] > 0
     assert ("epsilon_pld" in metrics) == pld_runs
     if pld_runs:
@@ -254,7 +256,7 @@ def test_the_progress_bar_shows_the_epsilon_spent_after_every_round(tiny_corpus,
     config = small_config(tiny_corpus, tfds_dir, 2)
     config.progress_bar = True
     summary = train_fl.train(config, str(tmp_path))
-    sampler = train_fl.make_sampler(config, summary["population"])
+    sampler = fl_setup.make_sampler(config, summary["population"])
     spent = [sampler.accountant(0.5, 1e-5).epsilon(r) for r in (1, 2)]
     assert spent[1] == summary["epsilon_rdp"]
     assert [fields["eps"] for fields in shown] == [f"{eps:.3g}" for eps in spent]
@@ -267,12 +269,12 @@ def test_the_bar_shows_the_extrapolated_epsilon_or_none_without_noise():
     dp = fl_dp.get_config("demo").dp
     dp.target_cohort, dp.target_population, dp.delta = 1024, 100_000, 1e-6
     extrapolated = accounting.extrapolate(1.0 / 16, 16, 1024, 100_000, 3, 1e-6, ["rdp"])
-    progress = train_fl.Progress(3, last_eval={"wer": 0.5})
-    fields = train_fl.bar_fields({"clients_per_second": 2.0}, progress, run, dp)
+    progress = fl_progress.Progress(3, last_eval={"wer": 0.5})
+    fields = fl_progress.bar_fields({"clients_per_second": 2.0}, progress, run, dp)
     assert fields == {"clients_s": "2.0", "wer": "0.500",
                       "eps": f"{extrapolated.epsilon_rdp:.3g}"}
     no_noise = types.SimpleNamespace(**{**vars(run), "accountant": None})
-    assert "eps" not in train_fl.bar_fields({"clients_per_second": 2.0}, progress, no_noise, dp)
+    assert "eps" not in fl_progress.bar_fields({"clients_per_second": 2.0}, progress, no_noise, dp)
 
 
 def run_train_fl(*args: str) -> subprocess.CompletedProcess:
@@ -381,11 +383,11 @@ def test_bad_multi_process_settings_are_clear_errors():
 def test_auto_executor_uses_every_device_and_explicit_ones_say_when_they_do_not(caplog):
     config = fl_dp.get_config("demo")
     assert config.fl.executor == "auto"
-    assert train_fl.executor_name(config, 1) == "vectorized"
-    assert train_fl.executor_name(config, 8) == "sharded"
+    assert fl_setup.executor_name(config, 1) == "vectorized"
+    assert fl_setup.executor_name(config, 8) == "sharded"
     config.fl.executor = "vectorized"
     with caplog.at_level("WARNING"):
-        assert train_fl.executor_name(config, 8) == "vectorized"
+        assert fl_setup.executor_name(config, 8) == "vectorized"
     assert "trains on 1 of the 8 devices" in caplog.text
     assert "--config.fl.executor=auto" in caplog.text
 
@@ -394,7 +396,7 @@ def test_automatic_chunk_on_a_device_without_memory_limit_is_the_cpu_default():
     config = fl_dp.get_config("paper")
     assert config.fl.chunk_size is None
     messages = []
-    assert train_fl.automatic_chunk(config, None, messages.append) == train_fl.CPU_CHUNK
+    assert fl_setup.automatic_chunk(config, None, messages.append) == fl_setup.CPU_CHUNK
     assert "reports no memory limit" in messages[0]
 
 
@@ -411,4 +413,4 @@ def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
     data = types.SimpleNamespace(buckets=LengthBuckets((16_000,), (16,)),
                                  train=types.SimpleNamespace(num_users=8))
     with pytest.raises(RuntimeError, match="even with one client per device"):
-        train_fl.automatic_chunk(config, data, lambda message: None, memory_limit=1024)
+        fl_setup.automatic_chunk(config, data, lambda message: None, memory_limit=1024)

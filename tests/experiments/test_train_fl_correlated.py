@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import train_fl
+from experiments import fl_setup
 from tests.experiments.test_train_fl import assert_check_config_refuses, final_state, small_config
 
 
@@ -36,7 +37,7 @@ def test_correlated_noise_run_resumes_bit_for_bit_and_reports_its_epsilon(
     assert noise_state and all(x.shape[0] == 2 for x in noise_state)   # bands − 1 outputs
     assert any(np.any(x != 0) for x in noise_state)
     assert summary["mechanism"] == "banded_toeplitz" and summary["sampling"] == "cyclic"
-    mechanism = train_fl.correlated_noise(ftrl_config(tiny_corpus, tfds_dir, 2))
+    mechanism = fl_setup.correlated_noise(ftrl_config(tiny_corpus, tfds_dir, 2))
     expected = mechanism.epsilon(0.5, 1e-5, rounds=2).epsilon
     assert summary["epsilon_rdp"] == pytest.approx(expected, rel=1e-9)
 

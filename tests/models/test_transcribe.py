@@ -1,4 +1,4 @@
-"""Audio loading and the ``python -m fl_dp_asr.transcribe`` entry point."""
+"""Audio loading and the ``python -m fl_dp_asr.cli.transcribe`` entry point."""
 
 import re
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from fl_dp_asr import transcribe
+from fl_dp_asr.cli import transcribe
 from fl_dp_asr.audio.io import AudioFileError, load_audio
 from fl_dp_asr.data import CorruptAudioError, layouts
 from fl_dp_asr.models import init_params, transcribe_batch

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from experiments import train_fl
+from experiments import fl_setup
 from experiments.configs import central, fl_dp
 from fl_dp_asr.data import builders, synthetic
 from fl_dp_asr.data.errors import LayoutError
@@ -58,7 +58,7 @@ def test_the_demo_is_a_smaller_variant_of_the_paper_recipe(module):
 
 
 def test_the_dp_section_holds_the_dp_config_fields():
-    dp = train_fl.dp_config(fl_dp.get_config())
+    dp = fl_setup.dp_config(fl_dp.get_config())
     assert dp == DPConfig("per_layer", 0.01, "uniform", sigma_dp=3e-6)
     names = {f.name for f in dataclasses.fields(DPConfig)} - {"correlated_noise"}
     assert names <= set(fl_dp.get_config().dp.keys())   # correlated noise: dp.mechanism

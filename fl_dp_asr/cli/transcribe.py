@@ -1,6 +1,7 @@
 """Transcribe audio files with a trained checkpoint.
 
-    python -m fl_dp_asr.transcribe --checkpoint WORK_DIR [--step N] [--beam-width 8] a.wav b.flac c.mp3
+    python -m fl_dp_asr.cli.transcribe --checkpoint WORK_DIR [--step N] [--beam-width 8] \\
+        a.wav b.flac c.mp3
 
 Reads any format soundfile reads (wav, flac, mp3, ogg) at any sample rate, averages the
 channels, resamples to 16 kHz, and prints ``<file>\\t<text>`` per file, the text normalized
@@ -75,7 +76,7 @@ def positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 ok, 1 a file or checkpoint failed,
     2 bad flags)."""
-    parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.transcribe",
+    parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.cli.transcribe",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="trainer work directory, or its checkpoints/ directory")
