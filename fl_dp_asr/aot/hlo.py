@@ -305,27 +305,8 @@ def _traffic(instruction: _Instruction, computations: dict[str, list[_Instructio
     if instruction.op != "fusion":
         return result + sum(operands)
     fused = computations.get(next(iter(_called(instruction, "calls")), ""), [])
-    users: dict[str, list[_Instruction]] = {}
-    for inner in fused:
-        for name in inner.operands:
-            users.setdefault(name, []).append(inner)
-
-    def uses(name: str) -> list[_Instruction]:   # through bitcasts
-        found = []
-        for user in users.get(name, []):
-            found += uses(user.name) if user.op == "bitcast" else [user]
-        return found
-
-    def reads(name: str, full: float) -> float:
-        found = uses(name)
-        if found and all(u.op in _SLICES and u.operands[0] == name for u in found):
-            return min(full, sum(type_bytes(u.type) for u in found))
-        if found and all(u.op == "dynamic-update-slice" and u.operands[0] == name for u in found):
-            return 0.0                 # updated in place: the write is charged below
-        return full
-
-    params = {i.arguments.strip(): i.name for i in fused if i.op == "parameter"}
-    total = sum(reads(params.get(str(k), ""), size) for k, size in enumerate(operands))
+    total = sum(_fused_reads(fused, k, size, computations, types)
+                for k, size in enumerate(operands))
     root = fused[-1] if fused else None
     if root is None or not any(i.op == "dynamic-update-slice" for i in fused):
         return total + result
@@ -343,6 +324,36 @@ def _traffic(instruction: _Instruction, computations: dict[str, list[_Instructio
         else:
             total += _DTYPE_BYTES[dtype] * math.prod(dims)
     return total
+
+
+def _fused_reads(fused: list[_Instruction], index: int, full: float,
+                 computations: dict[str, list[_Instruction]], types: dict[str, str]) -> float:
+    """Bytes a fused computation reads of its parameter ``index`` (``full`` bytes): none if
+    unused or only updated in place, the slices if only sliced (through bitcasts and nested
+    fusions), else all of it."""
+    name = next((i.name for i in fused if i.op == "parameter"
+                 and i.arguments.strip() == str(index)), None)
+    if name is None:
+        return full
+    read = 0.0
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        for user in (i for i in fused if current in i.operands):
+            if user.op == "bitcast":
+                pending.append(user.name)
+            elif user.op in _SLICES and user.operands[0] == current:
+                read += type_bytes(user.type)
+            elif user.op == "dynamic-update-slice" and user.operands[0] == current:
+                continue                      # updated in place: the write is charged
+            elif user.op == "fusion":
+                nested = computations.get(next(iter(_called(user, "calls")), ""), [])
+                for k, operand in enumerate(user.operands):
+                    if operand == current:
+                        read += _fused_reads(nested, k, full, computations, types)
+            else:
+                return full
+    return min(full, read)
 
 
 def _collective_bytes(instruction: _Instruction, types: dict[str, str]) -> int:
