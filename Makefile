@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := espeak-ng sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps lint test demo bench clean
 
 install: system-deps $(STAMP)
 
@@ -24,8 +24,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Two workers, one test file each at a time (a file's module fixtures are built once).
-test: install
+# Lint and types, in seconds: ruff's rules (pyproject.toml [tool.ruff]), the format and import
+# order (`ruff format`; `ruff check --select I --fix`), mypy over fl_dp_asr/ ([tool.mypy]).
+# Every check runs and reports; the target fails if any failed.
+lint: install
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/ruff check --select I . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# Lint first (fails fast), then two workers, one test file each at a time (a file's module
+# fixtures are built once).
+test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: install
@@ -35,4 +47,4 @@ bench: install
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .ruff_cache .mypy_cache
