@@ -556,7 +556,7 @@ def grid_table(results: list[dict], study: Study) -> str:
 def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: Sequence[str],
                sigma: float, **fixed) -> str:
     """CER/WER of ``methods`` along ``axis`` (cohort or depth) at σ_DP = ``sigma``."""
-    lines = [f"| method | " + " | ".join(f"{axis} {v}" for v in values) + " |",
+    lines = ["| method | " + " | ".join(f"{axis} {v}" for v in values) + " |",
              "|---" * (len(values) + 1) + "|"]
     for method in methods:
         cells = []
@@ -623,7 +623,8 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
         gap = mean_cer(runs[per_layer]) - mean_cer(runs[global_])
         lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {errors_cell(base)} | "
                      f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | "
-                     f"{gap:+.1f} | {snr_range(seed0(runs[global_]))} | {snr_range(seed0(runs[per_layer]))} |")
+                     f"{gap:+.1f} | {snr_range(seed0(runs[global_]))} | "
+                     f"{snr_range(seed0(runs[per_layer]))} |")
     return "\n".join(lines) + "\n"
 
 

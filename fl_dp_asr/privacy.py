@@ -192,8 +192,8 @@ def _settings_lines(items: Sequence[tuple[str, str]], sampling: str = "poisson")
     return "\n".join(f"{k.ljust(width)} : {v}" for k, v in pairs)
 
 
-def _accountants(choice: str) -> tuple[str, ...]:
-    return accounting.ACCOUNTANTS if choice == "both" else (choice,)
+def _accountants(choice: str) -> tuple[accounting.AccountantName, ...]:
+    return accounting.ACCOUNTANTS if choice == "both" else (choice,)  # type: ignore[return-value]
 
 
 def _check_accountant_choice(sampling: str, choice: str) -> None:
@@ -307,7 +307,7 @@ def _run_calibrate(args: argparse.Namespace) -> str:
     args.sampling = args.sampling or "poisson"
     _check_accountant_choice(args.sampling, args.accountant)
     check_cohort(args.cohort, args.population, "--cohort", "--population", "calibrate")
-    results = []
+    results: list[tuple[str, float | None, float | None]] = []
     notes: dict[str, str] = {}
     footnotes: list[str] = []
     for name in _accountants(args.accountant):
@@ -453,7 +453,7 @@ def _run_correlated(args: argparse.Namespace, command: str) -> str:
         lines.append(("target ε", f"{args.target_epsilon:g}"))
     else:
         z = results[0][1] if results else None
-        sigma_dp = accounting.noise_multiplier_to_sigma_dp(z, args.cohort)
+        sigma_dp = accounting.noise_multiplier_to_sigma_dp(z, args.cohort)  # type: ignore[arg-type]
         lines += [("z", f"{_fmt_sig(z)}  (std of the draws before C⁻¹, on the sum / C)"),
                   ("σ_DP = z/S", f"{_fmt_sig(sigma_dp)}  (on the mean / C)")]
     lines += [("cohort S", _fmt_int(args.cohort)), ("population K", _fmt_int(args.population)),

@@ -1,6 +1,7 @@
 """Transcribe audio files with a trained checkpoint.
 
-    python -m fl_dp_asr.transcribe --checkpoint WORK_DIR [--step N] [--beam-width 8] a.wav b.flac c.mp3
+    python -m fl_dp_asr.transcribe --checkpoint WORK_DIR [--step N] [--beam-width 8] \
+        a.wav b.flac c.mp3
 
 Reads any format soundfile reads (wav, flac, mp3, ogg) at any sample rate, averages the
 channels, resamples to 16 kHz, and prints ``<file>\\t<text>`` per file, the text normalized
@@ -20,7 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

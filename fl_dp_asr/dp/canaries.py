@@ -97,7 +97,7 @@ class Canaries:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _STREAM), index)
         draw = transforms.standard_normal_like(key, like, layout)
         if dp.clipping == "global":
-            scale = OVERSHOOT * dp.clip_norm / transforms.l2_norm(jax.tree.leaves(draw))
+            scale = OVERSHOOT * dp.clip_bound / transforms.l2_norm(jax.tree.leaves(draw))
             return jax.tree.map(lambda x: x * scale, draw)
         # rescale_layers with C = 0 sets every layer to exactly its (overshot) bound.
         overshot = {name: OVERSHOOT * bound
@@ -171,7 +171,8 @@ def gdp_epsilon(mu: float, delta: float) -> float:
     return float(dp_accounting.get_epsilon_gaussian(1.0 / mu, delta))
 
 
-def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta: float,
+def estimate_epsilon(inserted: Sequence[float] | np.ndarray,
+                     heldout: Sequence[float] | np.ndarray, delta: float,
                      confidence: float = 0.95) -> Estimate:
     """The ε at δ of the Gaussian mechanism that separates the inserted canaries' statistic
     from the held-out ones' as well as this run does.

@@ -147,7 +147,7 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     the noise (:meth:`Canaries.insert`); None without.
     """
     if canaries is not None:
-        total = canaries.insert(total, canary_mask, dp, layout)
+        total = canaries.insert(total, canary_mask, dp, layout)  # type: ignore[arg-type]
     # Traced params still have static shapes: the per-layer bounds come from them.
     config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params,
                                   layout)
@@ -158,7 +158,7 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
         noisy_round = config.delta_noise_multiplier > 0
     else:
         bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
-        clip_norm = adaptive.total_bound(bounds) if bounds else None
+        clip_norm = adaptive.total_bound(bounds) if bounds else None  # type: ignore[assignment]
         noisy_round = dp.clipping != "none"   # noise is refused without clipping
     noise_key = jax.random.fold_in(key, _NOISE_STREAM)
     noise_state = state.noise_state
@@ -292,7 +292,7 @@ def make_round_step(
         executor: executors.Executor | None = None,
         layout: ParamLayout = SAME_LAYOUT,
         canaries: Canaries | None = None,
-) -> RoundStep:
+) -> BoundRoundStep:
     """Builds the round step ``(server_state, cohort_block, key) -> (server_state, metrics)``.
 
     Args:
@@ -449,7 +449,7 @@ def _check_noise_state(state: ServerState, dp: DPConfig, make: str) -> None:
     expected = jax.eval_shape(dp.correlated_noise.init_state, state.params)
     got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
                        state.noise_state)
-    if jax.tree.structure(got) != jax.tree.structure(expected):
+    if jax.tree.structure(got) != jax.tree.structure(expected):  # type: ignore[operator]
         raise ValueError(
             f"the server state's correlated-noise state has {len(jax.tree.leaves(got))} "
             f"arrays, but dp.correlated_noise={dp.correlated_noise!r} keeps "
@@ -485,11 +485,11 @@ class BoundRoundStep(NamedTuple):
 
     def lower(self, state: ServerState, cohort_block, key):
         self.check(state)
-        return self.step.lower(state, cohort_block, key, self.noise_stddev)
+        return self.step.lower(state, cohort_block, key, self.noise_stddev)  # type: ignore[attr-defined]
 
 
 def _device_scalar(value: float, mesh: jax.sharding.Mesh | None) -> jax.Array:
     """``value`` as a float32 scalar on the device (replicated over ``mesh`` if given), so
     calling the round step moves nothing from the host."""
-    value = np.float32(value)
+    value = np.float32(value)  # type: ignore[assignment]
     return jax.device_put(value) if mesh is None else distributed.replicate(value, mesh)

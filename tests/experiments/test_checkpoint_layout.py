@@ -33,7 +33,7 @@ def test_a_stacked_checkpoint_loads_in_the_models_own_layout(tmp_path):
 def test_resuming_an_unrolled_server_state_names_the_directory_and_the_way_out(tmp_path):
     checkpoints = write(tmp_path, UNROLLED)
     state = round_lib.ServerState(stack_blocks(UNROLLED), {}, jnp.zeros((), jnp.int32))
-    with pytest.raises(train_fl.OldLayoutError, match="unrolled.*init_checkpoint="):
+    with pytest.raises(train_fl.OldLayoutError, match=r"unrolled.*init_checkpoint="):
         train_fl.restore_latest(checkpoints, state)
     checkpoints.close()
 

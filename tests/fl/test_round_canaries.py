@@ -10,7 +10,7 @@ import pytest
 
 from fl_dp_asr.dp import DPConfig, transforms
 from fl_dp_asr.dp.canaries import OVERSHOOT, Canaries
-from fl_dp_asr.fl import audit, client, round as round_lib, samplers, server
+from fl_dp_asr.fl import audit, client, round as round_lib, server
 from tests.fl import toy_task
 from tests.fl.test_round import fresh_params
 
@@ -88,7 +88,7 @@ def test_two_sampled_canaries_add_up_before_the_noise():
     _, _, both = one_round(dp, CANARIES, mask=[1, 0, 1])
     _, _, first = one_round(dp, CANARIES, mask=[1, 0, 0])
     _, _, last = one_round(dp, CANARIES, mask=[0, 0, 1])
-    jax.tree.map(lambda b, f, l, n: np.testing.assert_allclose(b - n, (f - n) + (l - n),
+    jax.tree.map(lambda b, f, e, n: np.testing.assert_allclose(b - n, (f - n) + (e - n),
                                                                atol=2e-6),
                  both, first, last, none)
 
@@ -131,7 +131,10 @@ def test_a_round_is_drawn_once_for_its_users_and_its_canary_mask():
     cohorts = audit.canary_sampler("poisson", 20, Canaries(5, 2), cohort_size=10, seed=1)
     expected = {r: cohorts.sampler.sample(r) for r in range(3)}
     draws = []
-    counting = lambda r: draws.append(r) or expected[r]
+    def counting(r):
+        draws.append(r)
+        return expected[r]
+
     object.__setattr__(cohorts.sampler, "sample", counting)   # the cache wraps it from now on
     cohorts.__post_init__()
     for r in range(3):
@@ -149,7 +152,7 @@ def test_the_all_iterates_trail_keeps_the_maximum_and_survives_json():
     meta = trail.to_meta(CANARIES)
     back = audit.AuditTrail.from_meta(meta, CANARIES, "ckpt")
     np.testing.assert_array_equal(back.max_cosines, trail.max_cosines)
-    with pytest.raises(ValueError, match="audit.seed"):
+    with pytest.raises(ValueError, match=r"audit\.seed"):
         audit.AuditTrail.from_meta(meta, Canaries(3, 2, seed=8), "ckpt")
     with pytest.raises(ValueError, match="canaries None"):
         audit.AuditTrail.from_meta(None, CANARIES, "ckpt")
