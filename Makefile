@@ -9,7 +9,7 @@ TPU_COMPILER := .tpu-compiler
 LIBTPU := libtpu==0.0.52
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test demo bench docs clean
+.PHONY: install system-deps lint test demo bench docs clean
 
 install: system-deps $(STAMP) $(TPU_COMPILER)/.stamp
 
@@ -33,8 +33,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
-# Two workers, one test file each at a time (a file's module fixtures are built once).
-test: install
+# Lint and types, in seconds: ruff's rules (pyproject.toml [tool.ruff]), the format and import
+# order (`ruff format`; `ruff check --select I --fix`), mypy over fl_dp_asr/ ([tool.mypy]).
+# Every check runs and reports; the target fails if any failed.
+lint: install
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/ruff check --select I . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# Lint first (fails fast), then two workers, one test file each at a time (a file's module
+# fixtures are built once).
+test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: install
@@ -49,4 +61,4 @@ docs: install
 	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) $(TPU_COMPILER) build *.egg-info docs/_build docs/reference/generated
+	rm -rf $(VENV) $(TPU_COMPILER) build *.egg-info docs/_build docs/reference/generated .ruff_cache .mypy_cache

@@ -119,7 +119,7 @@ def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dic
 # ------------------------------------------------------------------ round steps
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_overrides):
     """``(config, params, client_update, server_optimizer)`` for a named model size, the
     parameters in the round's layout (blocks stacked, ``asr.PARAM_LAYOUT``); local

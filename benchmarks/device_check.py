@@ -147,7 +147,7 @@ def largest_fitting(candidates: Sequence[int], attempt: Callable[[int], Any]
     for candidate in sorted(candidates, reverse=True):
         try:
             return candidate, attempt(candidate), notes
-        except Exception as error:      # noqa: BLE001 -- XlaRuntimeError is not public
+        except Exception as error:      # XlaRuntimeError is not public; re-raised unless OOM
             if not is_out_of_memory(error):
                 raise
             first_line = str(error).strip().splitlines()[0][:160]
@@ -190,7 +190,9 @@ def local_step(size: str, utterances: int, seconds: float, repeats: int,
     start = time.perf_counter()
     compiled = jax.jit(step).lower(params, opt_state, batch, key).compile()
     compile_s = time.perf_counter() - start
-    run = lambda: common.block_until_ready(compiled(params, opt_state, batch, key))
+    def run():
+        return common.block_until_ready(compiled(params, opt_state, batch, key))
+
     run()
     seconds_per_step = common.median([common.time_call(run) for _ in range(max(repeats, 3))])
     return {"compile_s": compile_s, "step_s": seconds_per_step}
@@ -309,7 +311,7 @@ def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks:
             for chunk in chunks:
                 try:
                     row(f"vectorized, chunk {chunk}", *vectorized(chunk))
-                except Exception as error:      # noqa: BLE001
+                except Exception as error:
                     if not is_out_of_memory(error):
                         raise
                     add_row([f"vectorized, chunk {chunk}", "out of memory", "", ""])

@@ -101,7 +101,7 @@ def run_sharded(size: str, cohort: int, repeats: int, mix: str) -> dict[str, lis
     common.log(f"  {size}/{cohort}: sharded subprocess (8 fake CPU devices)")
     out = subprocess.run(cmd, env=env, cwd=common.REPO, check=True, capture_output=True,
                          text=True).stdout
-    line = next(l for l in out.splitlines()[::-1] if l.startswith("RESULT "))
+    line = next(x for x in out.splitlines()[::-1] if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 

@@ -75,7 +75,7 @@ def measure_in_subprocess(size: str, cohort: int, chunk: int, batch_size: int) -
          "--cohort", str(cohort), "--chunk", str(chunk), "--batch-size", str(batch_size)],
         cwd=common.REPO, env=dict(os.environ, PYTHONPATH=str(common.REPO)), check=True,
         capture_output=True, text=True).stdout
-    return json.loads(next(l for l in out.splitlines()[::-1] if l.startswith("{")))
+    return json.loads(next(x for x in out.splitlines()[::-1] if x.startswith("{")))
 
 
 def _shape(batch_size: int) -> common.ClientShape:

@@ -60,10 +60,12 @@ def summary_text(central: dict, fl: dict, config, plot_files: list[str]) -> str:
     return "\n".join([
         "",
         "fl_dp_asr demo summary",
-        f"  seed model (central, synthetic LibriSpeech part): dev WER {pct(central['dev_wer'])}, "
-        f"CER {pct(central['dev_cer'])} after {central['step']} steps",
+        f"  seed model (central, synthetic LibriSpeech part): dev WER "
+        f"{pct(central['dev_wer'])}, CER {pct(central['dev_cer'])} after {central['step']} "
+        "steps",
         f"  held-out Common Voice-part users: WER {pct(fl['seed_wer'])} (seed) -> "
-        f"{pct(fl['final_wer'])} (FL + DP); CER {pct(fl['seed_cer'])} -> {pct(fl['final_cer'])}",
+        f"{pct(fl['final_wer'])} (FL + DP); CER {pct(fl['seed_cer'])} -> "
+        f"{pct(fl['final_cer'])}",
         f"  FL: {fl['rounds']} rounds, {fl['sampling']} sampling, expected cohort "
         f"S={fl['cohort_size']} of K={fl['population']} users, {config.fl.local_steps} local "
         f"steps, {fl['clipping']} clipping ({fl['allocation']}) C={config.dp.clip_norm}, "

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fl_dp_asr.train.metrics import read_jsonl  # noqa: E402
+from fl_dp_asr.train.metrics import read_jsonl
 
 LAYER_PREFIX = "train/layer_delta_norms/"
 BOUND_PREFIX = "train/layer_clip_norms/"
@@ -110,7 +110,8 @@ def make_plots(run_dirs: Sequence[str], out_dir: str) -> list[str]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: is {run_dir} a train_fl work dir?")
         runs[_name(run_dir)] = read_jsonl(path)
-    written = [os.path.join(out_dir, "wer_vs_round.png"), os.path.join(out_dir, "wer_vs_epsilon.png")]
+    written = [os.path.join(out_dir, "wer_vs_round.png"),
+               os.path.join(out_dir, "wer_vs_epsilon.png")]
     plot_wer_vs_round(runs, written[0])
     plot_wer_vs_epsilon(runs, written[1])
     for name, records in runs.items():

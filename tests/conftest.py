@@ -13,10 +13,10 @@ os.environ["XLA_FLAGS"] = f"{processes.TEST_XLA_FLAGS} {os.environ.get('XLA_FLAG
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(processes.COMPILATION_CACHE)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(processes.CACHE_MIN_COMPILE_SECONDS)
 
-import jax  # noqa: E402  (after XLA_FLAGS: read when its CPU backend starts)
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from fl_dp_asr.data.synthetic import generate_corpus, tiny_config  # noqa: E402
+from fl_dp_asr.data.synthetic import generate_corpus, tiny_config
 
 
 def pytest_configure(config):

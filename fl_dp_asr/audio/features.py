@@ -44,7 +44,7 @@ class LogMelConfig:
     variance_epsilon: float = 1e-6
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | np.float64) -> np.ndarray:
     return 2595.0 * np.log10(1.0 + hz / 700.0)
 
 
@@ -109,8 +109,8 @@ def log_mel(
     >>> f.shape, p.sum(axis=1).tolist()
     ((2, 98, 80), [0.0, 50.0])
     """
-    frame_length = int(round(sample_rate * frame_length_ms / 1000))
-    frame_step = int(round(sample_rate * frame_step_ms / 1000))
+    frame_length = round(sample_rate * frame_length_ms / 1000)
+    frame_step = round(sample_rate * frame_step_ms / 1000)
     if fft_size < frame_length:
         raise ValueError(f"fft_size {fft_size} < frame length {frame_length} samples")
     waveform = jnp.asarray(waveform)

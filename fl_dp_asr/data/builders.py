@@ -37,7 +37,8 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -49,6 +50,7 @@ from fl_dp_asr.data.errors import (CorruptAudioError, DataError, EmptyTranscript
                                    LayoutError, TranscriptError, UnsupportedCharactersError)
 from fl_dp_asr.data.federated import FederatedDataset
 from fl_dp_asr.text import normalize
+from fl_dp_asr.text.tokenizer import Language
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ def _decode(path: pathlib.Path) -> np.ndarray | CorruptAudioError:
         return error
 
 
-class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder,  # type: ignore[call-arg]
+                          skip_registration=True):
     """Shared build logic: index → validate transcript → decode audio → example.
 
     Args:
@@ -118,7 +121,7 @@ class _LocalSpeechBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         super().__init__(**kwargs)
 
     # Subclass hooks --------------------------------------------------------------------------
-    def _language(self) -> str:
+    def _language(self) -> Language:
         raise NotImplementedError
 
     def _index_files(self, manual_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -252,7 +255,7 @@ class LibrispeechLocal(_LocalSpeechBuilder):
                        for subset in layouts.LIBRISPEECH_SUBSETS]
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Expected layout:\n{layouts.LIBRISPEECH_LAYOUT}"
 
-    def _language(self) -> str:
+    def _language(self) -> Language:
         return "en"
 
     def _split_names(self) -> tuple[str, ...]:
@@ -286,7 +289,7 @@ class CommonVoiceLocal(_LocalSpeechBuilder):
                        for language in ("en", "fr", "de")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Expected layout:\n{layouts.COMMON_VOICE_LAYOUT}"
 
-    def _language(self) -> str:
+    def _language(self) -> Language:
         return self.builder_config.name
 
     def _split_names(self) -> tuple[str, ...]:
@@ -346,8 +349,9 @@ def prepare(name: str, config: str, *, manual_dir: str | pathlib.Path | None,
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if builder.is_prepared():
         built_from = builder.info.metadata.get("source_fingerprint")
+        source = cast("str | pathlib.Path", manual_dir)     # not None where manual_exists
         if (not (manual_exists and rebuild_if_stale)
-                or builder.source_fingerprint(manual_dir) == built_from):
+                or builder.source_fingerprint(source) == built_from):
             _report_skipped(builder, skip_bad_files)
             return builder
         logger.warning("%s/%s in %s was built from another version of %s; rebuilding.", name,

@@ -29,9 +29,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import os
 import pathlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tqdm
@@ -60,7 +62,7 @@ def _pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
     raw = data.tobytes()
-    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
+    return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
 
 
 class FederatedDataset:
@@ -104,7 +106,7 @@ class FederatedDataset:
     # Construction ----------------------------------------------------------------------------
     @classmethod
     def from_source(cls, source: Any, *, cache_path: str | os.PathLike[str] | None = None,
-                    progress: bool = False) -> "FederatedDataset":
+                    progress: bool = False) -> FederatedDataset:
         """Indexes ``source`` (one pass that reads every example), or loads a cached index.
 
         Args:
@@ -147,7 +149,7 @@ class FederatedDataset:
         return dataset
 
     def _save_index(self, path: pathlib.Path) -> None:
-        arrays = {"num_samples": self.num_samples}
+        arrays: dict[str, Any] = {"num_samples": self.num_samples}
         strings = {"user_ids": self.user_of_row, "utterance_ids": self.utterance_ids,
                    "transcripts": self.transcripts, "genders": self.genders}
         for field, name in _INDEX_FIELDS.items():
@@ -156,7 +158,7 @@ class FederatedDataset:
         np.savez(partial, **arrays)
         os.replace(partial, path)
 
-    def _view(self, rows: np.ndarray) -> "FederatedDataset":
+    def _view(self, rows: np.ndarray) -> FederatedDataset:
         rows = np.sort(np.asarray(rows, np.int64))
         return FederatedDataset(
             self.source, source_indices=self.source_indices[rows],
@@ -203,13 +205,13 @@ class FederatedDataset:
     def hours(self) -> float:
         return float(self.num_samples.sum() / SAMPLE_RATE / 3600)
 
-    def subset_users(self, users: Sequence[str]) -> "FederatedDataset":
+    def subset_users(self, users: Sequence[str]) -> FederatedDataset:
         """The view holding only ``users``' utterances."""
         rows = [self.rows_of(u) for u in users]
         return self._view(np.concatenate(rows) if rows else np.zeros(0, np.int64))
 
     def filter(self, *, min_seconds: float = 0.0,
-               max_seconds: float = float("inf")) -> "FederatedDataset":
+               max_seconds: float = float("inf")) -> FederatedDataset:
         """The view without utterances shorter than ``min_seconds`` or longer than
         ``max_seconds``."""
         seconds = self.durations()
@@ -251,7 +253,7 @@ class LengthBuckets:
 
     @classmethod
     def for_dataset(cls, dataset: FederatedDataset, tokenize: Tokenize,
-                    num_buckets: int = 3) -> "LengthBuckets":
+                    num_buckets: int = 3) -> LengthBuckets:
         """Buckets whose largest sizes fit ``dataset``; each smaller one is half the next
         (audio rounded up to 0.1 s, labels to 8 tokens)."""
         longest_audio = int(dataset.num_samples.max(initial=SAMPLE_RATE))

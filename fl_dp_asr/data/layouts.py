@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import pathlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile

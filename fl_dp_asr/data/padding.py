@@ -68,7 +68,8 @@ class PaddingBuckets:
 
     def grid(self, batch: Batch) -> tuple[int, int]:
         """(row levels, length levels) of a batch of this shape."""
-        return tuple(len(sizes) for sizes in self.sizes(batch))
+        row_sizes, sample_sizes = self.sizes(batch)
+        return len(row_sizes), len(sample_sizes)
 
     def levels(self, batch: Batch) -> jax.Array:
         """int32 [2]: the smallest (row, length) level holding every real utterance."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Generic, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -59,12 +60,12 @@ class Prefetcher(Generic[T]):
             for item in iterator:
                 if not self._offer(item):
                     return
-        except BaseException as error:  # pylint: disable=broad-except
+        except BaseException as error:  # noqa: BLE001 -- re-raised in the consumer's thread
             self._offer(_Failure(error))
             return
         self._offer(_End())
 
-    def __iter__(self) -> "Prefetcher[T]":
+    def __iter__(self) -> Prefetcher[T]:
         return self
 
     def __next__(self) -> T:
@@ -85,7 +86,7 @@ class Prefetcher(Generic[T]):
         self._stop.set()
         self._thread.join()
 
-    def __enter__(self) -> "Prefetcher[T]":
+    def __enter__(self) -> Prefetcher[T]:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -12,7 +12,8 @@ import argparse
 import collections
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
     counts = dataset.user_num_utterances()
     seconds = dataset.durations()
     lower = 1
-    histogram = []
+    histogram: list[tuple[str, int]] = []
     for upper in _BIN_EDGES + (np.inf,):
         label = f"{lower}" if upper == lower else (f"{lower}+" if upper == np.inf
                                                    else f"{lower}-{int(upper)}")

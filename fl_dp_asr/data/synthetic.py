@@ -42,7 +42,8 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.signal
@@ -458,7 +459,7 @@ def render(job: Job) -> np.ndarray:
     return np.clip(np.rint(audio), -32768, 32767).astype(np.int16)
 
 
-def _synthesize(args: tuple[Job, str]) -> tuple[str, int]:
+def _synthesize(args: tuple[Job, str]) -> tuple[str, float]:
     job, root = args
     audio = render(job)
     path = pathlib.Path(root) / job.relative_path
@@ -520,8 +521,8 @@ def _summary(plan: _Plan, seconds: dict[str, float], config: CorpusConfig) -> di
             "speakers": split.speakers, "utterances": len(durations),
             "hours": round(sum(durations) / 3600, 4)}
     clip_seconds = {p.rsplit("/", 1)[1]: s for p, s in seconds.items() if p.startswith("cv-")}
-    for split, rows in plan.cv_rows.items():
-        summary[f"common_voice/{split}"] = {
+    for cv_split, rows in plan.cv_rows.items():
+        summary[f"common_voice/{cv_split}"] = {
             "speakers": len({r["client_id"] for r in rows}), "utterances": len(rows),
             "hours": round(sum(clip_seconds[r["path"]] for r in rows) / 3600, 4)}
     return summary

@@ -66,7 +66,7 @@ Sampling = Literal["poisson", "fixed"]
 AccountantName = Literal["rdp", "pld"]
 
 SAMPLING_SCHEMES: tuple[str, ...] = ("poisson", "fixed")
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
+ACCOUNTANTS: tuple[AccountantName, ...] = ("rdp", "pld")
 
 ADD_OR_REMOVE_ONE_USER = "add-or-remove-one-user"
 REPLACE_ONE_USER = "replace-one-user"

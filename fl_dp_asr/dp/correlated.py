@@ -94,8 +94,9 @@ class CorrelatedNoise:
     BLT has C[0, 0] = 1 (round 1's noise is N(0, σ²)); jax_privacy's banded coefficients
     have norm 1 instead (sens² = k, round 1's noise std σ/coefs[0]). Its parameters are the
     float32 values the noise recursion uses; give them to rebuild a mechanism exactly (a
-    resumed run must), or leave them out and :meth:`optimize` (or any method that needs them) asks jax_privacy for the
-    strategy optimized for (n, b) — 5–40 s on 2 CPU cores, cached per value in the process.
+    resumed run must), or leave them out and :meth:`optimize` (or any method that needs them)
+    asks jax_privacy for the strategy optimized for (n, b) — 5–40 s on 2 CPU cores, cached per
+    value in the process.
 
     Attributes:
         kind: ``"blt"`` (buffered linear Toeplitz: memory ``num_buffers`` × params, with
@@ -209,7 +210,11 @@ class CorrelatedNoise:
         """Arrays of the size of the parameters the noise state keeps (BLT: buffers;
         banded: the last ``bands − 1`` outputs)."""
         value = self.optimize()
-        return len(value.buf_decay) if value.kind == "blt" else value.bands - 1
+        if value.kind == "blt":
+            assert value.buf_decay is not None      # set by optimize()
+            return len(value.buf_decay)
+        assert value.bands is not None              # checked at construction
+        return value.bands - 1
 
     def optimize(self) -> CorrelatedNoise:
         """This mechanism with its strategy's parameters set (optimized by jax_privacy for
@@ -467,7 +472,9 @@ class CorrelatedNoise:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> CorrelatedNoise:
         """The mechanism of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in fields.items()}
+        return cls(**kwargs)
 
     def check_sampler(self, sampler: Any) -> None:
         """Raises unless ``sampler`` guarantees this mechanism's participation: a
@@ -515,11 +522,12 @@ def _optimize(mechanism: CorrelatedNoise) -> CorrelatedNoise:
         blt = buffered_toeplitz.optimize(n=n, min_sep=b, max_participations=None,
                                          error=mechanism.error,
                                          max_buffers=mechanism.max_buffers)
-        return dataclasses.replace(mechanism, buf_decay=np.asarray(blt.buf_decay),
-                                   output_scale=np.asarray(blt.output_scale))
+        return dataclasses.replace(mechanism,
+                                   buf_decay=_float32_tuple("buf_decay", blt.buf_decay),
+                                   output_scale=_float32_tuple("output_scale", blt.output_scale))
     reduction = jnp.max if mechanism.error == "max" else jnp.mean
     coefs = toeplitz.optimize_banded_toeplitz(n, mechanism.bands, reduction_fn=reduction)
-    return dataclasses.replace(mechanism, coefs=np.asarray(coefs))
+    return dataclasses.replace(mechanism, coefs=_float32_tuple("coefs", coefs))
 
 
 @dataclasses.dataclass(frozen=True)

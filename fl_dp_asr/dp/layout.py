@@ -102,7 +102,9 @@ def layerwise(transform: optax.GradientTransformation, layout: ParamLayout
 
     def update_fn(updates, state, params=None):
         def one_leaf(stack_ndim, update, *param):
-            fn = lambda u, *p: transform.update(u, state, *p)[0]
+            def fn(u, *p):
+                return transform.update(u, state, *p)[0]
+
             for _ in range(stack_ndim):
                 fn = jax.vmap(fn)
             return fn(update, *param)

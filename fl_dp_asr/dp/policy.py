@@ -181,8 +181,8 @@ class DPConfig:
         if self.clipping == "none":
             return {}
         if self.clipping == "global":
-            return {adaptive.GLOBAL: float(self.clip_norm)}
-        return transforms.layer_bounds(self.clip_norm, self.allocation, params, self.layer_fn,
+            return {adaptive.GLOBAL: float(self.clip_bound)}
+        return transforms.layer_bounds(self.clip_bound, self.allocation, params, self.layer_fn,
                                        layout)
 
     def count_stddev(self, expected_cohort_size: float) -> float:
@@ -209,6 +209,13 @@ class DPConfig:
                                               num_bounds)
         return z, adaptive.delta_noise_multiplier(z, z_b), z_b
 
+    @property
+    def clip_bound(self) -> float:
+        """C (``clip_norm``) of a config that clips; construction checked that it is set."""
+        if self.clip_norm is None:
+            raise ValueError(f"dp.clipping={self.clipping!r} has no dp.clip_norm.")
+        return self.clip_norm
+
     def resolve_noise_multiplier(self, expected_cohort_size: float) -> float:
         """z for this run: given directly, or z = S·σ_DP for the expected cohort size S."""
         if self.sigma_dp is not None:
@@ -221,7 +228,7 @@ class DPConfig:
         0 without noise (and always without clipping, where noise is refused).
         """
         noise_multiplier = self.resolve_noise_multiplier(expected_cohort_size)
-        return noise_multiplier * self.clip_norm if noise_multiplier > 0 else 0.0
+        return noise_multiplier * self.clip_bound if noise_multiplier > 0 else 0.0
 
     def sensitivity(self, neighboring_relation: str) -> float:
         """L2 sensitivity of the sum of clipped deltas: C (add or remove one user) or 2C
@@ -231,7 +238,7 @@ class DPConfig:
             neighboring_relation: ``accounting.ADD_OR_REMOVE_ONE_USER`` (Poisson sampling)
                 or ``accounting.REPLACE_ONE_USER`` (fixed-size sampling).
         """
-        clip_norm = math.inf if self.clipping == "none" else self.clip_norm
+        clip_norm = math.inf if self.clipping == "none" else self.clip_bound
         return accounting.sensitivity(clip_norm, neighboring_relation)
 
     def clipping_transform(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
@@ -239,12 +246,12 @@ class DPConfig:
         """The per-client clipping transform (for ``"none"``: the identity, with statistics)
         of deltas in ``layout`` (:mod:`fl_dp_asr.dp.layout`)."""
         if self.clipping == "global":
-            return transforms.clip_by_global_norm(self.clip_norm, layout)
+            return transforms.clip_by_global_norm(self.clip_bound, layout)
         if self.clipping == "per_layer":
-            return transforms.clip_per_layer(self.clip_norm, self.allocation, self.layer_fn,
+            return transforms.clip_per_layer(self.clip_bound, self.allocation, self.layer_fn,
                                              layout)
         if self.clipping == "rescale_per_layer":
-            return transforms.rescale_per_layer(self.clip_norm, self.allocation, self.layer_fn,
+            return transforms.rescale_per_layer(self.clip_bound, self.allocation, self.layer_fn,
                                                 layout)
         return transforms.clip_by_global_norm(math.inf, layout)
 

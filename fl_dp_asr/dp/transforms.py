@@ -33,7 +33,7 @@ import difflib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 
 PyTree = Any
 LayerFn = Callable[[tuple], str]
-Allocation = Union[str, Mapping[str, float], PyTree]
+Allocation = str | Mapping[str, float] | PyTree
 ALLOCATIONS = ("uniform", "by_dim")   # the allocation rules named by a string
 
 
@@ -157,7 +157,7 @@ def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dic
         return checks.check_positive(f"the bound of layer {name!r}", float(bound),
                                      allow_zero=True)
 
-    if jax.tree.structure(allocation) != jax.tree.structure(tree):
+    if jax.tree.structure(allocation) != jax.tree.structure(tree):  # type: ignore[operator]
         return {name: checked(name, bound) for name, bound in allocation.items()}
     bounds: dict[str, float] = {}
     for path, bound in jax.tree_util.tree_leaves_with_path(allocation):
@@ -242,7 +242,8 @@ def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
 # ------------------------------------------------------------- pure clipping rules
 
 
-def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_name,
+def clip_global(delta: PyTree, clip_norm: float | jax.Array,
+                layer_fn: LayerFn = leaf_layer_name,
                 layout: ParamLayout = SAME_LAYOUT) -> tuple[PyTree, ClipStats]:
     """Δ · C / max(C, ‖Δ‖), with the statistics of :class:`ClipStats`."""
     norms = layer_norms(delta, layer_fn, layout)
@@ -252,7 +253,7 @@ def clip_global(delta: PyTree, clip_norm: float, layer_fn: LayerFn = leaf_layer_
     return clipped, ClipStats(norms, norm, (norm > clip_norm).astype(jnp.float32))
 
 
-def clip_layers(delta: PyTree, bounds: Mapping[str, float],
+def clip_layers(delta: PyTree, bounds: Mapping[str, float | jax.Array],
                 layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
                 ) -> tuple[PyTree, ClipStats]:
     """Every layer h clipped independently: Δ_h · C_h / max(C_h, ‖Δ_h‖)."""
@@ -297,8 +298,9 @@ def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAM
     key_tree = layout.to_compute(jax.tree.unflatten(treedef, list(keys)))
 
     def draw(leaf, leaf_keys):
-        sample = lambda k: jax.random.normal(k, jnp.shape(leaf)[jnp.ndim(leaf_keys):],
-                                             jnp.float32)
+        def sample(k):
+            return jax.random.normal(k, jnp.shape(leaf)[jnp.ndim(leaf_keys):], jnp.float32)
+
         for _ in range(jnp.ndim(leaf_keys)):
             sample = jax.vmap(sample)
         return sample(leaf_keys)
@@ -325,7 +327,7 @@ def tree_is_finite(tree: PyTree) -> jax.Array:
 def _stats_state(tree: PyTree, layer_fn: LayerFn, layout: ParamLayout) -> ClipStats:
     names = layer_sizes(tree, layer_fn, layout)
     zero = jnp.zeros((), jnp.float32)
-    return ClipStats({name: zero for name in names}, zero, zero)
+    return ClipStats(dict.fromkeys(names, zero), zero, zero)
 
 
 def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],

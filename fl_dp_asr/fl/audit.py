@@ -65,7 +65,7 @@ class CanaryCohorts:
 
     def sample(self, round_index: int) -> np.ndarray:
         """The users of round ``round_index`` (sorted ids < K)."""
-        ids = self._draw(round_index)
+        ids = self._draw(round_index)  # type: ignore[attr-defined]
         return ids[ids < self.num_users]
 
     def num_slots(self, multiple: int = 1) -> int:
@@ -74,7 +74,7 @@ class CanaryCohorts:
 
     def canary_mask(self, round_index: int) -> np.ndarray:
         """float32 ``[k]``: 1.0 for the canaries drawn in round ``round_index``."""
-        ids = self._draw(round_index)
+        ids = self._draw(round_index)  # type: ignore[attr-defined]
         mask = np.zeros(self.num_canaries, np.float32)
         mask[ids[ids >= self.num_users] - self.num_users] = 1.0
         return mask
@@ -129,7 +129,7 @@ class AuditTrail:
                              f"inserts {dataclasses.asdict(canaries)}: keep audit.canaries, "
                              "audit.heldout and audit.seed of its first round, or start a new "
                              "work directory.")
-        return cls(np.asarray(meta["max_cosines"], np.float64))
+        return cls(np.asarray(meta["max_cosines"], np.float64))  # type: ignore[index]
 
 
 def final_model_cosines(canaries: Canaries, initial: PyTree, final: PyTree, dp: DPConfig,
@@ -145,7 +145,7 @@ def estimates(canaries: Canaries, trail: AuditTrail, final_cosines: np.ndarray, 
               ) -> dict[str, float]:
     """Both views' ε at δ: ``epsilon_<view>``, ``..._ci_low``, ``..._ci_high`` (95 %),
     ``..._lower_bound`` (jax_privacy's), for ``view`` in :data:`VIEWS`."""
-    out = {}
+    out: dict[str, float] = {}
     k = canaries.inserted
     for view, scores in zip(VIEWS, (np.asarray(final_cosines), trail.max_cosines)):
         estimate = estimate_epsilon(scores[:k], scores[k:], delta)

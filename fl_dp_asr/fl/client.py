@@ -251,7 +251,9 @@ def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransform
         updates, new_opt_state = local_optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         real = step_mask > 0
-        keep = lambda new, old: optax.tree_utils.tree_where(real, new, old)
+        def keep(new, old):
+            return optax.tree_utils.tree_where(real, new, old)
+
         return LocalState(keep(new_params, state.params), keep(new_opt_state, state.opt_state),
                           state.loss_sum + loss * step_mask)
 

@@ -115,7 +115,9 @@ def make_contribution(client_update: ClientUpdate,
         kept = real & finite
         clipped = optax.tree_utils.tree_where(
             kept, clipped, optax.tree_utils.tree_zeros_like(clipped))
-        masked = lambda x: jnp.where(kept, x, 0.0)
+        def masked(x):
+            return jnp.where(kept, x, 0.0)
+
         sums = RoundSums(
             clients=real.astype(jnp.float32),
             dropped=(real & ~finite).astype(jnp.float32),

@@ -110,9 +110,9 @@ def process_client_indices(num_slots: int, mesh: jax.sharding.Mesh) -> np.ndarra
         raise ValueError(f"{num_slots} client slots do not split over "
                          f"{mesh.shape[CLIENTS_AXIS]} devices: use a multiple of the "
                          "executor's client_multiple (sampler.num_slots).")
-    slots = set()
+    slots: set[int] = set()
     for index in sharding.addressable_devices_indices_map((num_slots,)).values():
-        slots.update(range(num_slots)[index[0]])
+        slots.update(range(num_slots)[index[0]])  # type: ignore[index]
     return np.asarray(sorted(slots), np.int64)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import dp_accounting
 import numpy as np
@@ -88,12 +88,12 @@ class CohortSampler(abc.ABC):
     def dp_event(self, noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
         """The ``dp_accounting`` event of ``rounds`` rounds with noise multiplier z."""
         return accounting.make_dp_event(noise_multiplier, self.cohort_size, self.population,
-                                        rounds, self.name)
+                                        rounds, cast(accounting.Sampling, self.name))
 
     def accountant(self, noise_multiplier: float, delta: float) -> accounting.RunAccountant:
         """The ε accountant of a run that samples with this sampler."""
-        return accounting.RunAccountant(self.name, self.cohort_size, self.population,
-                                        noise_multiplier, delta)
+        return accounting.RunAccountant(cast(accounting.Sampling, self.name), self.cohort_size,
+                                        self.population, noise_multiplier, delta)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ def init_params(config: ModelConfig, key: jax.Array,
     return _init_fn(config, sharding)(key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init_fn(config: ModelConfig, sharding: jax.sharding.Sharding | None):
     def init(key):
         features = jnp.zeros((1, 4 * config.conv_stride, config.features.num_mel_bins),
@@ -106,12 +107,13 @@ def ctc_loss_fn(params: PyTree, batch: Batch, key: jax.Array | None, train: bool
     features, paddings = compute_features(batch["audio"], batch["audio_lengths"], config)
     rngs = None
     if train:
+        assert key is not None, "train=True needs a key"
         augment_key, dropout_key, cape_key = jax.random.split(key, 3)
         features = spec_augment(features, paddings, augment_key,
                                 **dataclasses.asdict(config.spec_augment))
         rngs = {"dropout": dropout_key, "cape": cape_key}
-    logits, logit_paddings = build_model(config).apply(
-        {"params": params}, features, paddings, train=train, rngs=rngs)
+    logits, logit_paddings = cast(tuple[jax.Array, jax.Array], build_model(config).apply(
+        {"params": params}, features, paddings, train=train, rngs=rngs))
 
     labels = batch["labels"].astype(jnp.int32)
     label_lengths = batch["label_lengths"].astype(jnp.int32)
@@ -164,7 +166,8 @@ def predict_logits(params: PyTree, audio: jax.Array, audio_lengths: jax.Array,
                    config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """Evaluation-mode logits: int16 [B, S] audio → (float32 [B, T', V], paddings [B, T'])."""
     features, paddings = compute_features(audio, audio_lengths, config)
-    return build_model(config).apply({"params": params}, features, paddings, train=False)
+    return cast(tuple[jax.Array, jax.Array],
+                build_model(config).apply({"params": params}, features, paddings, train=False))
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -198,7 +201,7 @@ def _eval_step(params, batch, config):
 
 
 def evaluate(params: PyTree, config: ModelConfig, batches: Iterable[Batch],
-             max_examples: int = 0) -> dict[str, float]:
+             max_examples: int = 0) -> dict[str, Any]:
     """Greedy-decoding WER/CER and loss of ``params`` over ``batches`` (real utterances only).
 
     References are the batches' ``labels`` decoded to text (already normalized); hypotheses

@@ -15,7 +15,8 @@ tiny      4       144    576    4      288      1.16 M
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fl_dp_asr.audio.augment import SpecAugmentConfig
 from fl_dp_asr.audio.features import LogMelConfig
@@ -150,7 +151,8 @@ def get_model_config(size: str = "tiny", **overrides: Any) -> ModelConfig:
 
     >>> get_model_config("paper").num_blocks
     36
-    >>> get_model_config("tiny", dtype="bfloat16", spec_augment={"enabled": False}).spec_augment.enabled
+    >>> config = get_model_config("tiny", dtype="bfloat16", spec_augment={"enabled": False})
+    >>> config.spec_augment.enabled
     False
     """
     if size not in MODEL_SIZES:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -145,8 +147,10 @@ class TransformerBlock(nn.Module):
                  dropout_keys: jax.Array | None) -> jax.Array:
         cfg = self.config
         train = dropout_keys is not None
-        key = (lambda site: dropout_keys[site]) if train else (lambda site: None)
-        dense = dict(use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        key = ((lambda site: dropout_keys[site]) if dropout_keys is not None
+               else (lambda site: None))
+        dense: dict[str, Any] = dict(use_bias=cfg.use_bias, dtype=cfg.dtype,
+                                     param_dtype=cfg.param_dtype)
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention_norm")(x)
         h = nn.MultiHeadDotProductAttention(
             num_heads=cfg.num_heads, qkv_features=cfg.model_dim,
@@ -214,7 +218,7 @@ def block_keys(dropout_rng: LazyRng, num_blocks: int) -> tuple[jax.Array, jax.Ar
     return keys[:, :len(DROPOUT_SITES)], keys[:, len(DROPOUT_SITES)]
 
 
-def stack_blocks(params: dict) -> dict:
+def stack_blocks(params: Mapping[str, Any]) -> dict:
     """The parameters with the blocks' subtrees (``block_00`` ...) stacked into one
     ``"blocks"`` subtree of [num_blocks, ...] leaves (the layout the scan runs on); the
     other modules are unchanged. Inverse: :func:`unstack_blocks`."""
@@ -263,7 +267,7 @@ def run_blocks(config: ModelConfig, stacked: dict, x: jax.Array, attention_mask:
     block = TransformerBlock(config, parent=None)
     train = dropout_rng is not None
     layer_drop = train and config.layer_drop_rate > 0.0
-    if train:
+    if dropout_rng is not None:
         keys, drop_keys = block_keys(dropout_rng, num_blocks)
         keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - config.layer_drop_rate))(drop_keys)
     else:
@@ -323,6 +327,7 @@ class Encoder(nn.Module):
                 x = TransformerBlock(cfg, name=block_name(i))(x, attention_mask, None)
         else:
             # The "dropout" stream as flax holds it (a key and a static path to fold in).
+            assert self.scope is not None     # set by flax in apply()
             dropout_rng = self.scope.rngs["dropout"] if train else None
             params = self.variables["params"]
             stacked = (params[STACKED] if STACKED in params

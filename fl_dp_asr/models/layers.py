@@ -115,6 +115,7 @@ def attention_with_frame_dropout(query: jax.Array, key: jax.Array, value: jax.Ar
         force_fp32_for_softmax=force_fp32_for_softmax)
     if not deterministic and dropout_rate > 0.0:
         keep_prob = 1.0 - dropout_rate
+        assert dropout_rng is not None, "dropout needs dropout_rng"
         keep = row_bernoulli(dropout_rng, keep_prob, weights.shape[-2:])
         weights = jnp.where(keep, weights / keep_prob, 0.0).astype(weights.dtype)
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)

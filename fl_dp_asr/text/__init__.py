@@ -6,7 +6,7 @@ from fl_dp_asr.text.tokenizer import (BLANK_ID, VOCAB_SIZE, VOCABULARY, CharToke
                                       Normalized, normalize)
 
 __all__ = [
-    "BLANK_ID", "VOCAB_SIZE", "VOCABULARY", "CharTokenizer", "ErrorCounts", "Normalized",
+    "BLANK_ID", "VOCABULARY", "VOCAB_SIZE", "CharTokenizer", "ErrorCounts", "Normalized",
     "beam_search_batch", "corpus_cer", "corpus_wer", "greedy_decode", "normalize",
     "prefix_beam_search",
 ]

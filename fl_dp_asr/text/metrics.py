@@ -10,7 +10,7 @@ batch (they add up across batches, hosts or clients) and equals ``jiwer.wer`` /
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jiwer
 

@@ -29,9 +29,11 @@ import dataclasses
 import logging
 import re
 import unicodedata
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 BLANK_ID = 0
 BLANK = "<blank>"
@@ -155,7 +157,8 @@ class CharTokenizer:
             if self.on_unknown == "report":
                 new = sorted(set(result.dropped) - set(self.dropped))
                 if new:
-                    logger.warning("dropping unknown symbols %r (first seen in %r)", "".join(new), text)
+                    logger.warning("dropping unknown symbols %r (first seen in %r)",
+                                   "".join(new), text)
             self.dropped.update(result.dropped)
         return result.text
 
@@ -174,7 +177,7 @@ class CharTokenizer:
             chars.append(VOCABULARY[i])
         return "".join(chars)
 
-    def decode_batch(self, ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+    def decode_batch(self, ids: ArrayLike, lengths: ArrayLike) -> list[str]:
         """Decodes ``ids[b, :lengths[b]]`` for each row ``b`` of int [B, N] ``ids``."""
         ids, lengths = np.asarray(ids), np.asarray(lengths)
         return [self.decode(row[:n]) for row, n in zip(ids, lengths)]

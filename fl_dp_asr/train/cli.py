@@ -23,7 +23,8 @@ import math
 import os
 import shutil
 import sys
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn, cast
 
 from absl import app, flags
 from ml_collections import config_dict
@@ -75,7 +76,7 @@ def nan_fields(config: config_dict.ConfigDict, prefix: str = "config") -> Iterat
             yield path
 
 
-def _lookup_message(error: LookupError | AttributeError) -> str:
+def _lookup_message(error: BaseException) -> str:
     """The text of ml_collections' unknown-field error (a KeyError, maybe in an AttributeError)."""
     while error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]
@@ -137,7 +138,7 @@ def remove_if_empty(directory: str) -> None:
 
 
 def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
-    workdir = flags.FLAGS["workdir"].value
+    workdir = cast(str, flags.FLAGS["workdir"].value)    # a required flag
     created = not os.path.exists(workdir)
     try:
         return main(argv)

@@ -45,7 +45,7 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._truncate_after(resume_step)
-        self._jsonl = open(self.path, "a", encoding="utf-8")
+        self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- closed by close()
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:

@@ -36,7 +36,7 @@ def itstime(step: int, every: int | None, last_step: int) -> bool:
     >>> [s for s in range(1, 8) if itstime(s, 3, last_step=7)]
     [3, 6, 7]
     """
-    return step == last_step or bool(every) and step % every == 0
+    return step == last_step or (every is not None and every != 0 and step % every == 0)
 
 
 # ------------------------------------------------------------------ data

@@ -183,7 +183,9 @@ def test_training_epochs_cover_every_row_once_and_depend_on_seed_and_epoch():
     assert [b.tolist() for b in epoch] != [
         b.tolist() for b in epoch_batches(lengths, 8, seed=3, epoch=2, sort_window=4)]
     # Length-sorted windows: a batch spans less of the length range than a shuffled one.
-    spread = lambda batches: np.mean([np.ptp(lengths[b]) for b in batches if len(b) == 8])
+    def spread(batches):
+        return np.mean([np.ptp(lengths[b]) for b in batches if len(b) == 8])
+
     assert spread(epoch) < 0.5 * spread(epoch_batches(lengths, 8, 3, 1, sort_window=0))
 
 

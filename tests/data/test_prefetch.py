@@ -50,5 +50,5 @@ def test_buffer_is_bounded_and_close_stops_the_producer():
 
 
 def test_rejects_empty_buffer():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="buffer_size=0 must be >= 1"):
         Prefetcher([], buffer_size=0)

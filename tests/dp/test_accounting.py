@@ -157,7 +157,7 @@ def test_integral_floats_are_accepted_as_integers():
 
 
 def test_pld_with_fixed_sampling_names_the_alternatives():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="sampling='fixed'") as info:
         accounting.epsilon(1.0, 10, 1000, 10, DELTA, sampling="fixed", accountant="pld")
     message = str(info.value)
     assert "accountant='rdp' with sampling='fixed'" in message
@@ -237,7 +237,7 @@ def test_extrapolation_computes_only_the_requested_accountants():
 
 
 def test_extrapolation_validates_its_arguments():
-    with pytest.raises(ValueError, match="target_cohort.*target_population"):
+    with pytest.raises(ValueError, match=r"target_cohort.*target_population"):
         accounting.extrapolate(1e-5, 1024, 51200, 5000, 100, DELTA)
     with pytest.raises(ValueError, match="sigma_dp"):
         accounting.extrapolate(0.0, 1024, 51200, 5_120_000, 100, DELTA)

@@ -20,7 +20,7 @@ def run_bounds(rounds, cohort, gamma, *, stddev=0.0, lr=0.2, seed=0, start=1.0,
                exact_fractions=False):
     """Simulates the server's bound updates; returns the bounds after every round."""
     rng = np.random.default_rng(seed)
-    bounds = adaptive.initial_bounds({name: start for name in LAYERS})
+    bounds = adaptive.initial_bounds(dict.fromkeys(LAYERS, start))
     update = jax.jit(lambda b, sums, n, noise: adaptive.update_bounds(
         b, sums, n, noise, expected_cohort_size=cohort, target_quantile=gamma,
         learning_rate=lr))

@@ -2,6 +2,7 @@
 state machine is a deterministic, jit-able pytree function, ε matches a direct computation."""
 
 import doctest
+import itertools
 import math
 
 import dp_accounting
@@ -210,7 +211,7 @@ def test_calibrate_inverts_epsilon(accountant):
 def test_run_accountant_of_a_correlated_run():
     acc = blt().accountant(2.0, 1e-6)
     eps = [acc.epsilon(t) for t in range(1, ROUNDS + 1)]
-    assert all(a <= b for a, b in zip(eps, eps[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(eps))
     budget = (eps[5] + eps[6]) / 2
     assert acc.max_rounds_within(budget) == 6
     assert acc.max_rounds_within(1e9) == ROUNDS and acc.pld_feasible(ROUNDS)

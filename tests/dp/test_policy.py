@@ -18,7 +18,7 @@ def test_nan_inf_and_negative_numbers_are_rejected_naming_the_field(field, value
 
 
 def test_zero_clip_norm_is_rejected_and_zero_noise_is_allowed():
-    with pytest.raises(ValueError, match="dp.clip_norm must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"dp\.clip_norm must be finite and > 0"):
         DPConfig("global", clip_norm=0.0)
     assert DPConfig("global", 1.0, noise_multiplier=0.0).noise_stddev(10) == 0.0
     assert DPConfig("global", 1.0, sigma_dp=0.0).noise_stddev(10) == 0.0
@@ -29,14 +29,14 @@ def test_inconsistent_settings_are_rejected():
         DPConfig("none", noise_multiplier=1.0)
     with pytest.raises(ValueError, match="not both"):
         DPConfig("global", 1.0, noise_multiplier=1.0, sigma_dp=1e-3)
-    with pytest.raises(ValueError, match="needs dp.clip_norm"):
+    with pytest.raises(ValueError, match=r"needs dp\.clip_norm"):
         DPConfig("per_layer")
-    with pytest.raises(ValueError, match="dp.clipping='median'"):
+    with pytest.raises(ValueError, match=r"dp\.clipping='median'"):
         DPConfig("median", 1.0)
 
 
 def test_an_allocation_that_is_no_rule_is_rejected_at_construction():
-    with pytest.raises(ValueError, match="dp.allocation='bydim'.*did you mean 'by_dim'"):
+    with pytest.raises(ValueError, match=r"dp\.allocation='bydim'.*did you mean 'by_dim'"):
         DPConfig("per_layer", 1.0, allocation="bydim")
     assert DPConfig("per_layer", 1.0, allocation={"a": 1.0}).allocation == {"a": 1.0}
 

@@ -101,7 +101,9 @@ def test_rescale_per_layer_sets_every_nonzero_layer_to_its_bound(deltas):
 
 
 def test_grouped_layers_share_one_bound():
-    group = lambda path: jax.tree_util.keystr(path[:1])  # one layer per top-level key
+    def group(path):  # one layer per top-level key
+        return jax.tree_util.keystr(path[:1])
+
     delta = {"block": {"w": jnp.full((2,), 3.0), "b": jnp.full((2,), 4.0)},
              "head": jnp.zeros(3)}
     clip = transforms.clip_per_layer(math.sqrt(2.0), "uniform", layer_fn=group)
@@ -128,7 +130,9 @@ def test_explicit_bounds_by_name_or_as_a_pytree_clip_each_layer_to_its_bound():
         clipped, _ = apply(transforms.clip_per_layer(1.0, allocation), delta)
         assert float(jnp.linalg.norm(clipped["a"])) == pytest.approx(0.6)
         assert float(jnp.linalg.norm(clipped["nested"]["b"])) == pytest.approx(0.8)
-    group = lambda path: jax.tree_util.keystr(path[:1], simple=True)  # "nested" = one layer
+    def group(path):  # "nested" = one layer
+        return jax.tree_util.keystr(path[:1], simple=True)
+
     with pytest.raises(ValueError, match="different bounds"):
         transforms.layer_bounds(1.0, {"a": 0.6, "nested": {"b": 0.8, "c": 0.0}},
                                 {"a": 0, "nested": {"b": 0, "c": 0}}, group)
@@ -152,7 +156,7 @@ def test_explicit_bounds_must_match_clip_norm_and_layers():
 
 def test_an_allocation_that_is_no_rule_is_rejected_when_the_transform_is_made():
     for make in (transforms.clip_per_layer, transforms.rescale_per_layer):
-        with pytest.raises(ValueError, match="allocation='unifrom'.*did you mean 'uniform'"):
+        with pytest.raises(ValueError, match=r"allocation='unifrom'.*did you mean 'uniform'"):
             make(1.0, "unifrom")
 
 

@@ -3,6 +3,7 @@ grows and stays within reach of ε_accounted, large without noise), it catches a
 whose code path drops the noise or the clipping while its accountant does not, and the FL
 trainer reports both estimates, also after a resume."""
 
+import itertools
 import math
 import os
 
@@ -31,7 +32,7 @@ def rows(sweep):
 @pytest.mark.parametrize("view", ["final_model", "all_iterates"])
 def test_empirical_epsilon_falls_with_the_noise_and_is_large_without(rows, view):
     estimates = [row[f"epsilon_{view}"] for row in rows]
-    assert all(a > b for a, b in zip(estimates, estimates[1:])), estimates
+    assert all(a > b for a, b in itertools.pairwise(estimates)), estimates
     assert estimates[0] > 3 and estimates[0] > 3 * estimates[-1]
     for row in rows[1:]:   # below the accountant, up to the estimate's own interval
         assert row[f"epsilon_{view}_ci_low"] <= row["epsilon_accounted"], row

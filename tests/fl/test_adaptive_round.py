@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from fl_dp_asr.dp import DPConfig, adaptive
+from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.fl import client, executors, round as round_lib, server
 from tests import processes
 
@@ -127,7 +127,7 @@ NOISE_DP = DPConfig("global", 1.0, noise_multiplier=2.0, target_unclipped_quanti
                     clipped_count_stddev=3.0, clip_norm_lr=0.2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def noise_step(executor):
     return make_step(NOISE_DP, 8, executor)
 
@@ -191,7 +191,7 @@ def test_count_noise_too_small_for_the_states_layers_fails_before_tracing():
                   clipped_count_stddev=0.6)
     step, opt = make_step(dp, 8)
     state = round_lib.init_server_state(zero_params(), opt, dp)
-    with pytest.raises(ValueError, match="z_b = 0.8485 must exceed"):
+    with pytest.raises(ValueError, match=r"z_b = 0\.8485 must exceed"):
         step(state, {}, jax.random.key(0))              # raised before the block is read
 
 
@@ -218,7 +218,7 @@ def test_a_state_with_the_bounds_of_other_layers_is_a_clear_error():
     params = {"block": {"a": jnp.zeros(4), "b": jnp.zeros(100)}}
     state = round_lib.init_server_state(
         params, opt, DPConfig("per_layer", 1.0, target_unclipped_quantile=0.5))
-    with pytest.raises(ValueError, match="dp.layers='module'"):
+    with pytest.raises(ValueError, match=r"dp\.layers='module'"):
         step(state, {}, jax.random.key(0))
 
 

@@ -78,7 +78,7 @@ def two_processes(tmp_path_factory):
         tmp_path_factory.mktemp("workers"), DEVICES_PER_PROCESS, timeout=240)
     outputs = []
     for rank, out in enumerate(stdouts):
-        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+        lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
         assert lines, f"process {rank} printed no result"
         outputs.append(json.loads(lines[-1][len("RESULT "):]))
     return outputs

@@ -213,7 +213,9 @@ def test_one_user_changes_the_noiseless_sum_by_at_most_c(clipping):
     changed["batches"]["x"][2] *= 1e3
     changed["batches"]["y"][2] = -changed["batches"]["y"][2] * 1e4
     _, _, other = run_round(changed, dp=dp, cohort_size=6)
-    dist = lambda a, b: float(optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(a, b)))
+    def dist(a, b):
+        return float(optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(a, b)))
+
     assert 0 < dist(base, without) <= 0.05 * (1 + 1e-4)        # add/remove one user: C
     assert 0 < dist(base, other) <= 2 * 0.05 * (1 + 1e-4)      # replace one user: 2C
 

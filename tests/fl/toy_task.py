@@ -33,8 +33,9 @@ def make_cohort(num_clients: int, local_steps: int = 3, batch: int = 4, seed: in
                 real_clients: int | None = None, steps_per_client=None) -> dict:
     """Random client blocks ``[clients, local_steps, batch, ...]`` with masks.
 
-    Clients share a linear target up to a client-specific perturbation (non-IID). ``real_clients`` leaves the rest
-    as padding clients; ``steps_per_client`` gives each client fewer real steps.
+    Clients share a linear target up to a client-specific perturbation (non-IID).
+    ``real_clients`` leaves the rest as padding clients; ``steps_per_client`` gives each client
+    fewer real steps.
     """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(num_clients, local_steps, batch, FEATURES)).astype(np.float32)

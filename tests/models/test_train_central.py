@@ -35,7 +35,7 @@ def _config(corpus, tfds_dir):
 def test_trains_checkpoints_and_resumes_exactly(tiny_corpus, tfds_dir, tmp_path):
     config = _config(tiny_corpus, tfds_dir)
     summary = train_central.train(config, str(tmp_path / "a"))
-    assert summary["step"] == 4 and 0.0 <= summary["dev_cer"]
+    assert summary["step"] == 4 and summary["dev_cer"] >= 0.0
     model_config, _, step = load_model_checkpoint(tmp_path / "a" / "checkpoints")
     assert step == 4 and model_config.num_blocks == 1
 

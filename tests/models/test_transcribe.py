@@ -29,7 +29,7 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
     assert audio.dtype == np.int16 and abs(len(audio) - 24_000) <= 1
     expected_peak = 0.75 * 0.3 * 32768  # mean of the two channels
     assert abs(np.abs(audio).max() - expected_peak) < 0.03 * expected_peak
-    with pytest.raises(AudioFileError, match="missing.flac: no such file"):
+    with pytest.raises(AudioFileError, match=r"missing\.flac: no such file"):
         load_audio(tmp_path / "missing.flac")
     (tmp_path / "garbage.flac").write_bytes(b"fLaC" + b"\x00" * 64)
     with pytest.raises(AudioFileError, match=r"garbage.flac: unreadable or corrupt audio \("):

@@ -53,7 +53,7 @@ def test_beam_beats_greedy_when_alignments_merge():
     # Best path: three blanks, "" with P = 0.55³ = 0.166. Beam search sums the alignments
     # of "1" (1 − P("") − P(1 _ 1) = 0.722) and returns it.
     log_probs = np.log(np.array([[0.55, 0.45]] * 3))
-    ids, lengths = greedy_decode(jnp.asarray(log_probs[None]), jnp.zeros((1, 3)))
+    _, lengths = greedy_decode(jnp.asarray(log_probs[None]), jnp.zeros((1, 3)))
     assert int(lengths[0]) == 0
     (best, score), (second, _) = prefix_beam_search(log_probs, beam_width=4)[:2]
     assert best == (1,) and second == ()

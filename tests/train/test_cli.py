@@ -36,7 +36,8 @@ def parse(*args: str) -> list[str]:
      "--config configs/missing.py: no such file (experiment configs are Python files with "
      "get_config(), e.g. in experiments/configs/)"),
     (["--config", CONFIG, "--config.dp.sigma_dp=nan"],
-     "config.dp.sigma_dp=nan is not a number: give it a finite value (--config.dp.sigma_dp=...)"),
+     "config.dp.sigma_dp=nan is not a number: "
+     "give it a finite value (--config.dp.sigma_dp=...)"),
     (["--config", CONFIG, "--config.fl.cohort_size=abc"],
      "flag --config.fl.cohort_size=abc: invalid literal for int() with base 10: 'abc'"),
 ])

@@ -36,7 +36,8 @@ def test_stop_signals_are_recorded_and_the_handlers_restored():
 def test_write_json_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "summary.json")
     utils.write_json(path, {"wer": 0.5})
-    assert json.loads(open(path, encoding="utf-8").read()) == {"wer": 0.5}
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f) == {"wer": 0.5}
     assert os.listdir(tmp_path) == ["summary.json"]
 
 
