@@ -31,6 +31,7 @@ def grid(mode: str) -> tuple[tuple, int]:
 
 def run(mode: str = "default") -> common.Report:
     from fl_dp_asr.dp import accounting
+
     settings, repeats = grid(mode)
     rows = []
     for label, z, cohort, population, rounds, delta in settings:
@@ -40,27 +41,35 @@ def run(mode: str = "default") -> common.Report:
             for i in range(repeats):
                 start = time.perf_counter()
                 # A different T each time: no cache anywhere can answer.
-                value = accounting.epsilon(z, cohort, population, rounds + i, delta, sampling,
-                                           method).epsilon
+                value = accounting.epsilon(
+                    z, cohort, population, rounds + i, delta, sampling, method
+                ).epsilon
                 times.append(time.perf_counter() - start)
                 eps = value if eps is None else eps  # ε at T itself
-            rows.append([label, rounds, f"{sampling}/{method}", z, eps, common.median(times),
-                         max(times)])
+            rows.append(
+                [label, rounds, f"{sampling}/{method}", z, eps, common.median(times), max(times)]
+            )
         acc = accounting.RunAccountant("poisson", cohort, population, z, delta)
         acc.epsilon(rounds)
-        cached = common.median([common.time_call(lambda: acc.epsilon(rounds))
-                                for _ in range(100)])
-        rows.append([label, rounds, "RunAccountant, cached", z, acc.epsilon(rounds), cached,
-                     cached])
+        cached = common.median([common.time_call(lambda: acc.epsilon(rounds)) for _ in range(100)])
+        rows.append(
+            [label, rounds, "RunAccountant, cached", z, acc.epsilon(rounds), cached, cached]
+        )
     report = common.Report(
         "Accounting cost: seconds per ε evaluation",
         f"mode={mode}; fl_dp_asr.dp.accounting.epsilon (dp-accounting), median of {repeats} "
-        "uncached evaluations each; z = noise std on the sum / C.")
-    report.add_table("", ["setting", "rounds T", "sampling/accountant", "z", "ε",
-                          "s per ε (median)", "s (max)"], rows)
-    report.notes.append("Log ε with RunAccountant every N rounds: an RDP evaluation costs "
-                        "far less than one round; PLD is for the final report (or log it "
-                        "rarely / in a background thread).")
+        "uncached evaluations each; z = noise std on the sum / C.",
+    )
+    report.add_table(
+        "",
+        ["setting", "rounds T", "sampling/accountant", "z", "ε", "s per ε (median)", "s (max)"],
+        rows,
+    )
+    report.notes.append(
+        "Log ε with RunAccountant every N rounds: an RDP evaluation costs "
+        "far less than one round; PLD is for the final report (or log it "
+        "rarely / in a background thread)."
+    )
     return report
 
 

@@ -27,9 +27,9 @@ from unittest import mock
 
 from benchmarks import common
 
-H100_BF16_DENSE_TFLOPS = 989.0     # H100 SXM, dense BF16 tensor-core peak (NVIDIA datasheet)
-H100_HBM_TBPS = 3.35               # H100 SXM HBM3 bandwidth
-PAPER_COHORTS = (1024, 50_000)     # the paper's simulated and extrapolated cohort sizes
+H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense BF16 tensor-core peak (NVIDIA datasheet)
+H100_HBM_TBPS = 3.35  # H100 SXM HBM3 bandwidth
+PAPER_COHORTS = (1024, 50_000)  # the paper's simulated and extrapolated cohort sizes
 
 
 # ------------------------------------------------------------------ HLO cost analysis
@@ -46,9 +46,12 @@ def step_cost(size: str, shape: common.ClientShape = common.ClientShape(), **ove
 
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
+
     config = get_model_config(size, **overrides)
-    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[2:], s.dtype),
-                         common.abstract_cohort(1, shape)["batches"])
+    batch = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape[2:], s.dtype),
+        common.abstract_cohort(1, shape)["batches"],
+    )
 
     def cost(num_blocks):
         shallow = config.replace(num_blocks=num_blocks)
@@ -59,9 +62,11 @@ def step_cost(size: str, shape: common.ClientShape = common.ClientShape(), **ove
 
     (flops0, bytes0), (flops1, bytes1) = cost(0), cost(1)
     depth = config.num_blocks
-    return {"flops": flops0 + depth * (flops1 - flops0),
-            "bytes": bytes0 + depth * (bytes1 - bytes0),
-            "params": asr.count_params(asr.abstract_params(config))}
+    return {
+        "flops": flops0 + depth * (flops1 - flops0),
+        "bytes": bytes0 + depth * (bytes1 - bytes0),
+        "params": asr.count_params(asr.abstract_params(config)),
+    }
 
 
 # ------------------------------------------------------------------ profiling
@@ -69,7 +74,7 @@ def step_cost(size: str, shape: common.ClientShape = common.ClientShape(), **ove
 
 def _category(name: str) -> str | None:
     if common.is_runtime_event(name):
-        return None                                  # runtime / Python / loop, not a thunk
+        return None  # runtime / Python / loop, not a thunk
     if name.startswith("conv") or "conv_general" in name:
         return "convolution"
     if name.startswith(("ynn_fusion", "dot")) or ".dot" in name:
@@ -92,8 +97,7 @@ def profile(fn, calls: int = 2) -> tuple[dict[str, tuple[float, float]], list[tu
             per_category[category] += event["dur"] / 1e3 / calls
             counts[category] += 1 / calls
             per_name[event["name"]] += event["dur"] / 1e3 / calls
-    return ({c: (per_category[c], counts[c]) for c in per_category},
-            per_name.most_common(5))
+    return ({c: (per_category[c], counts[c]) for c in per_category}, per_name.most_common(5))
 
 
 # ------------------------------------------------------------------ the previous front end
@@ -106,10 +110,10 @@ def lax_conv_front_end():
     import jax
 
     from fl_dp_asr.models import encoder
-    jax.clear_caches()          # jit caches traces per function: force a retrace
+
+    jax.clear_caches()  # jit caches traces per function: force a retrace
     try:
-        with mock.patch.object(encoder, "strided_conv1d_as_matmul",
-                               jax.lax.conv_general_dilated):
+        with mock.patch.object(encoder, "strided_conv1d_as_matmul", jax.lax.conv_general_dilated):
             yield
     finally:
         jax.clear_caches()
@@ -122,12 +126,14 @@ def matmul_gflops(n: int = 1536, repeats: int = 5) -> float:
     """float32 matmul throughput of this machine (GFLOP/s), the practical compute peak."""
     import jax
     import jax.numpy as jnp
+
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     dot = jax.jit(lambda x: x @ x)
     common.block_until_ready(dot(a))
-    seconds = common.median([common.time_call(lambda: common.block_until_ready(dot(a)))
-                             for _ in range(repeats)])
-    return 2 * n ** 3 / seconds / 1e9
+    seconds = common.median(
+        [common.time_call(lambda: common.block_until_ready(dot(a))) for _ in range(repeats)]
+    )
+    return 2 * n**3 / seconds / 1e9
 
 
 def client_units(size: str, chunk: int, repeats: int):
@@ -136,19 +142,22 @@ def client_units(size: str, chunk: int, repeats: int):
 
     _, params, update, _ = common.asr_task(size)
     block = common.synthetic_cohort(chunk)
-    block["step_mask"][:] = 1.0      # every step real: the timing is per computed step
+    block["step_mask"][:] = 1.0  # every step real: the timing is per computed step
     clients = jax.device_put({"batches": block["batches"], "step_mask": block["step_mask"]})
     keys = jax.random.split(jax.random.key(0), chunk)
     one = jax.tree.map(lambda x: x[0], clients)
     single = jax.jit(update.run)
     # The vectorized executor's chunk trainer (vmap over clients, steps inside a scan).
     vmapped = jax.jit(update.run_chunk)
-    fns = {"one client (sequential unit)": lambda: single(params, one, keys[0]),
-           f"vmap of {chunk} clients (vectorized unit)": lambda: vmapped(params, clients, keys)}
+    fns = {
+        "one client (sequential unit)": lambda: single(params, one, keys[0]),
+        f"vmap of {chunk} clients (vectorized unit)": lambda: vmapped(params, clients, keys),
+    }
     for fn in fns.values():
-        common.block_until_ready(fn())              # compile
-    times = common.interleaved({k: (lambda f=f: common.block_until_ready(f()))
-                                for k, f in fns.items()}, repeats)
+        common.block_until_ready(fn())  # compile
+    times = common.interleaved(
+        {k: (lambda f=f: common.block_until_ready(f())) for k, f in fns.items()}, repeats
+    )
     return fns, {k: common.median(v) for k, v in times.items()}
 
 
@@ -160,7 +169,8 @@ def run(mode: str = "default") -> common.Report:
         "What limits CPU speed; FLOPs of the paper model",
         f"mode={mode}; local step = value_and_grad of the CTC loss on one batch of "
         f"{shape.batch_size} utterances padded to {shape.max_seconds_padded:g} s "
-        f"(SpecAugment, dropout, CAPE on); client = {shape.local_steps} local steps.")
+        f"(SpecAugment, dropout, CAPE on); client = {shape.local_steps} local steps.",
+    )
 
     # 1. FLOPs per local step.
     sizes = ("tiny", "small", "paper")
@@ -168,11 +178,30 @@ def run(mode: str = "default") -> common.Report:
     rows = []
     for s, c in costs.items():
         client = c["flops"] * shape.local_steps
-        rows.append([s, f"{c['params'] / 1e6:.2f} M", c["flops"] / 1e9, c["bytes"] / 1e9,
-                     c["flops"] / c["bytes"], client / 1e9, 64 * client / 1e12])
-    report.add_table("HLO cost analysis of one local step (abstract shapes)",
-                     ["model", "params", "GFLOP/step", "GB accessed/step", "FLOP/byte",
-                      "GFLOP/client", "TFLOP/round of 64"], rows)
+        rows.append(
+            [
+                s,
+                f"{c['params'] / 1e6:.2f} M",
+                c["flops"] / 1e9,
+                c["bytes"] / 1e9,
+                c["flops"] / c["bytes"],
+                client / 1e9,
+                64 * client / 1e12,
+            ]
+        )
+    report.add_table(
+        "HLO cost analysis of one local step (abstract shapes)",
+        [
+            "model",
+            "params",
+            "GFLOP/step",
+            "GB accessed/step",
+            "FLOP/byte",
+            "GFLOP/client",
+            "TFLOP/round of 64",
+        ],
+        rows,
+    )
 
     # 2-4. Achieved throughput and profile, current model vs matmul front end.
     peak = matmul_gflops()
@@ -188,29 +217,38 @@ def run(mode: str = "default") -> common.Report:
             for unit, s in seconds.items():
                 clients = chunk if unit.startswith("vmap") else 1
                 per_client = s / clients
-                perf_rows.append([variant, unit, per_client,
-                                  tiny_client_flops / per_client / 1e9,
-                                  100 * tiny_client_flops / per_client / 1e9 / peak])
+                perf_rows.append(
+                    [
+                        variant,
+                        unit,
+                        per_client,
+                        tiny_client_flops / per_client / 1e9,
+                        100 * tiny_client_flops / per_client / 1e9 / peak,
+                    ]
+                )
                 if mode == "quick":
                     continue
                 categories, top = profile(fns[unit])
-                for category, (ms, count) in sorted(categories.items(),
-                                                    key=lambda kv: -kv[1][0]):
-                    profile_rows.append([variant, unit, category, ms / clients,
-                                         count / clients])
-                top_rows += [[variant, unit, re.sub(r"\s+", " ", name), ms / clients]
-                             for name, ms in top[:3]]
+                for category, (ms, count) in sorted(categories.items(), key=lambda kv: -kv[1][0]):
+                    profile_rows.append([variant, unit, category, ms / clients, count / clients])
+                top_rows += [
+                    [variant, unit, re.sub(r"\s+", " ", name), ms / clients] for name, ms in top[:3]
+                ]
     report.add_table(
         f"Tiny model, one client = {shape.local_steps} local steps (float32 matmul peak of this "
         f"machine: {peak:.1f} GFLOP/s)",
         ["model code", "unit", "s per client", "GFLOP/s achieved", "% of matmul peak"],
-        perf_rows)
+        perf_rows,
+    )
     if profile_rows:
-        report.add_table("jax.profiler trace by kind of XLA:CPU thunk (per client)",
-                         ["model code", "unit", "thunk kind", "ms per client",
-                          "thunks per client"], profile_rows)
-        report.add_table("Top thunks (per client)",
-                         ["model code", "unit", "thunk", "ms per client"], top_rows)
+        report.add_table(
+            "jax.profiler trace by kind of XLA:CPU thunk (per client)",
+            ["model code", "unit", "thunk kind", "ms per client", "thunks per client"],
+            profile_rows,
+        )
+        report.add_table(
+            "Top thunks (per client)", ["model code", "unit", "thunk", "ms per client"], top_rows
+        )
 
     # 5. Paper model on an H100 (estimate).
     paper = costs["paper"]
@@ -224,22 +262,41 @@ def run(mode: str = "default") -> common.Report:
     report.add_table(
         "ESTIMATE (no GPU used): paper model round on one H100 SXM "
         f"({H100_BF16_DENSE_TFLOPS:g} TFLOP/s dense bf16)",
-        ["cohort", "PFLOP/round", "assumed MFU", "s/round"], gpu_rows)
+        ["cohort", "PFLOP/round", "assumed MFU", "s/round"],
+        gpu_rows,
+    )
     roofline_rows = []
     for utterances in (2, 8, 32):
         flops = step_flops * utterances / shape.batch_size
         compute_s = flops / (H100_BF16_DENSE_TFLOPS * 1e12)
         for bytes_per_param in (12, 20):
             memory_s = paper["params"] * bytes_per_param / (H100_HBM_TBPS * 1e12)
-            roofline_rows.append([utterances, utterances * 133, flops / 1e9, bytes_per_param,
-                                  compute_s * 1e3, memory_s * 1e3,
-                                  f"{100 * compute_s / max(compute_s, memory_s):.0f} %"])
+            roofline_rows.append(
+                [
+                    utterances,
+                    utterances * 133,
+                    flops / 1e9,
+                    bytes_per_param,
+                    compute_s * 1e3,
+                    memory_s * 1e3,
+                    f"{100 * compute_s / max(compute_s, memory_s):.0f} %",
+                ]
+            )
     report.add_table(
         "ESTIMATE (no GPU used): roofline of one paper-model local step on an H100 — each "
         "client streams its own weights and gradients every step (12–20 bytes/parameter: "
         "f32 params read + written, f32 grads written + read, bf16 copies)",
-        ["utterances/step (4 s)", "GEMM rows", "GFLOP", "bytes/param", "compute ms",
-         "HBM ms", "MFU ceiling"], roofline_rows)
+        [
+            "utterances/step (4 s)",
+            "GEMM rows",
+            "GFLOP",
+            "bytes/param",
+            "compute ms",
+            "HBM ms",
+            "MFU ceiling",
+        ],
+        roofline_rows,
+    )
     step_bytes_s = paper["bytes"] / (H100_HBM_TBPS * 1e12)
     step_flops_s = step_flops / (H100_BF16_DENSE_TFLOPS * 1e12)
     report.notes += [

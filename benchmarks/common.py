@@ -41,6 +41,7 @@ def setup(cache: bool = True) -> None:
     ``$FL_DP_ASR_BENCH_CACHE`` (default: the trainers', ``~/.cache/fl_dp_asr/xla``; ``off``
     disables it; :func:`fl_dp_asr.train.cli.use_compilation_cache`)."""
     from fl_dp_asr.train import cli
+
     if cache:
         cli.use_compilation_cache(env=CACHE_ENV)
 
@@ -61,6 +62,7 @@ class ClientShape:
         chars_per_second: label length per second of audio.
         max_label_len: padded label length (tokens).
     """
+
     min_utterances: int = 1
     max_utterances: int = 20
     min_seconds: float = 1.0
@@ -76,12 +78,18 @@ class ClientShape:
         return int(self.max_seconds_padded * SAMPLE_RATE)
 
 
-def synthetic_cohort(num_clients: int, shape: ClientShape = ClientShape(), seed: int = 0,
-                     vocab_size: int = 30) -> dict[str, Any]:
+def synthetic_cohort(
+    num_clients: int, shape: ClientShape = ClientShape(), seed: int = 0, vocab_size: int = 30
+) -> dict[str, Any]:
     """A random cohort block ``[clients, local_steps, batch, ...]`` (docs/CONTRACTS.md)."""
     rng = np.random.default_rng(seed)
-    c, L, B, S, N = (num_clients, shape.local_steps, shape.batch_size, shape.max_samples,
-                     shape.max_label_len)
+    c, L, B, S, N = (
+        num_clients,
+        shape.local_steps,
+        shape.batch_size,
+        shape.max_samples,
+        shape.max_label_len,
+    )
     utterances = rng.integers(shape.min_utterances, shape.max_utterances + 1, num_clients)
     steps = np.minimum(L, -(-utterances // B))
     mask = np.zeros((c, L, B), np.float32)
@@ -92,28 +100,42 @@ def synthetic_cohort(num_clients: int, shape: ClientShape = ClientShape(), seed:
     seconds = rng.uniform(shape.min_seconds, shape.max_seconds, (c, L, B))
     audio_lengths = (np.minimum(seconds * SAMPLE_RATE, S) * mask).astype(np.int32)
     audio = rng.integers(-3000, 3000, (c, L, B, S), dtype=np.int16)
-    audio *= (np.arange(S) < audio_lengths[..., None])
+    audio *= np.arange(S) < audio_lengths[..., None]
     label_lengths = np.clip((seconds * shape.chars_per_second).astype(np.int32), 1, N)
     label_lengths = (label_lengths * mask).astype(np.int32)
     labels = rng.integers(1, vocab_size, (c, L, B, N), dtype=np.int32)
-    labels *= (np.arange(N) < label_lengths[..., None])
+    labels *= np.arange(N) < label_lengths[..., None]
     step_mask = (np.arange(L)[None] < steps[:, None]).astype(np.float32)
-    return {"batches": {"audio": audio, "audio_lengths": audio_lengths, "labels": labels,
-                        "label_lengths": label_lengths, "mask": mask},
-            "step_mask": step_mask, "client_mask": np.ones(c, np.float32)}
+    return {
+        "batches": {
+            "audio": audio,
+            "audio_lengths": audio_lengths,
+            "labels": labels,
+            "label_lengths": label_lengths,
+            "mask": mask,
+        },
+        "step_mask": step_mask,
+        "client_mask": np.ones(c, np.float32),
+    }
 
 
 def abstract_cohort(num_clients: int, shape: ClientShape = ClientShape()) -> dict[str, Any]:
     """``jax.ShapeDtypeStruct`` twin of :func:`synthetic_cohort` (nothing allocated)."""
     import jax
+
     c, L, B = num_clients, shape.local_steps, shape.batch_size
     sds = jax.ShapeDtypeStruct
-    return {"batches": {"audio": sds((c, L, B, shape.max_samples), np.int16),
-                        "audio_lengths": sds((c, L, B), np.int32),
-                        "labels": sds((c, L, B, shape.max_label_len), np.int32),
-                        "label_lengths": sds((c, L, B), np.int32),
-                        "mask": sds((c, L, B), np.float32)},
-            "step_mask": sds((c, L), np.float32), "client_mask": sds((c,), np.float32)}
+    return {
+        "batches": {
+            "audio": sds((c, L, B, shape.max_samples), np.int16),
+            "audio_lengths": sds((c, L, B), np.int32),
+            "labels": sds((c, L, B, shape.max_label_len), np.int32),
+            "label_lengths": sds((c, L, B), np.int32),
+            "mask": sds((c, L, B), np.float32),
+        },
+        "step_mask": sds((c, L), np.float32),
+        "client_mask": sds((c,), np.float32),
+    }
 
 
 # ------------------------------------------------------------------ round steps
@@ -134,26 +156,48 @@ def asr_task(size: str, padding_cuts: tuple[int, int] = (3, 2), **model_override
     from fl_dp_asr.fl import client, server
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
+
     config = get_model_config(size, **model_overrides)
     params = asr.stack_blocks(asr.init_params(config, jax.random.key(0)))
-    update = client.make_client_update(asr.make_loss_fn(config, train=True),
-                                       client.local_sgd(0.2, 1.0), PaddingBuckets(*padding_cuts))
-    return config, params, update, server.make_server_optimizer("lamb", 2e-3,
-                                                                layout=asr.PARAM_LAYOUT)
+    update = client.make_client_update(
+        asr.make_loss_fn(config, train=True),
+        client.local_sgd(0.2, 1.0),
+        PaddingBuckets(*padding_cuts),
+    )
+    return (
+        config,
+        params,
+        update,
+        server.make_server_optimizer("lamb", 2e-3, layout=asr.PARAM_LAYOUT),
+    )
 
 
-def make_asr_step(size: str, cohort_size: int, *, executor: str = "vectorized",
-                  chunk_size: int = 16, mesh=None, noise_multiplier: float = 1.0,
-                  **model_overrides):
+def make_asr_step(
+    size: str,
+    cohort_size: int,
+    *,
+    executor: str = "vectorized",
+    chunk_size: int = 16,
+    mesh=None,
+    noise_multiplier: float = 1.0,
+    **model_overrides,
+):
     """The paper's round step (per-layer clipping, noise, LAMB) for an ASR model size."""
     from fl_dp_asr.dp import DPConfig
-    from fl_dp_asr.fl import executors, round as round_lib
+    from fl_dp_asr.fl import executors
+    from fl_dp_asr.fl import round as round_lib
     from fl_dp_asr.models import asr
+
     _, params, update, opt = asr_task(size, **model_overrides)
     dp = DPConfig("per_layer", 1.0, "uniform", noise_multiplier=noise_multiplier)
     step = round_lib.make_round_step(
-        update, opt, dp, cohort_size, executors.make(executor, chunk_size=chunk_size, mesh=mesh),
-        asr.PARAM_LAYOUT)
+        update,
+        opt,
+        dp,
+        cohort_size,
+        executors.make(executor, chunk_size=chunk_size, mesh=mesh),
+        asr.PARAM_LAYOUT,
+    )
     return step, params, opt
 
 
@@ -162,11 +206,13 @@ def fresh_state(params, opt):
     import jax
 
     from fl_dp_asr.fl import round as round_lib
+
     return round_lib.init_server_state(jax.tree.map(lambda x: x.copy(), params), opt)
 
 
 def block_until_ready(tree):
     import jax
+
     return jax.block_until_ready(tree)
 
 
@@ -203,6 +249,7 @@ def trace_events(fn: Callable[[], Any], calls: int) -> list[dict[str, Any]]:
     import tempfile
 
     import jax
+
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
         for _ in range(calls):
@@ -211,10 +258,12 @@ def trace_events(fn: Callable[[], Any], calls: int) -> list[dict[str, Any]]:
         path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
         with gzip.open(path) as f:
             events = json.load(f)["traceEvents"]
-    processes = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
-                 if e.get("ph") == "M" and e.get("name") == "process_name"}
-    return [{**e, "process": processes.get(e.get("pid"), "")} for e in events
-            if e.get("ph") == "X"]
+    processes = {
+        e.get("pid"): e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    return [{**e, "process": processes.get(e.get("pid"), "")} for e in events if e.get("ph") == "X"]
 
 
 def is_runtime_event(name: str) -> bool:
@@ -223,12 +272,14 @@ def is_runtime_event(name: str) -> bool:
     return "::" in name or name.startswith(("$", "end:", "Pjit", "backend_compile", "while"))
 
 
-def trace_op_times(fn: Callable[[], Any], calls: int
-                   ) -> tuple[list[tuple[str, tuple[float, float]]], float]:
+def trace_op_times(
+    fn: Callable[[], Any], calls: int
+) -> tuple[list[tuple[str, tuple[float, float]]], float]:
     """Ops of ``calls`` traced calls of ``fn`` by time: ``([(name, (ms per call, calls per
     call))] longest first, total op ms per call)``. On an accelerator the ops are the
     kernels of its device streams; on a CPU, the XLA thunks."""
     import collections
+
     events = trace_events(fn, calls)
     device = [e for e in events if "/device:" in e["process"] and "CPU" not in e["process"]]
     ops = device or [e for e in events if not is_runtime_event(e["name"])]
@@ -253,6 +304,7 @@ def machine_info() -> dict[str, str]:
     import jax
     import jaxlib
     import optax
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -266,9 +318,11 @@ def machine_info() -> dict[str, str]:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "device": f"{len(devices)} × {devices[0].device_kind} ({devices[0].platform})",
-        "versions": (f"python {platform.python_version()}, jax {jax.__version__}, "
-                     f"jaxlib {jaxlib.__version__}, flax {flax.__version__}, "
-                     f"optax {optax.__version__}"),
+        "versions": (
+            f"python {platform.python_version()}, jax {jax.__version__}, "
+            f"jaxlib {jaxlib.__version__}, flax {flax.__version__}, "
+            f"optax {optax.__version__}"
+        ),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
@@ -278,8 +332,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
         if isinstance(value, float):
             return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
         return str(value)
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -287,6 +341,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 @dataclasses.dataclass
 class Report:
     """One benchmark's result: a title, a settings line, tables and notes."""
+
     title: str
     settings: str
     tables: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -297,11 +352,16 @@ class Report:
 
     def markdown(self, info: dict[str, str] | None = None) -> str:
         info = info or machine_info()
-        parts = [f"### {self.title}", "",
-                 f"*{info['date']}* — machine: {info['machine']}; device: {info['device']}; "
-                 f"{info['versions']}" + (f"; XLA_FLAGS={info['xla_flags']}"
-                                          if info["xla_flags"] else ""), "",
-                 f"Settings: {self.settings}", ""]
+        parts = [
+            f"### {self.title}",
+            "",
+            f"*{info['date']}* — machine: {info['machine']}; device: {info['device']}; "
+            f"{info['versions']}"
+            + (f"; XLA_FLAGS={info['xla_flags']}" if info["xla_flags"] else ""),
+            "",
+            f"Settings: {self.settings}",
+            "",
+        ]
         for caption, table in self.tables:
             if caption:
                 parts += [caption, ""]
@@ -319,9 +379,11 @@ def publish(report: Report, path: pathlib.Path | None = REPORT) -> str:
         new = not path.exists()
         with open(path, "a", encoding="utf-8") as f:
             if new:
-                f.write("# Benchmark results\n\nAppended by `make bench` "
-                        "(`python -m benchmarks.run`); newest last. See "
-                        "docs/performance.md for the analysis.\n\n")
+                f.write(
+                    "# Benchmark results\n\nAppended by `make bench` "
+                    "(`python -m benchmarks.run`); newest last. See "
+                    "docs/performance.md for the analysis.\n\n"
+                )
             f.write("\n" + text)
     return text
 

@@ -27,19 +27,24 @@ def grid(mode: str) -> list[tuple[str, int]]:
     return [("tiny", 2)]
 
 
-def compile_seconds(size: str, seconds: float, label_len: int, cohort: int = 16,
-                    chunk: int = 4) -> tuple[float, float]:
+def compile_seconds(
+    size: str, seconds: float, label_len: int, cohort: int = 16, chunk: int = 4
+) -> tuple[float, float]:
     """(trace+lower s, XLA compile s) of the vectorized round step for one bucket."""
-    shape = dataclasses.replace(common.ClientShape(), max_seconds_padded=seconds,
-                                max_seconds=seconds, max_label_len=label_len)
+    shape = dataclasses.replace(
+        common.ClientShape(),
+        max_seconds_padded=seconds,
+        max_seconds=seconds,
+        max_label_len=label_len,
+    )
     return time_compile(size, cohort, chunk, shape)[:2]
 
 
-def time_compile(size: str, cohort: int, chunk: int, shape: common.ClientShape,
-                 **model_overrides):
+def time_compile(size: str, cohort: int, chunk: int, shape: common.ClientShape, **model_overrides):
     """``(trace+lower s, XLA compile s, lowered)`` of the vectorized round step on abstract
     inputs, with JAX's in-memory caches cleared first."""
     import jax
+
     step, params, opt = common.make_asr_step(size, cohort, chunk_size=chunk, **model_overrides)
     state = jax.eval_shape(lambda: common.fresh_state(params, opt))
     block = common.abstract_cohort(cohort, shape)
@@ -51,6 +56,7 @@ def time_compile(size: str, cohort: int, chunk: int, shape: common.ClientShape,
 
 def _timed(fn):
     import time
+
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
@@ -64,18 +70,41 @@ def run(mode: str = "default") -> common.Report:
             common.log(f"  compile: {size} bucket {seconds:g} s / {label_len} tokens")
             lower_s, compile_s = compile_seconds(size, seconds, label_len)
             total += lower_s + compile_s
-            rows.append([size, f"{seconds:g} s / {label_len}", lower_s, compile_s,
-                         lower_s + compile_s, i + 1, total])
+            rows.append(
+                [
+                    size,
+                    f"{seconds:g} s / {label_len}",
+                    lower_s,
+                    compile_s,
+                    lower_s + compile_s,
+                    i + 1,
+                    total,
+                ]
+            )
     report = common.Report(
         "Compile time of the round step",
         f"mode={mode}; vectorized executor, cohort 16, chunk 4, 10 local steps × batch 2; "
         "per-layer clipping + noise + LAMB; persistent compilation cache off; one compile "
-        "per bucket (the machine is shared: ±30 %).")
-    report.add_table("", ["model", "bucket (audio / labels)", "trace+lower (s)",
-                          "XLA compile (s)", "total (s)", "buckets", "cumulative (s)"], rows)
-    report.notes.append("A run compiles one round step per bucket it meets (plus the "
-                        "evaluation step per eval bucket); the cumulative column is the "
-                        "start-up cost of a run with that many buckets.")
+        "per bucket (the machine is shared: ±30 %).",
+    )
+    report.add_table(
+        "",
+        [
+            "model",
+            "bucket (audio / labels)",
+            "trace+lower (s)",
+            "XLA compile (s)",
+            "total (s)",
+            "buckets",
+            "cumulative (s)",
+        ],
+        rows,
+    )
+    report.notes.append(
+        "A run compiles one round step per bucket it meets (plus the "
+        "evaluation step per eval bucket); the cumulative column is the "
+        "start-up cost of a run with that many buckets."
+    )
     return report
 
 

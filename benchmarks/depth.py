@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from benchmarks import common, compile as compile_bench
+from benchmarks import common
+from benchmarks import compile as compile_bench
 
 SHAPE = dataclasses.replace(common.ClientShape(), local_steps=2)
 COHORT, CHUNK = 4, 2
@@ -28,8 +29,9 @@ def grid(mode: str) -> tuple[int, ...]:
 
 def measure(depth: int) -> dict[str, float]:
     """``trace_s`` (trace + lower), ``compile_s`` (XLA) and ``hlo_mb`` (StableHLO text)."""
-    trace_s, compile_s, lowered = compile_bench.time_compile("tiny", COHORT, CHUNK, SHAPE,
-                                                             num_blocks=depth)
+    trace_s, compile_s, lowered = compile_bench.time_compile(
+        "tiny", COHORT, CHUNK, SHAPE, num_blocks=depth
+    )
     return {"trace_s": trace_s, "compile_s": compile_s, "hlo_mb": len(lowered.as_text()) / 1e6}
 
 
@@ -40,16 +42,28 @@ def run(depths: Sequence[int]) -> common.Report:
         m = measure(depth)
         total = m["trace_s"] + m["compile_s"]
         first = first or total
-        rows.append([depth, m["trace_s"], m["compile_s"], total, f"{total / first:.2f}×",
-                     m["hlo_mb"]])
+        rows.append(
+            [depth, m["trace_s"], m["compile_s"], total, f"{total / first:.2f}×", m["hlo_mb"]]
+        )
         common.log("    | " + " | ".join(str(v) for v in rows[-1]))
     report = common.Report(
         "Round-step compile time vs depth",
         f"tiny width, cohort {COHORT}, chunk {CHUNK}, {SHAPE.local_steps} local steps × batch "
         f"{SHAPE.batch_size} of {SHAPE.max_seconds_padded:g} s, padding cuts 3 × 2, per-layer "
-        "clipping + noise + LAMB; persistent compilation cache off")
-    report.add_table("", ["blocks", "trace+lower s", "XLA compile s", "total s",
-                          f"vs {depths[0]} blocks", "StableHLO MB"], rows)
+        "clipping + noise + LAMB; persistent compilation cache off",
+    )
+    report.add_table(
+        "",
+        [
+            "blocks",
+            "trace+lower s",
+            "XLA compile s",
+            "total s",
+            f"vs {depths[0]} blocks",
+            "StableHLO MB",
+        ],
+        rows,
+    )
     return report
 
 
@@ -60,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--depths", help="comma-separated numbers of blocks")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    depths = (tuple(int(d) for d in args.depths.split(",")) if args.depths
-              else grid(args.mode or "default"))
+    depths = (
+        tuple(int(d) for d in args.depths.split(","))
+        if args.depths
+        else grid(args.mode or "default")
+    )
     common.setup(cache=False)
     common.publish(run(depths), None if args.no_write else common.REPORT)
 

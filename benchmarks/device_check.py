@@ -60,12 +60,22 @@ from benchmarks import common
 # Dense (no sparsity) bf16 tensor peaks, TFLOP/s, from the vendors' datasheets. Matched
 # against ``jax.devices()[0].device_kind`` in order: the first substring found wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0),
-    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10G", 70.0),
-    ("TPU v6 lite", 918.0), ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("TPU v6 lite", 918.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),
     ("TPU v4", 275.0),
 )
-PAPER_OVERRIDES = dict(remat=True, layer_drop_rate=0.0)   # dtype bfloat16 is the paper's
+PAPER_OVERRIDES = dict(remat=True, layer_drop_rate=0.0)  # dtype bfloat16 is the paper's
 # In the order they run: the paper model's measurements (the reason for a lent device)
 # right after the quick tests, so a run cut short still has them.
 SECTIONS = ("tests", "local step", "paper round", "cohort rounds", "compile per bucket")
@@ -75,6 +85,7 @@ OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What one run measures: the full plan on a device, tiny shapes for ``--dry-run``."""
+
     step_size: str = "paper"
     # (utterances, s), the paper's ~120 s batch first (rows run until the budget is spent)
     step_batches: tuple[tuple[int, float], ...] = ((15, 8.0), (8, 8.0))
@@ -85,13 +96,20 @@ class Plan:
     round_chunks: tuple[int, ...] = (16, 8, 4, 2, 1)
     # Every utterance 8 s (no padding): the round's model FLOPs are the frames computed.
     round_shape: common.ClientShape = common.ClientShape(
-        min_utterances=80, max_utterances=80, min_seconds=8.0, max_seconds=8.0,
-        batch_size=8, local_steps=10, max_seconds_padded=8.0, max_label_len=128)
+        min_utterances=80,
+        max_utterances=80,
+        min_seconds=8.0,
+        max_seconds=8.0,
+        batch_size=8,
+        local_steps=10,
+        max_seconds_padded=8.0,
+        max_label_len=128,
+    )
     cohort_sizes: tuple[str, ...] = ("tiny", "small")
     cohort: int = 256
     cohort_shape: common.ClientShape = common.ClientShape()
     cohort_chunks: tuple[int, ...] = (16, 64)
-    compile_sizes: tuple[str, ...] = ("tiny", "small")   # the paper model's: sections 1-2
+    compile_sizes: tuple[str, ...] = ("tiny", "small")  # the paper model's: sections 1-2
     repeats: int = 3
     run_tests: bool = True
     profile_rounds: int = 2
@@ -114,13 +132,31 @@ class Plan:
 # shapes): with the persistent compilation cache it measures without compiling again, so the
 # dry run (in ``make test``) compiles two round steps, not four, each with one local step
 # (no padding cuts).
-_DRY_ROUND_SHAPE = common.ClientShape(min_utterances=2, max_utterances=4, max_seconds=1.0,
-                                      max_seconds_padded=1.0, local_steps=2, max_label_len=16)
-DRY_RUN = Plan(step_size="tiny", step_batches=((2, 1.0),), round_size="tiny",
-               round_cohort=4, round_chunks=(4, 2), round_shape=_DRY_ROUND_SHAPE,
-               cohort_shape=_DRY_ROUND_SHAPE, cohort_sizes=("tiny",), cohort=4,
-               cohort_chunks=(4,), compile_sizes=(), repeats=1, run_tests=False,
-               profile_rounds=1, padding_cuts=(1, 1))
+_DRY_ROUND_SHAPE = common.ClientShape(
+    min_utterances=2,
+    max_utterances=4,
+    max_seconds=1.0,
+    max_seconds_padded=1.0,
+    local_steps=2,
+    max_label_len=16,
+)
+DRY_RUN = Plan(
+    step_size="tiny",
+    step_batches=((2, 1.0),),
+    round_size="tiny",
+    round_cohort=4,
+    round_chunks=(4, 2),
+    round_shape=_DRY_ROUND_SHAPE,
+    cohort_shape=_DRY_ROUND_SHAPE,
+    cohort_sizes=("tiny",),
+    cohort=4,
+    cohort_chunks=(4,),
+    compile_sizes=(),
+    repeats=1,
+    run_tests=False,
+    profile_rounds=1,
+    padding_cuts=(1, 1),
+)
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -136,8 +172,9 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(marker in str(error) for marker in OOM_MARKERS)
 
 
-def largest_fitting(candidates: Sequence[int], attempt: Callable[[int], Any]
-                    ) -> tuple[int, Any, list[str]]:
+def largest_fitting(
+    candidates: Sequence[int], attempt: Callable[[int], Any]
+) -> tuple[int, Any, list[str]]:
     """Calls ``attempt(c)`` for each candidate, largest first, until one fits in memory.
 
     Returns ``(candidate, its result, notes on the ones that did not fit)``. An error
@@ -147,21 +184,29 @@ def largest_fitting(candidates: Sequence[int], attempt: Callable[[int], Any]
     for candidate in sorted(candidates, reverse=True):
         try:
             return candidate, attempt(candidate), notes
-        except Exception as error:      # XlaRuntimeError is not public; re-raised unless OOM
+        except Exception as error:  # XlaRuntimeError is not public; re-raised unless OOM
             if not is_out_of_memory(error):
                 raise
             first_line = str(error).strip().splitlines()[0][:160]
             notes.append(f"{candidate}: out of memory ({first_line})")
             common.log(f"    {candidate} does not fit: {first_line}")
-    raise RuntimeError(f"nothing fits in device memory; tried {sorted(candidates, reverse=True)}: "
-                       + "; ".join(notes))
+    raise RuntimeError(
+        f"nothing fits in device memory; tried {sorted(candidates, reverse=True)}: "
+        + "; ".join(notes)
+    )
 
 
 # ------------------------------------------------------------------ 1. local step
 
 
-def local_step(size: str, utterances: int, seconds: float, repeats: int,
-               task_args: dict[str, Any], **model_overrides) -> dict[str, float]:
+def local_step(
+    size: str,
+    utterances: int,
+    seconds: float,
+    repeats: int,
+    task_args: dict[str, Any],
+    **model_overrides,
+) -> dict[str, float]:
     """Compile and time one client's local SGD step on ``utterances × seconds`` of audio
     (``task_args``: :meth:`Plan.task_args`; ``model_overrides`` on top of them)."""
     import jax
@@ -169,12 +214,19 @@ def local_step(size: str, utterances: int, seconds: float, repeats: int,
 
     from fl_dp_asr.fl import client
     from fl_dp_asr.models import asr
+
     config, params, _, _ = common.asr_task(size, **{**task_args, **model_overrides})
-    shape = dataclasses.replace(common.ClientShape(), batch_size=utterances, local_steps=1,
-                                min_utterances=utterances, max_utterances=utterances,
-                                min_seconds=seconds, max_seconds=seconds,
-                                max_seconds_padded=seconds,
-                                max_label_len=int(seconds * 16))
+    shape = dataclasses.replace(
+        common.ClientShape(),
+        batch_size=utterances,
+        local_steps=1,
+        min_utterances=utterances,
+        max_utterances=utterances,
+        min_seconds=seconds,
+        max_seconds=seconds,
+        max_seconds_padded=seconds,
+        max_label_len=int(seconds * 16),
+    )
     block = common.synthetic_cohort(1, shape, vocab_size=config.vocab_size)
     batch = jax.device_put(jax.tree.map(lambda x: x[0, 0], block["batches"]))
     grad_fn = jax.value_and_grad(asr.make_loss_fn(config, train=True), has_aux=True)
@@ -190,6 +242,7 @@ def local_step(size: str, utterances: int, seconds: float, repeats: int,
     start = time.perf_counter()
     compiled = jax.jit(step).lower(params, opt_state, batch, key).compile()
     compile_s = time.perf_counter() - start
+
     def run():
         return common.block_until_ready(compiled(params, opt_state, batch, key))
 
@@ -211,43 +264,74 @@ def init_seconds(size: str, model_overrides: dict[str, Any]) -> float:
 
     from fl_dp_asr.models import asr
     from fl_dp_asr.models.config import get_model_config
+
     config = get_model_config(size, **model_overrides)
     jax.clear_caches()
-    return common.time_call(lambda: common.block_until_ready(
-        asr.init_params(config, jax.random.key(1))))
+    return common.time_call(
+        lambda: common.block_until_ready(asr.init_params(config, jax.random.key(1)))
+    )
 
 
 def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
-    rec.note(f"{plan.step_size} model parameters created on the device (jitted init, first "
-             f"call incl. compile): "
-             f"{init_seconds(plan.step_size, plan.model_overrides(plan.step_size)):.1f} s")
+    rec.note(
+        f"{plan.step_size} model parameters created on the device (jitted init, first "
+        f"call incl. compile): "
+        f"{init_seconds(plan.step_size, plan.model_overrides(plan.step_size)):.1f} s"
+    )
     add_row = rec.table(
         f"One client's local step, {plan.step_size} model "
         f"({'bf16 compute, remat, layer-drop off' if plan.step_size == 'paper' else 'float32'}). "
         "MFU = model FLOPs (6 · params · frames) per second ÷ peak; with remat the forward "
         "pass runs twice (8 · params · frames) unless the remat policy keeps the matmuls",
-        ["batch", "remat keeps", "compile s", "ms / step", "model TFLOP / step",
-         "model TFLOP/s", "MFU", "MFU with remat recompute"])
+        [
+            "batch",
+            "remat keeps",
+            "compile s",
+            "ms / step",
+            "model TFLOP / step",
+            "model TFLOP/s",
+            "MFU",
+            "MFU with remat recompute",
+        ],
+    )
     config, params = common.asr_task(plan.step_size, **plan.task_args(plan.step_size))[:2]
     from fl_dp_asr.models import asr
+
     num_params = asr.count_params(params)
     policies = plan.step_remat_policies if config.remat else (config.remat_policy,)
     for utterances, seconds in plan.step_batches:
         for policy in policies:
             if rec.over_budget(f"local step {utterances} × {seconds:g} s, remat keeps {policy}"):
                 return
-            common.log(f"  local step: {plan.step_size}, {utterances} × {seconds:g} s, "
-                       f"remat keeps {policy}")
-            r = local_step(plan.step_size, utterances, seconds, plan.repeats,
-                           plan.task_args(plan.step_size), remat_policy=policy)
+            common.log(
+                f"  local step: {plan.step_size}, {utterances} × {seconds:g} s, "
+                f"remat keeps {policy}"
+            )
+            r = local_step(
+                plan.step_size,
+                utterances,
+                seconds,
+                plan.repeats,
+                plan.task_args(plan.step_size),
+                remat_policy=policy,
+            )
             frames = utterances * seconds / config.frame_seconds
             flops = model_flops(num_params, frames)
             tflops = flops / r["step_s"] / 1e12
-            add_row([f"{utterances} × {seconds:g} s = {utterances * seconds:g} s",
-                     policy if config.remat else "(no remat)", r["compile_s"],
-                     1e3 * r["step_s"], flops / 1e12, tflops, _mfu(flops, r["step_s"], peak),
-                     _mfu(model_flops(num_params, frames, 8), r["step_s"], peak)
-                     if config.remat else "(no remat)"])
+            add_row(
+                [
+                    f"{utterances} × {seconds:g} s = {utterances * seconds:g} s",
+                    policy if config.remat else "(no remat)",
+                    r["compile_s"],
+                    1e3 * r["step_s"],
+                    flops / 1e12,
+                    tflops,
+                    _mfu(flops, r["step_s"], peak),
+                    _mfu(model_flops(num_params, frames, 8), r["step_s"], peak)
+                    if config.remat
+                    else "(no remat)",
+                ]
+            )
 
 
 def _mfu(flops: float, seconds: float, peak: float | None) -> str:
@@ -259,22 +343,31 @@ def _mfu(flops: float, seconds: float, peak: float | None) -> str:
 
 def time_round(step, params, opt, block, key, repeats: int) -> tuple[float, float]:
     """(first-call seconds incl. compile, median seconds per round)."""
-    first = common.time_call(lambda: common.block_until_ready(
-        step(common.fresh_state(params, opt), block, key)))
+    first = common.time_call(
+        lambda: common.block_until_ready(step(common.fresh_state(params, opt), block, key))
+    )
 
     def run():
         state = common.fresh_state(params, opt)
         common.block_until_ready(state)
         common.block_until_ready(step(state, block, key))
+
     return first, common.median([common.time_call(run) for _ in range(repeats)])
 
 
-def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks: Sequence[int],
-                      shape: common.ClientShape, repeats: int,
-                      add_row: Callable[[list[Any]], None], *, search: bool,
-                      extra: Callable[[float], list[Any]] = lambda per_round: [],
-                      over_budget: Callable[[str], bool] = lambda what: False
-                      ) -> Callable[[], Any] | None:
+def compare_executors(
+    size: str,
+    task_args: dict[str, Any],
+    cohort: int,
+    chunks: Sequence[int],
+    shape: common.ClientShape,
+    repeats: int,
+    add_row: Callable[[list[Any]], None],
+    *,
+    search: bool,
+    extra: Callable[[float], list[Any]] = lambda per_round: [],
+    over_budget: Callable[[str], bool] = lambda what: False,
+) -> Callable[[], Any] | None:
     """Rows ``[executor, first call s, s/round, clients/s, *extra(s/round)]``: vectorized
     chunks, then sequential.
 
@@ -285,6 +378,7 @@ def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks:
     one round of the (last) vectorized step that ran, for profiling (None if none ran).
     """
     import jax
+
     config = common.asr_task(size, **task_args)[0]
     block = jax.device_put(common.synthetic_cohort(cohort, shape, vocab_size=config.vocab_size))
     key = jax.random.key(0)
@@ -305,8 +399,12 @@ def compare_executors(size: str, task_args: dict[str, Any], cohort: int, chunks:
     try:
         if search:
             chunk, result, notes = largest_fitting(chunks, vectorized)
-            row(f"vectorized, chunk {chunk} (largest that fits"
-                + (f"; {', '.join(notes)}" if notes else "") + ")", *result)
+            row(
+                f"vectorized, chunk {chunk} (largest that fits"
+                + (f"; {', '.join(notes)}" if notes else "")
+                + ")",
+                *result,
+            )
         else:
             for chunk in chunks:
                 try:
@@ -340,9 +438,11 @@ def round_frames(shape: common.ClientShape, cohort: int, frame_seconds: float) -
     return steps * shape.batch_size * shape.max_seconds_padded / frame_seconds
 
 
-def section_paper_round(plan: Plan, rec: Recorder, peak: float | None,
-                        profile: bool = False) -> None:
+def section_paper_round(
+    plan: Plan, rec: Recorder, peak: float | None, profile: bool = False
+) -> None:
     from fl_dp_asr.models import asr
+
     s = plan.round_shape
     config, params = common.asr_task(plan.round_size, **plan.task_args(plan.round_size))[:2]
     frames = round_frames(s, plan.round_cohort, config.frame_seconds)
@@ -354,30 +454,44 @@ def section_paper_round(plan: Plan, rec: Recorder, peak: float | None,
         f"{s.min_seconds:g}–{s.max_seconds:g} s (padded {s.max_seconds_padded:g} s), "
         f"per-layer clipping, noise, LAMB. Round MFU = model FLOPs of all clients' local "
         f"steps (6 · params · frames = {flops / 1e12:.4g} TFLOP) ÷ round time ÷ peak",
-        [*ROUND_HEADERS, "model TFLOP/s", "round MFU", "round MFU with remat recompute"])
+        [*ROUND_HEADERS, "model TFLOP/s", "round MFU", "round MFU with remat recompute"],
+    )
 
     def mfu_columns(per_round: float) -> list[Any]:
-        return [flops / per_round / 1e12, _mfu(flops, per_round, peak),
-                _mfu(remat_flops, per_round, peak) if remat_flops else "(no remat)"]
+        return [
+            flops / per_round / 1e12,
+            _mfu(flops, per_round, peak),
+            _mfu(remat_flops, per_round, peak) if remat_flops else "(no remat)",
+        ]
 
-    one_round = compare_executors(plan.round_size, plan.task_args(plan.round_size),
-                                  plan.round_cohort, plan.round_chunks, s,
-                                  plan.repeats, add_row, search=True, extra=mfu_columns,
-                                  over_budget=rec.over_budget)
+    one_round = compare_executors(
+        plan.round_size,
+        plan.task_args(plan.round_size),
+        plan.round_cohort,
+        plan.round_chunks,
+        s,
+        plan.repeats,
+        add_row,
+        search=True,
+        extra=mfu_columns,
+        over_budget=rec.over_budget,
+    )
     if profile and one_round is not None and not rec.over_budget("profile"):
         section_profile(rec, one_round, plan.profile_rounds)
 
 
-def section_profile(rec: Recorder, one_round: Callable[[], Any], rounds: int,
-                    top: int = 15) -> None:
+def section_profile(
+    rec: Recorder, one_round: Callable[[], Any], rounds: int, top: int = 15
+) -> None:
     """Top ops by time of ``rounds`` calls of ``one_round`` (a ``jax.profiler`` trace)."""
     common.log(f"  profile: {rounds} rounds")
-    common.block_until_ready(one_round())                    # warm: nothing compiles inside
+    common.block_until_ready(one_round())  # warm: nothing compiles inside
     per_op, total_ms = common.trace_op_times(one_round, rounds)
     add_row = rec.table(
         f"Profile of the vectorized round (jax.profiler, {rounds} rounds): top {top} ops by "
         f"device time; all traced ops: {total_ms:.1f} ms per round",
-        ["op", "ms / round", "% of traced op time", "calls / round"])
+        ["op", "ms / round", "% of traced op time", "calls / round"],
+    )
     for name, (ms, calls) in per_op[:top]:
         add_row([name[:90], ms, f"{100 * ms / total_ms:.1f} %" if total_ms else "", calls])
 
@@ -387,12 +501,21 @@ def section_cohort_rounds(plan: Plan, rec: Recorder) -> None:
     add_row = rec.table(
         f"Round step, cohort {plan.cohort}, Common Voice-like clients ({s.min_utterances}–"
         f"{s.max_utterances} utterances of {s.min_seconds:g}–{s.max_seconds:g} s, batch "
-        f"{s.batch_size}, ≤ {s.local_steps} local steps)", ["model", *ROUND_HEADERS])
+        f"{s.batch_size}, ≤ {s.local_steps} local steps)",
+        ["model", *ROUND_HEADERS],
+    )
     for size in plan.cohort_sizes:
-        compare_executors(size, plan.task_args(size), plan.cohort, plan.cohort_chunks,
-                          plan.cohort_shape, plan.repeats,
-                          lambda row, size=size: add_row([size, *row]),
-                          search=False, over_budget=rec.over_budget)
+        compare_executors(
+            size,
+            plan.task_args(size),
+            plan.cohort,
+            plan.cohort_chunks,
+            plan.cohort_shape,
+            plan.repeats,
+            lambda row, size=size: add_row([size, *row]),
+            search=False,
+            over_budget=rec.over_budget,
+        )
 
 
 # ------------------------------------------------------------------ 4. compile per bucket
@@ -400,25 +523,42 @@ def section_cohort_rounds(plan: Plan, rec: Recorder) -> None:
 
 def section_compile(plan: Plan, rec: Recorder) -> None:
     from benchmarks import compile as compile_bench
+
     if not plan.compile_sizes:
         return
     add_row = rec.table(
         "Compile time of the vectorized round step (cohort 16, chunk 4) per length bucket, "
-        "nothing cached", ["model", "bucket (audio / label)", "trace+lower s", "XLA compile s"])
+        "nothing cached",
+        ["model", "bucket (audio / label)", "trace+lower s", "XLA compile s"],
+    )
     for size in plan.compile_sizes:
         for seconds, label_len in compile_bench.BUCKETS:
             if rec.over_budget(f"compile: {size} bucket {seconds:g} s"):
                 return
             common.log(f"  compile: {size} bucket {seconds:g} s")
-            add_row([size, f"{seconds:g} s / {label_len}",
-                     *compile_bench.compile_seconds(size, seconds, label_len)])
+            add_row(
+                [
+                    size,
+                    f"{seconds:g} s / {label_len}",
+                    *compile_bench.compile_seconds(size, seconds, label_len),
+                ]
+            )
 
 
 # ------------------------------------------------------------------ 5. tests on the device
 
 
-TEST_COMMAND = ("-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/fl/test_round.py",
-                "-k", "sharded or memory or transfer or agree")
+TEST_COMMAND = (
+    "-m",
+    "pytest",
+    "-q",
+    "-x",
+    "-p",
+    "no:cacheprovider",
+    "tests/fl/test_round.py",
+    "-k",
+    "sharded or memory or transfer or agree",
+)
 
 
 def section_tests(rec: Recorder, timeout_s: float) -> None:
@@ -428,8 +568,9 @@ def section_tests(rec: Recorder, timeout_s: float) -> None:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     common.log("  tests: " + " ".join(TEST_COMMAND))
     try:
-        done = subprocess.run(command, cwd=common.REPO, env=env, capture_output=True,
-                              text=True, timeout=timeout_s)
+        done = subprocess.run(
+            command, cwd=common.REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
         lines = (done.stdout + done.stderr).strip().splitlines()
         summary = lines[-1] if lines else "(no output)"
         status = "passed" if done.returncode == 0 else f"FAILED (rc {done.returncode})"
@@ -447,8 +588,7 @@ class Recorder:
     """The report under construction; every new row or note is printed and, with ``out``,
     written to that file at once, so a run killed mid-section keeps what it measured."""
 
-    def __init__(self, report: common.Report, out: pathlib.Path | None,
-                 budget_s: float = math.inf):
+    def __init__(self, report: common.Report, out: pathlib.Path | None, budget_s: float = math.inf):
         self.report, self.out = report, out
         self.budget_s = budget_s
         self.start = time.perf_counter()
@@ -459,8 +599,10 @@ class Recorder:
         elapsed = time.perf_counter() - self.start
         if elapsed <= self.budget_s:
             return False
-        self.note(f"{what} SKIPPED: {elapsed:.0f} s of the {self.budget_s:.0f} s budget spent "
-                  "(run it alone with --only)")
+        self.note(
+            f"{what} SKIPPED: {elapsed:.0f} s of the {self.budget_s:.0f} s budget spent "
+            "(run it alone with --only)"
+        )
         return True
 
     def table(self, caption: str, headers: Sequence[str]) -> Callable[[list[Any]], None]:
@@ -474,6 +616,7 @@ class Recorder:
             self.report.tables[index] = (caption, common.markdown_table(headers, rows))
             common.log("    | " + " | ".join(str(v) for v in row))
             self.flush()
+
         self.flush()
         return add_row
 
@@ -487,21 +630,32 @@ class Recorder:
             self.out.write_text(self.report.markdown(), encoding="utf-8")
 
 
-def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
-        only: Sequence[str] | None = None, profile: bool = False,
-        tests_budget_s: float = 120.0) -> common.Report:
+def run(
+    plan: Plan,
+    out: pathlib.Path | None = None,
+    budget_s: float = 420.0,
+    only: Sequence[str] | None = None,
+    profile: bool = False,
+    tests_budget_s: float = 120.0,
+) -> common.Report:
     """Runs the sections of ``plan`` in :data:`SECTIONS` order; a failing section is noted,
     not fatal, and a section that would start after ``budget_s`` is skipped with a note."""
     import jax
+
     device = jax.devices()[0]
     peak = peak_tflops(device.device_kind)
-    rec = Recorder(common.Report(
-        "Device check" + (" (dry run: tiny shapes)" if plan is DRY_RUN else ""),
-        f"`python -m benchmarks.device_check{' --dry-run' if plan is DRY_RUN else ''}"
-        f"{' --only ' + ','.join(only) if only else ''}{' --profile' if profile else ''}`; "
-        f"{jax.device_count()} × {device.device_kind}; dense bf16 peak used for MFU: "
-        f"{f'{peak:g} TFLOP/s' if peak else 'unknown (no MFU)'}; repeats {plan.repeats} "
-        "(medians), first calls include compilation"), out, budget_s)
+    rec = Recorder(
+        common.Report(
+            "Device check" + (" (dry run: tiny shapes)" if plan is DRY_RUN else ""),
+            f"`python -m benchmarks.device_check{' --dry-run' if plan is DRY_RUN else ''}"
+            f"{' --only ' + ','.join(only) if only else ''}{' --profile' if profile else ''}`; "
+            f"{jax.device_count()} × {device.device_kind}; dense bf16 peak used for MFU: "
+            f"{f'{peak:g} TFLOP/s' if peak else 'unknown (no MFU)'}; repeats {plan.repeats} "
+            "(medians), first calls include compilation",
+        ),
+        out,
+        budget_s,
+    )
     sections: dict[str, Callable[[], None]] = {
         "tests": lambda: section_tests(rec, tests_budget_s),
         "local step": lambda: section_local_step(plan, rec, peak),
@@ -519,10 +673,12 @@ def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
         common.log(f"section {name}")
         try:
             sections[name]()
-        except Exception as error:      # noqa: BLE001 -- report and go on to the next one
+        except Exception as error:  # noqa: BLE001 -- report and go on to the next one
             lines = str(error).strip().splitlines()
-            rec.note(f"section '{name}' FAILED: {type(error).__name__}: "
-                     f"{lines[0][:300] if lines else ''}")
+            rec.note(
+                f"section '{name}' FAILED: {type(error).__name__}: "
+                f"{lines[0][:300] if lines else ''}"
+            )
         rec.note(f"section '{name}': {time.perf_counter() - began:.0f} s")
         jax.clear_caches()
     rec.note(f"whole check: {time.perf_counter() - rec.start:.0f} s")
@@ -531,25 +687,32 @@ def run(plan: Plan, out: pathlib.Path | None = None, budget_s: float = 420.0,
 
 def main(argv: Sequence[str] | None = None) -> common.Report:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true",
-                        help="tiny shapes, any machine (< 2 min on 2 CPU cores)")
-    parser.add_argument("--no-write", action="store_true",
-                        help="do not append to docs/benchmarks.md")
-    parser.add_argument("--out", type=pathlib.Path,
-                        help="also write the report here, row by row")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no section or row starts after this many seconds (default "
-                             "420: one 8-minute device call with start-up and transfers)")
-    parser.add_argument("--profile", action="store_true",
-                        help="trace the paper round with jax.profiler; report the top ops")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny shapes, any machine (< 2 min on 2 CPU cores)"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not append to docs/benchmarks.md"
+    )
+    parser.add_argument("--out", type=pathlib.Path, help="also write the report here, row by row")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="no section or row starts after this many seconds (default "
+        "420: one 8-minute device call with start-up and transfers)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="trace the paper round with jax.profiler; report the top ops",
+    )
     parser.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
     if only and (unknown := set(only) - set(SECTIONS)):
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     common.setup()
-    report = run(DRY_RUN if args.dry_run else Plan(), args.out, args.budget_s, only,
-                 args.profile)
+    report = run(DRY_RUN if args.dry_run else Plan(), args.out, args.budget_s, only, args.profile)
     common.publish(report, None if args.no_write else common.REPORT)
     return report
 

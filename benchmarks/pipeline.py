@@ -24,8 +24,26 @@ import numpy as np
 
 from benchmarks import common
 
-WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "speech", "private",
-         "federated", "learning", "model", "audio", "user", "round", "noise", "clip")
+WORDS = (
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "speech",
+    "private",
+    "federated",
+    "learning",
+    "model",
+    "audio",
+    "user",
+    "round",
+    "noise",
+    "clip",
+)
 
 
 class MemorySource:
@@ -47,6 +65,7 @@ class MemorySource:
 def synthetic_population(num_users: int, seed: int = 0, shape=common.ClientShape()):
     """``(FederatedDataset, MemorySource)`` of Common Voice-like users."""
     from fl_dp_asr.data import FederatedDataset
+
     rng = np.random.default_rng(seed)
     counts = rng.integers(shape.min_utterances, shape.max_utterances + 1, num_users)
     users, transcripts, audios = [], [], []
@@ -56,13 +75,17 @@ def synthetic_population(num_users: int, seed: int = 0, shape=common.ClientShape
             n = int(seconds * common.SAMPLE_RATE)
             audios.append(rng.integers(-3000, 3000, n, dtype=np.int16))
             words = rng.choice(WORDS, max(1, int(seconds * 2.2)))
-            transcripts.append(" ".join(words)[:shape.max_label_len])
+            transcripts.append(" ".join(words)[: shape.max_label_len])
             users.append(f"user{u:05d}")
     source = MemorySource(audios)
     dataset = FederatedDataset(
-        source, source_indices=np.arange(len(audios)), user_ids=users,
-        utterance_ids=[f"utt{i}" for i in range(len(audios))], transcripts=transcripts,
-        num_samples=np.asarray([len(a) for a in audios]))
+        source,
+        source_indices=np.arange(len(audios)),
+        user_ids=users,
+        utterance_ids=[f"utt{i}" for i in range(len(audios))],
+        transcripts=transcripts,
+        num_samples=np.asarray([len(a) for a in audios]),
+    )
     return dataset, source
 
 
@@ -71,10 +94,16 @@ def cohorts(dataset, cohort: int, rounds: int, start: int = 0, shape=common.Clie
     from fl_dp_asr.data import CohortStream, LengthBuckets
     from fl_dp_asr.fl.samplers import FixedSizeSampler
     from fl_dp_asr.text.tokenizer import CharTokenizer
+
     stream = CohortStream(
-        dataset, FixedSizeSampler(dataset.num_users, cohort, seed=0), CharTokenizer().encode,
+        dataset,
+        FixedSizeSampler(dataset.num_users, cohort, seed=0),
+        CharTokenizer().encode,
         LengthBuckets((shape.max_samples,), (shape.max_label_len,)),
-        local_steps=shape.local_steps, batch_size=shape.batch_size, seed=0)
+        local_steps=shape.local_steps,
+        batch_size=shape.batch_size,
+        seed=0,
+    )
     for _, block in stream.blocks(start, start + rounds):
         yield block
 
@@ -83,6 +112,7 @@ def run(mode: str = "default") -> common.Report:
     import jax
 
     from fl_dp_asr.data import Prefetcher
+
     population = 2000 if mode != "quick" else 300
     cohort_sizes = {"quick": (16,), "default": (16, 64), "full": (16, 64, 256)}[mode]
     train_cohort = 8 if mode == "quick" else 16
@@ -100,8 +130,15 @@ def run(mode: str = "default") -> common.Report:
             times.append(time.perf_counter() - start)
         utterances = float(block["batches"]["mask"].sum())
         med = common.median(times)
-        pack_rows.append([cohort, med, 1 / med, utterances / med,
-                          sum(x.nbytes for x in jax.tree.leaves(block)) / 2**20])
+        pack_rows.append(
+            [
+                cohort,
+                med,
+                1 / med,
+                utterances / med,
+                sum(x.nbytes for x in jax.tree.leaves(block)) / 2**20,
+            ]
+        )
 
     # Device rate and overlap on the tiny model.
     step, params, opt = common.make_asr_step("tiny", train_cohort, chunk_size=4)
@@ -121,9 +158,12 @@ def run(mode: str = "default") -> common.Report:
     device_s = common.median([train([warm]) for _ in range(2)])
     per_cohort_utts = float(warm["batches"]["mask"].sum())
     latency = source.latency = device_s / per_cohort_utts
-    pack_s = common.median([common.time_call(lambda: next(cohorts(dataset, train_cohort, 1,
-                                                                  start=50 + i)))
-                            for i in range(2)])
+    pack_s = common.median(
+        [
+            common.time_call(lambda: next(cohorts(dataset, train_cohort, 1, start=50 + i)))
+            for i in range(2)
+        ]
+    )
     serial, prefetched = [], []
     for rep in range(repeats):
         common.log(f"  pipeline: serial vs prefetched, {rounds} rounds ({rep + 1}/{repeats})")
@@ -132,9 +172,18 @@ def run(mode: str = "default") -> common.Report:
             prefetched.append(train(it) / rounds)
     source.latency = 0.0
     serial_s, prefetched_s = common.median(serial), common.median(prefetched)
-    overlap_rows = [[latency * 1e3,
-                     pack_s, device_s, pack_s + device_s, serial_s, max(pack_s, device_s),
-                     prefetched_s, (serial_s - prefetched_s) / pack_s]]
+    overlap_rows = [
+        [
+            latency * 1e3,
+            pack_s,
+            device_s,
+            pack_s + device_s,
+            serial_s,
+            max(pack_s, device_s),
+            prefetched_s,
+            (serial_s - prefetched_s) / pack_s,
+        ]
+    ]
 
     report = common.Report(
         "Input pipeline: host packing vs device consumption",
@@ -143,19 +192,32 @@ def run(mode: str = "default") -> common.Report:
         f"batch 2 and one 4 s / 64-token bucket; device = tiny model, vectorized chunk 4, "
         f"cohort {train_cohort}; overlap: medians of {repeats} interleaved serial/prefetched "
         f"runs of {rounds} rounds, reading audio with a simulated storage latency (sleep) "
-        "tuned so that packing takes about as long as a round.")
-    report.add_table("Host packing rate (one thread)",
-                     ["cohort", "pack s (median)", "cohorts/s", "utterances/s",
-                      "block MiB"], pack_rows)
+        "tuned so that packing takes about as long as a round.",
+    )
+    report.add_table(
+        "Host packing rate (one thread)",
+        ["cohort", "pack s (median)", "cohorts/s", "utterances/s", "block MiB"],
+        pack_rows,
+    )
     report.add_table(
         f"Device consumption and prefetch overlap (cohort {train_cohort})",
-        ["read latency (ms/utterance)", "pack s", "train s", "pack + train",
-         "serial s/round", "max(pack, train)", "prefetched s/round",
-         "fraction of packing hidden"], overlap_rows)
+        [
+            "read latency (ms/utterance)",
+            "pack s",
+            "train s",
+            "pack + train",
+            "serial s/round",
+            "max(pack, train)",
+            "prefetched s/round",
+            "fraction of packing hidden",
+        ],
+        overlap_rows,
+    )
     report.notes.append(
         f"Device consumes {1 / device_s:.3g} cohorts/s of {train_cohort} clients; the host packs "
         f"{pack_rows[0][2]:.3g} cohorts/s of {pack_rows[0][0]} clients from memory: packing is "
-        "not the bottleneck on this machine.")
+        "not the bottleneck on this machine."
+    )
     return report
 
 

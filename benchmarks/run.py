@@ -38,21 +38,28 @@ def main(argv=None) -> int:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
     flags = ["--quick"] if args.quick else ["--full"] if args.full else []
     flags += ["--no-write"] if args.no_write else []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
+    )
     failed, start = [], time.perf_counter()
     for name in names:
         common.log(f"benchmark {name} {' '.join(flags)}")
         began = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *flags],
-                               cwd=common.REPO, env=env)
-        common.log(f"benchmark {name}: {'ok' if code == 0 else f'FAILED ({code})'} in "
-                   f"{time.perf_counter() - began:.0f} s")
+        code = subprocess.call(
+            [sys.executable, "-m", f"benchmarks.{name}", *flags], cwd=common.REPO, env=env
+        )
+        common.log(
+            f"benchmark {name}: {'ok' if code == 0 else f'FAILED ({code})'} in "
+            f"{time.perf_counter() - began:.0f} s"
+        )
         if code:
             failed.append(name)
-    common.log(f"all benchmarks: {time.perf_counter() - start:.0f} s"
-               + (f"; failed: {failed}" if failed else "")
-               + ("" if args.no_write else f"; results appended to {common.REPORT}"))
+    common.log(
+        f"all benchmarks: {time.perf_counter() - start:.0f} s"
+        + (f"; failed: {failed}" if failed else "")
+        + ("" if args.no_write else f"; results appended to {common.REPORT}")
+    )
     return 1 if failed else 0
 
 

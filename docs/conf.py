@@ -7,11 +7,11 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("JAX_PLATFORMS", "cpu")   # importing the package for autodoc needs no device
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # importing the package for autodoc needs no device
 
 project = "fl_dp_asr"
 author = "fl_dp_asr authors"
-copyright = "2026, fl_dp_asr authors"   # pylint: disable=redefined-builtin
+copyright = "2026, fl_dp_asr authors"  # pylint: disable=redefined-builtin
 
 extensions = [
     "myst_parser",
@@ -22,16 +22,18 @@ extensions = [
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "privacy_table.md"]   # privacy_table.md: included by a guide
+exclude_patterns = ["_build", "privacy_table.md"]  # privacy_table.md: included by a guide
 templates_path = ["_templates"]
 
 # MyST: GitHub-style anchors for in-page links, $math$, ::: fences.
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
 # benchmarks.md and performance.md are appended to by the benchmarks, a "###" section at a time.
-suppress_warnings = ["myst.header",
-                     # an "Attributes:" name (a field) that other classes also have
-                     "ref.python"]
+suppress_warnings = [
+    "myst.header",
+    # an "Attributes:" name (a field) that other classes also have
+    "ref.python",
+]
 
 # API reference: one page per public module, every name documented where it is defined.
 autosummary_generate = True
@@ -43,7 +45,7 @@ autodoc_mock_imports: list[str] = []
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_use_ivar = True   # "Attributes:" as fields: a dataclass field is documented once
+napoleon_use_ivar = True  # "Attributes:" as fields: a dataclass field is documented once
 
 html_theme = "sphinx_book_theme"
 html_title = "fl_dp_asr"

@@ -30,7 +30,8 @@ import numpy as np
 from experiments import markers, plots
 from fl_dp_asr.dp import DPConfig, accounting
 from fl_dp_asr.dp.canaries import Canaries
-from fl_dp_asr.fl import audit, client, round as round_lib, server
+from fl_dp_asr.fl import audit, client, server
+from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train import utils
 
 BEGIN, END = "<!-- audit_sweep:begin -->", "<!-- audit_sweep:end -->"
@@ -39,12 +40,13 @@ SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 class Setting(NamedTuple):
     """One sweep's fixed settings (σ_DP varies)."""
-    population: int = 200      # K users
-    cohort_size: int = 10      # S, Poisson: expected users + canaries per round
-    rounds: int = 100          # T
-    dims: int = 10_000         # D, the kernel's size
-    canaries: int = 300        # k inserted (and as many held out)
-    clip_norm: float = 0.1     # C, per layer by dimension
+
+    population: int = 200  # K users
+    cohort_size: int = 10  # S, Poisson: expected users + canaries per round
+    rounds: int = 100  # T
+    dims: int = 10_000  # D, the kernel's size
+    canaries: int = 300  # k inserted (and as many held out)
+    clip_norm: float = 0.1  # C, per layer by dimension
     local_steps: int = 2
     batch_size: int = 8
     local_lr: float = 0.05
@@ -75,17 +77,17 @@ def make_data(setting: Setting) -> dict[str, np.ndarray]:
     return {"x": x, "y": np.sum(x * targets, axis=-1).astype(np.float32)}
 
 
-def cohort_block(data: dict[str, np.ndarray], users: np.ndarray, num_slots: int
-                 ) -> dict[str, Any]:
+def cohort_block(data: dict[str, np.ndarray], users: np.ndarray, num_slots: int) -> dict[str, Any]:
     """The users' data packed into ``num_slots`` client slots (then padding clients)."""
     pad = num_slots - len(users)
-    taken = {k: np.concatenate([v[users], np.zeros((pad,) + v.shape[1:], v.dtype)])
-             for k, v in data.items()}
+    taken = {
+        k: np.concatenate([v[users], np.zeros((pad,) + v.shape[1:], v.dtype)])
+        for k, v in data.items()
+    }
     client_mask = (np.arange(num_slots) < len(users)).astype(np.float32)
     step_mask = np.repeat(client_mask[:, None], data["x"].shape[1], axis=1)
     mask = np.repeat(step_mask[:, :, None], data["x"].shape[2], axis=2)
-    return {"batches": taken | {"mask": mask}, "step_mask": step_mask,
-            "client_mask": client_mask}
+    return {"batches": taken | {"mask": mask}, "step_mask": step_mask, "client_mask": client_mask}
 
 
 # ------------------------------------------------------------------ one run per σ_DP
@@ -93,6 +95,7 @@ def cohort_block(data: dict[str, np.ndarray], users: np.ndarray, num_slots: int
 
 class Sweep(NamedTuple):
     """What every run of a sweep shares: data, canaries, participation, the compiled step."""
+
     setting: Setting
     data: dict[str, np.ndarray]
     dp: DPConfig
@@ -105,11 +108,17 @@ def make_sweep(setting: Setting) -> Sweep:
     """The DP policy without noise (each run sets its own std on the step) and the step."""
     dp = DPConfig("per_layer", setting.clip_norm, "by_dim")
     canaries = Canaries(setting.canaries, setting.canaries, seed=setting.seed)
-    cohorts = audit.canary_sampler("poisson", setting.population, canaries,
-                                   setting.cohort_size, setting.seed)
+    cohorts = audit.canary_sampler(
+        "poisson", setting.population, canaries, setting.cohort_size, setting.seed
+    )
     update = client.make_client_update(loss_fn, client.local_sgd(setting.local_lr, 1.0))
-    step = round_lib.make_round_step(update, server.make_server_optimizer("sgd", 1.0), dp,
-                                     cohorts.sampler.expected_size, canaries=canaries)
+    step = round_lib.make_round_step(
+        update,
+        server.make_server_optimizer("sgd", 1.0),
+        dp,
+        cohorts.sampler.expected_size,
+        canaries=canaries,
+    )
     return Sweep(setting, make_data(setting), dp, canaries, cohorts, step)
 
 
@@ -117,8 +126,7 @@ def initial_params(setting: Setting) -> dict[str, jax.Array]:
     return {"kernel": jnp.zeros(setting.dims), "bias": jnp.zeros(1)}
 
 
-def run(sweep: Sweep, sigma_dp: float, noise_stddev: float | None = None
-        ) -> dict[str, float]:
+def run(sweep: Sweep, sigma_dp: float, noise_stddev: float | None = None) -> dict[str, float]:
     """T rounds at ``sigma_dp``: ε_accounted (RDP; ∞ without noise), both estimates and the
     mean clip fraction.
 
@@ -134,19 +142,23 @@ def run(sweep: Sweep, sigma_dp: float, noise_stddev: float | None = None
     trail, clipped = audit.AuditTrail.start(sweep.canaries), []
     key = jax.random.key(setting.seed)
     for r in range(setting.rounds):
-        block = cohort_block(sweep.data, sweep.cohorts.sample(r),
-                             sweep.cohorts.num_slots())
+        block = cohort_block(sweep.data, sweep.cohorts.sample(r), sweep.cohorts.num_slots())
         block[round_lib.CANARY_MASK] = sweep.cohorts.canary_mask(r)
         state, metrics = step(state, block, jax.random.fold_in(key, r))
         trail.add(np.asarray(metrics["canary_cosines"]))
         clipped.append(float(metrics["clip_fraction"]))
-    final = audit.final_model_cosines(sweep.canaries, initial_params(setting), state.params,
-                                      sweep.dp)
-    accounted = (sampler.accountant(z, setting.delta).epsilon(setting.rounds, "rdp")
-                 if z > 0 else math.inf)
-    return ({"sigma_dp": sigma_dp, "noise_multiplier": z, "epsilon_accounted": accounted,
-             "clip_fraction": float(np.mean(clipped))}
-            | audit.estimates(sweep.canaries, trail, final, setting.delta))
+    final = audit.final_model_cosines(
+        sweep.canaries, initial_params(setting), state.params, sweep.dp
+    )
+    accounted = (
+        sampler.accountant(z, setting.delta).epsilon(setting.rounds, "rdp") if z > 0 else math.inf
+    )
+    return {
+        "sigma_dp": sigma_dp,
+        "noise_multiplier": z,
+        "epsilon_accounted": accounted,
+        "clip_fraction": float(np.mean(clipped)),
+    } | audit.estimates(sweep.canaries, trail, final, setting.delta)
 
 
 # ------------------------------------------------------------------ report
@@ -158,13 +170,20 @@ def _eps(value: float) -> str:
 
 def table(rows: Sequence[dict[str, float]]) -> str:
     """Markdown: σ_DP, z, ε_accounted and each estimate with its 95 % interval."""
-    lines = ["| σ_DP | z | ε accounted (RDP) | ε final model [95 % CI] | "
-             "ε all iterates [95 % CI] |", "|---|---|---|---|---|"]
+    lines = [
+        "| σ_DP | z | ε accounted (RDP) | ε final model [95 % CI] | ε all iterates [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
-        views = [f"{_eps(row[f'epsilon_{v}'])} [{_eps(row[f'epsilon_{v}_ci_low'])}, "
-                 f"{_eps(row[f'epsilon_{v}_ci_high'])}]" for v in audit.VIEWS]
-        lines.append(f"| {row['sigma_dp']:g} | {row['noise_multiplier']:.3g} | "
-                     f"{_eps(row['epsilon_accounted'])} | {views[0]} | {views[1]} |")
+        views = [
+            f"{_eps(row[f'epsilon_{v}'])} [{_eps(row[f'epsilon_{v}_ci_low'])}, "
+            f"{_eps(row[f'epsilon_{v}_ci_high'])}]"
+            for v in audit.VIEWS
+        ]
+        lines.append(
+            f"| {row['sigma_dp']:g} | {row['noise_multiplier']:.3g} | "
+            f"{_eps(row['epsilon_accounted'])} | {views[0]} | {views[1]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,14 +198,30 @@ def plot(rows: Sequence[dict[str, float]], path: str) -> None:
         y = np.array([r[f"epsilon_{view}"] for r in noisy])
         low = np.array([r[f"epsilon_{view}_ci_low"] for r in noisy])
         high = np.array([r[f"epsilon_{view}_ci_high"] for r in noisy])
-        ax.errorbar(x, y, yerr=[y - low, high - y], fmt=style, capsize=3,
-                    label=f"ε empirical, {view.replace('_', ' ')}")
+        ax.errorbar(
+            x,
+            y,
+            yerr=[y - low, high - y],
+            fmt=style,
+            capsize=3,
+            label=f"ε empirical, {view.replace('_', ' ')}",
+        )
         for r in rows:
             if r["sigma_dp"] == 0:
-                ax.axhline(r[f"epsilon_{view}"], color=style[:2], ls=":", lw=1,
-                           label=f"{view.replace('_', ' ')}, σ_DP = 0")
-    ax.set(xscale="log", yscale="log", xlabel="σ_DP (noise std on the mean / C)",
-           ylabel="ε at δ", title="canary clients: empirical vs accounted ε")
+                ax.axhline(
+                    r[f"epsilon_{view}"],
+                    color=style[:2],
+                    ls=":",
+                    lw=1,
+                    label=f"{view.replace('_', ' ')}, σ_DP = 0",
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="σ_DP (noise std on the mean / C)",
+        ylabel="ε at δ",
+        title="canary clients: empirical vs accounted ε",
+    )
     ax.legend(fontsize=8)
     plots.save(fig, path)
 
@@ -201,27 +236,35 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     defaults = Setting()
     parser.add_argument("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS))
     for name in ("rounds", "dims", "canaries", "population", "cohort_size"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
-                            default=getattr(defaults, name))
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
+        )
     parser.add_argument("--out", default="docs/audit_sweep.png")
     parser.add_argument("--readme", default=None, help="embed the table in this README")
     args = parser.parse_args(argv)
-    setting = defaults._replace(rounds=args.rounds, dims=args.dims, canaries=args.canaries,
-                                population=args.population, cohort_size=args.cohort_size)
+    setting = defaults._replace(
+        rounds=args.rounds,
+        dims=args.dims,
+        canaries=args.canaries,
+        population=args.population,
+        cohort_size=args.cohort_size,
+    )
     sweep = make_sweep(setting)
     rows = []
     for sigma in (float(s) for s in args.sigmas.split(",")):
         rows.append(run(sweep, sigma))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = (f"K = {setting.population} users + k = {setting.canaries} canaries (and "
-            f"{setting.canaries} held out), Poisson S = {setting.cohort_size}, "
-            f"T = {setting.rounds} rounds, D = {setting.dims + 1}, δ = {setting.delta:g}; "
-            f"`python -m experiments.audit_sweep`\n\n" + table(rows))
+    text = (
+        f"K = {setting.population} users + k = {setting.canaries} canaries (and "
+        f"{setting.canaries} held out), Poisson S = {setting.cohort_size}, "
+        f"T = {setting.rounds} rounds, D = {setting.dims + 1}, δ = {setting.delta:g}; "
+        f"`python -m experiments.audit_sweep`\n\n" + table(rows)
+    )
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out)
     if args.readme:
         readme = pathlib.Path(args.readme).read_text(encoding="utf-8")
-        utils.write_text(args.readme, embed(readme, text))   # atomic
+        utils.write_text(args.readme, embed(readme, text))  # atomic
     print(text)
     return rows
 

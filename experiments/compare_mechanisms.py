@@ -27,18 +27,22 @@ from experiments.configs import fl_dp
 from fl_dp_asr.dp import accounting
 from fl_dp_asr.dp.correlated import CorrelatedNoise
 
-POPULATION, COHORT = 300, 16     # the demo's synthetic Common Voice part and cohort
+POPULATION, COHORT = 300, 16  # the demo's synthetic Common Voice part and cohort
 SETTINGS = (("gaussian", "poisson"), ("gaussian", "cyclic"), ("blt", "cyclic"))
 
 
-def noise_multiplier(mechanism: str, sampling: str, target: float, rounds: int,
-                     delta: float) -> float:
+def noise_multiplier(
+    mechanism: str, sampling: str, target: float, rounds: int, delta: float
+) -> float:
     """z calibrated so that ``rounds`` rounds spend ``target`` (RDP)."""
     if sampling == "poisson":
         return accounting.calibrate_noise(target, COHORT, POPULATION, rounds, delta)
     separation = min(POPULATION // COHORT, rounds)
-    strategy = (CorrelatedNoise("blt", rounds, separation) if mechanism == "blt" else
-                CorrelatedNoise.independent(rounds, separation))
+    strategy = (
+        CorrelatedNoise("blt", rounds, separation)
+        if mechanism == "blt"
+        else CorrelatedNoise.independent(rounds, separation)
+    )
     return strategy.calibrate(target, delta)
 
 
@@ -53,8 +57,9 @@ def run_one(mechanism: str, sampling: str, seed: int, args: argparse.Namespace) 
     config.dp.mechanism = mechanism
     config.dp.target_cohort = None
     config.dp.sigma_dp = None
-    config.dp.noise_multiplier = noise_multiplier(mechanism, sampling, args.target_epsilon,
-                                                  args.rounds, config.dp.delta)
+    config.dp.noise_multiplier = noise_multiplier(
+        mechanism, sampling, args.target_epsilon, args.rounds, config.dp.delta
+    )
     if sampling == "cyclic":
         config.fl.min_separation = min(POPULATION // COHORT, args.rounds)
     workdir = os.path.join(args.workdir, f"{mechanism}_{sampling}_seed{seed}")
@@ -64,12 +69,16 @@ def run_one(mechanism: str, sampling: str, seed: int, args: argparse.Namespace) 
 
 
 def table(rows: list[tuple[str, str, int, dict]]) -> str:
-    lines = ["| mechanism / participation | seed | z | ε (RDP) | held-out WER | held-out CER |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| mechanism / participation | seed | z | ε (RDP) | held-out WER | held-out CER |",
+        "|---|---|---|---|---|---|",
+    ]
     for mechanism, sampling, seed, s in rows:
-        lines.append(f"| {mechanism} / {sampling} | {seed} | {s['noise_multiplier']:.4g} | "
-                     f"{s['epsilon_rdp']:.3g} | {100 * s['final_wer']:.1f} % | "
-                     f"{100 * s['final_cer']:.1f} % |")
+        lines.append(
+            f"| {mechanism} / {sampling} | {seed} | {s['noise_multiplier']:.4g} | "
+            f"{s['epsilon_rdp']:.3g} | {100 * s['final_wer']:.1f} % | "
+            f"{100 * s['final_cer']:.1f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -86,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mechanism, sampling in SETTINGS:
             rows.append((mechanism, sampling, seed, run_one(mechanism, sampling, seed, args)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = (f"Target ε = {args.target_epsilon:g} (δ = 1e-6), {args.rounds} rounds, S = {COHORT} "
-            f"of K = {POPULATION}, demo recipe\n\n" + table(rows))
+    text = (
+        f"Target ε = {args.target_epsilon:g} (δ = 1e-6), {args.rounds} rounds, S = {COHORT} "
+        f"of K = {POPULATION}, demo recipe\n\n" + table(rows)
+    )
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "table.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")

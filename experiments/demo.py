@@ -57,27 +57,29 @@ def summary_text(central: dict, fl: dict, config, plot_files: list[str]) -> str:
     def eps(x):
         return "n/a" if x is None else f"{x:.2f}"
 
-    return "\n".join([
-        "",
-        "fl_dp_asr demo summary",
-        f"  seed model (central, synthetic LibriSpeech part): dev WER "
-        f"{pct(central['dev_wer'])}, CER {pct(central['dev_cer'])} after {central['step']} "
-        "steps",
-        f"  held-out Common Voice-part users: WER {pct(fl['seed_wer'])} (seed) -> "
-        f"{pct(fl['final_wer'])} (FL + DP); CER {pct(fl['seed_cer'])} -> "
-        f"{pct(fl['final_cer'])}",
-        f"  FL: {fl['rounds']} rounds, {fl['sampling']} sampling, expected cohort "
-        f"S={fl['cohort_size']} of K={fl['population']} users, {config.fl.local_steps} local "
-        f"steps, {fl['clipping']} clipping ({fl['allocation']}) C={config.dp.clip_norm}, "
-        f"z={fl['noise_multiplier']:.3g} (sigma_DP={fl['sigma_dp']:.3g})",
-        f"  privacy of this simulation: user-level (eps_RDP={eps(fl['epsilon_rdp'])}, "
-        f"delta={fl['delta']:g})-DP, eps_PLD={eps(fl['epsilon_pld'])}",
-        f"  extrapolated (same sigma_DP and q; S'={fl['extrapolated_cohort']} of "
-        f"K'={fl['extrapolated_population']} users): eps_RDP="
-        f"{eps(fl['extrapolated_epsilon_rdp'])}, eps_PLD={eps(fl['extrapolated_epsilon_pld'])}",
-        f"  checkpoints: {os.path.join(fl['workdir'], 'checkpoints')}",
-        "  plots: " + ", ".join(plot_files),
-    ])
+    return "\n".join(
+        [
+            "",
+            "fl_dp_asr demo summary",
+            f"  seed model (central, synthetic LibriSpeech part): dev WER "
+            f"{pct(central['dev_wer'])}, CER {pct(central['dev_cer'])} after {central['step']} "
+            "steps",
+            f"  held-out Common Voice-part users: WER {pct(fl['seed_wer'])} (seed) -> "
+            f"{pct(fl['final_wer'])} (FL + DP); CER {pct(fl['seed_cer'])} -> "
+            f"{pct(fl['final_cer'])}",
+            f"  FL: {fl['rounds']} rounds, {fl['sampling']} sampling, expected cohort "
+            f"S={fl['cohort_size']} of K={fl['population']} users, {config.fl.local_steps} local "
+            f"steps, {fl['clipping']} clipping ({fl['allocation']}) C={config.dp.clip_norm}, "
+            f"z={fl['noise_multiplier']:.3g} (sigma_DP={fl['sigma_dp']:.3g})",
+            f"  privacy of this simulation: user-level (eps_RDP={eps(fl['epsilon_rdp'])}, "
+            f"delta={fl['delta']:g})-DP, eps_PLD={eps(fl['epsilon_pld'])}",
+            f"  extrapolated (same sigma_DP and q; S'={fl['extrapolated_cohort']} of "
+            f"K'={fl['extrapolated_population']} users): eps_RDP="
+            f"{eps(fl['extrapolated_epsilon_rdp'])}, eps_PLD={eps(fl['extrapolated_epsilon_pld'])}",
+            f"  checkpoints: {os.path.join(fl['workdir'], 'checkpoints')}",
+            "  plots: " + ", ".join(plot_files),
+        ]
+    )
 
 
 if __name__ == "__main__":

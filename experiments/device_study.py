@@ -50,9 +50,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from experiments.device.carry import (CORPUS_DIR, corpus_manifest, prepare, size_mib,
-                                      utterances)
 from experiments.device import preset as presets
+from experiments.device.carry import CORPUS_DIR, corpus_manifest, prepare, size_mib, utterances
 from experiments.device.preset import DEVICE, DRY_RUN, Preset, num_params, recipes
 from experiments.device.report import Report
 from experiments.device.workers import compilation_cache, plan_workers, run_cells
@@ -61,8 +60,9 @@ from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train import utils
 
 
-def plan(preset: Preset, workers: int | None = None
-         ) -> tuple[int, list[float], list[list[design.Cell]]]:
+def plan(
+    preset: Preset, workers: int | None = None
+) -> tuple[int, list[float], list[list[design.Cell]]]:
     """D (the model's parameter count), σ_DP of each level, and the cells of each worker
     (``workers``, default the preset's)."""
     params = num_params(preset)
@@ -70,10 +70,19 @@ def plan(preset: Preset, workers: int | None = None
     return params, sigmas, plan_workers(preset, sigmas, workers or preset.workers)
 
 
-def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float, *,
-        corpus: str = CORPUS_DIR, data_dir: str | None = None, workers: int | None = None,
-        compile_cache: bool = True, command: str = "python -m experiments.device_study",
-        cell: str | None = None) -> Report:
+def run(
+    preset: Preset,
+    out: pathlib.Path | None,
+    workdir: str,
+    budget_s: float,
+    *,
+    corpus: str = CORPUS_DIR,
+    data_dir: str | None = None,
+    workers: int | None = None,
+    compile_cache: bool = True,
+    command: str = "python -m experiments.device_study",
+    cell: str | None = None,
+) -> Report:
     """The whole study in this call (module docstring), or only the planned cell whose id
     is ``cell``; returns its report (of every planned cell done in ``workdir``).
 
@@ -84,7 +93,7 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
     """
     began = time.time()
     deadline = began + budget_s
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # workers share the GPU
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # workers share the GPU
     workdir = os.path.abspath(workdir)
     data_dir = data_dir or os.path.join(workdir, "tfds")
     params, sigmas, plans = plan(preset, workers)
@@ -96,23 +105,38 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
     with compilation_cache(workdir, compile_cache):
         started = time.time()
         manifest = corpus_manifest(preset, corpus)
-        report.stage("corpus", time.time() - started,
-                     f"{corpus}: {utterances(manifest)} utterances, {size_mib(corpus):.1f} MiB")
+        report.stage(
+            "corpus",
+            time.time() - started,
+            f"{corpus}: {utterances(manifest)} utterances, {size_mib(corpus):.1f} MiB",
+        )
         started = time.time()
         for config in (recipes_.central(), recipes_.fl()):
-            utils.load_data(config.data, CharTokenizer(config.data.language),
-                            config.eval.batch_size)
+            utils.load_data(
+                config.data, CharTokenizer(config.data.language), config.eval.batch_size
+            )
         report.stage("TFDS datasets", time.time() - started, f"built in {data_dir}")
         started = time.time()
         seed_dir = cell_run.seed_checkpoint(workdir, preset.depth, report.study, recipes_, None)
         with open(os.path.join(os.path.dirname(seed_dir), "seed.json"), encoding="utf-8") as f:
             seed = json.load(f)
-        report.stage("seed", time.time() - started,
-                     f"{seed['step']} steps in {seed['seconds']:.0f} s, dev-clean CER "
-                     f"{100 * seed['dev_cer']:.1f} %, WER {100 * seed['dev_wer']:.1f} %")
+        report.stage(
+            "seed",
+            time.time() - started,
+            f"{seed['step']} steps in {seed['seconds']:.0f} s, dev-clean CER "
+            f"{100 * seed['dev_cer']:.1f} %, WER {100 * seed['dev_wer']:.1f} %",
+        )
         started = time.time()
-        run_cells(runs, report.study, workdir, recipes_, deadline, preset.first_cell_s,
-                  compile_cache, report.write)
+        run_cells(
+            runs,
+            report.study,
+            workdir,
+            recipes_,
+            deadline,
+            preset.first_cell_s,
+            compile_cache,
+            report.write,
+        )
         report.stage("cells", time.time() - started, f"{len(runs)} worker(s)")
         report.stage("whole call", time.time() - began, f"budget {budget_s:.0f} s")
     return report
@@ -120,35 +144,66 @@ def run(preset: Preset, out: pathlib.Path | None, workdir: str, budget_s: float,
 
 def main(argv: Sequence[str] | None = None) -> Report | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prepare", action="store_true",
-                        help="here, not on the device: generate the corpus, download the "
-                             "wheels, check the 64 MiB carry, print the device command")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="toy size on any machine (tiny corpus, 2 blocks, 2 rounds)")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/device_study"),
-                        help="the report (device_study.md) and results (device_study.json)")
-    parser.add_argument("--workdir", default="runs/device_study",
-                        help="seed, cells (cached), TFDS data, compilation cache")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no cell starts when what is left of this many seconds (from "
-                             "the start of the process) cannot hold it (default 420: one "
-                             "8-minute device call with the install and a margin)")
-    parser.add_argument("--corpus", default=None,
-                        help=f"the corpus directory (default {CORPUS_DIR}; --dry-run: "
-                             "<workdir>/corpus)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="cell processes (default: one per method on the device, 1 for "
-                             "--dry-run)")
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="here, not on the device: generate the corpus, download the "
+        "wheels, check the 64 MiB carry, print the device command",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="toy size on any machine (tiny corpus, 2 blocks, 2 rounds)",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("runs/device_study"),
+        help="the report (device_study.md) and results (device_study.json)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default="runs/device_study",
+        help="seed, cells (cached), TFDS data, compilation cache",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="no cell starts when what is left of this many seconds (from "
+        "the start of the process) cannot hold it (default 420: one "
+        "8-minute device call with the install and a margin)",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help=f"the corpus directory (default {CORPUS_DIR}; --dry-run: <workdir>/corpus)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="cell processes (default: one per method on the device, 1 for --dry-run)",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--list-cells", action="store_true",
-                      help="print the planned cells, one per line: its id, a tab, its worker "
-                           "and what it runs; run nothing")
-    mode.add_argument("--cell", metavar="ID",
-                      help="run only this planned cell (after the corpus, data and seed "
-                           "stages; a done cell is read back); the report has every cell "
-                           "done in --workdir")
-    mode.add_argument("--report", action="store_true",
-                      help="write the report of the cells done in --workdir, run nothing")
+    mode.add_argument(
+        "--list-cells",
+        action="store_true",
+        help="print the planned cells, one per line: its id, a tab, its worker "
+        "and what it runs; run nothing",
+    )
+    mode.add_argument(
+        "--cell",
+        metavar="ID",
+        help="run only this planned cell (after the corpus, data and seed "
+        "stages; a done cell is read back); the report has every cell "
+        "done in --workdir",
+    )
+    mode.add_argument(
+        "--report",
+        action="store_true",
+        help="write the report of the cells done in --workdir, run nothing",
+    )
     args = parser.parse_args(argv)
     if args.prepare:
         print(prepare())
@@ -157,9 +212,13 @@ def main(argv: Sequence[str] | None = None) -> Report | None:
     planned = plan(preset, args.workers)
     study_ = presets.study(preset, planned[1])
     if args.list_cells:
-        print("\n".join(f"{design.cell_id(cell, study_)}\tworker {worker}: "
-                        f"{design.describe(cell, study_)}"
-                        for worker, cells in enumerate(planned[2]) for cell in cells))
+        print(
+            "\n".join(
+                f"{design.cell_id(cell, study_)}\tworker {worker}: {design.describe(cell, study_)}"
+                for worker, cells in enumerate(planned[2])
+                for cell in cells
+            )
+        )
         return None
     if args.cell:
         try:
@@ -168,14 +227,24 @@ def main(argv: Sequence[str] | None = None) -> Report | None:
             parser.error(str(error))
     command = ("python -m experiments.device_study " + shlex.join(argv or sys.argv[1:])).strip()
     if args.report:
-        report = Report(preset, command, os.path.abspath(args.workdir), args.out, args.budget_s,
-                        *planned)
+        report = Report(
+            preset, command, os.path.abspath(args.workdir), args.out, args.budget_s, *planned
+        )
         report.write()
     else:
-        corpus = args.corpus or (os.path.join(args.workdir, "corpus") if args.dry_run
-                                 else CORPUS_DIR)
-        report = run(preset, args.out, args.workdir, args.budget_s, corpus=corpus,
-                     workers=args.workers, command=command, cell=args.cell)
+        corpus = args.corpus or (
+            os.path.join(args.workdir, "corpus") if args.dry_run else CORPUS_DIR
+        )
+        report = run(
+            preset,
+            args.out,
+            args.workdir,
+            args.budget_s,
+            corpus=corpus,
+            workers=args.workers,
+            command=command,
+            cell=args.cell,
+        )
     print((args.out / "device_study.md").read_text(encoding="utf-8"))
     return report
 

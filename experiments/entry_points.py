@@ -9,4 +9,5 @@ error with status 1).
 def device_check() -> None:
     """The console script ``fl-dp-asr-device-check``: ``python -m benchmarks.device_check``."""
     from benchmarks import device_check as check  # pylint: disable=import-outside-toplevel
+
     check.main()

@@ -19,7 +19,8 @@ from fl_dp_asr.data import CohortStream, PaddingBuckets
 from fl_dp_asr.data.layouts import SAMPLE_RATE
 from fl_dp_asr.dp import DPConfig, accounting, adaptive, correlated
 from fl_dp_asr.dp.canaries import Canaries
-from fl_dp_asr.fl import audit, client, distributed, executors, round as round_lib, samplers
+from fl_dp_asr.fl import audit, client, distributed, executors, samplers
+from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.text.tokenizer import CharTokenizer
@@ -31,20 +32,21 @@ Log = Callable[[str], None]
 
 class Run(NamedTuple):
     """What a run fixes before its first round."""
+
     model_config: ModelConfig
     seed_params: PyTree
     seed_source: str
     sampler: samplers.CohortSampler
-    noise_multiplier: float                  # z (std on the sum / C)
-    sigma_dp: float                          # σ_DP = z / S (std on the mean / C)
+    noise_multiplier: float  # z (std on the sum / C)
+    sigma_dp: float  # σ_DP = z / S (std on the mean / C)
     accountant: accounting.RunAccountant | None  # None without noise (ε = ∞)
     server_optimizer: optax.GradientTransformation
     round_step: round_lib.RoundStep
     stream: CohortStream
-    mesh: jax.sharding.Mesh | None           # the global client mesh of a multi-process run
+    mesh: jax.sharding.Mesh | None  # the global client mesh of a multi-process run
     dp: DPConfig
-    privacy: dict[int, dict[str, float]]     # privacy_metrics by rounds (PLD can take minutes)
-    canaries: Canaries | None = None         # config.audit (None: no canary clients)
+    privacy: dict[int, dict[str, float]]  # privacy_metrics by rounds (PLD can take minutes)
+    canaries: Canaries | None = None  # config.audit (None: no canary clients)
     canary_cohorts: audit.CanaryCohorts | None = None  # the sampler split into users, canaries
 
 
@@ -57,8 +59,9 @@ def dp_config(config: ml_collections.ConfigDict) -> DPConfig:
     """The :class:`DPConfig` of the ``dp`` section (its fields are keys of the section; the
     correlated noise from ``dp.mechanism``, :func:`correlated_noise`)."""
     dp = config.dp
-    fields = {f.name: dp[f.name] for f in dataclasses.fields(DPConfig)
-              if f.name != "correlated_noise"}
+    fields = {
+        f.name: dp[f.name] for f in dataclasses.fields(DPConfig) if f.name != "correlated_noise"
+    }
     return DPConfig(**fields, correlated_noise=correlated_noise(config))
 
 
@@ -76,13 +79,19 @@ def correlated_noise(config: ml_collections.ConfigDict) -> correlated.Correlated
         raise ValueError(
             f"config.dp.mechanism={mechanism!r} (correlated noise) needs min-separation "
             "participation: set --config.fl.sampling=cyclic and --config.fl.min_separation=b "
-            "(rounds between two participations of a user).")
-    extra = ({"bands": config.dp.bands} if mechanism == "banded_toeplitz"
-             else {"max_buffers": config.dp.max_buffers})
+            "(rounds between two participations of a user)."
+        )
+    extra = (
+        {"bands": config.dp.bands}
+        if mechanism == "banded_toeplitz"
+        else {"max_buffers": config.dp.max_buffers}
+    )
     rounds = config.fl.rounds if config.dp.strategy_rounds is None else config.dp.strategy_rounds
     if not rounds >= config.fl.rounds:
-        raise ValueError(f"config.dp.strategy_rounds={rounds} is shorter than fl.rounds="
-                         f"{config.fl.rounds}: the strategy must cover every round of the run.")
+        raise ValueError(
+            f"config.dp.strategy_rounds={rounds} is shorter than fl.rounds="
+            f"{config.fl.rounds}: the strategy must cover every round of the run."
+        )
     try:
         return correlated.CorrelatedNoise(mechanism, rounds, config.fl.min_separation, **extra)
     except ValueError as error:
@@ -99,21 +108,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.fl.sampling not in names:
         raise ValueError(f"config.fl.sampling={config.fl.sampling!r}: choose one of {names}.")
     if config.fl.min_separation is not None and config.fl.sampling != "cyclic":
-        raise ValueError(f"config.fl.min_separation={config.fl.min_separation} is a setting of "
-                         f"fl.sampling='cyclic'; fl.sampling={config.fl.sampling!r} draws "
-                         "users in consecutive rounds.")
+        raise ValueError(
+            f"config.fl.min_separation={config.fl.min_separation} is a setting of "
+            f"fl.sampling='cyclic'; fl.sampling={config.fl.sampling!r} draws "
+            "users in consecutive rounds."
+        )
     if config.fl.sampling == "cyclic" and config.dp.target_cohort is not None:
-        raise ValueError("config.dp.target_cohort: the population extrapolation assumes "
-                         "Poisson sampling's amplification, which fl.sampling='cyclic' does "
-                         "not claim; set --config.dp.target_cohort=None.")
+        raise ValueError(
+            "config.dp.target_cohort: the population extrapolation assumes "
+            "Poisson sampling's amplification, which fl.sampling='cyclic' does "
+            "not claim; set --config.dp.target_cohort=None."
+        )
     if not config.fl.cohort_size >= 1:
         raise ValueError(f"config.fl.cohort_size={config.fl.cohort_size} must be >= 1.")
     if config.fl.executor not in EXECUTORS:
-        raise ValueError(f"config.fl.executor={config.fl.executor!r}: choose one of "
-                         f"{EXECUTORS}.")
+        raise ValueError(f"config.fl.executor={config.fl.executor!r}: choose one of {EXECUTORS}.")
     if make_canaries(config) is not None and config.distributed.num_processes != 1:
-        raise ValueError("config.audit.canaries needs a single-process run "
-                         "(config.distributed.num_processes=1).")
+        raise ValueError(
+            "config.audit.canaries needs a single-process run (config.distributed.num_processes=1)."
+        )
 
 
 def make_canaries(config: ml_collections.ConfigDict) -> Canaries | None:
@@ -146,17 +159,30 @@ def make_sampler(config: ml_collections.ConfigDict, num_users: int) -> samplers.
     canaries = make_canaries(config)
     population = num_users + (0 if canaries is None else canaries.inserted)
     try:
-        return samplers.make_sampler(config.fl.sampling, population, config.fl.cohort_size,
-                                     config.seed, config.fl.min_separation)
+        return samplers.make_sampler(
+            config.fl.sampling,
+            population,
+            config.fl.cohort_size,
+            config.seed,
+            config.fl.min_separation,
+        )
     except ValueError as error:  # "cohort_size=… must be …": name the config field
-        with_canaries = ("" if canaries is None else f" With config.audit.canaries="
-                         f"{canaries.inserted} the population is {num_users} training users "
-                         f"+ {canaries.inserted} canary clients.")
+        with_canaries = (
+            ""
+            if canaries is None
+            else f" With config.audit.canaries="
+            f"{canaries.inserted} the population is {num_users} training users "
+            f"+ {canaries.inserted} canary clients."
+        )
         raise ValueError(f"config.fl.{error}{with_canaries}") from None
 
 
-def make_accountant(config: ml_collections.ConfigDict, sampler: samplers.CohortSampler,
-                    dp: DPConfig, noise_multiplier: float):
+def make_accountant(
+    config: ml_collections.ConfigDict,
+    sampler: samplers.CohortSampler,
+    dp: DPConfig,
+    noise_multiplier: float,
+):
     """ε during training (None without noise): the sampler's own analysis; with the cyclic
     sampler that of the correlated mechanism, or of independent Gaussian noise without
     amplification (a one-band strategy) for ``dp.mechanism="gaussian"``."""
@@ -164,8 +190,9 @@ def make_accountant(config: ml_collections.ConfigDict, sampler: samplers.CohortS
         return None
     if sampler.name != "cyclic":
         return sampler.accountant(noise_multiplier, config.dp.delta)
-    return sampler.accountant(noise_multiplier, config.dp.delta, dp.correlated_noise,
-                              rounds=config.fl.rounds)
+    return sampler.accountant(
+        noise_multiplier, config.dp.delta, dp.correlated_noise, rounds=config.fl.rounds
+    )
 
 
 def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int) -> None:
@@ -177,33 +204,61 @@ def check_count_noise(dp: DPConfig, expected_cohort_size: float, num_bounds: int
         z = dp.resolve_noise_multiplier(expected_cohort_size)
         stddev = dp.count_stddev(expected_cohort_size)
         z_b = adaptive.count_noise_multiplier(stddev, num_bounds)
-        given = ("" if dp.clipped_count_stddev is not None
-                 else f", its default S/20 for S = {expected_cohort_size:g}")
-        group = (", group layers with --config.dp.layers=module"
-                 if dp.clipping == "per_layer" and dp.layers == "leaf" else "")
+        given = (
+            ""
+            if dp.clipped_count_stddev is not None
+            else f", its default S/20 for S = {expected_cohort_size:g}"
+        )
+        group = (
+            ", group layers with --config.dp.layers=module"
+            if dp.clipping == "per_layer" and dp.layers == "leaf"
+            else ""
+        )
         raise ValueError(
             f"adaptive clipping: the clipped-count noise multiplier z_b = 2σ_b/√H = {z_b:.4g} "
             f"(σ_b = {stddev:.4g}{given}; H = {num_bounds} bounds) must exceed the overall "
             f"noise multiplier z = {z:.4g}, or nothing is left for the deltas: raise "
             f"--config.dp.clipped_count_stddev{group}, or lower the noise "
-            "(--config.dp.sigma_dp / --config.dp.noise_multiplier).") from None
+            "(--config.dp.sigma_dp / --config.dp.noise_multiplier)."
+        ) from None
 
 
-def round_step_key(config: ml_collections.ConfigDict, model_config: ModelConfig, dp: DPConfig,
-                   expected_cohort_size: float, canaries: Canaries | None) -> str:
+def round_step_key(
+    config: ml_collections.ConfigDict,
+    model_config: ModelConfig,
+    dp: DPConfig,
+    expected_cohort_size: float,
+    canaries: Canaries | None,
+) -> str:
     """Everything that shapes the compiled round step of ``config`` except the fixed-clipping
     noise std, which is an argument of it (adaptive clipping's noise is not: it stays in);
     ``canaries``: :func:`make_canaries` of ``config``."""
     fl = config.fl
     if not dp.adaptive:
         dp = dataclasses.replace(dp, sigma_dp=None, noise_multiplier=None)
-    return json.dumps({
-        "model": model_config.to_dict(), "server": config.server.to_dict(), "dp": repr(dp),
-        "expected_cohort_size": expected_cohort_size, "canaries": repr(canaries),
-        "fl": {k: fl[k] for k in ("local_learning_rate", "local_grad_clip_norm", "executor",
-                                  "chunk_size", "cut_row_levels", "cut_length_levels",
-                                  "shard_server_state")},
-    }, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "model": model_config.to_dict(),
+            "server": config.server.to_dict(),
+            "dp": repr(dp),
+            "expected_cohort_size": expected_cohort_size,
+            "canaries": repr(canaries),
+            "fl": {
+                k: fl[k]
+                for k in (
+                    "local_learning_rate",
+                    "local_grad_clip_norm",
+                    "executor",
+                    "chunk_size",
+                    "cut_row_levels",
+                    "cut_length_levels",
+                    "shard_server_state",
+                )
+            },
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def executor_name(config: ml_collections.ConfigDict, num_devices: int) -> str:
@@ -216,20 +271,29 @@ def executor_name(config: ml_collections.ConfigDict, num_devices: int) -> str:
     if name != "sharded" and num_devices > 1:
         absl_logging.warning(
             "config.fl.executor=%r trains on 1 of the %d devices: set "
-            "--config.fl.executor=auto (or sharded) to use all of them.", name, num_devices)
+            "--config.fl.executor=auto (or sharded) to use all of them.",
+            name,
+            num_devices,
+        )
     return name
 
 
 class RoundStepParts(NamedTuple):
     """The trainer's round step and what it is made of."""
+
     round_step: round_lib.BoundRoundStep
     executor: executors.Executor
     server_optimizer: optax.GradientTransformation
 
 
-def make_round_step(config: ml_collections.ConfigDict, model_config: ModelConfig,
-                    dp: DPConfig, expected_cohort_size: float, canaries: Canaries | None,
-                    devices: list | None = None) -> RoundStepParts:
+def make_round_step(
+    config: ml_collections.ConfigDict,
+    model_config: ModelConfig,
+    dp: DPConfig,
+    expected_cohort_size: float,
+    canaries: Canaries | None,
+    devices: list | None = None,
+) -> RoundStepParts:
     """The round step of ``config`` (``fl``: local training, executor, chunk; ``server``;
     ``dp``), exactly as :func:`train` runs it. Touches no device: ``devices`` (default: every
     device of every process) may be compile-only ones (``fl-dp-asr-plan``,
@@ -238,21 +302,30 @@ def make_round_step(config: ml_collections.ConfigDict, model_config: ModelConfig
     client_update = client.make_client_update(
         asr.make_loss_fn(model_config, train=True),
         client.local_sgd(config.fl.local_learning_rate, config.fl.local_grad_clip_norm),
-        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels))
+        PaddingBuckets(config.fl.cut_row_levels, config.fl.cut_length_levels),
+    )
     name = executor_name(config, len(jax.devices()) if devices is None else len(devices))
     mesh = distributed.client_mesh(devices) if name == "sharded" else None
     executor = executors.make(name, chunk_size=config.fl.chunk_size, mesh=mesh)
-    round_step = round_lib.make_round_step(client_update, server_optimizer, dp,
-                                           expected_cohort_size, executor, asr.PARAM_LAYOUT,
-                                           canaries, config.fl.shard_server_state)
+    round_step = round_lib.make_round_step(
+        client_update,
+        server_optimizer,
+        dp,
+        expected_cohort_size,
+        executor,
+        asr.PARAM_LAYOUT,
+        canaries,
+        config.fl.shard_server_state,
+    )
     return RoundStepParts(round_step, executor, server_optimizer)
 
 
-CPU_CHUNK = 16   # config.fl.chunk_size=None on a device without a memory limit (a CPU)
+CPU_CHUNK = 16  # config.fl.chunk_size=None on a device without a memory limit (a CPU)
 
 
-def automatic_chunk(config: ml_collections.ConfigDict, data: utils.Data, log: Log,
-                    memory_limit: int | None = None) -> int:
+def automatic_chunk(
+    config: ml_collections.ConfigDict, data: utils.Data, log: Log, memory_limit: int | None = None
+) -> int:
     """``config.fl.chunk_size=None``: the largest power-of-two chunk whose round step fits
     each device, found by compiling it for the longest bucket of the data
     (``fl-dp-asr-plan``'s search, :func:`experiments.plan.largest_chunk`).
@@ -263,35 +336,57 @@ def automatic_chunk(config: ml_collections.ConfigDict, data: utils.Data, log: Lo
     Raises:
         RuntimeError: not even one client per device fits, with the memory it needs.
     """
-    from experiments import plan   # the planner builds round steps with this module
+    from experiments import plan  # the planner builds round steps with this module
     from fl_dp_asr.aot import targets
+
     devices = jax.devices()
     stats = devices[0].memory_stats() or {}
     memory_limit = memory_limit or stats.get("bytes_limit")
     if not memory_limit:
-        log(f"config.fl.chunk_size=None: {devices[0].device_kind} reports no memory limit; "
-            f"chunk {CPU_CHUNK}.")
+        log(
+            f"config.fl.chunk_size=None: {devices[0].device_kind} reports no memory limit; "
+            f"chunk {CPU_CHUNK}."
+        )
         return CPU_CHUNK
     kind = devices[0].device_kind
-    chip = targets.Chip(kind, devices[0].platform, int(memory_limit), float("nan"),
-                        float("nan"), "the device's memory_stats()")
-    planner = plan.Planner(config, targets.Target(kind, chip, len(devices), ""), devices,
-                           data.buckets.max_samples[-1] / SAMPLE_RATE, data.train.num_users,
-                           data.buckets.max_label_len[-1])
+    chip = targets.Chip(
+        kind,
+        devices[0].platform,
+        int(memory_limit),
+        float("nan"),
+        float("nan"),
+        "the device's memory_stats()",
+    )
+    planner = plan.Planner(
+        config,
+        targets.Target(kind, chip, len(devices), ""),
+        devices,
+        data.buckets.max_samples[-1] / SAMPLE_RATE,
+        data.train.num_users,
+        data.buckets.max_label_len[-1],
+    )
     best, tried = plan.largest_chunk(planner, plan.clients_per_chip(planner), log)
     if best is None:
         raise RuntimeError(
             f"config.fl.chunk_size=None: the round step does not fit a {kind} even with one "
             f"client per device ({tried[0].peak_bytes / 2**30:.2f} GiB of "
             f"{memory_limit / 2**30:.2f} GiB): use more devices, --config.model.remat=True, "
-            "smaller local batches (fl.local_batch_size) or --config.fl.shard_server_state.")
-    log(f"config.fl.chunk_size=None: chunk {best.chunk} ({best.peak_bytes / 2**30:.2f} GiB of "
-        f"{memory_limit / 2**30:.2f} GiB per {kind}).")
+            "smaller local batches (fl.local_batch_size) or --config.fl.shard_server_state."
+        )
+    log(
+        f"config.fl.chunk_size=None: chunk {best.chunk} ({best.peak_bytes / 2**30:.2f} GiB of "
+        f"{memory_limit / 2**30:.2f} GiB per {kind})."
+    )
     return best.chunk
 
 
-def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: CharTokenizer,
-              multi_process: bool, round_steps: dict[str, Any] | None = None) -> Run:
+def build_run(
+    config: ml_collections.ConfigDict,
+    data: utils.Data,
+    tokenizer: CharTokenizer,
+    multi_process: bool,
+    round_steps: dict[str, Any] | None = None,
+) -> Run:
     """Seed model, sampler, DP settings and accountant, round step and cohort stream.
 
     ``round_steps``: jitted round steps of earlier runs in this process, by
@@ -299,7 +394,8 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
     retracing: ~40 s per run of the demo recipe on 2 CPU cores), else adds its own.
     """
     model_config, seed_params, seed_source = utils.load_seed_model(
-        config.init_checkpoint, config.model, jax.random.key(config.seed))
+        config.init_checkpoint, config.model, jax.random.key(config.seed)
+    )
     canaries = make_canaries(config)
     sampler = make_sampler(config, data.train.num_users)
     cohorts = None if canaries is None else audit.CanaryCohorts(sampler, data.train.num_users)
@@ -312,25 +408,46 @@ def build_run(config: ml_collections.ConfigDict, data: utils.Data, tokenizer: Ch
         with config.unlocked():
             config.fl.chunk_size = automatic_chunk(config, data, print)
     round_step, executor, server_optimizer = make_round_step(
-        config, model_config, dp, sampler.expected_size, canaries)
+        config, model_config, dp, sampler.expected_size, canaries
+    )
     mesh = executor.mesh
     if round_steps is not None and not multi_process:
         key = round_step_key(config, model_config, dp, sampler.expected_size, canaries)
         round_step = round_step._replace(step=round_steps.setdefault(key, round_step.step))
     num_slots = sampler.num_slots(executor.client_multiple)
     stream = CohortStream(
-        data.train, sampler if cohorts is None else cohorts, tokenizer.encode, data.buckets,
+        data.train,
+        sampler if cohorts is None else cohorts,
+        tokenizer.encode,
+        data.buckets,
         local_steps=config.fl.local_steps,
-        batch_size=config.fl.local_batch_size, seed=config.seed,
-        client_multiple=executor.client_multiple, max_batch_seconds=config.fl.max_batch_seconds,
+        batch_size=config.fl.local_batch_size,
+        seed=config.seed,
+        client_multiple=executor.client_multiple,
+        max_batch_seconds=config.fl.max_batch_seconds,
         max_local_epochs=config.fl.max_local_epochs,
         # every process packs only the client slots its devices train
-        process_slots=distributed.process_client_indices(num_slots, mesh) if multi_process
-        else None)
-    return Run(model_config, seed_params, seed_source, sampler, noise_multiplier,
-               accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
-               accountant, server_optimizer, round_step, stream,
-               mesh if multi_process else None, dp, {}, canaries, cohorts)
+        process_slots=distributed.process_client_indices(num_slots, mesh)
+        if multi_process
+        else None,
+    )
+    return Run(
+        model_config,
+        seed_params,
+        seed_source,
+        sampler,
+        noise_multiplier,
+        accounting.noise_multiplier_to_sigma_dp(noise_multiplier, sampler.expected_size),
+        accountant,
+        server_optimizer,
+        round_step,
+        stream,
+        mesh if multi_process else None,
+        dp,
+        {},
+        canaries,
+        cohorts,
+    )
 
 
 def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) -> int:
@@ -344,15 +461,19 @@ def rounds_within_budget(config: ml_collections.ConfigDict, run: Run, log: Log) 
     if run.dp.adaptive:
         num_bounds = len(run.dp.initial_clip_bounds(run.seed_params))
         z, z_delta, z_b = run.dp.noise_multipliers(run.sampler.expected_size, num_bounds)
-        log(f"Adaptive clipping: the accountant's z = {z:.4g} is the composition of the delta "
+        log(
+            f"Adaptive clipping: the accountant's z = {z:.4g} is the composition of the delta "
             f"noise z_Δ = {z_delta:.4g} and the clipped-count noise z_b = {z_b:.4g} "
-            f"(σ_b = {run.dp.count_stddev(run.sampler.expected_size):.4g}, {num_bounds} bounds).")
+            f"(σ_b = {run.dp.count_stddev(run.sampler.expected_size):.4g}, {num_bounds} bounds)."
+        )
     if budget is None:
         return num_rounds
     allowed = run.accountant.max_rounds_within(budget, "rdp", num_rounds)
     if allowed < num_rounds:
-        log(f"max_epsilon={budget} allows {allowed} of {num_rounds} rounds; training stops "
-            f"after round {allowed}.")
+        log(
+            f"max_epsilon={budget} allows {allowed} of {num_rounds} rounds; training stops "
+            f"after round {allowed}."
+        )
     return allowed
 
 
@@ -373,7 +494,7 @@ def privacy_metrics(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dic
 
 def _privacy_after(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict[str, float]:
     out = {"epsilon_rdp": run.accountant.epsilon(rounds, "rdp")}
-    if dp.pld and run.accountant.pld_feasible(rounds):   # else ε_PLD empty (README)
+    if dp.pld and run.accountant.pld_feasible(rounds):  # else ε_PLD empty (README)
         out["epsilon_pld"] = run.accountant.epsilon(rounds, "pld")
     if dp.target_cohort is not None:
         extrapolated = _extrapolate(run, rounds, dp, ["rdp", "pld"] if dp.target_pld else ["rdp"])
@@ -383,12 +504,23 @@ def _privacy_after(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> dict
     return out
 
 
-def _extrapolate(run: Run, rounds: int, dp: ml_collections.ConfigDict,
-                 accountants: list[accounting.AccountantName]) -> accounting.Extrapolation:
+def _extrapolate(
+    run: Run,
+    rounds: int,
+    dp: ml_collections.ConfigDict,
+    accountants: list[accounting.AccountantName],
+) -> accounting.Extrapolation:
     """The deployment of ``dp.target_cohort`` out of ``dp.target_population`` after
     ``rounds`` rounds at this run's σ_DP (:func:`fl_dp_asr.dp.accounting.extrapolate`)."""
-    return accounting.extrapolate(run.sigma_dp, run.sampler.cohort_size, dp.target_cohort,
-                                  dp.target_population, rounds, dp.delta, accountants)
+    return accounting.extrapolate(
+        run.sigma_dp,
+        run.sampler.cohort_size,
+        dp.target_cohort,
+        dp.target_population,
+        rounds,
+        dp.delta,
+        accountants,
+    )
 
 
 def shown_epsilon(run: Run, rounds: int, dp: ml_collections.ConfigDict) -> float | None:

@@ -52,7 +52,7 @@ from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import asr
 from fl_dp_asr.train import utils
 
-GIB = 2 ** 30
+GIB = 2**30
 # A collective inside a loop moving at least this share of the parameters' bytes is one that
 # gathers or reduces parameters per client or per local step: refused.
 PARAMETER_SIZED = 0.1
@@ -72,6 +72,7 @@ class RoundShape:
         seconds: padded utterance length (s): the corpus's bucket.
         max_label_len: padded label length (tokens).
     """
+
     num_slots: int
     local_steps: int
     batch_size: int
@@ -80,38 +81,45 @@ class RoundShape:
 
     @property
     def max_samples(self) -> int:
-        return int(round(self.seconds * federated.SAMPLE_RATE))
+        return round(self.seconds * federated.SAMPLE_RATE)
 
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
     """One compiled round step: its chunk, memory per chip, costs and compile time."""
+
     chunk: int
-    memory: Any                   # compiled.memory_analysis()
+    memory: Any  # compiled.memory_analysis()
     cost: hlo.HloCost
     compile_s: float
     hlo_chars: int
-    num_slots: int = 0            # client slots of the round (real and padding)
+    num_slots: int = 0  # client slots of the round (real and padding)
 
     @property
     def peak_bytes(self) -> int:
         """What the program holds on a chip at its peak: arguments + temporaries + outputs
         not aliased to arguments + code."""
         m = self.memory
-        return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                - m.alias_size_in_bytes + m.generated_code_size_in_bytes)
+        return (
+            m.argument_size_in_bytes
+            + m.temp_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + m.generated_code_size_in_bytes
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Planner:
     """Compiles the config's round step for a target at any chunk size."""
+
     config: ml_collections.ConfigDict
     target: targets.Target
     devices: list
     seconds: float
     population: int
-    max_label_len: int | None = None    # None: label_length(seconds)
-    hlo_dir: str | None = None          # also write each program's optimized HLO there
+    max_label_len: int | None = None  # None: label_length(seconds)
+    hlo_dir: str | None = None  # also write each program's optimized HLO there
 
     def compile(self, chunk: int) -> Compiled:
         """The round step with ``chunk`` clients vectorized per chip (sharded over every
@@ -121,25 +129,38 @@ class Planner:
         dp = fl_setup.dp_config(config)
         canaries = fl_setup.make_canaries(config)
         sampler = fl_setup.make_sampler(config, self.population)
-        parts = fl_setup.make_round_step(config, model_config, dp, sampler.expected_size,
-                                         canaries, self.devices)
+        parts = fl_setup.make_round_step(
+            config, model_config, dp, sampler.expected_size, canaries, self.devices
+        )
         mesh = parts.executor.mesh
-        params = jax.eval_shape(lambda: asr.stack_blocks(
-            asr.init_params(model_config, jax.random.key(0))))
-        state = jax.eval_shape(lambda p: round_lib.init_server_state(
-            p, parts.server_optimizer, dp, asr.PARAM_LAYOUT), params)
+        params = jax.eval_shape(
+            lambda: asr.stack_blocks(asr.init_params(model_config, jax.random.key(0)))
+        )
+        state = jax.eval_shape(
+            lambda p: round_lib.init_server_state(p, parts.server_optimizer, dp, asr.PARAM_LAYOUT),
+            params,
+        )
         shape = self.round_shape(sampler.num_slots(parts.executor.client_multiple))
-        block = abstract.cohort_block(shape.num_slots, shape.local_steps, shape.batch_size,
-                                      shape.max_samples, shape.max_label_len, mesh)
+        block = abstract.cohort_block(
+            shape.num_slots,
+            shape.local_steps,
+            shape.batch_size,
+            shape.max_samples,
+            shape.max_label_len,
+            mesh,
+        )
         if canaries is not None:
             block[round_lib.CANARY_MASK] = jax.ShapeDtypeStruct(
-                (canaries.inserted,), np.float32, sharding=abstract.replicated(mesh))
+                (canaries.inserted,), np.float32, sharding=abstract.replicated(mesh)
+            )
         start = time.perf_counter()
-        if mesh is not None:    # replicated, or split over the chips (fl.shard_server_state)
-            shardings = round_lib.server_state_shardings(state, mesh,
-                                                         config.fl.shard_server_state)
-            state = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(
-                s.shape, s.dtype, sharding=sharding), state, shardings)
+        if mesh is not None:  # replicated, or split over the chips (fl.shard_server_state)
+            shardings = round_lib.server_state_shardings(state, mesh, config.fl.shard_server_state)
+            state = jax.tree.map(
+                lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                state,
+                shardings,
+            )
         lowered = parts.round_step.lower(state, block, abstract.key(mesh))
         # A compile-only target's program cannot be read back from JAX's cache: skip it.
         with _no_compilation_cache() if self.target.topology else contextlib.nullcontext():
@@ -149,13 +170,24 @@ class Planner:
         if self.hlo_dir:
             pathlib.Path(self.hlo_dir).mkdir(parents=True, exist_ok=True)
             (pathlib.Path(self.hlo_dir) / f"chunk{chunk}.hlo.txt").write_text(text)
-        return Compiled(chunk, compiled.memory_analysis(), hlo.analyze(text), seconds, len(text),
-                        shape.num_slots)
+        return Compiled(
+            chunk,
+            compiled.memory_analysis(),
+            hlo.analyze(text),
+            seconds,
+            len(text),
+            shape.num_slots,
+        )
 
     def round_shape(self, num_slots: int) -> RoundShape:
         fl = self.config.fl
-        return RoundShape(num_slots, fl.local_steps, fl.local_batch_size, self.seconds,
-                          self.max_label_len or label_length(self.seconds))
+        return RoundShape(
+            num_slots,
+            fl.local_steps,
+            fl.local_batch_size,
+            self.seconds,
+            self.max_label_len or label_length(self.seconds),
+        )
 
 
 @contextlib.contextmanager
@@ -174,8 +206,9 @@ def label_length(seconds: float) -> int:
     return int(math.ceil(seconds * 16 / 8) * 8)
 
 
-def _with(config: ml_collections.ConfigDict, **sections: dict[str, Any]
-          ) -> ml_collections.ConfigDict:
+def _with(
+    config: ml_collections.ConfigDict, **sections: dict[str, Any]
+) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     for section, values in sections.items():
         for name, value in values.items():
@@ -187,8 +220,9 @@ def fits(compiled: Compiled, chip: targets.Chip) -> bool:
     return compiled.peak_bytes <= chip.hbm_bytes
 
 
-def largest_chunk(planner: Planner, clients_per_chip: int, log=print
-                  ) -> tuple[Compiled | None, list[Compiled]]:
+def largest_chunk(
+    planner: Planner, clients_per_chip: int, log=print
+) -> tuple[Compiled | None, list[Compiled]]:
     """The largest power-of-two chunk (≤ the clients per chip) whose round step fits a chip,
     and every program compiled on the way.
 
@@ -202,8 +236,10 @@ def largest_chunk(planner: Planner, clients_per_chip: int, log=print
         if chunk not in tried:
             log(f"compiling the round step at chunk {chunk} ...")
             tried[chunk] = planner.compile(chunk)
-            log(f"  chunk {chunk}: {tried[chunk].peak_bytes / GIB:.2f} GiB per chip, "
-                f"compiled in {tried[chunk].compile_s:.0f} s")
+            log(
+                f"  chunk {chunk}: {tried[chunk].peak_bytes / GIB:.2f} GiB per chip, "
+                f"compiled in {tried[chunk].compile_s:.0f} s"
+            )
         return tried[chunk]
 
     top = 1 << int(math.log2(max(clients_per_chip, 1)))
@@ -238,15 +274,22 @@ def _seconds(value: float) -> str:
     return f"{value:.3g} s"
 
 
-def model_flops_per_chip(config: ml_collections.ConfigDict, shape: RoundShape,
-                         num_chips: int) -> float:
+def model_flops_per_chip(
+    config: ml_collections.ConfigDict, shape: RoundShape, num_chips: int
+) -> float:
     """6 · parameters · encoder frames of the round's local training per chip, every slot
     real (the usual MFU numerator: forward + backward, no attention term)."""
     model_config = utils.model_config_from(config.model)
     params = jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0)))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    frames = (shape.num_slots / num_chips * shape.local_steps * shape.batch_size
-              * shape.seconds / model_config.frame_seconds)
+    frames = (
+        shape.num_slots
+        / num_chips
+        * shape.local_steps
+        * shape.batch_size
+        * shape.seconds
+        / model_config.frame_seconds
+    )
     return 6.0 * num_params * frames
 
 
@@ -255,21 +298,29 @@ def roofline_seconds(cost: hlo.HloCost, chip: targets.Chip) -> float:
     return max(cost.flops / chip.peak_flops, cost.hbm_bytes / chip.hbm_bandwidth)
 
 
-def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: int,
-           params_bytes: int) -> tuple[str, list[str]]:
+def report(
+    planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: int, params_bytes: int
+) -> tuple[str, list[str]]:
     """The markdown report and the list of problems (empty: the plan holds)."""
     target, chip = planner.target, planner.target.chip
-    m, cost = best.memory, best.cost
+    cost = best.cost
     shape = planner.round_shape(_num_slots(planner, best.chunk))
     problems = []
     if not fits(best, chip):
-        problems.append(f"does not fit: {_gib(best.peak_bytes)} GiB per chip at chunk "
-                        f"{best.chunk}, the chip has {_gib(chip.hbm_bytes)} GiB")
-    in_loop = [c for c in cost.collectives
-               if c.loop_depth > 0 and c.bytes >= PARAMETER_SIZED * params_bytes]
-    problems += [f"parameter-sized {c.op} {c.name} ({c.bytes / 2**20:.1f} MiB) inside a "
-                 f"loop, {c.per_round} times per round: the client loop moves parameters"
-                 for c in in_loop]
+        problems.append(
+            f"does not fit: {_gib(best.peak_bytes)} GiB per chip at chunk "
+            f"{best.chunk}, the chip has {_gib(chip.hbm_bytes)} GiB"
+        )
+    in_loop = [
+        c
+        for c in cost.collectives
+        if c.loop_depth > 0 and c.bytes >= PARAMETER_SIZED * params_bytes
+    ]
+    problems += [
+        f"parameter-sized {c.op} {c.name} ({c.bytes / 2**20:.1f} MiB) inside a "
+        f"loop, {c.per_round} times per round: the client loop moves parameters"
+        for c in in_loop
+    ]
     model = model_flops_per_chip(planner.config, shape, target.num_chips)
     compute_s = cost.flops / chip.peak_flops
     memory_s = cost.hbm_bytes / chip.hbm_bandwidth
@@ -301,9 +352,13 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
             f"{_gib(mm.temp_size_in_bytes)} | {_gib(mm.output_size_in_bytes)} | "
             f"{_gib(mm.alias_size_in_bytes)} | {_gib(mm.generated_code_size_in_bytes)} | "
             f"{_gib(c.peak_bytes)} | {'fits' if fits(c, chip) else 'does not fit'} | "
-            f"{roofline_seconds(c.cost, chip):.3g} | {c.compile_s:.0f} |")
-    fastest = min((c for c in tried if fits(c, chip)), default=best,
-                  key=lambda c: roofline_seconds(c.cost, chip))
+            f"{roofline_seconds(c.cost, chip):.3g} | {c.compile_s:.0f} |"
+        )
+    fastest = min(
+        (c for c in tried if fits(c, chip)),
+        default=best,
+        key=lambda c: roofline_seconds(c.cost, chip),
+    )
     headroom = chip.hbm_bytes - best.peak_bytes
     lines += [
         "",
@@ -311,16 +366,22 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
         f"{_gib(headroom)} GiB ({headroom / chip.hbm_bytes:.0%}); compiled in "
         f"{best.compile_s:.0f} s on this machine; optimized HLO {best.hlo_chars / 1e6:.1f} M "
         f"characters, {len(cost.loops)} loops."
-        + ("" if fastest is best else
-           f" The smallest roofline bound is chunk {fastest.chunk}'s: a larger chunk pads the "
-           "round with more client slots (the slots are a multiple of chunk × chips)."),
+        + (
+            ""
+            if fastest is best
+            else f" The smallest roofline bound is chunk {fastest.chunk}'s: a larger chunk pads "
+            "the round with more client slots (the slots are a multiple of chunk × chips)."
+        ),
         f"- Chip memory and peaks: {chip.source}.",
         "",
         "| collective | MiB per run | per round | inside loops | MiB per round |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {c.op} `{c.name}` | {c.bytes / 2**20:.2f} | {c.per_round} | {c.loop_depth} | "
-              f"{c.bytes * c.per_round / 2**20:.2f} |" for c in cost.collectives]
+    lines += [
+        f"| {c.op} `{c.name}` | {c.bytes / 2**20:.2f} | {c.per_round} | {c.loop_depth} | "
+        f"{c.bytes * c.per_round / 2**20:.2f} |"
+        for c in cost.collectives
+    ]
     if not cost.collectives:
         lines.append("| (none) | | | | |")
     lines += [
@@ -344,8 +405,10 @@ def report(planner: Planner, best: Compiled, tried: Sequence[Compiled], rounds: 
         "padding make compiled FLOPs exceed model FLOPs).",
     ]
     if cost.unknown_loops:
-        lines.append(f"- {len(cost.unknown_loops)} loops without a readable trip count were "
-                     "counted once: FLOPs and traffic are underestimated.")
+        lines.append(
+            f"- {len(cost.unknown_loops)} loops without a readable trip count were "
+            "counted once: FLOPs and traffic are underestimated."
+        )
     if problems:
         lines += ["", "**Problems:**", *[f"- {p}" for p in problems]]
     return "\n".join(lines) + "\n", problems
@@ -367,19 +430,27 @@ def default_population(config: ml_collections.ConfigDict) -> int:
     100 × S without an extrapolation."""
     dp, cohort = config.dp, config.fl.cohort_size
     if dp.target_cohort and dp.target_population:
-        return int(round(cohort * dp.target_population / dp.target_cohort))
+        return round(cohort * dp.target_population / dp.target_cohort)
     return 100 * cohort
 
 
-def plan(config: ml_collections.ConfigDict, topology: str, *, seconds: float = 8.0,
-         population: int | None = None, chunk: int | None = None, log=print,
-         hlo_dir: str | None = None) -> tuple[str, list[str]]:
+def plan(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    *,
+    seconds: float = 8.0,
+    population: int | None = None,
+    chunk: int | None = None,
+    log=print,
+    hlo_dir: str | None = None,
+) -> tuple[str, list[str]]:
     """The plan's markdown report and its problems (module docstring)."""
     fl_setup.check_config(config)
     target = targets.target(topology)
     devices = targets.abstract_devices(target)
-    planner = Planner(config, target, devices, seconds,
-                      population or default_population(config), hlo_dir=hlo_dir)
+    planner = Planner(
+        config, target, devices, seconds, population or default_population(config), hlo_dir=hlo_dir
+    )
     if chunk is None:
         best, tried = largest_chunk(planner, clients_per_chip(planner), log)
         if best is None:
@@ -405,11 +476,17 @@ def main(argv: Sequence[str]) -> None:
     from absl import logging as absl_logging
 
     from fl_dp_asr.train import cli
+
     absl_logging.set_verbosity(absl_logging.WARNING)
-    text, problems = plan(_CONFIG.value, _TOPOLOGY.value, seconds=_SECONDS.value,
-                          population=_POPULATION.value, chunk=_CHUNK.value,
-                          log=lambda message: print(message, file=sys.stderr, flush=True),
-                          hlo_dir=_HLO_DIR.value)
+    text, problems = plan(
+        _CONFIG.value,
+        _TOPOLOGY.value,
+        seconds=_SECONDS.value,
+        population=_POPULATION.value,
+        chunk=_CHUNK.value,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+        hlo_dir=_HLO_DIR.value,
+    )
     print(text)
     if _OUT.value:
         utils.write_text(_OUT.value, text)
@@ -426,19 +503,32 @@ def console_main() -> None:
     from ml_collections import config_flags
 
     from fl_dp_asr.train import cli
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "trainer config file (fl_dp.py)",
-                                              lock_config=True)
-    _TOPOLOGY = flags.DEFINE_string("topology", None, "target: v5e-256, v5p-128, v4-32, "
-                                    "v6e-64, h100x8, h200x8, a100x8, ...")
-    _SECONDS = flags.DEFINE_float("seconds", 8.0, "padded utterance length of the round's "
-                                  "bucket (s); the corpus decides it")
-    _POPULATION = flags.DEFINE_integer("population", None, "users the cohort is drawn from "
-                                       "(default: S·K'/S' of the config's extrapolation)")
-    _CHUNK = flags.DEFINE_integer("chunk", None, "clients vectorized per chip (default: the "
-                                  "largest that fits, found by compiling)")
+
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "trainer config file (fl_dp.py)", lock_config=True
+    )
+    _TOPOLOGY = flags.DEFINE_string(
+        "topology", None, "target: v5e-256, v5p-128, v4-32, v6e-64, h100x8, h200x8, a100x8, ..."
+    )
+    _SECONDS = flags.DEFINE_float(
+        "seconds", 8.0, "padded utterance length of the round's bucket (s); the corpus decides it"
+    )
+    _POPULATION = flags.DEFINE_integer(
+        "population",
+        None,
+        "users the cohort is drawn from (default: S·K'/S' of the config's extrapolation)",
+    )
+    _CHUNK = flags.DEFINE_integer(
+        "chunk",
+        None,
+        "clients vectorized per chip (default: the largest that fits, found by compiling)",
+    )
     _OUT = flags.DEFINE_string("out", None, "also write the report to this file")
-    _HLO_DIR = flags.DEFINE_string("hlo_dir", None, "also write each compiled program's "
-                                   "optimized HLO text there (chunk<N>.hlo.txt)")
+    _HLO_DIR = flags.DEFINE_string(
+        "hlo_dir",
+        None,
+        "also write each compiled program's optimized HLO text there (chunk<N>.hlo.txt)",
+    )
     flags.DEFINE_bool("debug", False, "show the traceback of an error instead of one line")
     flags.mark_flags_as_required(["config", "topology"])
 
@@ -448,8 +538,11 @@ def console_main() -> None:
         except (ValueError, RuntimeError, FileNotFoundError) as error:
             if flags.FLAGS.debug:
                 raise
-            cli.fail("fl-dp-asr-plan", cli.config_path_message(str(error), _CONFIG.value),
-                     status=1 if isinstance(error, RuntimeError) else 2)
+            cli.fail(
+                "fl-dp-asr-plan",
+                cli.config_path_message(str(error), _CONFIG.value),
+                status=1 if isinstance(error, RuntimeError) else 2,
+            )
 
     app.run(run, flags_parser=functools.partial(cli.parse_flags, prog="fl-dp-asr-plan"))
 

@@ -26,8 +26,11 @@ from fl_dp_asr.train.metrics import read_jsonl
 LAYER_PREFIX = "train/layer_delta_norms/"
 BOUND_PREFIX = "train/layer_clip_norms/"
 HEAT_MAPS = {  # file prefix: (metric prefix, title, colour-bar label)
-    "layer_norms": (LAYER_PREFIX, "per-layer client delta norms",
-                    "log10 mean ‖Δ_h‖ (before clipping)"),
+    "layer_norms": (
+        LAYER_PREFIX,
+        "per-layer client delta norms",
+        "log10 mean ‖Δ_h‖ (before clipping)",
+    ),
     "clip_bounds": (BOUND_PREFIX, "clip bounds", "log10 C_h (this round's bound)"),
 }
 
@@ -68,33 +71,48 @@ def plot_wer_vs_epsilon(runs: dict[str, list[dict]], path: str) -> None:
         last = evals[-1]
         epsilon = last.get("eval/epsilon_rdp", float("inf"))
         ax.scatter([epsilon if np.isfinite(epsilon) else np.nan], [last["eval/wer"]], label=name)
-    ax.set(xscale="log", xlabel="ε (RDP, user level)", ylabel="final WER",
-           title="WER vs ε (runs without noise have ε = ∞ and are not shown)")
+    ax.set(
+        xscale="log",
+        xlabel="ε (RDP, user level)",
+        ylabel="final WER",
+        title="WER vs ε (runs without noise have ε = ∞ and are not shown)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, path)
 
 
-def layer_norm_matrix(records: list[dict], prefix: str = LAYER_PREFIX
-                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def layer_norm_matrix(
+    records: list[dict], prefix: str = LAYER_PREFIX
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Layer names, rounds, and the [layers, rounds] matrix of the per-layer metric
     ``prefix + layer`` (default: mean delta norms)."""
     rows = [r for r in records if any(k.startswith(prefix) for k in r)]
-    layers = sorted({k[len(prefix):] for r in rows for k in r if k.startswith(prefix)})
-    matrix = np.array([[r.get(prefix + layer, np.nan) for r in rows] for layer in layers],
-                      dtype=float)
+    layers = sorted({k[len(prefix) :] for r in rows for k in r if k.startswith(prefix)})
+    matrix = np.array(
+        [[r.get(prefix + layer, np.nan) for r in rows] for layer in layers], dtype=float
+    )
     return layers, np.array([r["step"] for r in rows]), matrix
 
 
-def plot_layer_norms(records: list[dict], path: str, title: str, prefix: str = LAYER_PREFIX,
-                     label: str = HEAT_MAPS["layer_norms"][2]) -> None:
+def plot_layer_norms(
+    records: list[dict],
+    path: str,
+    title: str,
+    prefix: str = LAYER_PREFIX,
+    label: str = HEAT_MAPS["layer_norms"][2],
+) -> None:
     """Heat map (layers × rounds, log10) of a per-layer metric; nothing if it is absent."""
     layers, rounds, matrix = layer_norm_matrix(records, prefix)
     if not layers:
         return
     fig, ax = plt.subplots(figsize=(8, max(3, 0.16 * len(layers))))
-    image = ax.imshow(np.log10(np.maximum(matrix, 1e-12)), aspect="auto", cmap="viridis",
-                      extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(layers) - 0.5, -0.5))
+    image = ax.imshow(
+        np.log10(np.maximum(matrix, 1e-12)),
+        aspect="auto",
+        cmap="viridis",
+        extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(layers) - 0.5, -0.5),
+    )
     ax.set_yticks(range(len(layers)), layers, fontsize=5)
     ax.set(xlabel="round", title=title)
     fig.colorbar(image, ax=ax, label=label)
@@ -110,8 +128,10 @@ def make_plots(run_dirs: Sequence[str], out_dir: str) -> list[str]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: is {run_dir} a train_fl work dir?")
         runs[_name(run_dir)] = read_jsonl(path)
-    written = [os.path.join(out_dir, "wer_vs_round.png"),
-               os.path.join(out_dir, "wer_vs_epsilon.png")]
+    written = [
+        os.path.join(out_dir, "wer_vs_round.png"),
+        os.path.join(out_dir, "wer_vs_epsilon.png"),
+    ]
     plot_wer_vs_round(runs, written[0])
     plot_wer_vs_epsilon(runs, written[1])
     for name, records in runs.items():

@@ -41,8 +41,8 @@ def render() -> str:
         "ε for the paper's population extrapolation (σ_DP and S' from arXiv 2310.00098; "
         f"K' and T are our reading of the paper's ranges, see `{ROWS}`). "
         "RDP: Rényi-DP (moments) accountant, RDP order = the optimal α; "
-        "PLD: privacy-loss-distribution accountant (tighter).\n\n"
-        + out.getvalue())
+        "PLD: privacy-loss-distribution accountant (tighter).\n\n" + out.getvalue()
+    )
 
 
 def embed(document: str, table: str) -> str:
@@ -64,8 +64,11 @@ def expected_files() -> dict[pathlib.Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a file differs from a fresh render")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if a file differs from a fresh render",
+    )
     args = parser.parse_args(argv)
     stale = []
     for path, text in expected_files().items():
@@ -77,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             (ROOT / path).write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     if args.check and stale:
-        print(f"stale: {', '.join(map(str, stale))}; run python -m experiments.privacy_table",
-              file=sys.stderr)
+        print(
+            f"stale: {', '.join(map(str, stale))}; run python -m experiments.privacy_table",
+            file=sys.stderr,
+        )
         return 1
     if not stale:
         print("privacy table is up to date")

@@ -55,8 +55,18 @@ from typing import Any
 
 from experiments.replication import report as report_lib
 from experiments.replication.cell_run import Recipes, compilation_cache, result_path, run_cell
-from experiments.replication.design import (FULL, METHODS, QUICK, STAGES, Cell, Study,
-                                            cell_id, describe, find_cell, study_cells)
+from experiments.replication.design import (
+    FULL,
+    METHODS,
+    QUICK,
+    STAGES,
+    Cell,
+    Study,
+    cell_id,
+    describe,
+    find_cell,
+    study_cells,
+)
 from experiments.replication.schedule import prepare, run_study
 
 
@@ -75,28 +85,49 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default="runs/replicate")
     parser.add_argument("--seed-checkpoint", default="runs/demo/central/checkpoints")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 σ, 3 rows, 2 rounds")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
     parser.add_argument("--methods", help=f"comma-separated subset of the rows: {list(METHODS)}")
-    parser.add_argument("--deep-sigmas", type=_positive_floats,
-                        help="comma-separated σ_DP levels of the deep stage beyond the paper's "
-                        "σ_DP·√D (default: "
-                        f"{','.join(f'{s:g}' for s in FULL.deep_high)}; 0.3 alone fits 2 h)")
+    parser.add_argument(
+        "--deep-sigmas",
+        type=_positive_floats,
+        help="comma-separated σ_DP levels of the deep stage beyond the paper's "
+        "σ_DP·√D (default: "
+        f"{','.join(f'{s:g}' for s in FULL.deep_high)}; 0.3 alone fits 2 h)",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--list-cells", action="store_true",
-                      help="print the study's cells, one per line: its id, a tab, what it "
-                           "runs; run nothing")
-    mode.add_argument("--prepare", action="store_true",
-                      help="train the seed models and prepare the data the cells share, run "
-                           "no cell (before running cells side by side with --cell)")
-    mode.add_argument("--cell", metavar="ID",
-                      help="run this one cell (an id of --list-cells) into the work dir: a done "
-                           "cell is read back, an interrupted one resumes")
-    mode.add_argument("--report", "--cached-only", dest="report", action="store_true",
-                      help="merge the cells already done into the report, run nothing; say "
-                           "which cells are missing")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="cells run at once (processes; 2 fills 2 CPU cores best)")
+    mode.add_argument(
+        "--list-cells",
+        action="store_true",
+        help="print the study's cells, one per line: its id, a tab, what it runs; run nothing",
+    )
+    mode.add_argument(
+        "--prepare",
+        action="store_true",
+        help="train the seed models and prepare the data the cells share, run "
+        "no cell (before running cells side by side with --cell)",
+    )
+    mode.add_argument(
+        "--cell",
+        metavar="ID",
+        help="run this one cell (an id of --list-cells) into the work dir: a done "
+        "cell is read back, an interrupted one resumes",
+    )
+    mode.add_argument(
+        "--report",
+        "--cached-only",
+        dest="report",
+        action="store_true",
+        help="merge the cells already done into the report, run nothing; say "
+        "which cells are missing",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="cells run at once (processes; 2 fills 2 CPU cores best)",
+    )
     parser.add_argument("--out", help="default: docs/replication.md (--quick: in --workdir)")
     return parser
 
@@ -108,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.methods:
         methods = tuple(args.methods.split(","))
         if set(methods) - set(METHODS):
-            parser.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from "
-                         f"{list(METHODS)}")
+            parser.error(
+                f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from "
+                f"{list(METHODS)}"
+            )
         study = dataclasses.replace(study, methods=methods)
     if args.deep_sigmas:
         study = dataclasses.replace(study, deep_high=args.deep_sigmas)
@@ -135,45 +168,68 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         if args.cell:
             result = run_cell(cell, study, args.workdir, recipes, args.seed_checkpoint)
-            print(f"{args.cell}: done, held-out CER {100 * result['final_cer']:.1f} %, WER "
-                  f"{100 * result['final_wer']:.1f} % ({result['seconds']:.0f} s)")
+            print(
+                f"{args.cell}: done, held-out CER {100 * result['final_cer']:.1f} %, WER "
+                f"{100 * result['final_wer']:.1f} % ({result['seconds']:.0f} s)"
+            )
             return
-        results = run_study(study, stages, args.workdir, recipes, args.seed_checkpoint,
-                            cached_only=args.report, workers=args.workers)
+        results = run_study(
+            study,
+            stages,
+            args.workdir,
+            recipes,
+            args.seed_checkpoint,
+            cached_only=args.report,
+            workers=args.workers,
+        )
     if args.report:
         _say_missing(cells, results, study, args.workdir)
     _write_report(results, study, stages, args, began)
 
 
-def _say_missing(cells: Sequence[Cell], results: Sequence[dict[str, Any]], study: Study,
-                 workdir: str) -> None:
+def _say_missing(
+    cells: Sequence[Cell], results: Sequence[dict[str, Any]], study: Study, workdir: str
+) -> None:
     """Prints how many of ``cells`` are done and the ids of the others.
 
     Raises:
         SystemExit: none is done.
     """
-    missing = [cell_id(c, study) for c in cells
-               if not os.path.exists(result_path(workdir, c, study))]
+    missing = [
+        cell_id(c, study) for c in cells if not os.path.exists(result_path(workdir, c, study))
+    ]
     if not results:
-        raise SystemExit(f"no cell of these stages is done in {workdir}: run them with --cell "
-                         "ID (ids: --list-cells) or run the whole study")
-    print(f"report: {len(results)} of {len(cells)} cells done" + (
-        "; missing (run them with --cell ID):\n" + "\n".join(missing) if missing else ""),
-        flush=True)
+        raise SystemExit(
+            f"no cell of these stages is done in {workdir}: run them with --cell "
+            "ID (ids: --list-cells) or run the whole study"
+        )
+    print(
+        f"report: {len(results)} of {len(cells)} cells done"
+        + ("; missing (run them with --cell ID):\n" + "\n".join(missing) if missing else ""),
+        flush=True,
+    )
 
 
-def _write_report(results: list[dict[str, Any]], study: Study, stages: Sequence[str],
-                  args: argparse.Namespace, began: float) -> None:
+def _write_report(
+    results: list[dict[str, Any]],
+    study: Study,
+    stages: Sequence[str],
+    args: argparse.Namespace,
+    began: float,
+) -> None:
     """Writes the report of ``results`` (the deep stage alone: only its section) and prints it."""
     seconds = report_lib.wall_seconds(results, args.workdir, study)
     seeds = report_lib.seed_seconds(args.workdir, study)
-    print(f"study: {len(results)} cells, {seconds:.0f} s of wall time ({args.workers} "
-          f"workers; {sum(r['seconds'] for r in results):.0f} s summed over cells), "
-          f"{seeds:.0f} s of seed models ({time.perf_counter() - began:.0f} s this call)",
-          flush=True)
-    out = args.out or (os.path.join(args.workdir, "replication.md") if args.quick
-                       else "docs/replication.md")
-    if list(stages) == ["deep"] and os.path.exists(out):   # only its own section
+    print(
+        f"study: {len(results)} cells, {seconds:.0f} s of wall time ({args.workers} "
+        f"workers; {sum(r['seconds'] for r in results):.0f} s summed over cells), "
+        f"{seeds:.0f} s of seed models ({time.perf_counter() - began:.0f} s this call)",
+        flush=True,
+    )
+    out = args.out or (
+        os.path.join(args.workdir, "replication.md") if args.quick else "docs/replication.md"
+    )
+    if list(stages) == ["deep"] and os.path.exists(out):  # only its own section
         print(report_lib.write_deep_section(results, study, out))
         return
     text = report_lib.report(results, study, out, seconds, seeds)

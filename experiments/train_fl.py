@@ -26,12 +26,27 @@ import numpy as np
 import tqdm
 from absl import logging as absl_logging
 
-from experiments.fl_progress import (Progress, apply_round, audit_estimates, bar_fields,
-                                     check_metrics, evaluate, resume, save)
-from experiments.fl_setup import (Run, build_run, check_config, make_sampler, privacy_metrics,
-                                  rounds_within_budget)
+from experiments.fl_progress import (
+    Progress,
+    apply_round,
+    audit_estimates,
+    bar_fields,
+    check_metrics,
+    evaluate,
+    resume,
+    save,
+)
+from experiments.fl_setup import (
+    Run,
+    build_run,
+    check_config,
+    make_sampler,
+    privacy_metrics,
+    rounds_within_budget,
+)
 from fl_dp_asr.data import prefetch
-from fl_dp_asr.fl import audit, distributed, round as round_lib
+from fl_dp_asr.fl import audit, distributed
+from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import asr
 from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train import utils
@@ -55,30 +70,37 @@ def join_processes(config: ml_collections.ConfigDict) -> bool:
     if cfg.num_processes == 1:
         return False
     if config.fl.executor not in ("sharded", "auto"):
-        raise ValueError(f"config.distributed.num_processes={cfg.num_processes} needs "
-                         f"config.fl.executor='sharded' (or 'auto'), not "
-                         f"{config.fl.executor!r}.")
+        raise ValueError(
+            f"config.distributed.num_processes={cfg.num_processes} needs "
+            f"config.fl.executor='sharded' (or 'auto'), not "
+            f"{config.fl.executor!r}."
+        )
     timeouts = {"heartbeat_timeout_seconds": cfg.heartbeat_timeout_s}
     if cfg.num_processes == 0:
         distributed.initialize(**timeouts)  # detected: Cloud TPU, SLURM, Open MPI, ...
     elif not cfg.coordinator_address:
-        raise ValueError("config.distributed.coordinator_address ('host:port' of process 0) "
-                         f"is required with num_processes={cfg.num_processes}.")
+        raise ValueError(
+            "config.distributed.coordinator_address ('host:port' of process 0) "
+            f"is required with num_processes={cfg.num_processes}."
+        )
     else:
-        distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id,
-                               **timeouts)
+        distributed.initialize(
+            cfg.coordinator_address, cfg.num_processes, cfg.process_id, **timeouts
+        )
     run = config.to_dict()
-    del run["distributed"]["process_id"]   # the one key that differs between the processes
-    distributed.check_same_run({"config": run,
-                                "code": distributed.code_version("fl_dp_asr", "experiments")})
+    del run["distributed"]["process_id"]  # the one key that differs between the processes
+    distributed.check_same_run(
+        {"config": run, "code": distributed.code_version("fl_dp_asr", "experiments")}
+    )
     return True
 
 
 # ------------------------------------------------------------------ training
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
-          round_steps: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(
+    config: ml_collections.ConfigDict, workdir: str, round_steps: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Runs (or resumes) federated DP fine-tuning; returns a summary dict.
 
     ``round_steps``: a cache of jitted round steps shared by the runs of one process
@@ -88,7 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     ``distributed.process_id``) and the same shared ``workdir``; process 0 writes the
     metrics and the summary, all processes take part in checkpointing.
     """
-    check_config(config)   # before anything slow: the config mistakes found without data
+    check_config(config)  # before anything slow: the config mistakes found without data
     multi_process = join_processes(config)
     chief = jax.process_index() == 0
     log = utils.chief_print(chief)
@@ -99,18 +121,24 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     # ---- 1. data, 2. model, DP, round step, cohorts -----------------------------------------
     # The cohort size is checked against the population as soon as the training split is
     # there, before the held-out split and the seed model are prepared.
-    data = utils.load_data(config.data, tokenizer, config.eval.batch_size,
-                           check_train=lambda train: make_sampler(config, train.num_users))
+    data = utils.load_data(
+        config.data,
+        tokenizer,
+        config.eval.batch_size,
+        check_train=lambda train: make_sampler(config, train.num_users),
+    )
     run = build_run(config, data, tokenizer, multi_process, round_steps)
     num_rounds = rounds_within_budget(config, run, log)
 
     # ---- 3. resume: newest checkpoint of this workdir, else the seed model ---------------
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"),
-                               max_to_keep=config.checkpoint.keep, best_metric="wer")
+    checkpoints = Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep, best_metric="wer"
+    )
     state, progress = resume(checkpoints, run, log)
     if config.fl.shard_server_state:
-        state = distributed.place(state, round_lib.server_state_shardings(
-            state, run.round_step.mesh))
+        state = distributed.place(
+            state, round_lib.server_state_shardings(state, run.round_step.mesh)
+        )
     elif multi_process:
         state = distributed.replicate(state, run.mesh)
     writer = MetricWriter(workdir, resume_step=progress.completed, enabled=chief)
@@ -122,12 +150,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     # ---- 4. rounds -----------------------------------------------------------------------
     run_key = jax.random.key(config.seed)
-    bar = tqdm.tqdm(total=num_rounds, initial=progress.completed, desc="FL rounds",
-                    unit="round", disable=not (config.progress_bar and chief))
+    bar = tqdm.tqdm(
+        total=num_rounds,
+        initial=progress.completed,
+        desc="FL rounds",
+        unit="round",
+        disable=not (config.progress_bar and chief),
+    )
     cohorts = run.stream.blocks(progress.completed, num_rounds)
     if run.canary_cohorts is not None:
         cohorts = run.canary_cohorts.with_masks(cohorts)
-        initial = jax.tree.map(np.array, asr.stack_blocks(run.seed_params))   # θ_0 (host)
+        initial = jax.tree.map(np.array, asr.stack_blocks(run.seed_params))  # θ_0 (host)
     # The stop handlers stay installed until the last checkpoint is written: a signal that
     # lands during a save (or the wait for it) cannot cut it.
     with utils.StopSignals() as stop:
@@ -143,12 +176,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     writer.write(progress.completed, {"train": metrics})
                     wer = None
                     if utils.itstime(progress.completed, config.eval.every, num_rounds):
-                        progress.last_eval = evaluate(state, run, data, config,
-                                                      progress.completed)
+                        progress.last_eval = evaluate(state, run, data, config, progress.completed)
                         writer.write(progress.completed, {"eval": progress.last_eval})
                         wer = progress.last_eval["wer"]
-                        progress.trained_eval = {"round": progress.completed, "wer": wer,
-                                                 "cer": progress.last_eval["cer"]}
+                        progress.trained_eval = {
+                            "round": progress.completed,
+                            "wer": wer,
+                            "cer": progress.last_eval["cer"],
+                        }
                         progress.best_wer = min(progress.best_wer, wer)
                     if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
                         save(checkpoints, state, progress, run, config, wer)
@@ -162,10 +197,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 writer.write(progress.completed, {"audit": progress.audit})
         except StopRequested as stopped:
             save(checkpoints, state, progress, run, config)
-            log(f"\n{stopped} received: saved round {progress.completed} to "
-                f"{checkpoints.directory}; run the same command to resume.")
-        except (round_lib.AllClientsDroppedError, round_lib.NonFiniteParamsError,
-                FloatingPointError):
+            log(
+                f"\n{stopped} received: saved round {progress.completed} to "
+                f"{checkpoints.directory}; run the same command to resume."
+            )
+        except (
+            round_lib.AllClientsDroppedError,
+            round_lib.NonFiniteParamsError,
+            FloatingPointError,
+        ):
             # The round step kept the state, or applied the round before its metrics were
             # found non-finite: save under the rounds the state holds, so that a resumed run
             # does not release a round twice (or break the correlated noise's separation).
@@ -181,14 +221,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 f"{jax.process_count()} processes failed: a process died or lost its "
                 f"connection ({error}). The last checkpoint in {checkpoints.directory} is "
                 f"round {checkpoints.latest_step()}: restart every process with the same "
-                "command to resume from it.") from error
+                "command to resume from it."
+            ) from error
         finally:
             bar.close()
-            try:   # still under the stop handlers: a signal now cannot cut the save
+            try:  # still under the stop handlers: a signal now cannot cut the save
                 try:
-                    checkpoints.wait()    # raises a failed save (CheckpointSaveError)
+                    checkpoints.wait()  # raises a failed save (CheckpointSaveError)
                 finally:
-                    checkpoints.close()   # releases orbax's threads (raises nothing twice)
+                    checkpoints.close()  # releases orbax's threads (raises nothing twice)
             finally:
                 writer.close()
 
@@ -198,8 +239,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return summary
 
 
-def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progress: Progress,
-                data: utils.Data) -> dict[str, Any]:
+def run_summary(
+    workdir: str, config: ml_collections.ConfigDict, run: Run, progress: Progress, data: utils.Data
+) -> dict[str, Any]:
     """The run's settings and its seed → final WER/CER and ε (``summary.json``).
 
     ε (``epsilon_*``, ``extrapolated_epsilon_*``) is that of the ``rounds`` released, also
@@ -212,15 +254,25 @@ def run_summary(workdir: str, config: ml_collections.ConfigDict, run: Run, progr
     seed, trained, dp = progress.seed_eval or {}, progress.trained_eval or {}, config.dp
     privacy = privacy_metrics(run, progress.completed, dp)
     return {
-        "workdir": workdir, "seed_model": run.seed_source, "rounds": progress.completed,
-        "population": data.train.num_users, "cohort_size": run.sampler.cohort_size,
-        "sampling": run.sampler.name, "mechanism": run.dp.mechanism,
+        "workdir": workdir,
+        "seed_model": run.seed_source,
+        "rounds": progress.completed,
+        "population": data.train.num_users,
+        "cohort_size": run.sampler.cohort_size,
+        "sampling": run.sampler.name,
+        "mechanism": run.dp.mechanism,
         "noise_multiplier": run.noise_multiplier,
-        "sigma_dp": run.sigma_dp, "delta": dp.delta, "clipping": dp.clipping,
-        "allocation": str(dp.allocation), "seed_wer": seed.get("wer"),
-        "seed_cer": seed.get("cer"), "final_wer": trained.get("wer"),
-        "final_cer": trained.get("cer"), "final_eval_round": trained.get("round"),
-        "epsilon_rdp": privacy.get("epsilon_rdp"), "epsilon_pld": privacy.get("epsilon_pld"),
+        "sigma_dp": run.sigma_dp,
+        "delta": dp.delta,
+        "clipping": dp.clipping,
+        "allocation": str(dp.allocation),
+        "seed_wer": seed.get("wer"),
+        "seed_cer": seed.get("cer"),
+        "final_wer": trained.get("wer"),
+        "final_cer": trained.get("cer"),
+        "final_eval_round": trained.get("round"),
+        "epsilon_rdp": privacy.get("epsilon_rdp"),
+        "epsilon_pld": privacy.get("epsilon_pld"),
         "extrapolated_cohort": dp.target_cohort,
         "extrapolated_population": dp.target_population if dp.target_cohort else None,
         "extrapolated_epsilon_rdp": privacy.get("extrapolated_epsilon_rdp"),
@@ -233,11 +285,15 @@ def audit_summary(run: Run, progress: Progress) -> dict[str, Any]:
     canaries, None before the last round)."""
     if run.canaries is None:
         return {}
-    names = [f"epsilon_{v}{part}" for v in audit.VIEWS
-             for part in ("", "_ci_low", "_ci_high", "_lower_bound")]
+    names = [
+        f"epsilon_{v}{part}"
+        for v in audit.VIEWS
+        for part in ("", "_ci_low", "_ci_high", "_lower_bound")
+    ]
     found = progress.audit or {}
-    return ({"audit_canaries": run.canaries.inserted, "audit_heldout": run.canaries.heldout}
-            | {f"audit_{name}": found.get(name) for name in names})
+    return {"audit_canaries": run.canaries.inserted, "audit_heldout": run.canaries.heldout} | {
+        f"audit_{name}": found.get(name) for name in names
+    }
 
 
 def exit_lost(error: distributed.ProcessLostError) -> None:
@@ -268,8 +324,9 @@ def console_main() -> None:
 
     from fl_dp_asr.train import cli  # pylint: disable=import-outside-toplevel
 
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
-                                              lock_config=True)
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "experiment config file", lock_config=True
+    )
     _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run_main(main, "train_fl")

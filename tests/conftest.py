@@ -23,8 +23,9 @@ def pytest_configure(config):
     """Trainers build fresh jitted functions per run; identical programs hit this cache."""
     del config
     jax.config.update("jax_compilation_cache_dir", str(processes.COMPILATION_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      processes.CACHE_MIN_COMPILE_SECONDS)
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", processes.CACHE_MIN_COMPILE_SECONDS
+    )
 
 
 # The end-to-end tests (trainers, studies, device check, the documentation build: 20–90 s
@@ -37,7 +38,7 @@ def pytest_collection_modifyitems(items):
     in collection order (``--dist loadfile``), so the slow ones go out first and the many
     short unit-test files fill the end evenly, instead of one worker finishing a long file
     while the other waits."""
-    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))   # stable
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))  # stable
 
 
 @pytest.fixture(scope="session")

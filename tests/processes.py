@@ -15,17 +15,20 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # 100 s). Numbers compare only between runs under the same flags.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 COMPILATION_CACHE = pathlib.Path(tempfile.gettempdir()) / "fl_dp_asr_test_jax_cache"
-CACHE_MIN_COMPILE_SECONDS = 0.0   # every program: most compile in under a second without LLVM
+CACHE_MIN_COMPILE_SECONDS = 0.0  # every program: most compile in under a second without LLVM
 
 
 def python_env(devices: int = 1, xla_flags: str = TEST_XLA_FLAGS) -> dict[str, str]:
     """The environment of a test's Python subprocess: this repository importable,
     ``xla_flags`` (default: the test session's; "": XLA's defaults) with ``devices`` CPU
     devices, and the session's persistent compilation cache."""
-    return dict(os.environ, PYTHONPATH=str(REPO),
-                XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}",
-                JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(CACHE_MIN_COMPILE_SECONDS))
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(CACHE_MIN_COMPILE_SECONDS),
+    )
 
 
 def free_port() -> int:
@@ -34,8 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: int,
-               timeout: float = 300, exit_codes: list[int] | None = None) -> list[str]:
+def run_python(
+    argvs: list[list[str]],
+    logs: pathlib.Path,
+    devices_per_process: int,
+    timeout: float = 300,
+    exit_codes: list[int] | None = None,
+) -> list[str]:
     """Runs ``python *argv`` for every argv at once; returns their stdouts.
 
     Each process sees ``devices_per_process`` CPU devices and shares the test session's
@@ -48,8 +56,9 @@ def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: 
         # Files, not pipes: a process blocked on a full pipe would stall the others at the
         # distributed runtime's shutdown barrier.
         with open(logs / f"{rank}.out", "w") as out, open(logs / f"{rank}.err", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO,
-                                          stdout=out, stderr=err))
+            procs.append(
+                subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO, stdout=out, stderr=err)
+            )
     try:
         for proc in procs:
             proc.wait(timeout=timeout)
@@ -58,7 +67,9 @@ def run_python(argvs: list[list[str]], logs: pathlib.Path, devices_per_process: 
             if proc.poll() is None:
                 proc.kill()
     for rank, (proc, code) in enumerate(zip(procs, exit_codes or [0] * len(procs))):
-        assert proc.returncode == code, (f"process {rank} exited {proc.returncode}, not "
-                                         f"{code}:\n"
-                                         f"{(logs / f'{rank}.err').read_text()[-3000:]}")
+        assert proc.returncode == code, (
+            f"process {rank} exited {proc.returncode}, not "
+            f"{code}:\n"
+            f"{(logs / f'{rank}.err').read_text()[-3000:]}"
+        )
     return [(logs / f"{rank}.out").read_text() for rank in range(len(argvs))]

@@ -49,13 +49,15 @@ def _copy_checkout(destination: pathlib.Path) -> None:
         shutil.copy(ROOT / name, destination / name)
     for package in ROOT.iterdir():
         if (package / "__init__.py").is_file():
-            shutil.copytree(package, destination / package.name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                package, destination / package.name, ignore=shutil.ignore_patterns("__pycache__")
+            )
 
 
 def _pip(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"pip {' '.join(args)} failed:\n{result.stderr[-3000:]}"
 
 
@@ -63,25 +65,45 @@ def _pip(*args: str) -> None:
 def test_wheel_installs_every_console_script(tmp_path):
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
-    declared = dict(line.split(" = ") for line in
-                    config["options.entry_points"]["console_scripts"].strip().splitlines())
+    declared = dict(
+        line.split(" = ")
+        for line in config["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
     assert set(declared) == set(SCRIPTS)
     _copy_checkout(tmp_path / "src")
     _pip("wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(tmp_path / "src"))
     target = tmp_path / "installed"
-    _pip("install", "--no-deps", "--no-index", "-q", "--target", str(target),
-         *map(str, (tmp_path / "dist").glob("*.whl")))
-    elsewhere = tmp_path / "elsewhere"   # not the checkout: nothing importable from the cwd
+    _pip(
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+        "--target",
+        str(target),
+        *map(str, (tmp_path / "dist").glob("*.whl")),
+    )
+    elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing importable from the cwd
     elsewhere.mkdir()
     for script, expected in SCRIPTS.items():
         module = declared[script].split(":")[0]
-        help_flag, status = (ABSL_HELP if script.startswith(("fl-dp-asr-train-", "fl-dp-asr-plan"))
-                             else ("--help", 0))
+        help_flag, status = (
+            ABSL_HELP
+            if script.startswith(("fl-dp-asr-train-", "fl-dp-asr-plan"))
+            else ("--help", 0)
+        )
         result = subprocess.run(
             [sys.executable, "-c", DRIVER, str(target / "bin" / script), module, help_flag],
-            cwd=elsewhere, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                                "PYTHONPATH": str(target), "JAX_PLATFORMS": "cpu"},
-            capture_output=True, text=True, timeout=120)
+            cwd=elsewhere,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(tmp_path),
+                "PYTHONPATH": str(target),
+                "JAX_PLATFORMS": "cpu",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         output = result.stdout + result.stderr
         assert expected in output, f"{script} {help_flag}:\n{output[-3000:]}"
         assert f"MODULE_FILE {target}/" in output, f"{script}: {output[-3000:]}"

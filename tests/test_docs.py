@@ -17,8 +17,12 @@ EXAMPLE_PAGES = [p for p in PAGES if python_blocks(p)]
 
 # What the API reference must document (an anchor per object, i.e. with its docstring).
 REFERENCE = {
-    "fl_dp_asr.dp.transforms": ["clip_by_global_norm", "clip_per_layer", "rescale_per_layer",
-                                "add_gaussian_noise"],
+    "fl_dp_asr.dp.transforms": [
+        "clip_by_global_norm",
+        "clip_per_layer",
+        "rescale_per_layer",
+        "add_gaussian_noise",
+    ],
     "fl_dp_asr.dp.policy": ["DPConfig"],
     "fl_dp_asr.dp.accounting": ["epsilon", "calibrate_noise", "extrapolate", "RunAccountant"],
     "fl_dp_asr.dp.correlated": ["CorrelatedNoise"],
@@ -39,10 +43,25 @@ def site(tmp_path_factory) -> pathlib.Path:
     """The HTML site, built as `make docs` builds it (warnings are errors)."""
     out = tmp_path_factory.mktemp("docs") / "html"
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q",
-         str(DOCS), str(out)],
-        cwd=processes.REPO, env=processes.python_env(), capture_output=True, text=True,
-        timeout=600, check=False)
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-b",
+            "html",
+            "-W",
+            "--keep-going",
+            "-q",
+            str(DOCS),
+            str(out),
+        ],
+        cwd=processes.REPO,
+        env=processes.python_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stderr[-4000:]}"
     return out
 
@@ -51,7 +70,7 @@ def test_site_builds_without_warnings(site):
     assert (site / "index.html").is_file()
     for page in PAGES:
         name = page.relative_to(DOCS).with_suffix(".html")
-        if page.name != "privacy_table.md":   # included by a guide, not a page of its own
+        if page.name != "privacy_table.md":  # included by a guide, not a page of its own
             assert (site / name).is_file(), f"{page} is not in the site"
 
 

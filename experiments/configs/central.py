@@ -40,37 +40,43 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.seed = 0
     c.init_checkpoint = common.optional(str)  # checkpoints to start from (None: scratch)
 
-    c.data = common.data("librispeech_local", manual_dir="data", data_dir="data/tfds",
-                         train_config="train-clean-100", train_split="train-clean-100",
-                         eval_config="dev-clean", eval_split="dev-clean",  # disjoint speakers
-                         num_buckets=4)
+    c.data = common.data(
+        "librispeech_local",
+        manual_dir="data",
+        data_dir="data/tfds",
+        train_config="train-clean-100",
+        train_split="train-clean-100",
+        eval_config="dev-clean",
+        eval_split="dev-clean",  # disjoint speakers
+        num_buckets=4,
+    )
     c.data.min_seconds = 0.5
     c.data.max_seconds = 36.0
 
     c.model = common.model("paper")
-    c.model.remat = True                  # memory: rematerialize each block's activations
+    c.model.remat = True  # memory: rematerialize each block's activations
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "lars"             # "lars" (the paper's) or "adam" (AdamW)
-    c.optimizer.learning_rate = 0.5       # the paper's
-    c.optimizer.warmup_steps = 5_000      # assumption
-    c.optimizer.end_fraction = 0.01       # cosine decay to this fraction (assumption)
-    c.optimizer.b1 = 0.9                  # Adam only
-    c.optimizer.b2 = 0.98                 # Adam only
-    c.optimizer.eps = 1e-8                # Adam only
-    c.optimizer.weight_decay = 0.0        # assumption
-    c.optimizer.momentum = 0.9            # LARS only
+    c.optimizer.name = "lars"  # "lars" (the paper's) or "adam" (AdamW)
+    c.optimizer.learning_rate = 0.5  # the paper's
+    c.optimizer.warmup_steps = 5_000  # assumption
+    c.optimizer.end_fraction = 0.01  # cosine decay to this fraction (assumption)
+    c.optimizer.b1 = 0.9  # Adam only
+    c.optimizer.b2 = 0.98  # Adam only
+    c.optimizer.eps = 1e-8  # Adam only
+    c.optimizer.weight_decay = 0.0  # assumption
+    c.optimizer.momentum = 0.9  # LARS only
     c.optimizer.trust_coefficient = 0.001  # LARS only
     c.optimizer.grad_clip_norm = common.optional(float)  # None: no gradient clipping
 
     c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 64               # assumption (~13 min of audio per batch)
-    c.train.num_steps = 120_000           # assumption (~270 epochs of 28.5 k utterances)
+    c.train.batch_size = 64  # assumption (~13 min of audio per batch)
+    c.train.num_steps = 120_000  # assumption (~270 epochs of 28.5 k utterances)
     # A wall-clock cap (evaluate + checkpoint, then stop) makes results machine-dependent:
     # None (off) by default so that the same config and seed give the same model.
     c.train.max_minutes = common.optional(float)
     c.train.log_every = 200
-    c.train.sort_window = 8               # batches sorted by length within 8-batch windows
+    c.train.sort_window = 8  # batches sorted by length within 8-batch windows
 
     c.eval = ml_collections.ConfigDict({"every": 5_000, "batch_size": 64})
     c.checkpoint = ml_collections.ConfigDict({"every": 5_000, "keep": 3})  # keep: last K (+ best)
@@ -82,7 +88,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
 def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
     """The CPU demo: ``tiny`` model, synthetic corpus, Adam, 1,500 steps."""
     c.data.manual_dir = "data/synthetic"
-    c.data.synthetic_dir = "data/synthetic"     # generated there if missing
+    c.data.synthetic_dir = "data/synthetic"  # generated there if missing
     c.data.max_seconds = 20.0
     c.data.num_buckets = 3
     c.model = common.model("tiny")

@@ -9,21 +9,30 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ("paper", "demo")   # a config file's recipe, and its small CPU variant
+VARIANTS = ("paper", "demo")  # a config file's recipe, and its small CPU variant
 
 # ModelConfig fields a config may override (None keeps the named size's value).
-MODEL_OVERRIDES = {"num_blocks": int, "model_dim": int, "mlp_dim": int, "num_heads": int,
-                   "conv_channels": int, "dropout_rate": float, "attention_dropout_rate": float,
-                   "layer_drop_rate": float, "dtype": str, "remat": bool,
-                   "loss_normalization": str, "cape_max_global_shift": float,
-                   "spec_augment_enabled": bool}
+MODEL_OVERRIDES = {
+    "num_blocks": int,
+    "model_dim": int,
+    "mlp_dim": int,
+    "num_heads": int,
+    "conv_channels": int,
+    "dropout_rate": float,
+    "attention_dropout_rate": float,
+    "layer_drop_rate": float,
+    "dtype": str,
+    "remat": bool,
+    "loss_normalization": str,
+    "cape_max_global_shift": float,
+    "spec_augment_enabled": bool,
+}
 
 
 def check_variant(variant: str, config_file: str) -> None:
     """Raises for a variant (the text after ``file.py:``) the config file does not have."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of {config_file}: choose one of "
-                         f"{VARIANTS}")
+        raise ValueError(f"unknown variant {variant!r} of {config_file}: choose one of {VARIANTS}")
 
 
 def optional(kind: type, value: Any = None) -> config_dict.FieldReference:
@@ -31,30 +40,39 @@ def optional(kind: type, value: Any = None) -> config_dict.FieldReference:
     return config_dict.FieldReference(value, field_type=kind)
 
 
-def data(name: str, *, manual_dir: str, data_dir: str, train_config: str, train_split: str,
-         eval_config: str, eval_split: str, num_buckets: int, language: str = "en"
-         ) -> ml_collections.ConfigDict:
+def data(
+    name: str,
+    *,
+    manual_dir: str,
+    data_dir: str,
+    train_config: str,
+    train_split: str,
+    eval_config: str,
+    eval_split: str,
+    num_buckets: int,
+    language: str = "en",
+) -> ml_collections.ConfigDict:
     """The ``data`` section: a TFDS builder over a local corpus, a training and a held-out
     split (speakers must be disjoint), and the padded-length buckets."""
     c = ml_collections.ConfigDict()
-    c.name = name                   # fl_dp_asr.data.BUILDERS
-    c.language = language           # tokenizer alphabet
+    c.name = name  # fl_dp_asr.data.BUILDERS
+    c.language = language  # tokenizer alphabet
     # The corpus, in its official layout: a named directory must exist ('': use only the
     # dataset already prepared in data_dir).
     c.manual_dir = manual_dir
-    c.data_dir = data_dir           # where TFDS writes the prepared dataset
+    c.data_dir = data_dir  # where TFDS writes the prepared dataset
     # Where the synthetic corpus lives: generated there if missing, when manual_dir is it
     # (None: never generated; a manual_dir elsewhere is never generated into).
     c.synthetic_dir = optional(str)
     # Skip (count and list) corrupt audio and bad transcripts instead of stopping at the first
     # one; the prepared dataset remembers what it skipped (README "Data", "Errors").
     c.skip_bad_files = False
-    c.corpus_seed = 0               # seed of the synthetic corpus
+    c.corpus_seed = 0  # seed of the synthetic corpus
     c.train_config, c.train_split = train_config, train_split
     c.eval_config, c.eval_split = eval_config, eval_split
-    c.min_seconds = optional(float)   # drop shorter training utterances
-    c.max_seconds = optional(float)   # drop longer training utterances
-    c.num_buckets = num_buckets     # padded lengths per dimension (recompilations)
+    c.min_seconds = optional(float)  # drop shorter training utterances
+    c.max_seconds = optional(float)  # drop longer training utterances
+    c.num_buckets = num_buckets  # padded lengths per dimension (recompilations)
     return c
 
 

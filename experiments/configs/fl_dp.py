@@ -42,20 +42,27 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # The seed model (None: from scratch).
     c.init_checkpoint = common.optional(str, "runs/paper/central_ls100/checkpoints")
 
-    c.data = common.data("common_voice_local", manual_dir="/data/common_voice",  # cv-corpus-*/en/
-                         data_dir="/data/tfds", train_config="en", train_split="train",
-                         eval_config="en", eval_split="dev", num_buckets=4)
+    c.data = common.data(
+        "common_voice_local",
+        manual_dir="/data/common_voice",  # cv-corpus-*/en/
+        data_dir="/data/tfds",
+        train_config="en",
+        train_split="train",
+        eval_config="en",
+        eval_split="dev",
+        num_buckets=4,
+    )
 
-    c.model = common.model("paper")     # used only without init_checkpoint
+    c.model = common.model("paper")  # used only without init_checkpoint
     # Recompute each block in the backward pass: the paper model's local training then fits
     # an accelerator with room for a chunk of clients (docs/performance.md, "Planning").
     c.model.remat = True
 
     c.fl = ml_collections.ConfigDict()
     c.fl.rounds = 2000
-    c.fl.sampling = "poisson"           # or "fixed", "cyclic": the cohort sampler, its DP analysis
+    c.fl.sampling = "poisson"  # or "fixed", "cyclic": the cohort sampler, its DP analysis
     c.fl.min_separation = common.optional(int)  # cyclic: b, rounds between a user's turns
-    c.fl.cohort_size = 1024             # S (Poisson: the expected size q·K)
+    c.fl.cohort_size = 1024  # S (Poisson: the expected size q·K)
     # "auto": sharded over every device when there are several, else vectorized; or
     # "vectorized", "sharded", "sequential" (fl_dp_asr.fl.executors)
     c.fl.executor = "auto"
@@ -67,7 +74,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # a chip (docs/performance.md, "Planning for TPU and GPU").
     c.fl.shard_server_state = False
     c.fl.local_steps = 10
-    c.fl.local_batch_size = 48          # padded utterances per local batch
+    c.fl.local_batch_size = 48  # padded utterances per local batch
     c.fl.max_batch_seconds = common.optional(float, 120.0)  # cap a local batch's audio (s)
     c.fl.local_learning_rate = 0.2
     c.fl.local_grad_clip_norm = 1.0
@@ -81,10 +88,10 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.fl.cut_length_levels = 1
 
     c.dp = ml_collections.ConfigDict()
-    c.dp.clipping = "per_layer"         # "none", "global", "per_layer", "rescale_per_layer"
+    c.dp.clipping = "per_layer"  # "none", "global", "per_layer", "rescale_per_layer"
     c.dp.clip_norm = 0.01
-    c.dp.allocation = "uniform"         # "uniform" or "by_dim"
-    c.dp.layers = "leaf"                # per-layer clipping's layers: "leaf" or "module"
+    c.dp.allocation = "uniform"  # "uniform" or "by_dim"
+    c.dp.layers = "leaf"  # per-layer clipping's layers: "leaf" or "module"
     # Adaptive clipping (README "Adaptive clipping"): γ, the unclipped quantile each bound
     # tracks (None: fixed bounds; clip_norm is then the initial bound), its learning rate η
     # and the clipped-count noise σ_b (None: S/20). noise_multiplier/sigma_dp stay the
@@ -95,8 +102,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # "gaussian" (fresh noise every round) or DP-FTRL's correlated noise, "blt" or
     # "banded_toeplitz" (needs fl.sampling="cyclic"; fl_dp_asr.dp.correlated)
     c.dp.mechanism = "gaussian"
-    c.dp.bands = common.optional(int)   # banded_toeplitz: bands (None: min_separation)
-    c.dp.max_buffers = 10               # blt: most buffers the strategy may use
+    c.dp.bands = common.optional(int)  # banded_toeplitz: bands (None: min_separation)
+    c.dp.max_buffers = 10  # blt: most buffers the strategy may use
     c.dp.strategy_rounds = common.optional(int)  # n the strategy is built for (None: fl.rounds)
     c.dp.noise_multiplier = common.optional(float)  # z: std on the sum / clip_norm
     # The paper's protocol: simulate a cohort S with the noise on the mean (σ_DP, std on the
@@ -105,13 +112,13 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.dp.sigma_dp = common.optional(float, 3e-6)
     c.dp.delta = 1e-9
     c.dp.max_epsilon = common.optional(float)  # stop before exceeding it (None: no budget)
-    c.dp.pld = False                    # also the PLD ε of the run (Poisson only; slow at T=2000)
+    c.dp.pld = False  # also the PLD ε of the run (Poisson only; slow at T=2000)
     c.dp.target_cohort = common.optional(int, 204_800)  # S' of the extrapolation (None: off)
     c.dp.target_population = common.optional(int, 69_500_000)  # K'
-    c.dp.target_pld = True              # also the PLD ε of the extrapolated setting
+    c.dp.target_pld = True  # also the PLD ε of the extrapolated setting
 
     c.server = ml_collections.ConfigDict()
-    c.server.optimizer = "lamb"         # "sgd", "adam" or "lamb"
+    c.server.optimizer = "lamb"  # "sgd", "adam" or "lamb"
     c.server.learning_rate = 0.002
     c.server.decay_begin = common.optional(int, 750)  # None: constant learning rate
     c.server.decay_every = 750
@@ -121,9 +128,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # sampler whose updates are random directions at the clip norm; the run ends with two
     # empirical ε (final model, all iterates) next to the accountant's. 0: off.
     c.audit = ml_collections.ConfigDict()
-    c.audit.canaries = 0                # k inserted canary clients (>= 2 when on)
+    c.audit.canaries = 0  # k inserted canary clients (>= 2 when on)
     c.audit.heldout = common.optional(int)  # m directions never inserted (None: k)
-    c.audit.seed = 0                    # fixes the canaries' directions
+    c.audit.seed = 0  # fixes the canaries' directions
 
     c.eval = ml_collections.ConfigDict({"every": 100, "batch_size": 64})
     c.checkpoint = ml_collections.ConfigDict({"every": 50, "keep": 3})  # keep: last K (+ best)
@@ -131,7 +138,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # JAX multi-process run (pods, clusters; README "Beyond one host"): every process runs
     # the same command with its own process_id and packs only its own clients.
     c.distributed = ml_collections.ConfigDict()
-    c.distributed.num_processes = 1     # 1: one process; 0: detect (Cloud TPU, SLURM, MPI)
+    c.distributed.num_processes = 1  # 1: one process; 0: detect (Cloud TPU, SLURM, MPI)
     c.distributed.process_id = 0
     c.distributed.coordinator_address = common.optional(str)  # "host:port" of process 0
     # A process silent this long is dead: the others stop (JAX's heartbeat; a killed
@@ -147,22 +154,22 @@ def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
     c.init_checkpoint = "runs/demo/central/checkpoints"
     c.data.manual_dir = "data/synthetic"
     c.data.data_dir = "data/tfds"
-    c.data.synthetic_dir = "data/synthetic"     # generated there if missing
+    c.data.synthetic_dir = "data/synthetic"  # generated there if missing
     c.data.num_buckets = 2
     c.model = common.model("tiny")
     c.fl.rounds = 20
     c.fl.cohort_size = 16
-    c.fl.chunk_size = 4                 # small chunks are fastest on CPU (docs/benchmarks.md)
+    c.fl.chunk_size = 4  # small chunks are fastest on CPU (docs/benchmarks.md)
     c.fl.local_steps = 3
     c.fl.local_batch_size = 4
     c.fl.max_batch_seconds = None
-    c.fl.cut_row_levels, c.fl.cut_length_levels = 3, 2   # 2.2x faster rounds on CPU
+    c.fl.cut_row_levels, c.fl.cut_length_levels = 3, 2  # 2.2x faster rounds on CPU
     c.dp.allocation = "by_dim"
-    c.dp.sigma_dp = 1e-4                # z = S·σ_DP = 16 × 1e-4
-    c.dp.delta = 1e-6                   # < 1/K' of the extrapolated population
-    c.dp.target_cohort = 10_000         # S' = z'/σ_DP with z' = 1
-    c.dp.target_population = 187_500    # K' = S'/q, q = 16/300 as simulated
-    c.server.learning_rate = 0.01       # the paper: 0.002 over 2000 rounds; 20 rounds here
+    c.dp.sigma_dp = 1e-4  # z = S·σ_DP = 16 × 1e-4
+    c.dp.delta = 1e-6  # < 1/K' of the extrapolated population
+    c.dp.target_cohort = 10_000  # S' = z'/σ_DP with z' = 1
+    c.dp.target_population = 187_500  # K' = S'/q, q = 16/300 as simulated
+    c.server.learning_rate = 0.01  # the paper: 0.002 over 2000 rounds; 20 rounds here
     c.server.decay_begin = None
     c.eval.every = 10
     c.eval.batch_size = 16

@@ -16,19 +16,38 @@ from experiments.device.preset import DEVICE_CORPUS, Preset
 from fl_dp_asr.data import synthetic
 from fl_dp_asr.data.errors import DataError
 
-CORPUS_DIR = "data/device_corpus"    # git-ignored (/data/), carried to the device
-WHEEL_DIR = ".whl"                   # git-ignored, carried to the device
+CORPUS_DIR = "data/device_corpus"  # git-ignored (/data/), carried to the device
+WHEEL_DIR = ".whl"  # git-ignored, carried to the device
 CARRY_LIMIT_MIB = 64.0
 # What the device image lacks (docs/performance.md, "Running the device check"), pinned as
 # tested here; promise has no wheel on PyPI (built with ``pip wheel``).
-WHEELS = ("dp-accounting==0.6.0", "jax-privacy==2.0.0", "jiwer==4.0.0", "rapidfuzz==3.14.6",
-          "soundfile==0.14.0", "cffi==2.1.1", "pycparser==3.12", "tensorflow-datasets==4.9.10",
-          "tensorflow-metadata==1.21.0", "toml==0.10.2", "immutabledict==4.3.1",
-          "termcolor==3.3.0", "simple-parsing==0.1.9", "docstring-parser==0.18.0",
-          "googleapis-common-protos==1.76.0", "array-record==0.8.6", "ml-collections==1.1.0")
+WHEELS = (
+    "dp-accounting==0.6.0",
+    "jax-privacy==2.0.0",
+    "jiwer==4.0.0",
+    "rapidfuzz==3.14.6",
+    "soundfile==0.14.0",
+    "cffi==2.1.1",
+    "pycparser==3.12",
+    "tensorflow-datasets==4.9.10",
+    "tensorflow-metadata==1.21.0",
+    "toml==0.10.2",
+    "immutabledict==4.3.1",
+    "termcolor==3.3.0",
+    "simple-parsing==0.1.9",
+    "docstring-parser==0.18.0",
+    "googleapis-common-protos==1.76.0",
+    "array-record==0.8.6",
+    "ml-collections==1.1.0",
+)
 SOURCE_WHEELS = ("promise==2.3",)
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 DEVICE_TIMEOUT_S = 480
 
 
@@ -40,7 +59,8 @@ def corpus_manifest(preset: Preset, corpus: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{corpus} holds no corpus with the preset's settings and it cannot be generated "
             f"here ({error}). Run `python -m experiments.device_study --prepare` where "
-            f"espeak-ng is installed and carry {corpus}.") from error
+            f"espeak-ng is installed and carry {corpus}."
+        ) from error
 
 
 def utterances(manifest: dict[str, Any]) -> int:
@@ -53,11 +73,13 @@ def size_mib(path: str) -> float:
 
 def device_command() -> str:
     """The device call's command (run from the repository root; carry :func:`carry`)."""
-    return ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
-            f"--upgrade --target /tmp/site {WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site:$PWD "
-            "PYTHONUNBUFFERED=1 || exit; set -o pipefail; python3 -m experiments.device_study "
-            "--out $OUT --workdir /tmp/device_study 2>&1 | tee "
-            "$OUT/device_study.log")
+    return (
+        "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+        f"--upgrade --target /tmp/site {WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site:$PWD "
+        "PYTHONUNBUFFERED=1 || exit; set -o pipefail; python3 -m experiments.device_study "
+        "--out $OUT --workdir /tmp/device_study 2>&1 | tee "
+        "$OUT/device_study.log"
+    )
 
 
 def carry() -> list[str]:
@@ -72,18 +94,35 @@ def download_wheels(wheel_dir: str) -> None:
     """
     pip = [sys.executable, "-m", "pip"]
     platforms = [flag for name in PLATFORMS for flag in ("--platform", name)]
-    subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    "-d", wheel_dir, *WHEELS], check=True)
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", wheel_dir, *SOURCE_WHEELS],
-                   check=True)
+    subprocess.run(
+        [
+            *pip,
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            wheel_dir,
+            *WHEELS,
+        ],
+        check=True,
+    )
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", wheel_dir, *SOURCE_WHEELS], check=True)
 
 
 def tree_mib() -> float:
     """What the device call sends besides the carried paths: the files git tracks or would
     track (untracked, not ignored), MiB."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+    ).stdout
     paths = [pathlib.Path(p) for p in listed.decode().split("\0") if p]
     return sum(p.stat().st_size for p in paths if p.is_file()) / 2**20
 
@@ -101,13 +140,26 @@ def prepare(corpus: str = CORPUS_DIR, wheel_dir: str = WHEEL_DIR) -> str:
     download_wheels(wheel_dir)
     sizes = {"corpus": size_mib(corpus), "wheels": size_mib(wheel_dir), "tree": tree_mib()}
     total = sum(sizes.values())
-    text = "\n".join([
-        markdown_table(["what travels", "MiB"], [[k, f"{v:.1f}"] for k, v in sizes.items()]
-               + [["total (limit 64)", f"{total:.1f}"]]), "",
-        f"Corpus: {utterances(manifest)} utterances ({manifest['generation_seconds']} s to "
-        f"generate, {generated:.0f} s this call). Device call: `carry` {json.dumps(carry())}, "
-        f"`timeout_s` {DEVICE_TIMEOUT_S}, command:", "", "```bash", device_command(), "```"])
+    text = "\n".join(
+        [
+            markdown_table(
+                ["what travels", "MiB"],
+                [[k, f"{v:.1f}"] for k, v in sizes.items()]
+                + [["total (limit 64)", f"{total:.1f}"]],
+            ),
+            "",
+            f"Corpus: {utterances(manifest)} utterances ({manifest['generation_seconds']} s to "
+            f"generate, {generated:.0f} s this call). Device call: `carry` {json.dumps(carry())}, "
+            f"`timeout_s` {DEVICE_TIMEOUT_S}, command:",
+            "",
+            "```bash",
+            device_command(),
+            "```",
+        ]
+    )
     if total > CARRY_LIMIT_MIB:
-        raise ValueError(f"the device call would send {total:.1f} MiB (> {CARRY_LIMIT_MIB:g}):"
-                         f" {sizes}; shrink DEVICE_CORPUS.")
+        raise ValueError(
+            f"the device call would send {total:.1f} MiB (> {CARRY_LIMIT_MIB:g}):"
+            f" {sizes}; shrink DEVICE_CORPUS."
+        )
     return text

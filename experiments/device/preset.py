@@ -19,19 +19,25 @@ from fl_dp_asr.train import utils
 # σ_DP·√D, the noise norm on the cohort mean in units of C (D = parameters): the paper's
 # σ_DP = 1e-5 at D = 255.8 M (0.16), and the CPU study's σ_DP = 0.1 at the tiny model's
 # D = 1.16 M (108), where global clipping lost 5.8 CER points.
-PAPER_LEVEL = design.PAPER_NOISE_PER_COORD[0]   # 0.16
+PAPER_LEVEL = design.PAPER_NOISE_PER_COORD[0]  # 0.16
 HIGH_LEVEL = 108.0
-DEVICE_METHODS = ("no DP", "global", "per-layer by dim", "per-layer uniform",
-                  "rescale per-layer")
+DEVICE_METHODS = ("no DP", "global", "per-layer by dim", "per-layer uniform", "rescale per-layer")
 # The FL comparison's domain: few utterances per user (Common Voice-like), 200 users; the
 # seed's: 500 LibriSpeech-part utterances. Sized so that corpus + wheels + tree ≤ 64 MiB
 # (FLAC of the noisy LibriSpeech part costs ~59 KB per utterance, 32 kHz MP3 ~16 KB).
 DEVICE_CORPUS = synthetic.CorpusConfig(
-    librispeech=(synthetic.SplitSpec("train-clean-100", 25, 500),
-                 synthetic.SplitSpec("dev-clean", 6, 40), synthetic.SplitSpec("test-clean", 1, 2)),
-    common_voice=(synthetic.SplitSpec("train", 200, 600), synthetic.SplitSpec("dev", 20, 80),
-                  synthetic.SplitSpec("test", 2, 8)),
-    cv_sample_rate=32_000)
+    librispeech=(
+        synthetic.SplitSpec("train-clean-100", 25, 500),
+        synthetic.SplitSpec("dev-clean", 6, 40),
+        synthetic.SplitSpec("test-clean", 1, 2),
+    ),
+    common_voice=(
+        synthetic.SplitSpec("train", 200, 600),
+        synthetic.SplitSpec("dev", 20, 80),
+        synthetic.SplitSpec("test", 2, 8),
+    ),
+    cv_sample_rate=32_000,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +58,12 @@ class Preset:
             rounds, evaluations), seconds, before one has been measured.
         workers: processes running cells (1: this one); each takes whole methods.
     """
+
     corpus: synthetic.CorpusConfig = DEVICE_CORPUS
     model_size: str = "small"
     model: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: {"num_blocks": 36, "dtype": "bfloat16"})
+        default_factory=lambda: {"num_blocks": 36, "dtype": "bfloat16"}
+    )
     seed_steps: int = 2000
     seed_batch: int = 32
     seed_learning_rate: float = 1e-3
@@ -81,17 +89,30 @@ DEVICE = Preset()
 # and global clipping at both levels, 2 rounds. Its seed and cells are configured like those
 # of tests/experiments/test_replicate.py's quick study (apart from δ and S'/K', which no
 # compiled program holds), so that the test session's compilation cache serves both.
-DRY_RUN = Preset(corpus=synthetic.tiny_config(), model_size="tiny",
-                 model={"num_blocks": 4, "dtype": "float32"}, seed_steps=2, seed_batch=2,
-                 seed_learning_rate=2e-3, seed_minutes=1.0, rounds=2, cohort=2, chunk=2,
-                 local_steps=2, local_batch=2, methods=("no DP", "global"), seeds=1,
-                 first_cell_s=5.0, workers=1)
+DRY_RUN = Preset(
+    corpus=synthetic.tiny_config(),
+    model_size="tiny",
+    model={"num_blocks": 4, "dtype": "float32"},
+    seed_steps=2,
+    seed_batch=2,
+    seed_learning_rate=2e-3,
+    seed_minutes=1.0,
+    rounds=2,
+    cohort=2,
+    chunk=2,
+    local_steps=2,
+    local_batch=2,
+    methods=("no DP", "global"),
+    seeds=1,
+    first_cell_s=5.0,
+    workers=1,
+)
 
 
 def _data(section: ml_collections.ConfigDict, corpus: str, data_dir: str) -> None:
     """Points a ``data`` section at ``corpus`` (never generated there: ``--prepare`` does)."""
     section.manual_dir, section.data_dir, section.synthetic_dir = corpus, data_dir, None
-    section.num_buckets = 1         # one padded shape: one compilation per program
+    section.num_buckets = 1  # one padded shape: one compilation per program
 
 
 def central_config(preset: Preset, corpus: str, data_dir: str) -> ml_collections.ConfigDict:
@@ -127,20 +148,28 @@ def fl_config(preset: Preset, corpus: str, data_dir: str) -> ml_collections.Conf
     c.dp.delta = 1e-9
     c.dp.target_cohort = 204_800
     c.dp.target_population = round(204_800 * population / preset.cohort)
-    c.dp.target_pld = False         # PLD at small z' takes minutes; RDP is reported
+    c.dp.target_pld = False  # PLD at small z' takes minutes; RDP is reported
     return c
 
 
 def recipes(preset: Preset, corpus: str, data_dir: str) -> cell_run.Recipes:
-    return cell_run.Recipes(functools.partial(central_config, preset, corpus, data_dir),
-                            functools.partial(fl_config, preset, corpus, data_dir))
+    return cell_run.Recipes(
+        functools.partial(central_config, preset, corpus, data_dir),
+        functools.partial(fl_config, preset, corpus, data_dir),
+    )
 
 
 def study(preset: Preset, sigmas: Sequence[float]) -> design.Study:
     """The ``design.Study`` whose fields ``run_cell`` and ``seed_checkpoint`` read."""
-    return design.Study(sigmas=(0.0, *sigmas), methods=preset.methods, seeds=preset.seeds,
-                        rounds=preset.rounds, cohort=preset.cohort, depths=(preset.depth,),
-                        seed_steps=preset.seed_steps)
+    return design.Study(
+        sigmas=(0.0, *sigmas),
+        methods=preset.methods,
+        seeds=preset.seeds,
+        rounds=preset.rounds,
+        cohort=preset.cohort,
+        depths=(preset.depth,),
+        seed_steps=preset.seed_steps,
+    )
 
 
 def num_params(preset: Preset) -> int:

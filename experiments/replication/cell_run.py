@@ -17,14 +17,13 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from experiments import train_central, train_fl
-from experiments import fl_setup
+from experiments import fl_setup, train_central, train_fl
 from experiments.configs import central, fl_dp
 from experiments.replication.design import DEMO_DEPTH, METHODS, Cell, Study, cell_id
 from fl_dp_asr.dp.policy import DPConfig
 from fl_dp_asr.train import cli, utils
 
-ADAM_LEARNING_RATE = 1e-3   # the Adam rows' server learning rate (LAMB: the recipe's)
+ADAM_LEARNING_RATE = 1e-3  # the Adam rows' server learning rate (LAMB: the recipe's)
 # Adaptive rows: the clipped-count noise multiplier z_b is at least this many times the
 # run's z, so the deltas keep z_Δ = z/√(1 − 1/3²) ≤ 1.06·z (the fixed rows' noise, +6 %).
 COUNT_NOISE_RATIO = 3.0
@@ -32,13 +31,14 @@ COUNT_NOISE_RATIO = 3.0
 
 class Recipes(NamedTuple):
     """Factories of the base configs every cell changes (tests pass small-corpus ones)."""
-    central: Callable[[], ml_collections.ConfigDict] = functools.partial(central.get_config,
-                                                                        "demo")
+
+    central: Callable[[], ml_collections.ConfigDict] = functools.partial(central.get_config, "demo")
     fl: Callable[[], ml_collections.ConfigDict] = functools.partial(fl_dp.get_config, "demo")
 
 
-def seed_checkpoint(workdir: str, depth: int, study: Study, recipes: Recipes,
-                    demo_seed: str | None) -> str:
+def seed_checkpoint(
+    workdir: str, depth: int, study: Study, recipes: Recipes, demo_seed: str | None
+) -> str:
     """The seed model of ``depth`` blocks: ``demo_seed`` (if it exists) for the demo's
     depth, else the central recipe with ``depth`` blocks, trained once into the work dir."""
     if depth == DEMO_DEPTH and demo_seed and os.path.isdir(demo_seed):
@@ -55,13 +55,12 @@ def seed_checkpoint(workdir: str, depth: int, study: Study, recipes: Recipes,
         config.eval.every = config.checkpoint.every = study.seed_steps
     print(f"== seed model with {depth} blocks ({run_dir})", flush=True)
     began = time.perf_counter()
-    summary = train_central.train(config, run_dir)   # resumes if interrupted
+    summary = train_central.train(config, run_dir)  # resumes if interrupted
     utils.write_json(done, {**summary, "seconds": time.perf_counter() - began})
     return os.path.join(run_dir, "checkpoints")
 
 
-def cell_config(cell: Cell, study: Study, recipes: Recipes,
-                seed: str) -> ml_collections.ConfigDict:
+def cell_config(cell: Cell, study: Study, recipes: Recipes, seed: str) -> ml_collections.ConfigDict:
     """The FL recipe with the cell's method, σ_DP, seed, cohort, seed model and server."""
     config = recipes.fl()
     base_cohort = config.fl.cohort_size
@@ -82,10 +81,9 @@ def cell_config(cell: Cell, study: Study, recipes: Recipes,
     if config.dp.target_unclipped_quantile is not None and cell.sigma_dp > 0:
         config.dp.clipped_count_stddev = adaptive_count_stddev(config, seed)
     if not config.dp.sigma_dp:
-        config.dp.target_cohort = None    # no noise: no ε to extrapolate
+        config.dp.target_cohort = None  # no noise: no ε to extrapolate
     elif config.dp.target_cohort is not None:  # same S', same q = S/K as simulated
-        config.dp.target_population = round(config.dp.target_population * base_cohort
-                                            / cell.cohort)
+        config.dp.target_population = round(config.dp.target_population * base_cohort / cell.cohort)
     return config
 
 
@@ -97,7 +95,7 @@ def count_stddev_for_ratio(dp: DPConfig, cohort: float, num_bounds: int) -> floa
     the count noise, as a fraction of the cohort, then grows with σ_DP (the table's note).
     """
     z = dp.resolve_noise_multiplier(cohort)
-    return max(dp.count_stddev(cohort), COUNT_NOISE_RATIO * z * num_bounds ** 0.5 / 2.0)
+    return max(dp.count_stddev(cohort), COUNT_NOISE_RATIO * z * num_bounds**0.5 / 2.0)
 
 
 def adaptive_count_stddev(config: ml_collections.ConfigDict, seed: str) -> float:
@@ -125,8 +123,9 @@ class StudyStopped(RuntimeError):
 _ROUND_STEPS: dict[str, Any] = {}
 
 
-def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
-             demo_seed: str | None) -> dict[str, Any]:
+def run_cell(
+    cell: Cell, study: Study, workdir: str, recipes: Recipes, demo_seed: str | None
+) -> dict[str, Any]:
     """The cell's summary and wall time (cached in ``<cell_dir>/result.json``)."""
     run_dir = cell_dir(workdir, cell, study)
     done = result_path(workdir, cell, study)
@@ -138,11 +137,17 @@ def run_cell(cell: Cell, study: Study, workdir: str, recipes: Recipes,
     began = time.perf_counter()
     config = cell_config(cell, study, recipes, seed)
     summary = train_fl.train(config, run_dir, _ROUND_STEPS)
-    if summary["rounds"] < config.fl.rounds:    # SIGINT/SIGTERM: saved, not finished
-        raise StudyStopped(f"{cell.name} stopped after {summary['rounds']} of "
-                           f"{config.fl.rounds} rounds; run the study again to resume it.")
-    result = {**summary, **dataclasses.asdict(cell), "seconds": time.perf_counter() - began,
-              "ended": time.time()}
+    if summary["rounds"] < config.fl.rounds:  # SIGINT/SIGTERM: saved, not finished
+        raise StudyStopped(
+            f"{cell.name} stopped after {summary['rounds']} of "
+            f"{config.fl.rounds} rounds; run the study again to resume it."
+        )
+    result = {
+        **summary,
+        **dataclasses.asdict(cell),
+        "seconds": time.perf_counter() - began,
+        "ended": time.time(),
+    }
     utils.write_json(done, result)
     return result
 

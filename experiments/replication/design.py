@@ -21,22 +21,24 @@ METHODS: dict[str, dict[str, Any]] = {
     "per-layer by dim": dict(clipping="per_layer", allocation="by_dim"),
     "rescale per-layer": dict(clipping="rescale_per_layer", allocation="by_dim"),
     "adaptive global": dict(clipping="global", target_unclipped_quantile=0.5),
-    "adaptive per-layer": dict(clipping="per_layer", allocation="by_dim", layers="module",
-                               target_unclipped_quantile=0.5),
+    "adaptive per-layer": dict(
+        clipping="per_layer", allocation="by_dim", layers="module", target_unclipped_quantile=0.5
+    ),
 }
-KEY_METHODS = ("global", "per-layer by dim")   # the paper's key comparison
+KEY_METHODS = ("global", "per-layer by dim")  # the paper's key comparison
 DEMO_DEPTH = get_model_config("tiny").num_blocks  # blocks of the demo's seed model
 # The paper's noise levels σ_DP = 1e-5 and 3e-6 on its D = 255.8 M parameters. What sets a
 # layer's S/N is the noise per coordinate relative to the clipping budget, σ_DP·√D: ≈ 0.16
 # and 0.048 there. A model with fewer parameters needs σ_DP = that / √D to match it.
 PAPER_PARAMS = 255.8e6
 PAPER_SIGMAS = (1e-5, 3e-6)
-PAPER_NOISE_PER_COORD = tuple(s * PAPER_PARAMS ** 0.5 for s in PAPER_SIGMAS)
+PAPER_NOISE_PER_COORD = tuple(s * PAPER_PARAMS**0.5 for s in PAPER_SIGMAS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
     """What to run. ``sigmas`` include 0 (clipping, no noise); the last is the highest."""
+
     sigmas: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
     methods: tuple[str, ...] = tuple(METHODS)
     # σ_DP of the rows beyond no DP and the key comparison: the full sweep of every row does
@@ -44,28 +46,33 @@ class Study:
     # (module S/N 0.01–0.4; at 1e-1 every module is below 0.04).
     side_sigmas: tuple[float, ...] = (1e-2,)
     seeds: int = 2
-    key_seeds: int = 3          # seeds of the key comparison at the highest σ_DP
-    rounds: int = 20            # evaluated at the seed and after the last round
-    curve_rounds: int = 60      # the runs that show where training levels off ...
-    curve_every: int = 10       # ... evaluated every this many rounds
+    key_seeds: int = 3  # seeds of the key comparison at the highest σ_DP
+    rounds: int = 20  # evaluated at the seed and after the last round
+    curve_rounds: int = 60  # the runs that show where training levels off ...
+    curve_every: int = 10  # ... evaluated every this many rounds
     # To fit 2 h on 2 cores (2026-12-01): the no-DP curve only (the key comparison at 60
     # rounds was measured on 2026-11-28, docs/replication.md), cohorts 16 and 32, depths 4
     # and 8 at the highest σ_DP only.
-    curve_methods: tuple[str, ...] = ("no DP",)   # (noisy ones at the top σ_DP)
+    curve_methods: tuple[str, ...] = ("no DP",)  # (noisy ones at the top σ_DP)
     cohort: int = 16
     cohorts: tuple[int, ...] = (16, 32)
     depths: tuple[int, ...] = (DEMO_DEPTH, 8)
-    depth_sigmas: tuple[float, ...] = (1e-1,)   # σ_DP of the key methods along depth
+    depth_sigmas: tuple[float, ...] = (1e-1,)  # σ_DP of the key methods along depth
     adam: tuple[str, ...] = KEY_METHODS
     # The paper's comparison at depth (issue 25): 16 blocks at the tiny width, at the paper's
     # σ_DP·√D, at the grid's highest σ_DP (global loses ≥ 5 CER points at 4 blocks, 4.3 at
     # 16) and at 3× it.
     deep_depths: tuple[int, ...] = (16,)
-    deep_noise: tuple[float, ...] = PAPER_NOISE_PER_COORD[:1]   # σ_DP·√D levels
-    deep_high: tuple[float, ...] = (1e-1, 3e-1)                  # σ_DP levels
-    deep_methods: tuple[str, ...] = ("no DP", "global", "per-layer by dim", "per-layer uniform",
-                                     "rescale per-layer")
-    seed_steps: int | None = None   # central steps of extra-depth seeds (None: the demo's)
+    deep_noise: tuple[float, ...] = PAPER_NOISE_PER_COORD[:1]  # σ_DP·√D levels
+    deep_high: tuple[float, ...] = (1e-1, 3e-1)  # σ_DP levels
+    deep_methods: tuple[str, ...] = (
+        "no DP",
+        "global",
+        "per-layer by dim",
+        "per-layer uniform",
+        "rescale per-layer",
+    )
+    seed_steps: int | None = None  # central steps of extra-depth seeds (None: the demo's)
 
     @property
     def top(self) -> float:
@@ -73,39 +80,59 @@ class Study:
 
 
 FULL = Study()
-QUICK = Study(sigmas=(0.0, 3e-2), methods=("no DP", *KEY_METHODS), seeds=1, key_seeds=1,
-              rounds=2, curve_rounds=4, curve_every=2, curve_methods=("no DP",), cohorts=(),
-              depths=(), adam=(), deep_depths=(),
-              seed_steps=20)
+QUICK = Study(
+    sigmas=(0.0, 3e-2),
+    methods=("no DP", *KEY_METHODS),
+    seeds=1,
+    key_seeds=1,
+    rounds=2,
+    curve_rounds=4,
+    curve_every=2,
+    curve_methods=("no DP",),
+    cohorts=(),
+    depths=(),
+    adam=(),
+    deep_depths=(),
+    seed_steps=20,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One federated run."""
+
     method: str
     sigma_dp: float
     seed: int = 0
     cohort: int = 16
     depth: int = DEMO_DEPTH
     server: str = "lamb"
-    rounds: int | None = None   # None: the study's
+    rounds: int | None = None  # None: the study's
 
     @property
     def name(self) -> str:
         method = self.method.replace(" ", "_")
         rounds = f"__T{self.rounds}" if self.rounds else ""
-        return (f"{method}__s{self.sigma_dp:g}__seed{self.seed}__S{self.cohort}"
-                f"__d{self.depth}__{self.server}{rounds}")
+        return (
+            f"{method}__s{self.sigma_dp:g}__seed{self.seed}__S{self.cohort}"
+            f"__d{self.depth}__{self.server}{rounds}"
+        )
 
 
 def probe_cells(study: Study) -> list[Cell]:
-    return [Cell("no DP", 0.0, cohort=study.cohort),
-            Cell("global", study.top, cohort=study.cohort)]
+    return [Cell("no DP", 0.0, cohort=study.cohort), Cell("global", study.top, cohort=study.cohort)]
 
 
 def curve_cells(study: Study) -> list[Cell]:
-    return [Cell(method, 0.0 if method == "no DP" else study.top, cohort=study.cohort,
-                 rounds=study.curve_rounds) for method in study.curve_methods]
+    return [
+        Cell(
+            method,
+            0.0 if method == "no DP" else study.top,
+            cohort=study.cohort,
+            rounds=study.curve_rounds,
+        )
+        for method in study.curve_methods
+    ]
 
 
 def grid_cells(study: Study) -> list[Cell]:
@@ -121,8 +148,11 @@ def grid_cells(study: Study) -> list[Cell]:
 
 
 def adam_cells(study: Study) -> list[Cell]:
-    return [Cell(m, study.top, seed, study.cohort, server="adam") for m in study.adam
-            for seed in range(study.seeds)]
+    return [
+        Cell(m, study.top, seed, study.cohort, server="adam")
+        for m in study.adam
+        for seed in range(study.seeds)
+    ]
 
 
 def cohort_cells(study: Study) -> list[Cell]:
@@ -130,11 +160,18 @@ def cohort_cells(study: Study) -> list[Cell]:
 
 
 def depth_cells(study: Study) -> list[Cell]:
-    no_dp = [Cell("no DP", 0.0, seed, study.cohort, depth)
-             for depth in study.depths for seed in range(study.seeds)]
-    return no_dp + [Cell(method, sigma, seed, study.cohort, depth)
-                    for sigma in reversed(study.depth_sigmas) for depth in study.depths
-                    for method in KEY_METHODS for seed in range(study.seeds)]
+    no_dp = [
+        Cell("no DP", 0.0, seed, study.cohort, depth)
+        for depth in study.depths
+        for seed in range(study.seeds)
+    ]
+    return no_dp + [
+        Cell(method, sigma, seed, study.cohort, depth)
+        for sigma in reversed(study.depth_sigmas)
+        for depth in study.depths
+        for method in KEY_METHODS
+        for seed in range(study.seeds)
+    ]
 
 
 @functools.cache
@@ -146,7 +183,7 @@ def num_params(depth: int) -> int:
 def matched_sigma(noise_per_coordinate: float, params: float) -> float:
     """σ_DP that gives ``noise_per_coordinate`` = σ_DP·√D on ``params`` = D parameters,
     rounded to 2 significant digits (it names the cell)."""
-    return float(f"{noise_per_coordinate / params ** 0.5:.2g}")
+    return float(f"{noise_per_coordinate / params**0.5:.2g}")
 
 
 def deep_sigmas(study: Study, depth: int) -> tuple[float, ...]:
@@ -156,14 +193,25 @@ def deep_sigmas(study: Study, depth: int) -> tuple[float, ...]:
 
 def deep_cells(study: Study) -> list[Cell]:
     """Seed by seed (a study stopped early has every row of seed 0), the highest σ_DP first."""
-    cells = [Cell(method, 0.0 if method == "no DP" else sigma, seed, study.cohort, depth)
-             for depth in study.deep_depths for seed in range(study.seeds)
-             for sigma in reversed(deep_sigmas(study, depth)) for method in study.deep_methods]
-    return list(dict.fromkeys(cells))     # no DP: once per depth and seed
+    cells = [
+        Cell(method, 0.0 if method == "no DP" else sigma, seed, study.cohort, depth)
+        for depth in study.deep_depths
+        for seed in range(study.seeds)
+        for sigma in reversed(deep_sigmas(study, depth))
+        for method in study.deep_methods
+    ]
+    return list(dict.fromkeys(cells))  # no DP: once per depth and seed
 
 
-STAGES = {"probe": probe_cells, "curve": curve_cells, "grid": grid_cells, "adam": adam_cells,
-          "cohort": cohort_cells, "depth": depth_cells, "deep": deep_cells}
+STAGES = {
+    "probe": probe_cells,
+    "curve": curve_cells,
+    "grid": grid_cells,
+    "adam": adam_cells,
+    "cohort": cohort_cells,
+    "depth": depth_cells,
+    "deep": deep_cells,
+}
 
 
 def study_cells(study: Study, stages: Sequence[str]) -> list[Cell]:
@@ -183,8 +231,10 @@ def cell_id(cell: Cell, study: Study) -> str:
 def describe(cell: Cell, study: Study) -> str:
     """What the cell runs, in words (``--list-cells``)."""
     noise = "" if cell.method == "no DP" else f", σ_DP = {cell.sigma_dp:g}"
-    return (f"{cell.method}{noise}, seed {cell.seed}, cohort {cell.cohort}, {cell.depth} "
-            f"blocks, {cell.server.upper()} server, {cell.rounds or study.rounds} rounds")
+    return (
+        f"{cell.method}{noise}, seed {cell.seed}, cohort {cell.cohort}, {cell.depth} "
+        f"blocks, {cell.server.upper()} server, {cell.rounds or study.rounds} rounds"
+    )
 
 
 def find_cell(cells: Sequence[Cell], study: Study, wanted: str) -> Cell:
@@ -195,6 +245,8 @@ def find_cell(cells: Sequence[Cell], study: Study, wanted: str) -> Cell:
     """
     by_id = {cell_id(cell, study): cell for cell in cells}
     if wanted not in by_id:
-        raise ValueError(f"unknown cell {wanted!r}; the {len(by_id)} cells of these stages "
-                         "(--list-cells) are:\n" + "\n".join(by_id))
+        raise ValueError(
+            f"unknown cell {wanted!r}; the {len(by_id)} cells of these stages "
+            "(--list-cells) are:\n" + "\n".join(by_id)
+        )
     return by_id[wanted]

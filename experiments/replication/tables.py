@@ -10,8 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments import plots
-from experiments.replication.design import (DEMO_DEPTH, KEY_METHODS, PAPER_PARAMS, PAPER_SIGMAS,
-                                            Study, deep_sigmas, num_params)
+from experiments.replication.design import (
+    DEMO_DEPTH,
+    KEY_METHODS,
+    PAPER_PARAMS,
+    PAPER_SIGMAS,
+    Study,
+    deep_sigmas,
+    num_params,
+)
 
 
 def _stats(values: Sequence[float]) -> str:
@@ -26,8 +33,10 @@ def errors_cell(runs: list[dict], with_count: bool = False) -> str:
     if not runs:
         return "–"
     count = f" (n={len(runs)})" if with_count else ""
-    return (f"CER {_stats([r['final_cer'] for r in runs])} · WER "
-            f"{_stats([r['final_wer'] for r in runs])}{count}")
+    return (
+        f"CER {_stats([r['final_cer'] for r in runs])} · WER "
+        f"{_stats([r['final_wer'] for r in runs])}{count}"
+    )
 
 
 def mean_cer(runs: list[dict]) -> float:
@@ -38,42 +47,61 @@ def mean_cer(runs: list[dict]) -> float:
 def select(results: list[dict], **match) -> list[dict]:
     """The cell results whose fields equal ``match`` (e.g. ``method="global", depth=16``);
     the curve cells (``rounds`` set) only when asked for."""
-    match.setdefault("rounds", None)   # the curve cells run longer: not part of the tables
+    match.setdefault("rounds", None)  # the curve cells run longer: not part of the tables
     return [r for r in results if all(r[k] == v for k, v in match.items())]
 
 
 def grid_group(results: list[dict], study: Study, **match) -> list[dict]:
     """:func:`select` within the main grid: LAMB, the demo's depth, the study's cohort."""
-    return select(results, **{"server": "lamb", "depth": DEMO_DEPTH, "cohort": study.cohort,
-                              **match})
+    return select(
+        results, **{"server": "lamb", "depth": DEMO_DEPTH, "cohort": study.cohort, **match}
+    )
 
 
 def grid_table(results: list[dict], study: Study) -> str:
     """Rows = methods, columns = σ_DP: held-out CER and WER, mean ± std over seeds."""
-    lines = ["| method | " + " | ".join(level_header(s, DEMO_DEPTH) for s in study.sigmas) + " |",
-             "|---" * (len(study.sigmas) + 1) + "|"]
+    lines = [
+        "| method | " + " | ".join(level_header(s, DEMO_DEPTH) for s in study.sigmas) + " |",
+        "|---" * (len(study.sigmas) + 1) + "|",
+    ]
     for method in study.methods:
         cells = []
         for sigma in study.sigmas:
-            runs = grid_group(results, study, method=method,
-                              **({} if method == "no DP" else {"sigma_dp": sigma}))
+            runs = grid_group(
+                results, study, method=method, **({} if method == "no DP" else {"sigma_dp": sigma})
+            )
             if method == "no DP" and sigma != 0.0:
                 cells.append("")
                 continue
             cells.append(errors_cell(runs, with_count=True))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    eps = {s: r["extrapolated_epsilon_rdp"] for r in results for s in [r["sigma_dp"]]
-           if r.get("extrapolated_epsilon_rdp") is not None}
-    lines.append("| ε (extrapolated, RDP) | " + " | ".join(
-        f"{eps[s]:.2f}" if s in eps else "∞ (no noise)" for s in study.sigmas) + " |")
+    eps = {
+        s: r["extrapolated_epsilon_rdp"]
+        for r in results
+        for s in [r["sigma_dp"]]
+        if r.get("extrapolated_epsilon_rdp") is not None
+    }
+    lines.append(
+        "| ε (extrapolated, RDP) | "
+        + " | ".join(f"{eps[s]:.2f}" if s in eps else "∞ (no noise)" for s in study.sigmas)
+        + " |"
+    )
     return "\n".join(lines) + "\n"
 
 
-def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: Sequence[str],
-               sigma: float, **fixed) -> str:
+def axis_table(
+    results: list[dict],
+    axis: str,
+    values: Sequence[Any],
+    methods: Sequence[str],
+    sigma: float,
+    **fixed,
+) -> str:
     """CER/WER of ``methods`` along ``axis`` (cohort or depth) at σ_DP = ``sigma``."""
-    lines = ["| method | " + " | ".join(f"{axis} {v}" for v in values) + " |",
-             "|---" * (len(values) + 1) + "|"]
+    lines = [
+        "| method | " + " | ".join(f"{axis} {v}" for v in values) + " |",
+        "|---" * (len(values) + 1) + "|",
+    ]
     for method in methods:
         cells = []
         for value in values:
@@ -88,8 +116,11 @@ def axis_table(results: list[dict], axis: str, values: Sequence[Any], methods: S
 
 # ------------------------------------------------------------------ per-layer analysis
 
-SIGNAL, NOISE, DELTA = ("train/layer_signal_norms/", "train/layer_noise_norms/",
-                        "train/layer_delta_norms/")
+SIGNAL, NOISE, DELTA = (
+    "train/layer_signal_norms/",
+    "train/layer_noise_norms/",
+    "train/layer_delta_norms/",
+)
 
 
 def module_means(records: list[dict], prefix: str) -> dict[str, float]:
@@ -100,10 +131,10 @@ def module_means(records: list[dict], prefix: str) -> dict[str, float]:
         squares: dict[str, float] = {}
         for key, value in record.items():
             if key.startswith(prefix):
-                module = key[len(prefix):].rsplit("/", 1)[0]
-                squares[module] = squares.get(module, 0.0) + value ** 2
+                module = key[len(prefix) :].rsplit("/", 1)[0]
+                squares[module] = squares.get(module, 0.0) + value**2
         for module, square in squares.items():
-            per_round.setdefault(module, []).append(square ** 0.5)
+            per_round.setdefault(module, []).append(square**0.5)
     return {module: statistics.mean(values) for module, values in per_round.items()}
 
 
@@ -123,9 +154,11 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
     per-module S/N (seed 0). Under global clipping every coordinate gets the same noise,
     so its S/N range is the range of the modules' per-coordinate signal."""
     global_, per_layer = KEY_METHODS
-    lines = [f"| blocks | seed model | no DP | {global_} | {per_layer} | {per_layer} − {global_} | "
-             f"module S/N, {global_}: min – max (max/min) | module S/N, {per_layer} |",
-             "|---" * 8 + "|"]
+    lines = [
+        f"| blocks | seed model | no DP | {global_} | {per_layer} | {per_layer} − {global_} | "
+        f"module S/N, {global_}: min – max (max/min) | module S/N, {per_layer} |",
+        "|---" * 8 + "|",
+    ]
 
     def seed0(runs: list[dict]) -> dict:
         return next(r for r in runs if r["seed"] == 0)
@@ -137,18 +170,22 @@ def depth_table(results: list[dict], study: Study, sigma: float) -> str:
         if not (base and all(runs.values())):
             continue
         gap = mean_cer(runs[per_layer]) - mean_cer(runs[global_])
-        lines.append(f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {errors_cell(base)} | "
-                     f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | "
-                     f"{gap:+.1f} | {snr_range(seed0(runs[global_]))} | "
-                     f"{snr_range(seed0(runs[per_layer]))} |")
+        lines.append(
+            f"| {depth} | CER {100 * base[0]['seed_cer']:.1f} | {errors_cell(base)} | "
+            f"{errors_cell(runs[global_])} | {errors_cell(runs[per_layer])} | "
+            f"{gap:+.1f} | {snr_range(seed0(runs[global_]))} | "
+            f"{snr_range(seed0(runs[per_layer]))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def signal_noise_table(runs: dict[str, list[dict]]) -> str:
     """Per module and run: mean client delta ‖Δ_h‖, signal ‖Σclip(Δ)_h‖/S, noise ‖ξ_h‖/S,
     and signal/noise, averaged over the rounds."""
-    columns = {name: (module_means(r, DELTA), module_means(r, SIGNAL), module_means(r, NOISE))
-               for name, r in runs.items()}
+    columns = {
+        name: (module_means(r, DELTA), module_means(r, SIGNAL), module_means(r, NOISE))
+        for name, r in runs.items()
+    }
     modules = sorted(next(iter(columns.values()))[0])
     head = "| module | " + " | ".join(f"{n}: ‖Δ‖ · signal · noise · S/N" for n in runs) + " |"
     lines = [head, "|---" * (len(runs) + 1) + "|"]
@@ -157,8 +194,10 @@ def signal_noise_table(runs: dict[str, list[dict]]) -> str:
         for delta, signal, noise in columns.values():
             ratios = _snr(signal, noise)
             snr = f"{ratios[module]:#.2g}" if module in ratios else "∞"
-            cells.append(f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
-                         f"{noise.get(module, 0.0):.2e} · **{snr}**")
+            cells.append(
+                f"{delta.get(module, 0.0):.2e} · {signal.get(module, 0.0):.2e} · "
+                f"{noise.get(module, 0.0):.2e} · **{snr}**"
+            )
         lines.append(f"| {module} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -168,13 +207,21 @@ def noise_per_coordinate_table(study: Study) -> str:
     depths = sorted({DEMO_DEPTH, *study.depths, *study.deep_depths, 36})
     sizes = [(f"{d} blocks (D = {num_params(d) / 1e6:.2f} M)", num_params(d)) for d in depths]
     sizes.append((f"paper (D = {PAPER_PARAMS / 1e6:.1f} M)", PAPER_PARAMS))
-    sigmas = sorted({*(s for s in study.sigmas if s > 0), *PAPER_SIGMAS,
-                     *(s for d in study.deep_depths for s in deep_sigmas(study, d))})
-    lines = ["| σ_DP | " + " | ".join(name for name, _ in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
+    sigmas = sorted(
+        {
+            *(s for s in study.sigmas if s > 0),
+            *PAPER_SIGMAS,
+            *(s for d in study.deep_depths for s in deep_sigmas(study, d)),
+        }
+    )
+    lines = [
+        "| σ_DP | " + " | ".join(name for name, _ in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
     for sigma in sigmas:
-        lines.append(f"| {sigma:g} | " + " | ".join(two_digits(sigma * d ** 0.5) for _, d in sizes)
-                     + " |")
+        lines.append(
+            f"| {sigma:g} | " + " | ".join(two_digits(sigma * d**0.5) for _, d in sizes) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -33,18 +33,32 @@ def key(mesh: Mesh | None, impl: str | None = None) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((), dtype, sharding=replicated(mesh))
 
 
-def cohort_block(num_slots: int, local_steps: int, batch_size: int, max_samples: int,
-                 max_label_len: int, mesh: Mesh | None) -> dict[str, Any]:
+def cohort_block(
+    num_slots: int,
+    local_steps: int,
+    batch_size: int,
+    max_samples: int,
+    max_label_len: int,
+    mesh: Mesh | None,
+) -> dict[str, Any]:
     """A cohort block of docs/CONTRACTS.md, ``[num_slots, local_steps, batch_size, ...]``
     (audio int16 of ``max_samples`` samples, labels of ``max_label_len`` tokens), its client
     axis split over ``mesh``."""
     shape = (num_slots, local_steps, batch_size)
-    block = {"batches": {"audio": ((*shape, max_samples), np.int16),
-                         "audio_lengths": (shape, np.int32),
-                         "labels": ((*shape, max_label_len), np.int32),
-                         "label_lengths": (shape, np.int32),
-                         "mask": (shape, np.float32)},
-             "step_mask": (shape[:2], np.float32), "client_mask": (shape[:1], np.float32)}
+    block = {
+        "batches": {
+            "audio": ((*shape, max_samples), np.int16),
+            "audio_lengths": (shape, np.int32),
+            "labels": ((*shape, max_label_len), np.int32),
+            "label_lengths": (shape, np.int32),
+            "mask": (shape, np.float32),
+        },
+        "step_mask": (shape[:2], np.float32),
+        "client_mask": (shape[:1], np.float32),
+    }
     sharding = split_over_clients(mesh)
-    return jax.tree.map(lambda spec: jax.ShapeDtypeStruct(*spec, sharding=sharding), block,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda spec: jax.ShapeDtypeStruct(*spec, sharding=sharding),
+        block,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )

@@ -32,19 +32,52 @@ import math
 import re
 from collections.abc import Iterator
 
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
-                "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True))
-                    + r")\[([0-9,]*)\](\{[^}]*\})?")
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
+_ARRAY = re.compile(
+    r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([0-9,]*)\](\{[^}]*\})?"
+)
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) \((.*)\) -> .* \{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*)$")
-_NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant", "while",
-               "conditional", "call", "after-all", "partition-id", "replica-id",
-               "copy-done", "all-reduce-done", "all-gather-done", "collective-permute-done",
-               "async-done", "opt-barrier"}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
+_NO_TRAFFIC = {
+    "parameter",
+    "tuple",
+    "get-tuple-element",
+    "bitcast",
+    "constant",
+    "while",
+    "conditional",
+    "call",
+    "after-all",
+    "partition-id",
+    "replica-id",
+    "copy-done",
+    "all-reduce-done",
+    "all-gather-done",
+    "collective-permute-done",
+    "async-done",
+    "opt-barrier",
+}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +91,7 @@ class Collective:
         per_round: how many times one run of the program executes it.
         loop_depth: the number of ``while`` loops around it (0: once per program run).
     """
+
     op: str
     name: str
     bytes: int
@@ -76,6 +110,7 @@ class HloCost:
         loops: ``(loop name, trip count)`` of every ``while`` reached.
         unknown_loops: loops whose trip count could not be read (counted once).
     """
+
     flops: float
     hbm_bytes: float
     collectives: tuple[Collective, ...]
@@ -89,7 +124,7 @@ class _Instruction:
     type: str
     op: str
     operands: tuple[str, ...]
-    arguments: str          # the text between the op's parentheses
+    arguments: str  # the text between the op's parentheses
     attributes: str
 
 
@@ -103,7 +138,7 @@ def _matching(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-    raise ValueError(f"unbalanced brackets in HLO: {text[start:start + 80]!r}")
+    raise ValueError(f"unbalanced brackets in HLO: {text[start : start + 80]!r}")
 
 
 def _parse_instruction(line: str) -> _Instruction | None:
@@ -119,7 +154,7 @@ def _parse_instruction(line: str) -> _Instruction | None:
     op = rest[:paren]
     close = _matching(rest, paren)
     operands = tuple(re.findall(r"%([^\s,()]+)", rest[paren:close]))
-    return _Instruction(name, type_, op, operands, rest[paren + 1:close - 1], rest[close:])
+    return _Instruction(name, type_, op, operands, rest[paren + 1 : close - 1], rest[close:])
 
 
 def _parse(text: str) -> tuple[dict[str, list[_Instruction]], dict[str, str], str]:
@@ -133,8 +168,7 @@ def _parse(text: str) -> tuple[dict[str, list[_Instruction]], dict[str, str], st
             current = header.group(2)
             computations[current] = []
             entry = current if header.group(1) else entry
-            for param, type_ in re.findall(r"([\w.\-]+): ((?:\([^)]*\))|[^,()]+)",
-                                           header.group(3)):
+            for param, type_ in re.findall(r"([\w.\-]+): ((?:\([^)]*\))|[^,()]+)", header.group(3)):
                 types[param] = type_
         elif line.startswith("}"):
             current = None
@@ -206,8 +240,9 @@ def _called(instruction: _Instruction, key: str) -> list[str]:
     return re.findall(r"%([^\s,{}]+)", found.group(1)) if found else []
 
 
-def _trip_count(instruction: _Instruction, computations: dict[str, list[_Instruction]]
-                ) -> int | None:
+def _trip_count(
+    instruction: _Instruction, computations: dict[str, list[_Instruction]]
+) -> int | None:
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"', instruction.attributes)
     if known:
         return int(known.group(1))
@@ -229,12 +264,13 @@ class _Cost:
     loops: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     unknown: list[str] = dataclasses.field(default_factory=list)
 
-    def add(self, other: "_Cost", times: int = 1, deeper: bool = False) -> None:
+    def add(self, other: _Cost, times: int = 1, deeper: bool = False) -> None:
         self.flops += times * other.flops
         self.hbm_bytes += times * other.hbm_bytes
-        self.collectives += [dataclasses.replace(c, per_round=c.per_round * times,
-                                                 loop_depth=c.loop_depth + deeper)
-                             for c in other.collectives]
+        self.collectives += [
+            dataclasses.replace(c, per_round=c.per_round * times, loop_depth=c.loop_depth + deeper)
+            for c in other.collectives
+        ]
         self.loops += other.loops
         self.unknown += other.unknown
 
@@ -267,9 +303,9 @@ def analyze(hlo_text: str) -> HloCost:
                 for body in _called(instruction, "body"):
                     cost.add(cost_of(body), trips or 1, deeper=True)
             elif op == "conditional":
-                branches = (_called(instruction, "branch_computations")
-                            or _called(instruction, "true_computation")
-                            + _called(instruction, "false_computation"))
+                branches = _called(instruction, "branch_computations") or _called(
+                    instruction, "true_computation"
+                ) + _called(instruction, "false_computation")
                 if branches:
                     cost.add(max((cost_of(b) for b in branches), key=lambda c: c.flops))
             elif op in ("call", "async-start"):
@@ -277,22 +313,29 @@ def analyze(hlo_text: str) -> HloCost:
                     cost.add(cost_of(callee))
             base = op.removesuffix("-start")
             if base in COLLECTIVES:
-                cost.collectives.append(Collective(base, instruction.name,
-                                                   _collective_bytes(instruction, types), 1, 0))
+                cost.collectives.append(
+                    Collective(base, instruction.name, _collective_bytes(instruction, types), 1, 0)
+                )
             if not fused and op not in _NO_TRAFFIC:
                 cost.hbm_bytes += _traffic(instruction, computations, types)
         return cost
 
     total = cost_of(entry)
-    return HloCost(total.flops, total.hbm_bytes, tuple(total.collectives), tuple(total.loops),
-                   tuple(total.unknown))
+    return HloCost(
+        total.flops,
+        total.hbm_bytes,
+        tuple(total.collectives),
+        tuple(total.loops),
+        tuple(total.unknown),
+    )
 
 
 _SLICES = ("dynamic-slice", "slice", "gather")
 
 
-def _traffic(instruction: _Instruction, computations: dict[str, list[_Instruction]],
-             types: dict[str, str]) -> float:
+def _traffic(
+    instruction: _Instruction, computations: dict[str, list[_Instruction]], types: dict[str, str]
+) -> float:
     """HBM bytes a kernel reads and writes: its operands and results, except that a buffer
     it only slices is charged the slices read (a loop body taking one block of stacked
     weights, one frame of a sequence), and a buffer it updates in place the update."""
@@ -305,8 +348,9 @@ def _traffic(instruction: _Instruction, computations: dict[str, list[_Instructio
     if instruction.op != "fusion":
         return result + sum(operands)
     fused = computations.get(next(iter(_called(instruction, "calls")), ""), [])
-    total = sum(_fused_reads(fused, k, size, computations, types)
-                for k, size in enumerate(operands))
+    total = sum(
+        _fused_reads(fused, k, size, computations, types) for k, size in enumerate(operands)
+    )
     root = fused[-1] if fused else None
     if root is None or not any(i.op == "dynamic-update-slice" for i in fused):
         return total + result
@@ -326,13 +370,19 @@ def _traffic(instruction: _Instruction, computations: dict[str, list[_Instructio
     return total
 
 
-def _fused_reads(fused: list[_Instruction], index: int, full: float,
-                 computations: dict[str, list[_Instruction]], types: dict[str, str]) -> float:
+def _fused_reads(
+    fused: list[_Instruction],
+    index: int,
+    full: float,
+    computations: dict[str, list[_Instruction]],
+    types: dict[str, str],
+) -> float:
     """Bytes a fused computation reads of its parameter ``index`` (``full`` bytes): none if
     unused or only updated in place, the slices if only sliced (through bitcasts and nested
     fusions), else all of it."""
-    name = next((i.name for i in fused if i.op == "parameter"
-                 and i.arguments.strip() == str(index)), None)
+    name = next(
+        (i.name for i in fused if i.op == "parameter" and i.arguments.strip() == str(index)), None
+    )
     if name is None:
         return full
     read = 0.0
@@ -345,7 +395,7 @@ def _fused_reads(fused: list[_Instruction], index: int, full: float,
             elif user.op in _SLICES and user.operands[0] == current:
                 read += type_bytes(user.type)
             elif user.op == "dynamic-update-slice" and user.operands[0] == current:
-                continue                      # updated in place: the write is charged
+                continue  # updated in place: the write is charged
             elif user.op == "fusion":
                 nested = computations.get(next(iter(_called(user, "calls")), ""), [])
                 for k, operand in enumerate(user.operands):

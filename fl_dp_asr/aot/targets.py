@@ -24,7 +24,7 @@ import os
 import pathlib
 import re
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Chip:
         hbm_bandwidth: bytes/s.
         source: where the figures come from.
     """
+
     name: str
     platform: str
     hbm_bytes: int
@@ -48,20 +49,62 @@ class Chip:
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", "tpu", 32 * GIB, 275e12, 1228e9,
-               "cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 1,228 GB/s, 275 TFLOP/s bf16)"),
-    "v5e": Chip("TPU v5e", "tpu", 16 * GIB, 197e12, 819e9,
-                "cloud.google.com/tpu/docs/v5e (16 GB HBM2, 819 GB/s, 197 TFLOP/s bf16)"),
-    "v5p": Chip("TPU v5p", "tpu", 95 * GIB, 459e12, 2765e9,
-                "cloud.google.com/tpu/docs/v5p (95 GB HBM2e, 2,765 GB/s, 459 TFLOP/s bf16)"),
-    "v6e": Chip("TPU v6e", "tpu", 32 * GIB, 918e12, 1640e9,
-                "cloud.google.com/tpu/docs/v6e (32 GB HBM, 1,640 GB/s, 918 TFLOP/s bf16)"),
-    "h100": Chip("NVIDIA H100 SXM 80GB", "cuda", 84_929_347_584, 989e12, 3.35e12,
-                 "NVIDIA H100 datasheet (80 GB HBM3, 3.35 TB/s, 989 TFLOP/s dense bf16)"),
-    "h200": Chip("NVIDIA H200 141GB", "cuda", 151_397_597_184, 989e12, 4.8e12,
-                 "NVIDIA H200 datasheet (141 GB HBM3e, 4.8 TB/s, 989 TFLOP/s dense bf16)"),
-    "a100": Chip("NVIDIA A100 SXM 80GB", "cuda", 85_100_068_864, 312e12, 2.039e12,
-                 "NVIDIA A100 datasheet (80 GB HBM2e, 2,039 GB/s, 312 TFLOP/s dense bf16)"),
+    "v4": Chip(
+        "TPU v4",
+        "tpu",
+        32 * GIB,
+        275e12,
+        1228e9,
+        "cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 1,228 GB/s, 275 TFLOP/s bf16)",
+    ),
+    "v5e": Chip(
+        "TPU v5e",
+        "tpu",
+        16 * GIB,
+        197e12,
+        819e9,
+        "cloud.google.com/tpu/docs/v5e (16 GB HBM2, 819 GB/s, 197 TFLOP/s bf16)",
+    ),
+    "v5p": Chip(
+        "TPU v5p",
+        "tpu",
+        95 * GIB,
+        459e12,
+        2765e9,
+        "cloud.google.com/tpu/docs/v5p (95 GB HBM2e, 2,765 GB/s, 459 TFLOP/s bf16)",
+    ),
+    "v6e": Chip(
+        "TPU v6e",
+        "tpu",
+        32 * GIB,
+        918e12,
+        1640e9,
+        "cloud.google.com/tpu/docs/v6e (32 GB HBM, 1,640 GB/s, 918 TFLOP/s bf16)",
+    ),
+    "h100": Chip(
+        "NVIDIA H100 SXM 80GB",
+        "cuda",
+        84_929_347_584,
+        989e12,
+        3.35e12,
+        "NVIDIA H100 datasheet (80 GB HBM3, 3.35 TB/s, 989 TFLOP/s dense bf16)",
+    ),
+    "h200": Chip(
+        "NVIDIA H200 141GB",
+        "cuda",
+        151_397_597_184,
+        989e12,
+        4.8e12,
+        "NVIDIA H200 datasheet (141 GB HBM3e, 4.8 TB/s, 989 TFLOP/s dense bf16)",
+    ),
+    "a100": Chip(
+        "NVIDIA A100 SXM 80GB",
+        "cuda",
+        85_100_068_864,
+        312e12,
+        2.039e12,
+        "NVIDIA A100 datasheet (80 GB HBM2e, 2,039 GB/s, 312 TFLOP/s dense bf16)",
+    ),
 }
 # Cloud TPU names v4 and v5p slices by TensorCores (two per chip), v5e and v6e by chips.
 _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
@@ -85,6 +128,7 @@ class Target:
         num_chips: chips (devices) in all.
         topology: the name the compiler's topology takes (``"v5e:16x16"``, ``"1x1x8"``).
     """
+
     name: str
     chip: Chip
     num_chips: int
@@ -120,8 +164,10 @@ def target(name: str) -> Target:
         kind, count = tpu.group(1), int(tpu.group(2))
         cores = _CORES_PER_CHIP[kind]
         if count % cores or count < cores:
-            raise ValueError(f"{name}: {kind} slices are named by TensorCores ({cores} per "
-                             f"chip), so the number must be a multiple of {cores}.")
+            raise ValueError(
+                f"{name}: {kind} slices are named by TensorCores ({cores} per "
+                f"chip), so the number must be a multiple of {cores}."
+            )
         chips = count // cores
         return Target(name, CHIPS[kind], chips, _tpu_topology(kind, chips))
     gpu = re.fullmatch(r"(h100|h200|a100)x(\d+)", text)
@@ -130,8 +176,10 @@ def target(name: str) -> Target:
         if not 1 <= count <= 8:
             raise ValueError(f"{name}: a GPU box here holds 1 to 8 GPUs (one host).")
         return Target(name, CHIPS[gpu.group(1)], count, f"1x1x{count}")
-    raise ValueError(f"unknown target {name!r}: use a Cloud TPU type (v4-N, v5e-N, v5p-N, "
-                     "v6e-N, e.g. v5e-256, v5p-128) or a GPU box (h100x8, h200x8, a100x8).")
+    raise ValueError(
+        f"unknown target {name!r}: use a Cloud TPU type (v4-N, v5e-N, v5p-N, "
+        "v6e-N, e.g. v5e-256, v5p-128) or a GPU box (h100x8, h200x8, a100x8)."
+    )
 
 
 def gpu_target_config(chip_key: str) -> str:
@@ -183,28 +231,40 @@ def abstract_devices(target_: Target) -> list:
             what to install or set.
     """
     from jax.experimental import topologies
+
     chip_key = next(k for k, c in CHIPS.items() if c is target_.chip)
     try:
         if target_.chip.platform == "tpu":
             topology = _tpu_topology_desc(target_.topology)
         else:
             if os.environ.get("JAX_PLATFORMS", "") != "cpu":
-                raise RuntimeError(f"{target_.name}: run with JAX_PLATFORMS=cpu (otherwise the "
-                                   "CUDA plugin looks for a driver and fails without a GPU).")
+                raise RuntimeError(
+                    f"{target_.name}: run with JAX_PLATFORMS=cpu (otherwise the "
+                    "CUDA plugin looks for a driver and fails without a GPU)."
+                )
             topology = topologies.get_topology_desc(
-                platform="cuda", target_config=gpu_target_config(chip_key),
-                topology=target_.topology)
+                platform="cuda",
+                target_config=gpu_target_config(chip_key),
+                topology=target_.topology,
+            )
     except RuntimeError:
         raise
     except Exception as error:  # the plugins raise several types (XlaRuntimeError, KeyError)
-        need = ("libtpu (pip install libtpu)" if target_.chip.platform == "tpu"
-                else "the CUDA plugin (pip install 'jax[cuda12]')")
-        raise RuntimeError(f"{target_.name}: no compiler for {target_.chip.name} "
-                           f"({type(error).__name__}: {error}). It needs {need}.") from error
+        need = (
+            "libtpu (pip install libtpu)"
+            if target_.chip.platform == "tpu"
+            else "the CUDA plugin (pip install 'jax[cuda12]')"
+        )
+        raise RuntimeError(
+            f"{target_.name}: no compiler for {target_.chip.name} "
+            f"({type(error).__name__}: {error}). It needs {need}."
+        ) from error
     devices = list(topology.devices)
     if len(devices) != target_.num_chips:
-        raise RuntimeError(f"{target_.name}: the topology {target_.topology} has "
-                           f"{len(devices)} devices, expected {target_.num_chips}.")
+        raise RuntimeError(
+            f"{target_.name}: the topology {target_.topology} has "
+            f"{len(devices)} devices, expected {target_.num_chips}."
+        )
     return devices
 
 
@@ -213,17 +273,20 @@ def tpu_library() -> str | None:
     the checkout's ``.tpu-compiler/`` (where ``make install`` puts it, outside the virtual
     environment, so that JAX programs on this CPU do not try to start a TPU backend)."""
     import importlib.util
+
     if os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", "")):
         return os.environ["TPU_LIBRARY_PATH"]
     spec = importlib.util.find_spec("libtpu")
     if spec is not None and spec.submodule_search_locations:
-        found = os.path.join(list(spec.submodule_search_locations)[0], "libtpu.so")
+        found = os.path.join(next(iter(spec.submodule_search_locations)), "libtpu.so")
         if os.path.isfile(found):
             return found
     return str(LOCAL_LIBTPU) if LOCAL_LIBTPU.is_file() else None
 
 
-LOCAL_LIBTPU = pathlib.Path(__file__).resolve().parents[2] / ".tpu-compiler" / "libtpu" / "libtpu.so"
+LOCAL_LIBTPU = (
+    pathlib.Path(__file__).resolve().parents[2] / ".tpu-compiler" / "libtpu" / "libtpu.so"
+)
 
 
 def _tpu_topology_desc(topology_name: str):
@@ -232,10 +295,13 @@ def _tpu_topology_desc(topology_name: str):
     (its lockfile guards real chips, which are not used here)."""
     import jax
     from jax.experimental import topologies
+
     library = tpu_library()
     if library is None:
-        raise RuntimeError("no TPU compiler: install libtpu (`make install` puts it in "
-                           ".tpu-compiler/; or pip install libtpu, or set TPU_LIBRARY_PATH).")
+        raise RuntimeError(
+            "no TPU compiler: install libtpu (`make install` puts it in "
+            ".tpu-compiler/; or pip install libtpu, or set TPU_LIBRARY_PATH)."
+        )
     jax.devices()
     saved = {k: os.environ.get(k) for k in ("TPU_LIBRARY_PATH", "ALLOW_MULTIPLE_LIBTPU_LOAD")}
     os.environ.update(TPU_LIBRARY_PATH=library, ALLOW_MULTIPLE_LIBTPU_LOAD="1")

@@ -30,8 +30,7 @@ class SpecAugmentConfig:
     max_time_mask_ratio: float = 0.1
 
 
-def _band_mask(uniforms: jax.Array, size: int, max_width: jax.Array,
-               limit: jax.Array) -> jax.Array:
+def _band_mask(uniforms: jax.Array, size: int, max_width: jax.Array, limit: jax.Array) -> jax.Array:
     """[B, size] 1.0 inside any of the random bands drawn from ``uniforms`` [B, 2, masks].
 
     ``max_width`` and ``limit`` are float [B]; widths ~ U{0..max_width}, starts ~
@@ -83,14 +82,13 @@ def spec_augment(
     keep = jnp.ones((batch, num_frames, num_bins), features.dtype)
     if num_freq_masks:
         all_bins = jnp.full((batch,), float(num_bins))
-        freq_mask = _band_mask(uniforms[..., :num_freq_masks], num_bins,
-                               jnp.minimum(all_bins, max_freq_mask), all_bins)
+        freq_mask = _band_mask(
+            uniforms[..., :num_freq_masks], num_bins, jnp.minimum(all_bins, max_freq_mask), all_bins
+        )
         keep = keep * (1.0 - freq_mask[:, None, :]).astype(features.dtype)
     if num_time_masks:
         valid_frames = jnp.sum(1.0 - paddings, axis=1)
-        max_width = jnp.minimum(float(max_time_mask),
-                                jnp.floor(max_time_mask_ratio * valid_frames))
-        time_mask = _band_mask(uniforms[..., num_freq_masks:], num_frames, max_width,
-                               valid_frames)
+        max_width = jnp.minimum(float(max_time_mask), jnp.floor(max_time_mask_ratio * valid_frames))
+        time_mask = _band_mask(uniforms[..., num_freq_masks:], num_frames, max_width, valid_frames)
         keep = keep * (1.0 - time_mask[:, :, None]).astype(features.dtype)
     return features * keep

@@ -52,15 +52,23 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def mel_filterbank(num_mel_bins: int, fft_size: int, sample_rate: int,
-                   lower_edge_hz: float, upper_edge_hz: float) -> np.ndarray:
+def mel_filterbank(
+    num_mel_bins: int, fft_size: int, sample_rate: int, lower_edge_hz: float, upper_edge_hz: float
+) -> np.ndarray:
     """Triangular HTK-mel filters, float32 [fft_size // 2 + 1, num_mel_bins] (peak 1)."""
     if not 0.0 <= lower_edge_hz < upper_edge_hz <= sample_rate / 2:
-        raise ValueError(f"need 0 <= lower_edge_hz ({lower_edge_hz}) < upper_edge_hz "
-                         f"({upper_edge_hz}) <= sample_rate / 2 ({sample_rate / 2})")
+        raise ValueError(
+            f"need 0 <= lower_edge_hz ({lower_edge_hz}) < upper_edge_hz "
+            f"({upper_edge_hz}) <= sample_rate / 2 ({sample_rate / 2})"
+        )
     bin_hz = np.arange(fft_size // 2 + 1) * sample_rate / fft_size
-    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.float64(lower_edge_hz)),
-                                      _hz_to_mel(np.float64(upper_edge_hz)), num_mel_bins + 2))
+    edges_hz = _mel_to_hz(
+        np.linspace(
+            _hz_to_mel(np.float64(lower_edge_hz)),
+            _hz_to_mel(np.float64(upper_edge_hz)),
+            num_mel_bins + 2,
+        )
+    )
     left, center, right = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
     rising = (bin_hz[:, None] - left) / (center - left)
     falling = (right - bin_hz[:, None]) / (right - center)
@@ -115,8 +123,10 @@ def log_mel(
         raise ValueError(f"fft_size {fft_size} < frame length {frame_length} samples")
     waveform = jnp.asarray(waveform)
     if waveform.shape[1] < frame_length:
-        raise ValueError(f"padded waveforms of {waveform.shape[1]} samples are shorter than "
-                         f"one {frame_length}-sample frame")
+        raise ValueError(
+            f"padded waveforms of {waveform.shape[1]} samples are shorter than "
+            f"one {frame_length}-sample frame"
+        )
     if jnp.issubdtype(waveform.dtype, jnp.integer):
         x = waveform.astype(jnp.float32) / 32768.0
     else:
@@ -126,8 +136,8 @@ def log_mel(
 
     total_frames = num_frames(waveform.shape[1], frame_length, frame_step)
     starts = np.arange(total_frames)[:, None] * frame_step
-    frames = x[:, starts + np.arange(frame_length)[None, :]]           # [B, T, frame_length]
-    window = np.hanning(frame_length + 1)[:-1].astype(np.float32)      # periodic Hann
+    frames = x[:, starts + np.arange(frame_length)[None, :]]  # [B, T, frame_length]
+    window = np.hanning(frame_length + 1)[:-1].astype(np.float32)  # periodic Hann
     spectrum = jnp.fft.rfft(frames * window, n=fft_size, axis=-1)
     power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
     filters = mel_filterbank(num_mel_bins, fft_size, sample_rate, lower_edge_hz, upper_edge_hz)
@@ -140,7 +150,7 @@ def log_mel(
         count = jnp.maximum(valid.sum(axis=1), 1.0)[:, None, None]
         mean = jnp.sum(features * valid[..., None], axis=1, keepdims=True) / count
         centred = (features - mean) * valid[..., None]
-        variance = jnp.sum(centred ** 2, axis=1, keepdims=True) / count
+        variance = jnp.sum(centred**2, axis=1, keepdims=True) / count
         features = centred * jax.lax.rsqrt(variance + variance_epsilon)
     features = features * valid[..., None]
     return features, 1.0 - valid

@@ -49,8 +49,9 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int = 16000) -> n
     resampled = np.asarray(audio, np.float32)
     if source_rate != target_rate:
         divisor = math.gcd(int(source_rate), int(target_rate))
-        resampled = scipy.signal.resample_poly(resampled, target_rate // divisor,
-                                               source_rate // divisor)
+        resampled = scipy.signal.resample_poly(
+            resampled, target_rate // divisor, source_rate // divisor
+        )
     return np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
 
 
@@ -78,8 +79,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         reason = getattr(error, "error_string", None) or f"{type(error).__name__}: {error}"
         raise AudioFileError(path, reason) from error
     if len(audio) < declared * (1 - TRUNCATION_TOLERANCE):
-        raise AudioFileError(path, f"truncated: {len(audio) / source_rate:.2f} s decode of the "
-                                   f"{declared / source_rate:.2f} s its header declares")
+        raise AudioFileError(
+            path,
+            f"truncated: {len(audio) / source_rate:.2f} s decode of the "
+            f"{declared / source_rate:.2f} s its header declares",
+        )
     if len(audio) == 0:
         raise AudioFileError(path, "no audio samples")
     mono = audio[:, 0] if audio.shape[1] == 1 else audio.astype(np.float32).mean(axis=1)

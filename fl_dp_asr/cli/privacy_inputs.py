@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import decimal
 import math
+from typing import cast
 
 from fl_dp_asr.dp import accounting
 
@@ -35,7 +36,8 @@ def parse_integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if not value.is_finite() or value != value.to_integral_value():
         raise argparse.ArgumentTypeError(
-            f"expected an integer (e.g. 1024 or 6.95e6), got {text!r} which is not integral")
+            f"expected an integer (e.g. 1024 or 6.95e6), got {text!r} which is not integral"
+        )
     return int(value)
 
 
@@ -74,26 +76,33 @@ def parse_probability(text: str) -> float:
     return value
 
 
-def check_cohort(cohort: int, population: int, cohort_name: str, population_name: str,
-                 where: str) -> None:
+def check_cohort(
+    cohort: int, population: int, cohort_name: str, population_name: str, where: str
+) -> None:
     """CliError naming both inputs (flags or columns) when the cohort exceeds the population."""
     if cohort > population:
-        raise CliError(f"{where}: {cohort_name} ({cohort:,}) must not exceed {population_name} "
-                       f"({population:,}): a cohort is drawn from the population")
+        raise CliError(
+            f"{where}: {cohort_name} ({cohort:,}) must not exceed {population_name} "
+            f"({population:,}): a cohort is drawn from the population"
+        )
 
 
-def accountants(choice: str) -> tuple[str, ...]:
+def accountants(choice: str) -> tuple[accounting.AccountantName, ...]:
     """The accountants of ``--accountant`` (``both``: RDP and PLD)."""
-    return accounting.ACCOUNTANTS if choice == "both" else (choice,)
+    if choice == "both":
+        return accounting.ACCOUNTANTS
+    return (cast(accounting.AccountantName, choice),)
 
 
 def check_accountant_choice(sampling: str, choice: str) -> None:
     """CliError when ``--accountant`` cannot analyse ``--sampling``."""
     if choice != "both" and not accounting.supports(sampling, choice):
-        raise CliError("--accountant pld does not support --sampling fixed (no PLD "
-                       "analysis of fixed-size cohorts without replacement); use --accountant "
-                       "rdp with --sampling fixed, or --sampling poisson with --accountant "
-                       "pld/rdp/both")
+        raise CliError(
+            "--accountant pld does not support --sampling fixed (no PLD "
+            "analysis of fixed-size cohorts without replacement); use --accountant "
+            "rdp with --sampling fixed, or --sampling poisson with --accountant "
+            "pld/rdp/both"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -118,8 +127,9 @@ def population_from_rate(cohort: int, rate: float, where: str) -> int:
     return round(cohort / rate)
 
 
-def read_rows(path: str, default_delta: float, default_simulated_cohort: int
-              ) -> list[ExtrapolationRow]:
+def read_rows(
+    path: str, default_delta: float, default_simulated_cohort: int
+) -> list[ExtrapolationRow]:
     """Reads an extrapolation CSV: ``#`` lines are comments, the first other line the header.
 
     Columns: ``sigma_dp``, ``target_cohort``, ``rounds`` and one of ``target_population``
@@ -128,8 +138,11 @@ def read_rows(path: str, default_delta: float, default_simulated_cohort: int
     """
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            numbered = [(n, line) for n, line in enumerate(f, 1)
-                        if line.strip() and not line.lstrip().startswith("#")]
+            numbered = [
+                (n, line)
+                for n, line in enumerate(f, 1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
     except OSError as err:
         raise CliError(f"cannot read --rows file {path!r}: {err.strerror}") from None
     if not numbered:
@@ -144,7 +157,8 @@ def read_rows(path: str, default_delta: float, default_simulated_cohort: int
         raise CliError(
             f"{path}:{header_line}: header must have columns {', '.join(ROW_COLUMNS_REQUIRED)}, "
             f"exactly one of {' / '.join(ROW_COLUMNS_POPULATION)}, optionally "
-            f"{', '.join(ROW_COLUMNS_OPTIONAL)}; got {', '.join(header)}")
+            f"{', '.join(ROW_COLUMNS_OPTIONAL)}; got {', '.join(header)}"
+        )
     rows = []
     for line_number, line in numbered[1:]:
         cells = [c.strip() for c in next(csv.reader([line]))]
@@ -170,41 +184,61 @@ def read_rows(path: str, default_delta: float, default_simulated_cohort: int
             check_cohort(cohort, population, "target_cohort", "target_population", where)
         else:
             population = population_from_rate(
-                cohort, value("target_sampling_rate", parse_number), where)
-        rows.append(ExtrapolationRow(
-            sigma_dp=value("sigma_dp", parse_positive), target_cohort=cohort,
-            target_population=population, rounds=value("rounds", parse_count),
-            delta=value("delta", parse_probability, default_delta),
-            simulated_cohort=value("simulated_cohort", parse_count,
-                                   default_simulated_cohort),
-            label=record.get("label", "")))
+                cohort, value("target_sampling_rate", parse_number), where
+            )
+        rows.append(
+            ExtrapolationRow(
+                sigma_dp=value("sigma_dp", parse_positive),
+                target_cohort=cohort,
+                target_population=population,
+                rounds=value("rounds", parse_count),
+                delta=value("delta", parse_probability, default_delta),
+                simulated_cohort=value("simulated_cohort", parse_count, default_simulated_cohort),
+                label=record.get("label", ""),
+            )
+        )
     if not rows:
         raise CliError(f"--rows file {path!r} has a header but no rows")
     return rows
 
 
 def grid_rows(args: argparse.Namespace) -> list[ExtrapolationRow]:
-    grid_given = [args.sigma_dp, args.target_cohort, args.target_population,
-                  args.target_sampling_rate]
+    grid_given = [
+        args.sigma_dp,
+        args.target_cohort,
+        args.target_population,
+        args.target_sampling_rate,
+    ]
     if not any(g is not None for g in grid_given):
         return []
-    if args.sigma_dp is None or args.target_cohort is None or (
-            args.target_population is None and args.target_sampling_rate is None):
-        raise CliError("extrapolate: a grid needs --sigma-dp, --target-cohort and "
-                       "--target-population (or --target-sampling-rate)")
+    if (
+        args.sigma_dp is None
+        or args.target_cohort is None
+        or (args.target_population is None and args.target_sampling_rate is None)
+    ):
+        raise CliError(
+            "extrapolate: a grid needs --sigma-dp, --target-cohort and "
+            "--target-population (or --target-sampling-rate)"
+        )
     rows = []
     for sigma in args.sigma_dp:
         for cohort in args.target_cohort:
             if args.target_population is not None:
                 populations = args.target_population
                 for population in populations:
-                    check_cohort(cohort, population, "--target-cohort", "--target-population",
-                                 "extrapolate")
+                    check_cohort(
+                        cohort, population, "--target-cohort", "--target-population", "extrapolate"
+                    )
             else:
-                populations = [population_from_rate(cohort, rate, "extrapolate")
-                               for rate in args.target_sampling_rate]
+                populations = [
+                    population_from_rate(cohort, rate, "extrapolate")
+                    for rate in args.target_sampling_rate
+                ]
             for population in populations:
                 for rounds in args.rounds:
-                    rows.append(ExtrapolationRow(sigma, cohort, population, rounds, args.delta,
-                                                 args.simulated_cohort))
+                    rows.append(
+                        ExtrapolationRow(
+                            sigma, cohort, population, rounds, args.delta, args.simulated_cohort
+                        )
+                    )
     return rows

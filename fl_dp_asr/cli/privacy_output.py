@@ -34,27 +34,33 @@ def json_float(value: float | None) -> float | None:
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Aligned plain-text table: first column left-aligned, the others right-aligned."""
     rows = [list(map(str, row)) for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def format_markdown(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """GitHub-flavoured markdown table, numbers right-aligned."""
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def guarantee_description(sampling: str) -> str:
-    return (f"user-level (ε, δ)-DP, {accounting.NEIGHBORING_RELATIONS[sampling]} "
-            "neighbouring datasets, all T rounds released")
+    return (
+        f"user-level (ε, δ)-DP, {accounting.NEIGHBORING_RELATIONS[sampling]} "
+        "neighbouring datasets, all T rounds released"
+    )
 
 
 def settings_lines(items: Sequence[tuple[str, str]], sampling: str = "poisson") -> str:

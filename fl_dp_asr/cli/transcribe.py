@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,19 +47,23 @@ def read_audio(path: str, config: ModelConfig) -> np.ndarray:
     audio = load_audio(path, config.features.sample_rate)
     rate, frame_ms = config.features.sample_rate, config.features.frame_length_ms
     if len(audio) < math.ceil(rate * frame_ms / 1000):
-        raise ValueError(f"{path}: too short to transcribe ({1000 * len(audio) / rate:.0f} ms; "
-                         f"the model needs at least one {frame_ms:g} ms frame)")
+        raise ValueError(
+            f"{path}: too short to transcribe ({1000 * len(audio) / rate:.0f} ms; "
+            f"the model needs at least one {frame_ms:g} ms frame)"
+        )
     return audio
 
 
-def transcribe_audio(audio: np.ndarray, config: ModelConfig, params: Any,
-                     beam_width: int = 1) -> str:
+def transcribe_audio(
+    audio: np.ndarray, config: ModelConfig, params: Any, beam_width: int = 1
+) -> str:
     """Normalized text of one int16 [samples] waveform (padded to whole seconds)."""
     padded = max(math.ceil(len(audio) / _PAD_TO_SAMPLES), 1) * _PAD_TO_SAMPLES
     batch = np.zeros((1, padded), np.int16)
-    batch[0, :len(audio)] = audio
-    text, = transcribe_batch(params, batch, np.array([len(audio)], np.int32), config,
-                             beam_width=beam_width)
+    batch[0, : len(audio)] = audio
+    (text,) = transcribe_batch(
+        params, batch, np.array([len(audio)], np.int32), config, beam_width=beam_width
+    )
     return normalize(text).text  # CTC emits word separators at both ends and in runs
 
 
@@ -76,13 +81,19 @@ def positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 ok, 1 a file or checkpoint failed,
     2 bad flags)."""
-    parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.cli.transcribe",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="trainer work directory, or its checkpoints/ directory")
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_dp_asr.cli.transcribe", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="trainer work directory, or its checkpoints/ directory"
+    )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    parser.add_argument("--beam-width", type=positive_int, default=1,
-                        help="1 = greedy decoding, >1 = CTC prefix beam search")
+    parser.add_argument(
+        "--beam-width",
+        type=positive_int,
+        default=1,
+        help="1 = greedy decoding, >1 = CTC prefix beam search",
+    )
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ...)")
     args = parser.parse_args(argv)
     try:
@@ -100,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         print(f"{path}\t{text}", flush=True)
     if failed:
-        print(f"error: {failed} of {len(args.files)} files could not be transcribed",
-              file=sys.stderr)
+        print(
+            f"error: {failed} of {len(args.files)} files could not be transcribed", file=sys.stderr
+        )
     return 1 if failed else 0
 
 

@@ -12,22 +12,65 @@ See docs/guides/data.md. Entry points for the trainers::
     PaddingBuckets()     # the cuts a local step runs on (make_client_update(..., buckets=))
 """
 
-from fl_dp_asr.data.builders import (BUILDERS, CommonVoiceLocal, LibrispeechLocal, get_builder,
-                                     load_federated, load_split, prepare)
+from fl_dp_asr.data.builders import (
+    BUILDERS,
+    CommonVoiceLocal,
+    LibrispeechLocal,
+    get_builder,
+    load_federated,
+    load_split,
+    prepare,
+)
 from fl_dp_asr.data.cohorts import CohortStream, cohort_summary
-from fl_dp_asr.data.errors import (CohortPackingError, CorruptAudioError, DataError,
-                                   EmptyTranscriptError, LayoutError, MissingTranscriptError,
-                                   SchemaError, TranscriptError, UnsupportedCharactersError)
-from fl_dp_asr.data.federated import (FederatedDataset, LengthBuckets, client_steps,
-                                      epoch_batches, iterate_batches, make_batch, pack_cohort)
+from fl_dp_asr.data.errors import (
+    CohortPackingError,
+    CorruptAudioError,
+    DataError,
+    EmptyTranscriptError,
+    LayoutError,
+    MissingTranscriptError,
+    SchemaError,
+    TranscriptError,
+    UnsupportedCharactersError,
+)
+from fl_dp_asr.data.federated import (
+    FederatedDataset,
+    LengthBuckets,
+    client_steps,
+    epoch_batches,
+    iterate_batches,
+    make_batch,
+    pack_cohort,
+)
 from fl_dp_asr.data.padding import PaddingBuckets
 from fl_dp_asr.data.prefetch import Prefetcher
 
 __all__ = [
-    "BUILDERS", "CohortPackingError", "CohortStream", "CommonVoiceLocal", "CorruptAudioError",
-    "DataError", "EmptyTranscriptError", "FederatedDataset", "LayoutError", "LengthBuckets",
-    "LibrispeechLocal", "MissingTranscriptError", "PaddingBuckets", "Prefetcher", "SchemaError",
+    "BUILDERS",
+    "CohortPackingError",
+    "CohortStream",
+    "CommonVoiceLocal",
+    "CorruptAudioError",
+    "DataError",
+    "EmptyTranscriptError",
+    "FederatedDataset",
+    "LayoutError",
+    "LengthBuckets",
+    "LibrispeechLocal",
+    "MissingTranscriptError",
+    "PaddingBuckets",
+    "Prefetcher",
+    "SchemaError",
     "TranscriptError",
-    "UnsupportedCharactersError", "client_steps", "cohort_summary", "epoch_batches", "get_builder",
-    "iterate_batches", "load_federated", "load_split", "make_batch", "pack_cohort", "prepare",
+    "UnsupportedCharactersError",
+    "client_steps",
+    "cohort_summary",
+    "epoch_batches",
+    "get_builder",
+    "iterate_batches",
+    "load_federated",
+    "load_split",
+    "make_batch",
+    "pack_cohort",
+    "prepare",
 ]

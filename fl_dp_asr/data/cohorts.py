@@ -55,6 +55,7 @@ class CohortStream:
         process_slots: pack only these client slots, in this order (this process's part of a
             multi-process cohort); ``None``: all slots.
     """
+
     dataset: FederatedDataset
     sampler: Sampler
     tokenize: Tokenize
@@ -76,11 +77,20 @@ class CohortStream:
         """The cohort block of round ``round_index`` (numpy; leading axis = client slots)."""
         users = [self.dataset.users[i] for i in self.sampler.sample(round_index)]
         return pack_cohort(
-            self.dataset, users, tokenize=self.tokenize, local_steps=self.local_steps,
-            batch_size=self.batch_size, buckets=self.buckets, seed=self.seed,
-            round_index=round_index, num_clients=self.num_slots,
-            max_batch_seconds=self.max_batch_seconds, max_local_epochs=self.max_local_epochs,
-            keep=self.process_slots, largest_first=True)
+            self.dataset,
+            users,
+            tokenize=self.tokenize,
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            buckets=self.buckets,
+            seed=self.seed,
+            round_index=round_index,
+            num_clients=self.num_slots,
+            max_batch_seconds=self.max_batch_seconds,
+            max_local_epochs=self.max_local_epochs,
+            keep=self.process_slots,
+            largest_first=True,
+        )
 
     def blocks(self, start: int, stop: int) -> Iterator[tuple[int, CohortBlock]]:
         """``(round, block)`` for rounds ``start .. stop - 1``."""
@@ -100,10 +110,12 @@ def cohort_summary(block: Mapping[str, Any]) -> dict[str, float]:
     batches = block["batches"]
     clients = float(np.sum(block["client_mask"]))
     steps = float(np.sum(block["step_mask"]))
-    return {"clients": clients,
-            "steps": steps,
-            "utterances": float(np.sum(batches["mask"])),
-            "audio_seconds": float(np.sum(batches["audio_lengths"]) / SAMPLE_RATE),
-            "mean_steps": steps / max(clients, 1.0),
-            "real_step_fraction": float(np.mean(block["step_mask"])),
-            "real_utterance_fraction": float(np.mean(batches["mask"]))}
+    return {
+        "clients": clients,
+        "steps": steps,
+        "utterances": float(np.sum(batches["mask"])),
+        "audio_seconds": float(np.sum(batches["audio_lengths"]) / SAMPLE_RATE),
+        "mean_steps": steps / max(clients, 1.0),
+        "real_step_fraction": float(np.mean(block["step_mask"])),
+        "real_utterance_fraction": float(np.mean(batches["mask"])),
+    }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
-_SKIP_HINT = ("skip such utterances: prepare the dataset with skip_bad_files=True (on the command "
-              "line: the trainers' --config.data.skip_bad_files=True, or python -m "
-              "fl_dp_asr.data.stats ... --skip-bad-files) and they are counted in its metadata")
+_SKIP_HINT = (
+    "skip such utterances: prepare the dataset with skip_bad_files=True (on the command "
+    "line: the trainers' --config.data.skip_bad_files=True, or python -m "
+    "fl_dp_asr.data.stats ... --skip-bad-files) and they are counted in its metadata"
+)
 
 
 class DataError(Exception):
@@ -44,8 +46,10 @@ class CorruptAudioError(DataError):
 
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.path = str(path)
-        super().__init__(f"{self.path}: unreadable or corrupt audio ({reason}). Replace or "
-                         f"delete the file, or {_SKIP_HINT}.")
+        super().__init__(
+            f"{self.path}: unreadable or corrupt audio ({reason}). Replace or "
+            f"delete the file, or {_SKIP_HINT}."
+        )
 
 
 class TranscriptError(DataError):
@@ -75,8 +79,12 @@ class UnsupportedCharactersError(TranscriptError):
 
     def __init__(self, path: str | os.PathLike[str], line: int, characters: str, text: str):
         self.characters = characters
-        super().__init__(path, line, f"characters {characters!r} in {text!r} cannot be "
-                         "represented by the tokenizer (fl_dp_asr.text vocabulary)")
+        super().__init__(
+            path,
+            line,
+            f"characters {characters!r} in {text!r} cannot be "
+            "represented by the tokenizer (fl_dp_asr.text vocabulary)",
+        )
 
 
 class CohortPackingError(DataError):

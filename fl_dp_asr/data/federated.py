@@ -45,8 +45,12 @@ Tokenize = Callable[[str], np.ndarray]
 Batch = dict[str, np.ndarray]
 _INDEX_CHUNK = 256
 #: Per-row strings of the cached index: constructor argument → npz name.
-_INDEX_FIELDS = {"user_ids": "users", "utterance_ids": "utterances",
-                 "transcripts": "transcripts", "genders": "genders"}
+_INDEX_FIELDS = {
+    "user_ids": "users",
+    "utterance_ids": "utterances",
+    "transcripts": "transcripts",
+    "genders": "genders",
+}
 
 
 def _text(value: Any) -> str:
@@ -82,19 +86,36 @@ class FederatedDataset:
             corpus and builder version they come from); None: all unknown (``""``).
     """
 
-    def __init__(self, source: Any, *, source_indices: np.ndarray, user_ids: Sequence[str],
-                 utterance_ids: Sequence[str], transcripts: Sequence[str],
-                 num_samples: np.ndarray, genders: Sequence[str] | None = None):
+    def __init__(
+        self,
+        source: Any,
+        *,
+        source_indices: np.ndarray,
+        user_ids: Sequence[str],
+        utterance_ids: Sequence[str],
+        transcripts: Sequence[str],
+        num_samples: np.ndarray,
+        genders: Sequence[str] | None = None,
+    ):
         self.source = source
         self.source_indices = np.asarray(source_indices, np.int64)
         self.user_of_row = list(user_ids)
         self.utterance_ids = list(utterance_ids)
         self.transcripts = list(transcripts)
         self.num_samples = np.asarray(num_samples, np.int64)
-        self.genders = ([normalize_gender(g) for g in genders] if genders is not None
-                        else [""] * len(self.user_of_row))
-        sizes = {len(self.source_indices), len(self.user_of_row), len(self.utterance_ids),
-                 len(self.transcripts), len(self.num_samples), len(self.genders)}
+        self.genders = (
+            [normalize_gender(g) for g in genders]
+            if genders is not None
+            else [""] * len(self.user_of_row)
+        )
+        sizes = {
+            len(self.source_indices),
+            len(self.user_of_row),
+            len(self.utterance_ids),
+            len(self.transcripts),
+            len(self.num_samples),
+            len(self.genders),
+        }
         if len(sizes) != 1:
             raise ValueError(f"per-utterance arrays differ in length: {sorted(sizes)}")
         rows_of: dict[str, list[int]] = {}
@@ -105,8 +126,13 @@ class FederatedDataset:
 
     # Construction ----------------------------------------------------------------------------
     @classmethod
-    def from_source(cls, source: Any, *, cache_path: str | os.PathLike[str] | None = None,
-                    progress: bool = False) -> FederatedDataset:
+    def from_source(
+        cls,
+        source: Any,
+        *,
+        cache_path: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> FederatedDataset:
         """Indexes ``source`` (one pass that reads every example), or loads a cached index.
 
         Args:
@@ -119,20 +145,28 @@ class FederatedDataset:
         """
         if cache_path is not None and pathlib.Path(cache_path).is_file():
             with np.load(cache_path) as cached:
-                if (set(_INDEX_FIELDS) <= set(cached.files)
-                        and len(cached["num_samples"]) == len(source)):
-                    return cls(source, source_indices=np.arange(len(source)),
-                               num_samples=cached["num_samples"],
-                               **{field: _unpack_strings(cached[name], cached[f"{name}_offsets"])
-                                  for field, name in _INDEX_FIELDS.items()})
+                if set(_INDEX_FIELDS) <= set(cached.files) and len(cached["num_samples"]) == len(
+                    source
+                ):
+                    return cls(
+                        source,
+                        source_indices=np.arange(len(source)),
+                        num_samples=cached["num_samples"],
+                        **{
+                            field: _unpack_strings(cached[name], cached[f"{name}_offsets"])
+                            for field, name in _INDEX_FIELDS.items()
+                        },
+                    )
         user_ids, utterance_ids, transcripts, genders = [], [], [], []
         num_samples = np.zeros(len(source), np.int64)
-        bar = tqdm.tqdm(total=len(source), desc="indexing users", unit="utt",
-                        disable=not progress)
+        bar = tqdm.tqdm(total=len(source), desc="indexing users", unit="utt", disable=not progress)
         for start in range(0, len(source), _INDEX_CHUNK):
             indices = list(range(start, min(start + _INDEX_CHUNK, len(source))))
-            examples = (source.__getitems__(indices) if hasattr(source, "__getitems__")
-                        else [source[i] for i in indices])
+            examples = (
+                source.__getitems__(indices)
+                if hasattr(source, "__getitems__")
+                else [source[i] for i in indices]
+            )
             for i, example in zip(indices, examples):
                 user_ids.append(_text(example["user_id"]))
                 utterance_ids.append(_text(example["utterance_id"]))
@@ -141,17 +175,27 @@ class FederatedDataset:
                 num_samples[i] = len(example["audio"])
             bar.update(len(indices))
         bar.close()
-        dataset = cls(source, source_indices=np.arange(len(source)), user_ids=user_ids,
-                      utterance_ids=utterance_ids, transcripts=transcripts,
-                      num_samples=num_samples, genders=genders)
+        dataset = cls(
+            source,
+            source_indices=np.arange(len(source)),
+            user_ids=user_ids,
+            utterance_ids=utterance_ids,
+            transcripts=transcripts,
+            num_samples=num_samples,
+            genders=genders,
+        )
         if cache_path is not None:
             dataset._save_index(pathlib.Path(cache_path))
         return dataset
 
     def _save_index(self, path: pathlib.Path) -> None:
         arrays: dict[str, Any] = {"num_samples": self.num_samples}
-        strings = {"user_ids": self.user_of_row, "utterance_ids": self.utterance_ids,
-                   "transcripts": self.transcripts, "genders": self.genders}
+        strings = {
+            "user_ids": self.user_of_row,
+            "utterance_ids": self.utterance_ids,
+            "transcripts": self.transcripts,
+            "genders": self.genders,
+        }
         for field, name in _INDEX_FIELDS.items():
             arrays[name], arrays[f"{name}_offsets"] = _pack_strings(strings[field])
         partial = path.with_name(path.name + ".partial.npz")
@@ -161,11 +205,14 @@ class FederatedDataset:
     def _view(self, rows: np.ndarray) -> FederatedDataset:
         rows = np.sort(np.asarray(rows, np.int64))
         return FederatedDataset(
-            self.source, source_indices=self.source_indices[rows],
+            self.source,
+            source_indices=self.source_indices[rows],
             user_ids=[self.user_of_row[r] for r in rows],
             utterance_ids=[self.utterance_ids[r] for r in rows],
-            transcripts=[self.transcripts[r] for r in rows], num_samples=self.num_samples[rows],
-            genders=[self.genders[r] for r in rows])
+            transcripts=[self.transcripts[r] for r in rows],
+            num_samples=self.num_samples[rows],
+            genders=[self.genders[r] for r in rows],
+        )
 
     # Users -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -180,8 +227,9 @@ class FederatedDataset:
         try:
             return self._rows_of[user]
         except KeyError:
-            raise CohortPackingError(f"user {user!r} is not in this dataset "
-                                     f"({self.num_users} users)") from None
+            raise CohortPackingError(
+                f"user {user!r} is not in this dataset ({self.num_users} users)"
+            ) from None
 
     def user_genders(self) -> list[str]:
         """The gender of each user, in the order of :attr:`users`: the most frequent known
@@ -210,8 +258,9 @@ class FederatedDataset:
         rows = [self.rows_of(u) for u in users]
         return self._view(np.concatenate(rows) if rows else np.zeros(0, np.int64))
 
-    def filter(self, *, min_seconds: float = 0.0,
-               max_seconds: float = float("inf")) -> FederatedDataset:
+    def filter(
+        self, *, min_seconds: float = 0.0, max_seconds: float = float("inf")
+    ) -> FederatedDataset:
         """The view without utterances shorter than ``min_seconds`` or longer than
         ``max_seconds``."""
         seconds = self.durations()
@@ -226,8 +275,11 @@ class FederatedDataset:
         """Waveforms of distinct ``rows``, read in one batch when the source supports it."""
         rows = sorted({int(r) for r in rows})
         indices = [int(self.source_indices[r]) for r in rows]
-        examples = (self.source.__getitems__(indices) if hasattr(self.source, "__getitems__")
-                    else [self.source[i] for i in indices])
+        examples = (
+            self.source.__getitems__(indices)
+            if hasattr(self.source, "__getitems__")
+            else [self.source[i] for i in indices]
+        )
         return {r: np.asarray(e["audio"], np.int16) for r, e in zip(rows, examples)}
 
 
@@ -242,6 +294,7 @@ class LengthBuckets:
         max_samples: increasing audio lengths (16 kHz samples).
         max_label_len: increasing label lengths (tokens).
     """
+
     max_samples: tuple[int, ...] = tuple(s * SAMPLE_RATE for s in (4, 8, 16, 36))
     max_label_len: tuple[int, ...] = (64, 128, 256, 640)
 
@@ -252,8 +305,9 @@ class LengthBuckets:
                 raise ValueError(f"LengthBuckets.{name}={sizes} must be increasing and > 0")
 
     @classmethod
-    def for_dataset(cls, dataset: FederatedDataset, tokenize: Tokenize,
-                    num_buckets: int = 3) -> LengthBuckets:
+    def for_dataset(
+        cls, dataset: FederatedDataset, tokenize: Tokenize, num_buckets: int = 3
+    ) -> LengthBuckets:
         """Buckets whose largest sizes fit ``dataset``; each smaller one is half the next
         (audio rounded up to 0.1 s, labels to 8 tokens)."""
         longest_audio = int(dataset.num_samples.max(initial=SAMPLE_RATE))
@@ -262,6 +316,7 @@ class LengthBuckets:
         def ladder(top: int, quantum: int) -> tuple[int, ...]:
             sizes = {-(-max(top >> k, 1) // quantum) * quantum for k in range(num_buckets)}
             return tuple(sorted(sizes))
+
         return cls(ladder(longest_audio, SAMPLE_RATE // 10), ladder(max(longest_label, 1), 8))
 
     def fit(self, num_samples: int, label_len: int) -> tuple[int, int]:
@@ -271,7 +326,8 @@ class LengthBuckets:
                 f"an utterance of {num_samples} samples ({num_samples / SAMPLE_RATE:.1f} s) "
                 f"and {label_len} label tokens exceeds the largest bucket "
                 f"({self.max_samples[-1]} samples, {self.max_label_len[-1]} tokens): add a "
-                "larger bucket or drop long utterances with FederatedDataset.filter().")
+                "larger bucket or drop long utterances with FederatedDataset.filter()."
+            )
         samples = next(s for s in self.max_samples if s >= num_samples)
         labels = next(n for n in self.max_label_len if n >= label_len)
         return samples, labels
@@ -281,36 +337,47 @@ class LengthBuckets:
 # Batches
 # ---------------------------------------------------------------------------------------------
 def _empty_batch(shape: tuple[int, ...], max_samples: int, max_label_len: int) -> Batch:
-    return {"audio": np.zeros((*shape, max_samples), np.int16),
-            "audio_lengths": np.zeros(shape, np.int32),
-            "labels": np.zeros((*shape, max_label_len), np.int32),
-            "label_lengths": np.zeros(shape, np.int32),
-            "mask": np.zeros(shape, np.float32)}
+    return {
+        "audio": np.zeros((*shape, max_samples), np.int16),
+        "audio_lengths": np.zeros(shape, np.int32),
+        "labels": np.zeros((*shape, max_label_len), np.int32),
+        "label_lengths": np.zeros(shape, np.int32),
+        "mask": np.zeros(shape, np.float32),
+    }
 
 
 def _put(batch: Batch, where: tuple[int, ...], audio: np.ndarray, label: np.ndarray) -> None:
-    batch["audio"][where][:len(audio)] = audio
+    batch["audio"][where][: len(audio)] = audio
     batch["audio_lengths"][where] = len(audio)
-    batch["labels"][where][:len(label)] = label
+    batch["labels"][where][: len(label)] = label
     batch["label_lengths"][where] = len(label)
     batch["mask"][where] = 1.0
 
 
-def _labels(dataset: FederatedDataset, rows: Sequence[int],
-            tokenize: Tokenize) -> dict[int, np.ndarray]:
+def _labels(
+    dataset: FederatedDataset, rows: Sequence[int], tokenize: Tokenize
+) -> dict[int, np.ndarray]:
     labels = {}
     for row in {int(r) for r in rows}:
         label = np.asarray(tokenize(dataset.transcripts[row]), np.int32)
         if label.ndim != 1 or len(label) == 0:
-            raise DataError(f"tokenize({dataset.transcripts[row]!r}) (utterance "
-                            f"{dataset.utterance_ids[row]}) gave shape {label.shape}; expected a "
-                            "non-empty 1-D array of token ids")
+            raise DataError(
+                f"tokenize({dataset.transcripts[row]!r}) (utterance "
+                f"{dataset.utterance_ids[row]}) gave shape {label.shape}; expected a "
+                "non-empty 1-D array of token ids"
+            )
         labels[row] = label
     return labels
 
 
-def make_batch(dataset: FederatedDataset, rows: Sequence[int], *, tokenize: Tokenize,
-               buckets: LengthBuckets, batch_size: int | None = None) -> Batch:
+def make_batch(
+    dataset: FederatedDataset,
+    rows: Sequence[int],
+    *,
+    tokenize: Tokenize,
+    buckets: LengthBuckets,
+    batch_size: int | None = None,
+) -> Batch:
     """One batch ``[B, ...]`` (CONTRACTS.md format) of the given rows.
 
     Args:
@@ -326,7 +393,8 @@ def make_batch(dataset: FederatedDataset, rows: Sequence[int], *, tokenize: Toke
     labels = _labels(dataset, rows, tokenize)
     max_samples, max_label_len = buckets.fit(
         int(max((dataset.num_samples[r] for r in rows), default=0)),
-        max((len(v) for v in labels.values()), default=0))
+        max((len(v) for v in labels.values()), default=0),
+    )
     audios = dataset.audios(rows)
     batch = _empty_batch((batch_size,), max_samples, max_label_len)
     for b, row in enumerate(rows):
@@ -334,18 +402,25 @@ def make_batch(dataset: FederatedDataset, rows: Sequence[int], *, tokenize: Toke
     return batch
 
 
-def iterate_batches(dataset: FederatedDataset, *, batch_size: int, tokenize: Tokenize,
-                    buckets: LengthBuckets) -> Iterator[Batch]:
+def iterate_batches(
+    dataset: FederatedDataset, *, batch_size: int, tokenize: Tokenize, buckets: LengthBuckets
+) -> Iterator[Batch]:
     """Evaluation batches over every utterance once, sorted by length (least padding); the
     last one padded, never dropped."""
     order = np.argsort(dataset.num_samples, kind="stable")
     for start in range(0, len(order), batch_size):
-        yield make_batch(dataset, order[start:start + batch_size].tolist(), tokenize=tokenize,
-                         buckets=buckets, batch_size=batch_size)
+        yield make_batch(
+            dataset,
+            order[start : start + batch_size].tolist(),
+            tokenize=tokenize,
+            buckets=buckets,
+            batch_size=batch_size,
+        )
 
 
-def epoch_batches(num_samples: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  sort_window: int) -> list[np.ndarray]:
+def epoch_batches(
+    num_samples: np.ndarray, batch_size: int, seed: int, epoch: int, sort_window: int
+) -> list[np.ndarray]:
     """Rows of every training batch of one epoch, a pure function of ``(seed, epoch)``.
 
     Shuffles, sorts by length inside windows of ``sort_window`` batches (less padding), then
@@ -366,9 +441,9 @@ def epoch_batches(num_samples: np.ndarray, batch_size: int, seed: int, epoch: in
     order = rng.permutation(len(num_samples))
     window = batch_size * max(sort_window, 1)
     for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        order[start:start + window] = chunk[np.argsort(num_samples[chunk], kind="stable")]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        chunk = order[start : start + window]
+        order[start : start + window] = chunk[np.argsort(num_samples[chunk], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -379,14 +454,17 @@ def _user_seed(user: str) -> int:
     return int.from_bytes(hashlib.blake2b(user.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _one_pass(rows: np.ndarray, num_samples: np.ndarray, batch_size: int,
-              max_batch_samples: int | None) -> list[list[int]]:
+def _one_pass(
+    rows: np.ndarray, num_samples: np.ndarray, batch_size: int, max_batch_samples: int | None
+) -> list[list[int]]:
     batches: list[list[int]] = [[]]
     samples = 0
     for row in rows.tolist():
         full = len(batches[-1]) == batch_size or (
-            max_batch_samples is not None and batches[-1]
-            and samples + num_samples[row] > max_batch_samples)
+            max_batch_samples is not None
+            and batches[-1]
+            and samples + num_samples[row] > max_batch_samples
+        )
         if full:
             batches.append([])
             samples = 0
@@ -395,9 +473,17 @@ def _one_pass(rows: np.ndarray, num_samples: np.ndarray, batch_size: int,
     return batches
 
 
-def client_steps(dataset: FederatedDataset, user: str, *, local_steps: int, batch_size: int,
-                 seed: int, round_index: int, max_batch_seconds: float | None = None,
-                 max_local_epochs: int | None = None) -> list[list[int]]:
+def client_steps(
+    dataset: FederatedDataset,
+    user: str,
+    *,
+    local_steps: int,
+    batch_size: int,
+    seed: int,
+    round_index: int,
+    max_batch_seconds: float | None = None,
+    max_local_epochs: int | None = None,
+) -> list[list[int]]:
     """Rows of each local step of ``user`` in round ``round_index`` (see the module docstring).
 
     Returns at most ``local_steps`` non-empty lists; fewer only when ``max_local_epochs`` stops
@@ -409,25 +495,38 @@ def client_steps(dataset: FederatedDataset, user: str, *, local_steps: int, batc
     steps: list[list[int]] = []
     epoch = 0
     while len(steps) < local_steps and (max_local_epochs is None or epoch < max_local_epochs):
-        steps.extend(_one_pass(rng.permutation(rows), dataset.num_samples, batch_size,
-                               max_batch_samples))
+        steps.extend(
+            _one_pass(rng.permutation(rows), dataset.num_samples, batch_size, max_batch_samples)
+        )
         epoch += 1
     return steps[:local_steps]
 
 
 def _plan_size(dataset: FederatedDataset, plan: list[list[int]]) -> tuple[int, int, int]:
     """(local steps, rows of the fullest batch, samples of the longest utterance) of a plan."""
-    return (len(plan), max(map(len, plan), default=0),
-            int(max((dataset.num_samples[r] for step in plan for r in step), default=0)))
+    return (
+        len(plan),
+        max(map(len, plan), default=0),
+        int(max((dataset.num_samples[r] for step in plan for r in step), default=0)),
+    )
 
 
-def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, tokenize: Tokenize,
-                local_steps: int, batch_size: int, buckets: LengthBuckets, seed: int,
-                round_index: int, num_clients: int | None = None,
-                max_batch_seconds: float | None = None,
-                max_local_epochs: int | None = None,
-                keep: Sequence[int] | None = None,
-                largest_first: bool = False) -> dict[str, Any]:
+def pack_cohort(
+    dataset: FederatedDataset,
+    users: Sequence[str | None],
+    *,
+    tokenize: Tokenize,
+    local_steps: int,
+    batch_size: int,
+    buckets: LengthBuckets,
+    seed: int,
+    round_index: int,
+    num_clients: int | None = None,
+    max_batch_seconds: float | None = None,
+    max_local_epochs: int | None = None,
+    keep: Sequence[int] | None = None,
+    largest_first: bool = False,
+) -> dict[str, Any]:
     """Packs a cohort into the fixed-shape client block of ``docs/CONTRACTS.md``.
 
     Args:
@@ -467,13 +566,23 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
         raise CohortPackingError(f"{len(users)} users do not fit num_clients={num_clients}")
     if local_steps < 1 or batch_size < 1:
         raise ValueError(f"local_steps={local_steps} and batch_size={batch_size} must be >= 1")
-    plans = [[] if user is None else client_steps(
-        dataset, user, local_steps=local_steps, batch_size=batch_size, seed=seed,
-        round_index=round_index, max_batch_seconds=max_batch_seconds,
-        max_local_epochs=max_local_epochs) for user in users]
+    plans = [
+        []
+        if user is None
+        else client_steps(
+            dataset,
+            user,
+            local_steps=local_steps,
+            batch_size=batch_size,
+            seed=seed,
+            round_index=round_index,
+            max_batch_seconds=max_batch_seconds,
+            max_local_epochs=max_local_epochs,
+        )
+        for user in users
+    ]
     if largest_first:
-        order = sorted(range(len(users)), key=lambda i: _plan_size(dataset, plans[i]),
-                       reverse=True)
+        order = sorted(range(len(users)), key=lambda i: _plan_size(dataset, plans[i]), reverse=True)
         users, plans = [users[i] for i in order], [plans[i] for i in order]
     users = list(users) + [None] * (num_clients - len(users))
     plans = list(plans) + [[]] * (num_clients - len(plans))
@@ -481,7 +590,8 @@ def pack_cohort(dataset: FederatedDataset, users: Sequence[str | None], *, token
     labels = _labels(dataset, used, tokenize)
     max_samples, max_label_len = buckets.fit(
         int(max((dataset.num_samples[r] for r in used), default=0)),
-        max((len(v) for v in labels.values()), default=0))
+        max((len(v) for v in labels.values()), default=0),
+    )
     slots = range(num_clients) if keep is None else [int(c) for c in keep]
     if any(not 0 <= c < num_clients for c in slots):
         raise CohortPackingError(f"keep={list(slots)} names slots outside [0, {num_clients})")

@@ -32,13 +32,24 @@ import numpy as np
 import soundfile
 
 from fl_dp_asr.audio import io as audio_io
-from fl_dp_asr.data.errors import (CorruptAudioError, LayoutError, MissingTranscriptError,
-                                   SchemaError)
+from fl_dp_asr.data.errors import (
+    CorruptAudioError,
+    LayoutError,
+    MissingTranscriptError,
+    SchemaError,
+)
 
 SAMPLE_RATE = 16_000
 
-LIBRISPEECH_SUBSETS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean",
-                       "dev-other", "test-clean", "test-other")
+LIBRISPEECH_SUBSETS = (
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
+)
 LIBRISPEECH_LAYOUT = """\
   <manual_dir>/LibriSpeech/SPEAKERS.TXT            (optional)
   <manual_dir>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
@@ -47,9 +58,21 @@ LIBRISPEECH_LAYOUT = """\
 
 COMMON_VOICE_SPLITS = ("train", "dev", "test")
 #: Header of the Common Voice tsv files since v15 (v13/v14 lack sentence_id, sentence_domain).
-COMMON_VOICE_COLUMNS = ("client_id", "path", "sentence_id", "sentence", "sentence_domain",
-                        "up_votes", "down_votes", "age", "gender", "accents", "variant",
-                        "locale", "segment")
+COMMON_VOICE_COLUMNS = (
+    "client_id",
+    "path",
+    "sentence_id",
+    "sentence",
+    "sentence_domain",
+    "up_votes",
+    "down_votes",
+    "age",
+    "gender",
+    "accents",
+    "variant",
+    "locale",
+    "segment",
+)
 COMMON_VOICE_REQUIRED_COLUMNS = ("client_id", "path", "sentence")
 COMMON_VOICE_LAYOUT = """\
   <manual_dir>/<cv-corpus-VERSION>/<lang>/{train,dev,test}.tsv  (client_id, path, sentence, ...)
@@ -59,9 +82,16 @@ COMMON_VOICE_LAYOUT = """\
 #: The gender vocabulary of both corpora ("" = not given).
 GENDERS = ("female", "male", "other", "")
 _GENDER_OF = {
-    "f": "female", "female": "female", "female_feminine": "female",   # LibriSpeech F, CV <= v16
-    "m": "male", "male": "male", "male_masculine": "male",            # and CV >= v17
-    "other": "other", "intersex": "other", "transgender": "other", "non-binary": "other",
+    "f": "female",
+    "female": "female",
+    "female_feminine": "female",  # LibriSpeech F, CV <= v16
+    "m": "male",
+    "male": "male",
+    "male_masculine": "male",  # and CV >= v17
+    "other": "other",
+    "intersex": "other",
+    "transgender": "other",
+    "non-binary": "other",
 }
 
 
@@ -79,6 +109,7 @@ class UtteranceRecord:
         line: 1-based line of the transcript in ``index_path``.
         gender: one of :data:`GENDERS` (normalized with :func:`normalize_gender`).
     """
+
     utterance_id: str
     user_id: str
     audio_path: pathlib.Path
@@ -104,6 +135,7 @@ def normalize_gender(raw: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class SpeakerInfo:
     """One row of LibriSpeech's SPEAKERS.TXT."""
+
     speaker_id: str
     sex: str
     subset: str
@@ -115,14 +147,17 @@ class SpeakerInfo:
 # LibriSpeech
 # ---------------------------------------------------------------------------------------------
 
+
 def find_librispeech_dir(root: str | pathlib.Path, subset: str) -> pathlib.Path:
     """Returns ``<root>/LibriSpeech/<subset>`` (or ``<root>/<subset>``); LayoutError if absent."""
     root = pathlib.Path(root)
     for candidate in (root / "LibriSpeech" / subset, root / subset):
         if candidate.is_dir():
             return candidate
-    raise LayoutError(f"LibriSpeech subset {subset!r} not found under {str(root)!r}. "
-                      f"Expected layout:\n{LIBRISPEECH_LAYOUT}")
+    raise LayoutError(
+        f"LibriSpeech subset {subset!r} not found under {str(root)!r}. "
+        f"Expected layout:\n{LIBRISPEECH_LAYOUT}"
+    )
 
 
 def read_librispeech_speakers(path: str | pathlib.Path) -> dict[str, SpeakerInfo]:
@@ -134,14 +169,16 @@ def read_librispeech_speakers(path: str | pathlib.Path) -> dict[str, SpeakerInfo
             continue
         fields = [f.strip() for f in line.split("|", 4)]
         if len(fields) != 5:
-            raise SchemaError(f"{path}:{line_number}: expected 'ID | SEX | SUBSET | MINUTES | "
-                              f"NAME', got {line!r}")
+            raise SchemaError(
+                f"{path}:{line_number}: expected 'ID | SEX | SUBSET | MINUTES | NAME', got {line!r}"
+            )
         speaker_id, sex, subset, minutes, name = fields
         try:
             speakers[speaker_id] = SpeakerInfo(speaker_id, sex, subset, float(minutes), name)
         except ValueError:
-            raise SchemaError(f"{path}:{line_number}: MINUTES {minutes!r} is not a number"
-                              ) from None
+            raise SchemaError(
+                f"{path}:{line_number}: MINUTES {minutes!r} is not a number"
+            ) from None
     return speakers
 
 
@@ -151,7 +188,8 @@ def librispeech_index_files(subset_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def librispeech_chapters_without_transcript(
-        subset_dir: pathlib.Path) -> list[MissingTranscriptError]:
+    subset_dir: pathlib.Path,
+) -> list[MissingTranscriptError]:
     """An error for each ``<speaker>/<chapter>`` directory of a subset that holds files but not
     its ``<speaker>-<chapter>.trans.txt`` (its utterances would otherwise silently be lost)."""
     errors = []
@@ -159,11 +197,18 @@ def librispeech_chapters_without_transcript(
         transcript = chapter_dir / f"{chapter_dir.parent.name}-{chapter_dir.name}.trans.txt"
         files = sorted(p.name for p in chapter_dir.iterdir() if p.is_file())
         if files and not transcript.is_file():
-            errors.append(MissingTranscriptError(chapter_dir, len(files), (
-                f"{chapter_dir} holds {len(files)} file(s) ({_some(files)}) but no "
-                f"{transcript.name}, so none of its utterances can be read. Restore the "
-                "transcript file or delete the directory. Expected layout:\n"
-                f"{LIBRISPEECH_LAYOUT}")))
+            errors.append(
+                MissingTranscriptError(
+                    chapter_dir,
+                    len(files),
+                    (
+                        f"{chapter_dir} holds {len(files)} file(s) ({_some(files)}) but no "
+                        f"{transcript.name}, so none of its utterances can be read. Restore the "
+                        "transcript file or delete the directory. Expected layout:\n"
+                        f"{LIBRISPEECH_LAYOUT}"
+                    ),
+                )
+            )
     return errors
 
 
@@ -176,8 +221,10 @@ def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[Utteranc
     subset_dir = find_librispeech_dir(root, subset)
     index_files = librispeech_index_files(subset_dir)
     if not index_files:
-        raise LayoutError(f"{subset_dir} holds no <speaker>/<chapter>/*.trans.txt file. "
-                          f"Expected layout:\n{LIBRISPEECH_LAYOUT}")
+        raise LayoutError(
+            f"{subset_dir} holds no <speaker>/<chapter>/*.trans.txt file. "
+            f"Expected layout:\n{LIBRISPEECH_LAYOUT}"
+        )
     speakers_txt = subset_dir.parent / "SPEAKERS.TXT"
     speakers = read_librispeech_speakers(speakers_txt) if speakers_txt.is_file() else {}
     for index_path in index_files:
@@ -188,15 +235,21 @@ def iter_librispeech(root: str | pathlib.Path, subset: str) -> Iterator[Utteranc
             if not line.strip():
                 continue
             utterance_id, _, text = line.strip().partition(" ")
-            yield UtteranceRecord(utterance_id=utterance_id, user_id=speaker_id,
-                                  audio_path=index_path.parent / f"{utterance_id}.flac",
-                                  raw_transcript=text.strip(), index_path=index_path,
-                                  line=line_number, gender=gender)
+            yield UtteranceRecord(
+                utterance_id=utterance_id,
+                user_id=speaker_id,
+                audio_path=index_path.parent / f"{utterance_id}.flac",
+                raw_transcript=text.strip(),
+                index_path=index_path,
+                line=line_number,
+                gender=gender,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Common Voice
 # ---------------------------------------------------------------------------------------------
+
 
 def find_common_voice_dir(root: str | pathlib.Path, language: str) -> pathlib.Path:
     """Returns the ``<lang>`` directory: ``<root>/<lang>`` or ``<root>/cv-corpus*/<lang>``."""
@@ -205,8 +258,10 @@ def find_common_voice_dir(root: str | pathlib.Path, language: str) -> pathlib.Pa
     for candidate in candidates:
         if (candidate / "clips").is_dir():
             return candidate
-    raise LayoutError(f"Common Voice language {language!r} not found under {str(root)!r} "
-                      f"(no {language}/clips directory). Expected layout:\n{COMMON_VOICE_LAYOUT}")
+    raise LayoutError(
+        f"Common Voice language {language!r} not found under {str(root)!r} "
+        f"(no {language}/clips directory). Expected layout:\n{COMMON_VOICE_LAYOUT}"
+    )
 
 
 def _tsv_path(language_dir: pathlib.Path, split: str) -> pathlib.Path:
@@ -216,14 +271,16 @@ def _tsv_path(language_dir: pathlib.Path, split: str) -> pathlib.Path:
     return path
 
 
-def common_voice_index_files(language_dir: pathlib.Path,
-                             splits: tuple[str, ...] = COMMON_VOICE_SPLITS) -> list[pathlib.Path]:
+def common_voice_index_files(
+    language_dir: pathlib.Path, splits: tuple[str, ...] = COMMON_VOICE_SPLITS
+) -> list[pathlib.Path]:
     """The ``<split>.tsv`` files of a language directory; LayoutError if one is missing."""
     return [_tsv_path(language_dir, split) for split in splits]
 
 
-def iter_common_voice(root: str | pathlib.Path, language: str,
-                      split: str) -> Iterator[UtteranceRecord]:
+def iter_common_voice(
+    root: str | pathlib.Path, language: str, split: str
+) -> Iterator[UtteranceRecord]:
     """Lists the utterances of ``<lang>/<split>.tsv`` in file order.
 
     The tsv files are tab separated without quoting (a sentence may contain ``"``).
@@ -240,10 +297,12 @@ def iter_common_voice(root: str | pathlib.Path, language: str,
         header = next(reader, [])
         missing = [c for c in COMMON_VOICE_REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise SchemaError(f"{tsv_path}:1: header lacks column(s) {missing}; found {header}. "
-                              f"A Common Voice tsv starts with the header "
-                              f"{chr(9).join(COMMON_VOICE_COLUMNS)!r} (at least "
-                              f"{', '.join(COMMON_VOICE_REQUIRED_COLUMNS)}).")
+            raise SchemaError(
+                f"{tsv_path}:1: header lacks column(s) {missing}; found {header}. "
+                f"A Common Voice tsv starts with the header "
+                f"{chr(9).join(COMMON_VOICE_COLUMNS)!r} (at least "
+                f"{', '.join(COMMON_VOICE_REQUIRED_COLUMNS)})."
+            )
         column = {name: i for i, name in enumerate(header)}
         for line_number, row in enumerate(reader, 2):
             if not row:
@@ -252,16 +311,20 @@ def iter_common_voice(root: str | pathlib.Path, language: str,
                 row = row + [""] * (len(header) - len(row))
             clip = row[column["path"]]
             yield UtteranceRecord(
-                utterance_id=pathlib.PurePath(clip).stem, user_id=row[column["client_id"]],
+                utterance_id=pathlib.PurePath(clip).stem,
+                user_id=row[column["client_id"]],
                 audio_path=language_dir / "clips" / clip,
-                raw_transcript=row[column["sentence"]].strip(), index_path=tsv_path,
+                raw_transcript=row[column["sentence"]].strip(),
+                index_path=tsv_path,
                 line=line_number,
-                gender=normalize_gender(row[column["gender"]] if "gender" in column else ""))
+                gender=normalize_gender(row[column["gender"]] if "gender" in column else ""),
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared
 # ---------------------------------------------------------------------------------------------
+
 
 def fingerprint_files(paths: list[pathlib.Path]) -> str:
     """sha256 over the names and contents of index files: changes when the corpus changes."""
@@ -273,8 +336,7 @@ def fingerprint_files(paths: list[pathlib.Path]) -> str:
 
 
 def _some(names: list[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
-                                       else "")
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _check_other_format(path: pathlib.Path) -> None:
@@ -283,13 +345,18 @@ def _check_other_format(path: pathlib.Path) -> None:
     if path.exists():
         return
     extensions = {f".{f.lower()}" for f in soundfile.available_formats()}
-    others = sorted(path.with_suffix(e).name for e in extensions
-                    if e != path.suffix and path.with_suffix(e).is_file())
+    others = sorted(
+        path.with_suffix(e).name
+        for e in extensions
+        if e != path.suffix and path.with_suffix(e).is_file()
+    )
     if others:
-        raise LayoutError(f"{path} is missing, but {', '.join(others)} is there: the corpus "
-                          f"index names {path.suffix} files. Convert the audio to "
-                          f"{path.suffix} (e.g. sox {others[0]} {path.name}), or list the "
-                          "files as they are in the index.")
+        raise LayoutError(
+            f"{path} is missing, but {', '.join(others)} is there: the corpus "
+            f"index names {path.suffix} files. Convert the audio to "
+            f"{path.suffix} (e.g. sox {others[0]} {path.name}), or list the "
+            "files as they are in the index."
+        )
 
 
 def read_audio_16k(path: str | pathlib.Path) -> np.ndarray:

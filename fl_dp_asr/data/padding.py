@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from fl_dp_asr.data.layouts import SAMPLE_RATE
 
 Batch = Mapping[str, Any]
-AUDIO_QUANTUM = SAMPLE_RATE // 10   # cut audio lengths are multiples of 0.1 s
+AUDIO_QUANTUM = SAMPLE_RATE // 10  # cut audio lengths are multiples of 0.1 s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,21 +49,26 @@ class PaddingBuckets:
     The grid has at most ``row_levels × length_levels`` cells; each is one compiled copy of
     the local step (compile time grows with it, run time does not).
     """
+
     row_levels: int = 3
     length_levels: int = 2
 
     def __post_init__(self):
         if self.row_levels < 1 or self.length_levels < 1:
-            raise ValueError(f"PaddingBuckets(row_levels={self.row_levels}, length_levels="
-                             f"{self.length_levels}): both must be >= 1")
+            raise ValueError(
+                f"PaddingBuckets(row_levels={self.row_levels}, length_levels="
+                f"{self.length_levels}): both must be >= 1"
+            )
 
     def sizes(self, batch: Batch) -> tuple[list[int], list[int]]:
         """Static sizes of a batch's cuts, increasing and distinct: rows and audio samples;
         the last ones are the batch's own."""
         rows, samples = batch["audio"].shape
-        row_sizes = {-(-rows // 2 ** k) for k in range(self.row_levels)}
-        sample_sizes = {min(samples, -(-samples // 2 ** k // AUDIO_QUANTUM) * AUDIO_QUANTUM)
-                        for k in range(self.length_levels)}
+        row_sizes = {-(-rows // 2**k) for k in range(self.row_levels)}
+        sample_sizes = {
+            min(samples, -(-samples // 2**k // AUDIO_QUANTUM) * AUDIO_QUANTUM)
+            for k in range(self.length_levels)
+        }
         return sorted(row_sizes), sorted(sample_sizes)
 
     def grid(self, batch: Batch) -> tuple[int, int]:
@@ -77,12 +82,13 @@ class PaddingBuckets:
         real = batch["mask"] > 0
         rows = jnp.max(jnp.where(real, jnp.arange(1, real.shape[0] + 1), 0))
         samples = jnp.max(jnp.where(real, batch["audio_lengths"], 0))
-        return jnp.stack([jnp.sum(jnp.asarray(row_sizes) < rows),
-                          jnp.sum(jnp.asarray(sample_sizes) < samples)]).astype(jnp.int32)
+        return jnp.stack(
+            [jnp.sum(jnp.asarray(row_sizes) < rows), jnp.sum(jnp.asarray(sample_sizes) < samples)]
+        ).astype(jnp.int32)
 
     def cut(self, batch: Batch, levels: Sequence[int]) -> dict[str, Any]:
         """The batch's first rows and audio samples of the cell ``levels``."""
         row_sizes, sample_sizes = self.sizes(batch)
-        cut = {name: value[:row_sizes[levels[0]]] for name, value in batch.items()}
-        cut["audio"] = cut["audio"][:, :sample_sizes[levels[1]]]
+        cut = {name: value[: row_sizes[levels[0]]] for name, value in batch.items()}
+        cut["audio"] = cut["audio"][:, : sample_sizes[levels[1]]]
         return cut

@@ -42,8 +42,9 @@ class Prefetcher(Generic[T]):
         self._queue: queue.Queue = queue.Queue(maxsize=buffer_size)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._produce, args=(iter(iterable),),
-                                        name="fl_dp_asr-prefetch", daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce, args=(iter(iterable),), name="fl_dp_asr-prefetch", daemon=True
+        )
         self._thread.start()
 
     def _offer(self, item) -> bool:

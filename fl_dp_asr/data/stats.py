@@ -33,8 +33,11 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
     lower = 1
     histogram: list[tuple[str, int]] = []
     for upper in _BIN_EDGES + (np.inf,):
-        label = f"{lower}" if upper == lower else (f"{lower}+" if upper == np.inf
-                                                   else f"{lower}-{int(upper)}")
+        label = (
+            f"{lower}"
+            if upper == lower
+            else (f"{lower}+" if upper == np.inf else f"{lower}-{int(upper)}")
+        )
         users = int(((counts >= lower) & (counts <= upper)).sum())
         if users or histogram:  # no leading empty bins
             histogram.append((label, users))
@@ -45,14 +48,19 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
         "users": dataset.num_users,
         "utterances": len(dataset),
         "hours": dataset.hours,
-        "users_by_gender": {gender or "unknown": n for gender, n in sorted(
-            collections.Counter(dataset.user_genders()).items())},
-        "utterances_per_user": {q: float(np.percentile(counts, p)) if counts.size else 0.0
-                                for q, p in (("min", 0), ("median", 50), ("p90", 90),
-                                             ("max", 100))},
+        "users_by_gender": {
+            gender or "unknown": n
+            for gender, n in sorted(collections.Counter(dataset.user_genders()).items())
+        },
+        "utterances_per_user": {
+            q: float(np.percentile(counts, p)) if counts.size else 0.0
+            for q, p in (("min", 0), ("median", 50), ("p90", 90), ("max", 100))
+        },
         "mean_utterances_per_user": float(counts.mean()) if counts.size else 0.0,
-        "seconds_per_utterance": {q: float(np.percentile(seconds, p)) if seconds.size else 0.0
-                                  for q, p in (("min", 0), ("median", 50), ("max", 100))},
+        "seconds_per_utterance": {
+            q: float(np.percentile(seconds, p)) if seconds.size else 0.0
+            for q, p in (("min", 0), ("median", 50), ("max", 100))
+        },
         "histogram": histogram,
     }
 
@@ -60,16 +68,18 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
 def format_summary(title: str, summary: dict[str, Any]) -> str:
     per_user = summary["utterances_per_user"]
     seconds = summary["seconds_per_utterance"]
-    lines = [f"{title}: {summary['users']} users, {summary['utterances']} utterances, "
-             f"{summary['hours']:.3f} h",
-             f"  utterances/user: min {per_user['min']:.0f}, median {per_user['median']:.0f}, "
-             f"p90 {per_user['p90']:.0f}, max {per_user['max']:.0f}, "
-             f"mean {summary['mean_utterances_per_user']:.2f}",
-             f"  seconds/utterance: min {seconds['min']:.2f}, median {seconds['median']:.2f}, "
-             f"max {seconds['max']:.2f}",
-             "  users by gender: " + ", ".join(f"{gender} {n}" for gender, n
-                                               in summary["users_by_gender"].items()),
-             "  users by utterance count:"]
+    lines = [
+        f"{title}: {summary['users']} users, {summary['utterances']} utterances, "
+        f"{summary['hours']:.3f} h",
+        f"  utterances/user: min {per_user['min']:.0f}, median {per_user['median']:.0f}, "
+        f"p90 {per_user['p90']:.0f}, max {per_user['max']:.0f}, "
+        f"mean {summary['mean_utterances_per_user']:.2f}",
+        f"  seconds/utterance: min {seconds['min']:.2f}, median {seconds['median']:.2f}, "
+        f"max {seconds['max']:.2f}",
+        "  users by gender: "
+        + ", ".join(f"{gender} {n}" for gender, n in summary["users_by_gender"].items()),
+        "  users by utterance count:",
+    ]
     width = max((len(label) for label, _ in summary["histogram"]), default=1)
     top = max((n for _, n in summary["histogram"]), default=1) or 1
     for label, n in summary["histogram"]:
@@ -80,6 +90,7 @@ def format_summary(title: str, summary: dict[str, Any]) -> str:
 def plot(title: str, dataset: FederatedDataset, path: str | pathlib.Path) -> None:
     """Writes a PNG: users per utterance count (log axes) and utterance durations."""
     import matplotlib  # pylint: disable=import-outside-toplevel
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -94,8 +105,9 @@ def plot(title: str, dataset: FederatedDataset, path: str | pathlib.Path) -> Non
     right.hist(dataset.durations(), bins=40)
     right.set_xlabel("utterance duration (s)")
     right.set_ylabel("utterances")
-    figure.suptitle(f"{title}: {dataset.num_users} users, {len(dataset)} utterances, "
-                    f"{dataset.hours:.2f} h")
+    figure.suptitle(
+        f"{title}: {dataset.num_users} users, {len(dataset)} utterances, {dataset.hours:.2f} h"
+    )
     figure.tight_layout()
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -105,22 +117,31 @@ def plot(title: str, dataset: FederatedDataset, path: str | pathlib.Path) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 ok, 2 bad flags or a data error,
     like the trainers)."""
-    parser = argparse.ArgumentParser(prog="python -m fl_dp_asr.data.stats",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_dp_asr.data.stats", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--config", required=True, help="LibriSpeech subset or CV language")
     parser.add_argument("--split", default=None, help="default: the config's only split")
     parser.add_argument("--manual-dir", default=None, help="corpus directory (to build)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--plot", default=None, help="PNG file to write")
-    parser.add_argument("--skip-bad-files", action="store_true",
-                        help="when building: skip (and count) corrupt audio files and bad "
-                             "transcripts instead of failing on the first one")
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="when building: skip (and count) corrupt audio files and bad "
+        "transcripts instead of failing on the first one",
+    )
     args = parser.parse_args(argv)
     try:
-        dataset = load_federated(args.dataset, args.config, args.split,
-                                 manual_dir=args.manual_dir, data_dir=args.data_dir,
-                                 skip_bad_files=args.skip_bad_files)
+        dataset = load_federated(
+            args.dataset,
+            args.config,
+            args.split,
+            manual_dir=args.manual_dir,
+            data_dir=args.data_dir,
+            skip_bad_files=args.skip_bad_files,
+        )
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -63,44 +63,65 @@ _OUTPUTS = ("LibriSpeech", "cv-corpus")
 # ---------------------------------------------------------------------------------------------
 # Vocabulary and sentence generator (numbers are written as words: espeak reads what is written)
 # ---------------------------------------------------------------------------------------------
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 WORDS: dict[str, tuple[str, ...]] = {
-    "name": tuple("anna ben carla david emma frank grace henry irene jack karen leo maria "
-                  "nick olivia peter rosa sam tina victor walter zoe alice brian chloe "
-                  "daniel ella felix hannah isaac julia kevin laura martin nora owen paula "
-                  "ruth simon tom una".split()),
-    "surname": tuple("smith brown miller clark lewis young hall allen king wright scott "
-                     "green baker adams nelson hill carter turner parker evans collins "
-                     "stewart morris cooper ward".split()),
-    "noun": tuple("apple table chair window door book pencil garden kitchen bottle basket "
-                  "candle blanket button carpet bucket ladder mirror pillow rocket wagon "
-                  "helmet ticket wallet bridge river forest island market station "
-                  "letter picture camera engine bicycle teacher doctor farmer sister "
-                  "brother neighbor".split()),
-    "place": tuple("park library school office harbor museum airport village city "
-                   "bakery hospital theater stadium beach mountain valley".split()),
-    "color": tuple("red blue green yellow black white orange purple brown gray pink "
-                   "golden silver".split()),
-    "adj": tuple("big small warm cold quiet loud happy tired early late bright dark "
-                 "clean heavy light quick slow busy empty full new old".split()),
-    "verb": tuple("found painted carried opened cleaned fixed watched visited wanted "
-                  "needed moved closed counted washed checked".split()),
-    "food": tuple("bread soup cheese pasta salad rice coffee tea cake pie honey butter "
-                  "lemon orange potato tomato".split()),
+    "name": tuple(
+        "anna ben carla david emma frank grace henry irene jack karen leo maria "
+        "nick olivia peter rosa sam tina victor walter zoe alice brian chloe "
+        "daniel ella felix hannah isaac julia kevin laura martin nora owen paula "
+        "ruth simon tom una".split()
+    ),
+    "surname": tuple(
+        "smith brown miller clark lewis young hall allen king wright scott "
+        "green baker adams nelson hill carter turner parker evans collins "
+        "stewart morris cooper ward".split()
+    ),
+    "noun": tuple(
+        "apple table chair window door book pencil garden kitchen bottle basket "
+        "candle blanket button carpet bucket ladder mirror pillow rocket wagon "
+        "helmet ticket wallet bridge river forest island market station "
+        "letter picture camera engine bicycle teacher doctor farmer sister "
+        "brother neighbor".split()
+    ),
+    "place": tuple(
+        "park library school office harbor museum airport village city "
+        "bakery hospital theater stadium beach mountain valley".split()
+    ),
+    "color": tuple(
+        "red blue green yellow black white orange purple brown gray pink golden silver".split()
+    ),
+    "adj": tuple(
+        "big small warm cold quiet loud happy tired early late bright dark "
+        "clean heavy light quick slow busy empty full new old".split()
+    ),
+    "verb": tuple(
+        "found painted carried opened cleaned fixed watched visited wanted "
+        "needed moved closed counted washed checked".split()
+    ),
+    "food": tuple(
+        "bread soup cheese pasta salad rice coffee tea cake pie honey butter "
+        "lemon orange potato tomato".split()
+    ),
     "weather": tuple("windy sunny rainy cloudy foggy stormy".split()),
     "day": tuple("monday tuesday wednesday thursday friday saturday sunday".split()),
-    "month": tuple("january february march april may june july august september october "
-                   "november december".split()),
+    "month": tuple(
+        "january february march april may june july august september october "
+        "november december".split()
+    ),
     "direction": ("left", "right"),
 }
 #: Words that occur only in dev/test sentences (to measure generalization to unseen words).
 HELD_OUT_WORDS: dict[str, tuple[str, ...]] = {
     "name": tuple("oscar quentin ursula yvonne xavier beatrice gregory marjorie".split()),
-    "noun": tuple("umbrella violin pyramid jacket kettle lantern saxophone volcano "
-                  "compass trumpet harvest meadow".split()),
+    "noun": tuple(
+        "umbrella violin pyramid jacket kettle lantern saxophone volcano "
+        "compass trumpet harvest meadow".split()
+    ),
 }
 TEMPLATES = (
     "{name} bought {number} {color} {noun}s on {day}",
@@ -118,8 +139,10 @@ TEMPLATES = (
     "on {month} {ordinal} {name} {verb} a {noun}",
     "{name} and {name} like {food} with {food}",
 )
-_ORDINALS = ("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
-             "thirteenth fourteenth fifteenth twentieth").split()
+_ORDINALS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth twentieth"
+).split()
 
 
 def number_words(n: int) -> str:
@@ -154,8 +177,10 @@ def make_sentence(rng: np.random.Generator, held_out: bool = False) -> str:
     when ``held_out``); a quarter of them are random word sequences, not templates."""
     if rng.random() < 0.25:
         categories = [c for c in WORDS if c not in ("direction",)]
-        words = [str(rng.choice(WORDS[str(rng.choice(categories))]))
-                 for _ in range(int(rng.integers(4, 9)))]
+        words = [
+            str(rng.choice(WORDS[str(rng.choice(categories))]))
+            for _ in range(int(rng.integers(4, 9)))
+        ]
         if held_out:
             category = str(rng.choice(sorted(HELD_OUT_WORDS)))
             words[int(rng.integers(len(words)))] = str(rng.choice(HELD_OUT_WORDS[category]))
@@ -166,8 +191,9 @@ def make_sentence(rng: np.random.Generator, held_out: bool = False) -> str:
     held_out_slot = int(rng.choice(replaceable)) if held_out and replaceable else -1
     if held_out and not replaceable:
         return make_sentence(rng, held_out=True)
-    values = [_fill(s, rng, HELD_OUT_WORDS if i == held_out_slot else WORDS)
-              for i, s in enumerate(slots)]
+    values = [
+        _fill(s, rng, HELD_OUT_WORDS if i == held_out_slot else WORDS) for i, s in enumerate(slots)
+    ]
     return _substitute(template, values)
 
 
@@ -181,8 +207,9 @@ def _substitute(template: str, values: list[str]) -> str:
 
 def _common_voice_sentence(words: str, rng: np.random.Generator) -> str:
     """Written form, as in Common Voice: capitalized names and first word, punctuation."""
-    names = set(WORDS["name"] + WORDS["surname"] + WORDS["day"] + WORDS["month"]
-                + HELD_OUT_WORDS["name"])
+    names = set(
+        WORDS["name"] + WORDS["surname"] + WORDS["day"] + WORDS["month"] + HELD_OUT_WORDS["name"]
+    )
     tokens = [w.capitalize() if w in names else w for w in words.split()]
     tokens[0] = tokens[0][0].upper() + tokens[0][1:]
     if len(tokens) > 5 and rng.random() < 0.3:
@@ -196,6 +223,7 @@ def _common_voice_sentence(words: str, rng: np.random.Generator) -> str:
 @dataclasses.dataclass(frozen=True)
 class SplitSpec:
     """One split: name, number of speakers and of utterances (>= speakers)."""
+
     name: str
     speakers: int
     utterances: int
@@ -204,28 +232,48 @@ class SplitSpec:
 @dataclasses.dataclass(frozen=True)
 class DomainSpec:
     """The voice distribution of one corpus part (what makes the two parts differ)."""
+
     accents: tuple[str, ...]
     variants: tuple[str, ...]
-    speed: tuple[int, int]          # words per minute
-    pitch: tuple[int, int]          # espeak 0-99
-    amplitude: tuple[int, int]      # espeak 0-200
-    word_gap: tuple[int, int]       # units of 10 ms
-    snr_db: tuple[float, float]     # additive white noise
-    lowpass_probability: float      # band-limited "microphone"
+    speed: tuple[int, int]  # words per minute
+    pitch: tuple[int, int]  # espeak 0-99
+    amplitude: tuple[int, int]  # espeak 0-200
+    word_gap: tuple[int, int]  # units of 10 ms
+    snr_db: tuple[float, float]  # additive white noise
+    lowpass_probability: float  # band-limited "microphone"
     lowpass_hz: tuple[float, float]
 
 
 LIBRISPEECH_DOMAIN = DomainSpec(
     accents=("en-us", "en-gb", "en-gb-x-rp"),
     variants=("m1", "m2", "m3", "m4", "f1", "f2", "f3"),
-    speed=(145, 175), pitch=(35, 65), amplitude=(70, 100), word_gap=(0, 1),
-    snr_db=(35.0, 45.0), lowpass_probability=0.0, lowpass_hz=(7000.0, 7000.0))
+    speed=(145, 175),
+    pitch=(35, 65),
+    amplitude=(70, 100),
+    word_gap=(0, 1),
+    snr_db=(35.0, 45.0),
+    lowpass_probability=0.0,
+    lowpass_hz=(7000.0, 7000.0),
+)
 COMMON_VOICE_DOMAIN = DomainSpec(
-    accents=("en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-             "en-us", "en-gb"),
+    accents=(
+        "en-gb-scotland",
+        "en-029",
+        "en-us-nyc",
+        "en-gb-x-gbclan",
+        "en-gb-x-gbcwmd",
+        "en-us",
+        "en-gb",
+    ),
     variants=("m5", "m6", "m7", "f4", "f5", "m2", "f2"),
-    speed=(120, 200), pitch=(20, 85), amplitude=(40, 130), word_gap=(0, 4),
-    snr_db=(12.0, 30.0), lowpass_probability=0.6, lowpass_hz=(3000.0, 6500.0))
+    speed=(120, 200),
+    pitch=(20, 85),
+    amplitude=(40, 130),
+    word_gap=(0, 4),
+    snr_db=(12.0, 30.0),
+    lowpass_probability=0.6,
+    lowpass_hz=(3000.0, 6500.0),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +288,18 @@ class CorpusConfig:
         cv_sample_rate: sample rate of the Common Voice MP3 clips (Hz).
         held_out_fraction: fraction of dev/test sentences with a held-out word.
     """
+
     seed: int = 0
-    librispeech: tuple[SplitSpec, ...] = (SplitSpec("train-clean-100", 40, 1500),
-                                          SplitSpec("dev-clean", 8, 100),
-                                          SplitSpec("test-clean", 8, 100))
-    common_voice: tuple[SplitSpec, ...] = (SplitSpec("train", 300, 1500),
-                                           SplitSpec("dev", 37, 187),
-                                           SplitSpec("test", 37, 187))
+    librispeech: tuple[SplitSpec, ...] = (
+        SplitSpec("train-clean-100", 40, 1500),
+        SplitSpec("dev-clean", 8, 100),
+        SplitSpec("test-clean", 8, 100),
+    )
+    common_voice: tuple[SplitSpec, ...] = (
+        SplitSpec("train", 300, 1500),
+        SplitSpec("dev", 37, 187),
+        SplitSpec("test", 37, 187),
+    )
     language: str = "en"
     cv_sample_rate: int = 48_000
     held_out_fraction: float = 0.3
@@ -255,39 +308,56 @@ class CorpusConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def sized_config(*, seed: int = 0, speakers: int = 300, utterances: int = 1500,
-                 ls_speakers: int = 40, ls_utterances: int = 1500,
-                 cv_sample_rate: int = 48_000) -> CorpusConfig:
+def sized_config(
+    *,
+    seed: int = 0,
+    speakers: int = 300,
+    utterances: int = 1500,
+    ls_speakers: int = 40,
+    ls_utterances: int = 1500,
+    cv_sample_rate: int = 48_000,
+) -> CorpusConfig:
     """A config from the train sizes; dev/test get 1/8 (CV) and 1/5, 1/15 (LS) of them."""
+
     def split(name, n_speakers, n_utterances):
         n_speakers = max(1, n_speakers)
         return SplitSpec(name, n_speakers, max(n_speakers, n_utterances))
+
     return CorpusConfig(
         seed=seed,
-        librispeech=(split("train-clean-100", ls_speakers, ls_utterances),
-                     split("dev-clean", ls_speakers // 5, ls_utterances // 15),
-                     split("test-clean", ls_speakers // 5, ls_utterances // 15)),
-        common_voice=(split("train", speakers, utterances),
-                      split("dev", speakers // 8, utterances // 8),
-                      split("test", speakers // 8, utterances // 8)),
-        cv_sample_rate=cv_sample_rate)
+        librispeech=(
+            split("train-clean-100", ls_speakers, ls_utterances),
+            split("dev-clean", ls_speakers // 5, ls_utterances // 15),
+            split("test-clean", ls_speakers // 5, ls_utterances // 15),
+        ),
+        common_voice=(
+            split("train", speakers, utterances),
+            split("dev", speakers // 8, utterances // 8),
+            split("test", speakers // 8, utterances // 8),
+        ),
+        cv_sample_rate=cv_sample_rate,
+    )
 
 
 def tiny_config(seed: int = 0) -> CorpusConfig:
     """A handful of utterances for tests (25 files, about a second to generate)."""
     return CorpusConfig(
         seed=seed,
-        librispeech=(SplitSpec("train-clean-100", 2, 5), SplitSpec("dev-clean", 1, 2),
-                     SplitSpec("test-clean", 1, 2)),
-        common_voice=(SplitSpec("train", 3, 8), SplitSpec("dev", 2, 4),
-                      SplitSpec("test", 1, 2)))
+        librispeech=(
+            SplitSpec("train-clean-100", 2, 5),
+            SplitSpec("dev-clean", 1, 2),
+            SplitSpec("test-clean", 1, 2),
+        ),
+        common_voice=(SplitSpec("train", 3, 8), SplitSpec("dev", 2, 4), SplitSpec("test", 1, 2)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Planning (deterministic, in the main process)
 # ---------------------------------------------------------------------------------------------
-def heavy_tailed_counts(num_speakers: int, total: int, rng: np.random.Generator,
-                        max_share: float = 0.05) -> np.ndarray:
+def heavy_tailed_counts(
+    num_speakers: int, total: int, rng: np.random.Generator, max_share: float = 0.05
+) -> np.ndarray:
     """Utterances per speaker like Common Voice: each >= 1, sum = total, Pareto(1.1) weights.
 
     Most speakers get 1-5 utterances and a few get many; no speaker gets much more than
@@ -305,13 +375,14 @@ def heavy_tailed_counts(num_speakers: int, total: int, rng: np.random.Generator,
 def even_counts(num_speakers: int, total: int, rng: np.random.Generator) -> np.ndarray:
     """About the same number per speaker (LibriSpeech: ~25 minutes each), sum = total."""
     counts = np.full(num_speakers, total // num_speakers)
-    counts[rng.permutation(num_speakers)[:total % num_speakers]] += 1
+    counts[rng.permutation(num_speakers)[: total % num_speakers]] += 1
     return counts
 
 
 @dataclasses.dataclass(frozen=True)
 class Voice:
     """espeak-ng settings and channel of one synthetic speaker."""
+
     accent: str
     variant: str
     speed: int
@@ -327,19 +398,25 @@ class Voice:
 
 
 def _voice(domain: DomainSpec, rng: np.random.Generator) -> Voice:
-    lowpass = (float(rng.uniform(*domain.lowpass_hz))
-               if rng.random() < domain.lowpass_probability else 0.0)
-    return Voice(accent=str(rng.choice(domain.accents)), variant=str(rng.choice(domain.variants)),
-                 speed=int(rng.integers(domain.speed[0], domain.speed[1] + 1)),
-                 pitch=int(rng.integers(domain.pitch[0], domain.pitch[1] + 1)),
-                 amplitude=int(rng.integers(domain.amplitude[0], domain.amplitude[1] + 1)),
-                 word_gap=int(rng.integers(domain.word_gap[0], domain.word_gap[1] + 1)),
-                 snr_db=float(rng.uniform(*domain.snr_db)), lowpass_hz=lowpass)
+    lowpass = (
+        float(rng.uniform(*domain.lowpass_hz)) if rng.random() < domain.lowpass_probability else 0.0
+    )
+    return Voice(
+        accent=str(rng.choice(domain.accents)),
+        variant=str(rng.choice(domain.variants)),
+        speed=int(rng.integers(domain.speed[0], domain.speed[1] + 1)),
+        pitch=int(rng.integers(domain.pitch[0], domain.pitch[1] + 1)),
+        amplitude=int(rng.integers(domain.amplitude[0], domain.amplitude[1] + 1)),
+        word_gap=int(rng.integers(domain.word_gap[0], domain.word_gap[1] + 1)),
+        snr_db=float(rng.uniform(*domain.snr_db)),
+        lowpass_hz=lowpass,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One utterance to synthesize into ``relative_path`` (a worker's whole input)."""
+
     relative_path: str
     text: str
     voice: Voice
@@ -352,16 +429,22 @@ class _Plan:
     jobs: list[Job] = dataclasses.field(default_factory=list)
     # LibriSpeech: (split, speaker, chapter) -> [(utterance id, TRANSCRIPT)]
     ls_chapters: dict[tuple[str, str, str], list[tuple[str, str]]] = dataclasses.field(
-        default_factory=dict)
+        default_factory=dict
+    )
     ls_speakers: list[tuple[str, Voice, str]] = dataclasses.field(default_factory=list)
     # Common Voice: split -> rows (dicts keyed by COMMON_VOICE_COLUMNS)
     cv_rows: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
 
 
-_CV_ACCENT_LABELS = {"en-gb-scotland": "Scottish English", "en-029": "Caribbean English",
-                     "en-us-nyc": "New York English", "en-gb-x-gbclan": "Lancashire English",
-                     "en-gb-x-gbcwmd": "West Midlands English", "en-us": "United States English",
-                     "en-gb": "England English"}
+_CV_ACCENT_LABELS = {
+    "en-gb-scotland": "Scottish English",
+    "en-029": "Caribbean English",
+    "en-us-nyc": "New York English",
+    "en-gb-x-gbclan": "Lancashire English",
+    "en-gb-x-gbcwmd": "West Midlands English",
+    "en-us": "United States English",
+    "en-gb": "England English",
+}
 _CV_AGES = ("teens", "twenties", "thirties", "fourties", "fifties", "sixties")
 
 
@@ -389,20 +472,33 @@ def plan_corpus(config: CorpusConfig) -> _Plan:
                 held_out = held_out_allowed and rng.random() < config.held_out_fraction
                 words = make_sentence(rng, held_out)
                 utterances.append((utterance_id, words.upper()))
-                plan.jobs.append(Job(
-                    f"LibriSpeech/{split.name}/{speaker}/{chapter}/{utterance_id}.flac",
-                    words, voice, LS_RATE, int(rng.integers(2**31))))
-    clip_numbers = iter(np.sort(rng.choice(np.arange(10_000_000, 40_000_000),
-                                           sum(s.utterances for s in config.common_voice),
-                                           replace=False)).tolist())
+                plan.jobs.append(
+                    Job(
+                        f"LibriSpeech/{split.name}/{speaker}/{chapter}/{utterance_id}.flac",
+                        words,
+                        voice,
+                        LS_RATE,
+                        int(rng.integers(2**31)),
+                    )
+                )
+    clip_numbers = iter(
+        np.sort(
+            rng.choice(
+                np.arange(10_000_000, 40_000_000),
+                sum(s.utterances for s in config.common_voice),
+                replace=False,
+            )
+        ).tolist()
+    )
     speaker_number = 0
     for split in config.common_voice:
         counts = heavy_tailed_counts(split.speakers, split.utterances, rng)
         held_out_allowed = split.name != "train"
         rows = plan.cv_rows.setdefault(split.name, [])
         for count in counts:
-            client_id = hashlib.sha512(f"synthetic-{config.seed}-{speaker_number}".encode()
-                                       ).hexdigest()
+            client_id = hashlib.sha512(
+                f"synthetic-{config.seed}-{speaker_number}".encode()
+            ).hexdigest()
             speaker_number += 1
             voice = _voice(COMMON_VOICE_DOMAIN, rng)
             age = str(rng.choice(_CV_AGES))
@@ -411,16 +507,33 @@ def plan_corpus(config: CorpusConfig) -> _Plan:
                 words = make_sentence(rng, held_out)
                 sentence = _common_voice_sentence(words, rng)
                 clip = f"common_voice_{config.language}_{next(clip_numbers)}.mp3"
-                rows.append({
-                    "client_id": client_id, "path": clip,
-                    "sentence_id": hashlib.sha256(sentence.encode()).hexdigest(),
-                    "sentence": sentence, "sentence_domain": "", "up_votes": "2",
-                    "down_votes": "0", "age": age, "gender": f"{voice.gender}_"
-                    f"{'feminine' if voice.gender == 'female' else 'masculine'}",
-                    "accents": _CV_ACCENT_LABELS[voice.accent], "variant": "",
-                    "locale": config.language, "segment": ""})
-                plan.jobs.append(Job(f"cv-corpus/{config.language}/clips/{clip}", words, voice,
-                                     config.cv_sample_rate, int(rng.integers(2**31))))
+                rows.append(
+                    {
+                        "client_id": client_id,
+                        "path": clip,
+                        "sentence_id": hashlib.sha256(sentence.encode()).hexdigest(),
+                        "sentence": sentence,
+                        "sentence_domain": "",
+                        "up_votes": "2",
+                        "down_votes": "0",
+                        "age": age,
+                        "gender": f"{voice.gender}_"
+                        f"{'feminine' if voice.gender == 'female' else 'masculine'}",
+                        "accents": _CV_ACCENT_LABELS[voice.accent],
+                        "variant": "",
+                        "locale": config.language,
+                        "segment": "",
+                    }
+                )
+                plan.jobs.append(
+                    Job(
+                        f"cv-corpus/{config.language}/clips/{clip}",
+                        words,
+                        voice,
+                        config.cv_sample_rate,
+                        int(rng.integers(2**31)),
+                    )
+                )
     return plan
 
 
@@ -429,17 +542,32 @@ def plan_corpus(config: CorpusConfig) -> _Plan:
 # ---------------------------------------------------------------------------------------------
 def espeak(text: str, voice: Voice) -> np.ndarray:
     """Runs espeak-ng; returns float32 samples at 22,050 Hz (int16 scale)."""
-    command = ["espeak-ng", "-v", f"{voice.accent}+{voice.variant}", "-s", str(voice.speed),
-               "-p", str(voice.pitch), "-a", str(voice.amplitude), "-g", str(voice.word_gap),
-               "--stdout", text]
+    command = [
+        "espeak-ng",
+        "-v",
+        f"{voice.accent}+{voice.variant}",
+        "-s",
+        str(voice.speed),
+        "-p",
+        str(voice.pitch),
+        "-a",
+        str(voice.amplitude),
+        "-g",
+        str(voice.word_gap),
+        "--stdout",
+        text,
+    ]
     try:
         wav = subprocess.run(command, capture_output=True, check=True).stdout
     except FileNotFoundError:
-        raise DataError("espeak-ng is not installed: run `apt-get install -y espeak-ng` "
-                        "(or `make system-deps`).") from None
+        raise DataError(
+            "espeak-ng is not installed: run `apt-get install -y espeak-ng` "
+            "(or `make system-deps`)."
+        ) from None
     except subprocess.CalledProcessError as error:
-        raise DataError(f"espeak-ng failed ({' '.join(command)}): "
-                        f"{error.stderr.decode(errors='replace')}") from error
+        raise DataError(
+            f"espeak-ng failed ({' '.join(command)}): {error.stderr.decode(errors='replace')}"
+        ) from error
     audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
     assert rate == ESPEAK_RATE, rate
     return audio * 32768.0
@@ -476,21 +604,26 @@ def _synthesize(args: tuple[Job, str]) -> tuple[str, float]:
 def _write_librispeech_index(root: pathlib.Path, plan: _Plan, seconds: dict[str, float]) -> None:
     for (split, speaker, chapter), utterances in plan.ls_chapters.items():
         lines = [f"{utterance_id} {text}\n" for utterance_id, text in utterances]
-        (root / "LibriSpeech" / split / speaker / chapter /
-         f"{speaker}-{chapter}.trans.txt").write_text("".join(lines), encoding="utf-8")
+        (
+            root / "LibriSpeech" / split / speaker / chapter / f"{speaker}-{chapter}.trans.txt"
+        ).write_text("".join(lines), encoding="utf-8")
     minutes: dict[str, float] = {}
     for path, duration in seconds.items():
         if path.startswith("LibriSpeech/"):
             speaker = path.split("/")[2]
             minutes[speaker] = minutes.get(speaker, 0.0) + duration / 60
-    header = ("; Synthetic speakers (espeak-ng), written in the format of LibriSpeech's "
-              "SPEAKERS.TXT\n"
-              "; Fields: reader ID, sex, subset, minutes in the subset, name (voice settings)\n"
-              ";ID  |SEX| SUBSET           |MINUTES| NAME\n")
-    rows = [f"{speaker:<5}| {'F' if voice.gender == 'female' else 'M'} | {split:<17}| "
-            f"{minutes.get(speaker, 0.0):6.2f} | {voice.accent}+{voice.variant} s{voice.speed} "
-            f"p{voice.pitch}\n"
-            for speaker, voice, split in sorted(plan.ls_speakers, key=lambda s: int(s[0]))]
+    header = (
+        "; Synthetic speakers (espeak-ng), written in the format of LibriSpeech's "
+        "SPEAKERS.TXT\n"
+        "; Fields: reader ID, sex, subset, minutes in the subset, name (voice settings)\n"
+        ";ID  |SEX| SUBSET           |MINUTES| NAME\n"
+    )
+    rows = [
+        f"{speaker:<5}| {'F' if voice.gender == 'female' else 'M'} | {split:<17}| "
+        f"{minutes.get(speaker, 0.0):6.2f} | {voice.accent}+{voice.variant} s{voice.speed} "
+        f"p{voice.pitch}\n"
+        for speaker, voice, split in sorted(plan.ls_speakers, key=lambda s: int(s[0]))
+    ]
     (root / "LibriSpeech" / "SPEAKERS.TXT").write_text(header + "".join(rows), encoding="utf-8")
 
 
@@ -518,13 +651,17 @@ def _summary(plan: _Plan, seconds: dict[str, float], config: CorpusConfig) -> di
         prefix = f"LibriSpeech/{split.name}/"
         durations = [s for p, s in seconds.items() if p.startswith(prefix)]
         summary[f"librispeech/{split.name}"] = {
-            "speakers": split.speakers, "utterances": len(durations),
-            "hours": round(sum(durations) / 3600, 4)}
+            "speakers": split.speakers,
+            "utterances": len(durations),
+            "hours": round(sum(durations) / 3600, 4),
+        }
     clip_seconds = {p.rsplit("/", 1)[1]: s for p, s in seconds.items() if p.startswith("cv-")}
     for cv_split, rows in plan.cv_rows.items():
         summary[f"common_voice/{cv_split}"] = {
-            "speakers": len({r["client_id"] for r in rows}), "utterances": len(rows),
-            "hours": round(sum(clip_seconds[r["path"]] for r in rows) / 3600, 4)}
+            "speakers": len({r["client_id"] for r in rows}),
+            "utterances": len(rows),
+            "hours": round(sum(clip_seconds[r["path"]] for r in rows) / 3600, 4),
+        }
     return summary
 
 
@@ -533,8 +670,10 @@ def _claim(out: pathlib.Path, force: bool) -> None:
     foreign = [name for name in _OUTPUTS if (out / name).exists()]
     owned = (out / MANIFEST).exists() or (out / _OWNED_MARKER).exists()
     if foreign and not (owned or force):
-        raise DataError(f"{out} already holds {foreign} that this generator did not write; "
-                        "choose another --out or pass --force to replace them.")
+        raise DataError(
+            f"{out} already holds {foreign} that this generator did not write; "
+            "choose another --out or pass --force to replace them."
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / _OWNED_MARKER).touch()
     (out / MANIFEST).unlink(missing_ok=True)
@@ -542,9 +681,14 @@ def _claim(out: pathlib.Path, force: bool) -> None:
         shutil.rmtree(out / name)
 
 
-def generate_corpus(out_dir: str | pathlib.Path, config: CorpusConfig = CorpusConfig(), *,
-                    workers: int | None = None, progress: bool = True,
-                    force: bool = False) -> dict[str, Any]:
+def generate_corpus(
+    out_dir: str | pathlib.Path,
+    config: CorpusConfig = CorpusConfig(),
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Generates the corpus into ``out_dir`` unless it already holds the same one.
 
     Args:
@@ -595,10 +739,13 @@ def generate_corpus(out_dir: str | pathlib.Path, config: CorpusConfig = CorpusCo
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    manifest = {**settings, "generator": "fl_dp_asr.data.synthetic",
-                "splits": _summary(plan, seconds, config),
-                "generation_seconds": round(time.perf_counter() - start, 1),
-                "workers": workers}
+    manifest = {
+        **settings,
+        "generator": "fl_dp_asr.data.synthetic",
+        "splits": _summary(plan, seconds, config),
+        "generation_seconds": round(time.perf_counter() - start, 1),
+        "workers": workers,
+    }
     partial = out / f"{MANIFEST}.tmp"
     partial.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(partial, out / MANIFEST)
@@ -607,39 +754,74 @@ def generate_corpus(out_dir: str | pathlib.Path, config: CorpusConfig = CorpusCo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fl_dp_asr.data.synthetic", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m fl_dp_asr.data.synthetic",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speakers", type=int, default=300,
-                        help="Common Voice (federated) train speakers; dev/test get 1/8 each")
-    parser.add_argument("--utterances", type=int, default=1500,
-                        help="Common Voice train utterances (heavy-tailed over speakers)")
-    parser.add_argument("--ls-speakers", type=int, default=40,
-                        help="LibriSpeech train-clean-100 speakers; dev/test-clean get 1/5 each")
-    parser.add_argument("--ls-utterances", type=int, default=1500,
-                        help="LibriSpeech train-clean-100 utterances; dev/test-clean get 1/15")
+    parser.add_argument(
+        "--speakers",
+        type=int,
+        default=300,
+        help="Common Voice (federated) train speakers; dev/test get 1/8 each",
+    )
+    parser.add_argument(
+        "--utterances",
+        type=int,
+        default=1500,
+        help="Common Voice train utterances (heavy-tailed over speakers)",
+    )
+    parser.add_argument(
+        "--ls-speakers",
+        type=int,
+        default=40,
+        help="LibriSpeech train-clean-100 speakers; dev/test-clean get 1/5 each",
+    )
+    parser.add_argument(
+        "--ls-utterances",
+        type=int,
+        default=1500,
+        help="LibriSpeech train-clean-100 utterances; dev/test-clean get 1/15",
+    )
     parser.add_argument("--cv-sample-rate", type=int, default=48_000, choices=(32_000, 48_000))
-    parser.add_argument("--tiny", action="store_true",
-                        help="a handful of utterances (tests); ignores the size flags")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a handful of utterances (tests); ignores the size flags",
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace LibriSpeech/ and cv-corpus/ not written by this tool")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace LibriSpeech/ and cv-corpus/ not written by this tool",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config = (tiny_config(args.seed) if args.tiny else sized_config(
-        seed=args.seed, speakers=args.speakers, utterances=args.utterances,
-        ls_speakers=args.ls_speakers, ls_utterances=args.ls_utterances,
-        cv_sample_rate=args.cv_sample_rate))
+    config = (
+        tiny_config(args.seed)
+        if args.tiny
+        else sized_config(
+            seed=args.seed,
+            speakers=args.speakers,
+            utterances=args.utterances,
+            ls_speakers=args.ls_speakers,
+            ls_utterances=args.ls_utterances,
+            cv_sample_rate=args.cv_sample_rate,
+        )
+    )
     try:
-        manifest = generate_corpus(args.out, config, workers=args.workers,
-                                   progress=not args.no_progress, force=args.force)
+        manifest = generate_corpus(
+            args.out, config, workers=args.workers, progress=not args.no_progress, force=args.force
+        )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for split, stats in manifest["splits"].items():
-        print(f"{split:<28} {stats['speakers']:>5} speakers {stats['utterances']:>6} utterances "
-              f"{stats['hours']:7.3f} h")
+        print(
+            f"{split:<28} {stats['speakers']:>5} speakers {stats['utterances']:>6} utterances "
+            f"{stats['hours']:7.3f} h"
+        )
     print(f"corpus in {args.out} ({manifest['generation_seconds']} s to generate)")
     return 0
 

@@ -14,5 +14,6 @@ __all__ = ["DPConfig"]
 def __getattr__(name: str):
     if name == "DPConfig":
         from fl_dp_asr.dp.policy import DPConfig  # pylint: disable=import-outside-toplevel
+
         return DPConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,8 +55,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import dp_accounting
-from dp_accounting import pld
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 from dp_accounting.pld import common as pld_common
 from dp_accounting.pld import privacy_loss_distribution
 
@@ -73,17 +72,19 @@ REPLACE_ONE_USER = "replace-one-user"
 # Min-separation participation (correlated noise, fl_dp_asr.dp.correlated): one user's deltas
 # replaced by zeros, the participation schedule unchanged.
 ZERO_OUT_ONE_USER = "zero-out-one-user"
-NEIGHBORING_RELATIONS: dict[str, str] = {   # the relation each sampling scheme is analysed in
+NEIGHBORING_RELATIONS: dict[str, str] = {  # the relation each sampling scheme is analysed in
     "poisson": ADD_OR_REMOVE_ONE_USER,
     "fixed": REPLACE_ONE_USER,
 }
-_SENSITIVITY_IN_CLIP_NORMS = {ADD_OR_REMOVE_ONE_USER: 1.0, REPLACE_ONE_USER: 2.0,
-                              ZERO_OUT_ONE_USER: 1.0}
+_SENSITIVITY_IN_CLIP_NORMS = {
+    ADD_OR_REMOVE_ONE_USER: 1.0,
+    REPLACE_ONE_USER: 2.0,
+    ZERO_OUT_ONE_USER: 1.0,
+}
 SAMPLING_DESCRIPTIONS: dict[str, str] = {
     "poisson": "Poisson sampling: each user joins a round independently with "
-               "probability q = S/K (S = expected cohort size)",
-    "fixed": "fixed-size cohorts: S distinct users drawn uniformly without replacement "
-             "from K",
+    "probability q = S/K (S = expected cohort size)",
+    "fixed": "fixed-size cohorts: S distinct users drawn uniformly without replacement from K",
 }
 
 # Lowest noise multiplier `calibrate_noise` considers (z -> 0 means no privacy at all).
@@ -106,8 +107,8 @@ MIN_CALIBRATED_NOISE_MULTIPLIER = 1e-3
 MAX_PLD_CELLS = 6_000_000
 PLD_BYTES_PER_CELL = 70
 PLD_SECONDS_PER_CELL = 1.25e-6
-_PLD_DISCRETIZATION = 1e-4      # dp_accounting's PLDAccountant default
-_PLD_PROBE_COARSENING = 100     # the cost probe's grid is this much coarser (and cheaper)
+_PLD_DISCRETIZATION = 1e-4  # dp_accounting's PLDAccountant default
+_PLD_PROBE_COARSENING = 100  # the cost probe's grid is this much coarser (and cheaper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,27 +146,38 @@ class PldRefusedError(ValueError):
         context: what was asked, prefixed to the explanation.
     """
 
-    def __init__(self, cost: PldCost, noise_multiplier: float, sampling_rate: float,
-                 rounds: int, context: str = ""):
+    def __init__(
+        self,
+        cost: PldCost,
+        noise_multiplier: float,
+        sampling_rate: float,
+        rounds: int,
+        context: str = "",
+    ):
         self.cost, self.context = cost, context
         self.noise_multiplier, self.sampling_rate, self.rounds = (
-            noise_multiplier, sampling_rate, rounds)
+            noise_multiplier,
+            sampling_rate,
+            rounds,
+        )
         super().__init__(self.explain("accountant='rdp'"))
 
     def explain(self, alternative: str) -> str:
         """The message, recommending ``alternative`` (e.g. a command-line flag)."""
-        return (f"{self.context}the PLD accountant is refused at z={self.noise_multiplier:.4g}, "
-                f"q={self.sampling_rate:.4g}, T={self.rounds}: its privacy-loss grid would "
-                f"have {self.cost.cells:.2g} cells (about {self.cost.gigabytes:.1f} GB and "
-                f"{self.cost.seconds:.0f} s on 2 CPU cores), over the limit of "
-                f"{MAX_PLD_CELLS:.2g} (about {MAX_PLD_CELLS * PLD_BYTES_PER_CELL / 1e9:.1f} GB, "
-                f"{MAX_PLD_CELLS * PLD_SECONDS_PER_CELL:.0f} s); the grid grows like T/z². "
-                f"Use {alternative} (a looser bound, in milliseconds) or more noise")
+        return (
+            f"{self.context}the PLD accountant is refused at z={self.noise_multiplier:.4g}, "
+            f"q={self.sampling_rate:.4g}, T={self.rounds}: its privacy-loss grid would "
+            f"have {self.cost.cells:.2g} cells (about {self.cost.gigabytes:.1f} GB and "
+            f"{self.cost.seconds:.0f} s on 2 CPU cores), over the limit of "
+            f"{MAX_PLD_CELLS:.2g} (about {MAX_PLD_CELLS * PLD_BYTES_PER_CELL / 1e9:.1f} GB, "
+            f"{MAX_PLD_CELLS * PLD_SECONDS_PER_CELL:.0f} s); the grid grows like T/z². "
+            f"Use {alternative} (a looser bound, in milliseconds) or more noise"
+        )
 
 
 def _single_round_cells(noise_multiplier: float) -> float:
     """Upper estimate of one round's PLD grid, any q: loss span 1/z² + 20/z (±10 σ tails)."""
-    return (noise_multiplier ** -2 + 20 / noise_multiplier) / _PLD_DISCRETIZATION
+    return (noise_multiplier**-2 + 20 / noise_multiplier) / _PLD_DISCRETIZATION
 
 
 def pld_cost(noise_multiplier: float, sampling_rate: float, rounds: int) -> PldCost:
@@ -185,11 +197,13 @@ def pld_cost(noise_multiplier: float, sampling_rate: float, rounds: int) -> PldC
         A :class:`PldCost`; ``cost.feasible`` says whether :func:`epsilon` will run PLD.
     """
     single = _single_round_cells(noise_multiplier)
-    if single > 10 * MAX_PLD_CELLS:   # one round's true span is ≥ 0.45 of the estimate
+    if single > 10 * MAX_PLD_CELLS:  # one round's true span is ≥ 0.45 of the estimate
         return PldCost(cells=0.45 * single)
     probe = privacy_loss_distribution.from_gaussian_mechanism(
-        noise_multiplier, sampling_prob=sampling_rate,
-        value_discretization_interval=_PLD_DISCRETIZATION * _PLD_PROBE_COARSENING)
+        noise_multiplier,
+        sampling_prob=sampling_rate,
+        value_discretization_interval=_PLD_DISCRETIZATION * _PLD_PROBE_COARSENING,
+    )
     # Private attributes, pinned by dp-accounting<0.7 and tests/dp/test_accounting.py.
     pmfs = {id(pmf): pmf.to_dense_pmf() for pmf in (probe._pmf_remove, probe._pmf_add)}
     cells = 0
@@ -208,15 +222,21 @@ def pld_feasible(noise_multiplier: float, sampling_rate: float, rounds: int) -> 
 # --------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------
-def _check_cohort(cohort_size: object, population: object, cohort_name: str = "cohort_size",
-                  population_name: str = "population") -> tuple[int, int]:
+def _check_cohort(
+    cohort_size: object,
+    population: object,
+    cohort_name: str = "cohort_size",
+    population_name: str = "population",
+) -> tuple[int, int]:
     """Checks ``1 <= S <= K`` (so that q = S/K is in (0, 1]) and returns ``(S, K)``."""
     cohort = checks.check_integer(cohort_name, cohort_size)
     users = checks.check_integer(population_name, population)
     if cohort > users:
-        raise ValueError(f"{cohort_name} ({cohort}) must not exceed {population_name} "
-                         f"({users}): the sampling rate q = {cohort_name}/{population_name} "
-                         f"must be in (0, 1]")
+        raise ValueError(
+            f"{cohort_name} ({cohort}) must not exceed {population_name} "
+            f"({users}): the sampling rate q = {cohort_name}/{population_name} "
+            f"must be in (0, 1]"
+        )
     return cohort, users
 
 
@@ -232,7 +252,8 @@ def _refuse_min_separation(sampling: object) -> None:
             f"sampling={sampling!r} (min-separation participation: each user at most once "
             f"every b rounds) has no amplification-by-sampling analysis here; its ε is that "
             f"of the correlated-noise mechanism: fl_dp_asr.dp.correlated.CorrelatedNoise."
-            f"epsilon, or CyclicSampler.accountant(z, delta, mechanism)")
+            f"epsilon, or CyclicSampler.accountant(z, delta, mechanism)"
+        )
 
 
 def supports(sampling: str, accountant: str) -> bool:
@@ -252,7 +273,8 @@ def _check_method(sampling: object, accountant: object) -> None:
             "accountant='pld' does not support sampling='fixed' (dp_accounting has no PLD "
             "analysis of fixed-size cohorts drawn without replacement); supported "
             "alternatives: accountant='rdp' with sampling='fixed', or sampling='poisson' "
-            "with accountant='pld' or 'rdp'")
+            "with accountant='pld' or 'rdp'"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -278,13 +300,20 @@ def sensitivity(clip_norm: float, neighboring_relation: str) -> float:
     0.02
     """
     if neighboring_relation not in _SENSITIVITY_IN_CLIP_NORMS:
-        raise ValueError(f"neighboring_relation must be one of "
-                         f"{sorted(_SENSITIVITY_IN_CLIP_NORMS)}, got {neighboring_relation!r}")
+        raise ValueError(
+            f"neighboring_relation must be one of "
+            f"{sorted(_SENSITIVITY_IN_CLIP_NORMS)}, got {neighboring_relation!r}"
+        )
     return _SENSITIVITY_IN_CLIP_NORMS[neighboring_relation] * clip_norm
 
 
-def make_dp_event(noise_multiplier: float, cohort_size: int, population: int, rounds: int,
-                  sampling: Sampling = "poisson") -> dp_accounting.DpEvent:
+def make_dp_event(
+    noise_multiplier: float,
+    cohort_size: int,
+    population: int,
+    rounds: int,
+    sampling: Sampling = "poisson",
+) -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event of ``rounds`` rounds of sampled Gaussian aggregation.
 
     Args:
@@ -309,21 +338,27 @@ def make_dp_event(noise_multiplier: float, cohort_size: int, population: int, ro
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
     # dp_accounting's Gaussian event takes the noise std over the L2 sensitivity of the sum.
     gaussian = dp_accounting.GaussianDpEvent(
-        noise_multiplier / sensitivity(1.0, NEIGHBORING_RELATIONS[sampling]))
+        noise_multiplier / sensitivity(1.0, NEIGHBORING_RELATIONS[sampling])
+    )
     if sampling == "poisson":
         round_event = dp_accounting.PoissonSampledDpEvent(cohort_size / population, gaussian)
     else:
-        round_event = dp_accounting.SampledWithoutReplacementDpEvent(population, cohort_size,
-                                                                     gaussian)
+        round_event = dp_accounting.SampledWithoutReplacementDpEvent(
+            population, cohort_size, gaussian
+        )
     return dp_accounting.SelfComposedDpEvent(round_event, rounds)
 
 
-def _new_accountant(sampling: Sampling,
-                    accountant: AccountantName) -> dp_accounting.PrivacyAccountant:
+def _new_accountant(
+    sampling: Sampling, accountant: AccountantName
+) -> dp_accounting.PrivacyAccountant:
     if accountant == "pld":
         return pld.PLDAccountant()
-    relation = (dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE if sampling == "poisson"
-                else dp_accounting.NeighboringRelation.REPLACE_ONE)
+    relation = (
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        if sampling == "poisson"
+        else dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
     return rdp.RdpAccountant(neighboring_relation=relation)
 
 
@@ -373,16 +408,24 @@ class PrivacyGuarantee:
 
     def __str__(self) -> str:
         order = f", order {self.rdp_order:g}" if self.rdp_order is not None else ""
-        return (f"user-level ({self.epsilon:.4g}, {self.delta:.3g})-DP "
-                f"[{self.neighboring_relation}] after T={self.rounds} rounds; "
-                f"{self.sampling} sampling, q=S/K={self.cohort_size}/{self.population}"
-                f"={self.sampling_rate:.4g}, z={self.noise_multiplier:.4g} "
-                f"(σ_DP={self.sigma_dp:.3g}); {self.accountant.upper()} accountant{order}")
+        return (
+            f"user-level ({self.epsilon:.4g}, {self.delta:.3g})-DP "
+            f"[{self.neighboring_relation}] after T={self.rounds} rounds; "
+            f"{self.sampling} sampling, q=S/K={self.cohort_size}/{self.population}"
+            f"={self.sampling_rate:.4g}, z={self.noise_multiplier:.4g} "
+            f"(σ_DP={self.sigma_dp:.3g}); {self.accountant.upper()} accountant{order}"
+        )
 
 
-def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: int,
-            delta: float, sampling: Sampling = "poisson",
-            accountant: AccountantName = "rdp") -> PrivacyGuarantee:
+def epsilon(
+    noise_multiplier: float,
+    cohort_size: int,
+    population: int,
+    rounds: int,
+    delta: float,
+    sampling: Sampling = "poisson",
+    accountant: AccountantName = "rdp",
+) -> PrivacyGuarantee:
     """User-level ε of ``rounds`` rounds of DP-FedAvg with Gaussian noise.
 
     Each round releases ``Σ_{u ∈ cohort} clip(Δ_u, C) + N(0, (z·C)² I)`` for a cohort
@@ -430,7 +473,8 @@ def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: 
         if not cost.feasible:
             raise PldRefusedError(cost, z, cohort / users, num_rounds)
     composed = _new_accountant(sampling, accountant).compose(
-        make_dp_event(z, cohort, users, num_rounds, sampling))
+        make_dp_event(z, cohort, users, num_rounds, sampling)
+    )
     order = None
     if accountant == "rdp":
         eps, order = composed.get_epsilon_and_optimal_order(delta)
@@ -438,14 +482,28 @@ def epsilon(noise_multiplier: float, cohort_size: int, population: int, rounds: 
     else:
         eps = composed.get_epsilon(delta)
     return PrivacyGuarantee(
-        epsilon=float(eps), delta=delta, noise_multiplier=z, cohort_size=cohort,
-        population=users, rounds=num_rounds, sampling=sampling, accountant=accountant,
-        rdp_order=order)
+        epsilon=float(eps),
+        delta=delta,
+        noise_multiplier=z,
+        cohort_size=cohort,
+        population=users,
+        rounds=num_rounds,
+        sampling=sampling,
+        accountant=accountant,
+        rdp_order=order,
+    )
 
 
-def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, rounds: int,
-                    delta: float, sampling: Sampling = "poisson",
-                    accountant: AccountantName = "rdp", tolerance: float = 1e-3) -> float:
+def calibrate_noise(
+    target_epsilon: float,
+    cohort_size: int,
+    population: int,
+    rounds: int,
+    delta: float,
+    sampling: Sampling = "poisson",
+    accountant: AccountantName = "rdp",
+    tolerance: float = 1e-3,
+) -> float:
     """Smallest noise multiplier z whose ε after ``rounds`` rounds is ≤ the target.
 
     Uses ``dp_accounting.calibrate_dp_mechanism`` (Brent's method on ε(z) − target,
@@ -488,7 +546,8 @@ def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, ro
     _check_method(sampling, accountant)
     too_loose = ValueError(
         f"target_epsilon={target} is met even with noise multiplier "
-        f"{MIN_CALIBRATED_NOISE_MULTIPLIER}: no meaningful noise level to calibrate to")
+        f"{MIN_CALIBRATED_NOISE_MULTIPLIER}: no meaningful noise level to calibrate to"
+    )
 
     def make_event(z: float) -> dp_accounting.DpEvent:
         return make_dp_event(z, cohort, users, num_rounds, sampling)
@@ -513,19 +572,26 @@ def calibrate_noise(target_epsilon: float, cohort_size: int, population: int, ro
             cost = pld_cost(candidate, cohort / users, num_rounds)
             if not cost.feasible:
                 raise PldRefusedError(
-                    cost, candidate, cohort / users, num_rounds,
+                    cost,
+                    candidate,
+                    cohort / users,
+                    num_rounds,
                     f"calibrating to target ε={target:g}: the PLD answer is ≤ z={lower:.4g} "
-                    f"(RDP's answer z={upper:.5g} also meets the target: ε_PLD ≤ ε_RDP); ")
+                    f"(RDP's answer z={upper:.5g} also meets the target: ε_PLD ≤ ε_RDP); ",
+                )
             lower = candidate
             if epsilon_at(lower) > target:
                 break
         bracket = dp_accounting.ExplicitBracketInterval(lower, upper)
     try:
-        z = dp_accounting.calibrate_dp_mechanism(make_accountant, make_event, target, delta,
-                                                 bracket, tol=tol)
+        z = dp_accounting.calibrate_dp_mechanism(
+            make_accountant, make_event, target, delta, bracket, tol=tol
+        )
     except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError as err:
-        raise ValueError(f"target_epsilon={target} needs a noise multiplier beyond the search "
-                         f"range (about 1e9): choose a larger target_epsilon") from err
+        raise ValueError(
+            f"target_epsilon={target} needs a noise multiplier beyond the search "
+            f"range (about 1e9): choose a larger target_epsilon"
+        ) from err
     return float(z)
 
 
@@ -617,9 +683,15 @@ class Extrapolation:
         return sigma_dp_to_noise_multiplier(self.sigma_dp, self.simulated_cohort)
 
 
-def extrapolate(sigma_dp: float, simulated_cohort: int, target_cohort: int,
-                target_population: int, rounds: int, delta: float,
-                accountants: Sequence[AccountantName] = ACCOUNTANTS) -> Extrapolation:
+def extrapolate(
+    sigma_dp: float,
+    simulated_cohort: int,
+    target_cohort: int,
+    target_population: int,
+    rounds: int,
+    delta: float,
+    accountants: Sequence[AccountantName] = ACCOUNTANTS,
+) -> Extrapolation:
     """The paper's extrapolation: keep σ_DP, claim the privacy of cohort S' out of K'.
 
     A run simulated with cohort S adds noise of std σ_DP·C to the cohort mean. A
@@ -651,13 +723,15 @@ def extrapolate(sigma_dp: float, simulated_cohort: int, target_cohort: int,
     """
     sigma = checks.check_positive("sigma_dp", sigma_dp)
     simulated = checks.check_integer("simulated_cohort", simulated_cohort)
-    cohort, users = _check_cohort(target_cohort, target_population, "target_cohort",
-                                  "target_population")
+    cohort, users = _check_cohort(
+        target_cohort, target_population, "target_cohort", "target_population"
+    )
     num_rounds = checks.check_integer("rounds", rounds)
     delta = checks.check_delta(delta)
     if not accountants or any(a not in ACCOUNTANTS for a in accountants):
-        raise ValueError(f"accountants must be a non-empty subset of {ACCOUNTANTS}, "
-                         f"got {list(accountants)!r}")
+        raise ValueError(
+            f"accountants must be a non-empty subset of {ACCOUNTANTS}, got {list(accountants)!r}"
+        )
     z = sigma_dp_to_noise_multiplier(sigma, cohort)
     eps_rdp = order = eps_pld = None
     if "rdp" in accountants:
@@ -666,10 +740,18 @@ def extrapolate(sigma_dp: float, simulated_cohort: int, target_cohort: int,
     if "pld" in accountants and pld_feasible(z, cohort / users, num_rounds):  # else None
         eps_pld = epsilon(z, cohort, users, num_rounds, delta, "poisson", "pld").epsilon
     return Extrapolation(
-        sigma_dp=sigma, simulated_cohort=simulated, target_cohort=cohort,
-        target_population=users, rounds=num_rounds, delta=delta, noise_multiplier=z,
-        sampling_rate=cohort / users, epsilon_rdp=eps_rdp, rdp_order=order,
-        epsilon_pld=eps_pld)
+        sigma_dp=sigma,
+        simulated_cohort=simulated,
+        target_cohort=cohort,
+        target_population=users,
+        rounds=num_rounds,
+        delta=delta,
+        noise_multiplier=z,
+        sampling_rate=cohort / users,
+        epsilon_rdp=eps_rdp,
+        rdp_order=order,
+        epsilon_pld=eps_pld,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -699,8 +781,14 @@ class RunAccountant:
     (881, True)
     """
 
-    def __init__(self, sampling: Sampling, cohort_size: int, population: int,
-                 noise_multiplier: float, delta: float):
+    def __init__(
+        self,
+        sampling: Sampling,
+        cohort_size: int,
+        population: int,
+        noise_multiplier: float,
+        delta: float,
+    ):
         _refuse_min_separation(sampling)
         if sampling not in SAMPLING_SCHEMES:
             raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
@@ -711,17 +799,25 @@ class RunAccountant:
         self._cache: dict[tuple[int, str], PrivacyGuarantee] = {}
 
     def __repr__(self) -> str:
-        return (f"RunAccountant(sampling={self.sampling!r}, cohort_size={self.cohort_size}, "
-                f"population={self.population}, noise_multiplier={self.noise_multiplier}, "
-                f"delta={self.delta})")
+        return (
+            f"RunAccountant(sampling={self.sampling!r}, cohort_size={self.cohort_size}, "
+            f"population={self.population}, noise_multiplier={self.noise_multiplier}, "
+            f"delta={self.delta})"
+        )
 
     def guarantee(self, rounds: int, accountant: AccountantName = "rdp") -> PrivacyGuarantee:
         """The full :class:`PrivacyGuarantee` after ``rounds`` rounds (cached)."""
         key = (checks.check_integer("rounds", rounds), accountant)
         if key not in self._cache:
-            self._cache[key] = epsilon(self.noise_multiplier, self.cohort_size,
-                                       self.population, key[0], self.delta, self.sampling,
-                                       accountant)
+            self._cache[key] = epsilon(
+                self.noise_multiplier,
+                self.cohort_size,
+                self.population,
+                key[0],
+                self.delta,
+                self.sampling,
+                accountant,
+            )
         return self._cache[key]
 
     def epsilon(self, rounds: int, accountant: AccountantName = "rdp") -> float:
@@ -733,11 +829,14 @@ class RunAccountant:
         supports PLD and :func:`pld_cost` at (z, q = S/K, T) is within :data:`MAX_PLD_CELLS`
         (else ``epsilon(rounds, "pld")`` raises :class:`PldRefusedError`)."""
         return supports(self.sampling, "pld") and pld_feasible(
-            self.noise_multiplier, self.cohort_size / self.population,
-            checks.check_integer("rounds", rounds))
+            self.noise_multiplier,
+            self.cohort_size / self.population,
+            checks.check_integer("rounds", rounds),
+        )
 
-    def max_rounds_within(self, max_epsilon: float, accountant: AccountantName = "rdp",
-                          max_rounds: int = 10_000_000) -> int:
+    def max_rounds_within(
+        self, max_epsilon: float, accountant: AccountantName = "rdp", max_rounds: int = 10_000_000
+    ) -> int:
         """Largest T ≤ ``max_rounds`` with ε(T) ≤ ``max_epsilon`` (0 if one round exceeds it).
 
         Exponential search for a bracket, then bisection, on the accountant's own
@@ -763,11 +862,11 @@ class RunAccountant:
 
         good = self.max_rounds_within(budget, "rdp", limit) if accountant == "pld" else 0
         bad = min(max(1, 2 * good), limit)
-        while bad > good and within(bad):   # exponential search: ε(good) ≤ budget
+        while bad > good and within(bad):  # exponential search: ε(good) ≤ budget
             good, bad = bad, min(2 * bad, limit)
         if good == limit:
             return limit
-        while bad - good > 1:               # bisection: ε(good) ≤ budget < ε(bad)
+        while bad - good > 1:  # bisection: ε(good) ≤ budget < ε(bad)
             middle = (good + bad) // 2
             if within(middle):
                 good = middle

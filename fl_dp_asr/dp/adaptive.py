@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from fl_dp_asr.dp import transforms
 
-GLOBAL = "global"     # the one key of a global bound
+GLOBAL = "global"  # the one key of a global bound
 Bounds = dict[str, jax.Array]
 
 
@@ -72,23 +72,23 @@ def delta_noise_multiplier(noise_multiplier: float, count_multiplier: float) -> 
         raise ValueError(
             f"the clipped-count noise multiplier z_b = {count_multiplier:.4g} must exceed the "
             f"overall noise multiplier z = {noise_multiplier:.4g} (z_Δ = (z⁻² − z_b⁻²)^-½): "
-            "raise dp.clipped_count_stddev, group layers to lower H, or lower the noise.")
-    return (noise_multiplier ** -2 - count_multiplier ** -2) ** -0.5
+            "raise dp.clipped_count_stddev, group layers to lower H, or lower the noise."
+        )
+    return (noise_multiplier**-2 - count_multiplier**-2) ** -0.5
 
 
 def overall_noise_multiplier(delta_multiplier: float, count_multiplier: float) -> float:
     """z = (z_Δ⁻² + z_b⁻²)^(−½), the one Gaussian mechanism the accountant sees."""
     if delta_multiplier == 0.0 or count_multiplier == 0.0:
         return 0.0
-    return (delta_multiplier ** -2 + count_multiplier ** -2) ** -0.5
+    return (delta_multiplier**-2 + count_multiplier**-2) ** -0.5
 
 
 def initial_bounds(bounds: Mapping[str, float]) -> Bounds:
     """float32 device scalars from ``{name: C_h}`` (e.g. ``transforms.layer_bounds``)."""
     for name, value in bounds.items():
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"initial clip bound of {name!r} must be finite and > 0, "
-                             f"got {value}.")
+            raise ValueError(f"initial clip bound of {name!r} must be finite and > 0, got {value}.")
     return {name: jnp.asarray(value, jnp.float32) for name, value in bounds.items()}
 
 
@@ -97,8 +97,9 @@ def total_bound(bounds: Mapping[str, jax.Array]) -> jax.Array:
     return transforms.l2_norm(list(bounds.values()))
 
 
-def unclipped_bits(norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Array]
-                   ) -> dict[str, jax.Array]:
+def unclipped_bits(
+    norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
     """b_h = 1[‖Δ_h‖ ≤ C_h] as float32, for the names in ``bounds``.
 
     ``norms`` holds the norm of every bound's name (for global clipping pass
@@ -107,10 +108,12 @@ def unclipped_bits(norms: Mapping[str, jax.Array], bounds: Mapping[str, jax.Arra
     return {name: (norms[name] <= bound).astype(jnp.float32) for name, bound in bounds.items()}
 
 
-def clip(delta: Any, bounds: Mapping[str, jax.Array],
-         layer_fn: transforms.LayerFn = transforms.leaf_layer_name,
-         layout: transforms.ParamLayout = transforms.SAME_LAYOUT
-         ) -> tuple[Any, transforms.ClipStats, dict[str, jax.Array]]:
+def clip(
+    delta: Any,
+    bounds: Mapping[str, jax.Array],
+    layer_fn: transforms.LayerFn = transforms.leaf_layer_name,
+    layout: transforms.ParamLayout = transforms.SAME_LAYOUT,
+) -> tuple[Any, transforms.ClipStats, dict[str, jax.Array]]:
     """Clips one client's delta to the current bounds: ``(Δ̃, ClipStats, bits)``.
 
     ``bounds = {"global": C_t}``: global clipping to C_t; otherwise per-layer clipping to
@@ -125,10 +128,16 @@ def clip(delta: Any, bounds: Mapping[str, jax.Array],
     return clipped, stats, unclipped_bits(stats.layer_norms, bounds)
 
 
-def update_bounds(bounds: Mapping[str, jax.Array], unclipped_sums: Mapping[str, jax.Array],
-                  clients: jax.Array, count_noise: Mapping[str, jax.Array], *,
-                  expected_cohort_size: float, target_quantile: float,
-                  learning_rate: float) -> Bounds:
+def update_bounds(
+    bounds: Mapping[str, jax.Array],
+    unclipped_sums: Mapping[str, jax.Array],
+    clients: jax.Array,
+    count_noise: Mapping[str, jax.Array],
+    *,
+    expected_cohort_size: float,
+    target_quantile: float,
+    learning_rate: float,
+) -> Bounds:
     """C_{h,t+1} = C_{h,t} · exp(−η (b̄_h − γ)), b̄_h = (Σ_i (b_{i,h} − ½) + ξ_h) / S + ½.
 
     Args:
@@ -149,8 +158,7 @@ def update_bounds(bounds: Mapping[str, jax.Array], unclipped_sums: Mapping[str, 
     return new
 
 
-def count_noise(key: jax.Array, bounds: Mapping[str, Any], stddev: float
-                ) -> dict[str, jax.Array]:
+def count_noise(key: jax.Array, bounds: Mapping[str, Any], stddev: float) -> dict[str, jax.Array]:
     """ξ_h ~ N(0, σ_b²) for every bound, one key (identical wherever it is drawn)."""
     names = sorted(bounds)
     draws = stddev * jax.random.normal(key, (len(names),), jnp.float32)

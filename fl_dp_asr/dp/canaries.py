@@ -50,7 +50,7 @@ from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 from fl_dp_asr.dp.policy import DPConfig
 
 PyTree = Any
-OVERSHOOT = 10.0   # a canary client sends OVERSHOOT × the bound; the clipping brings it to C
+OVERSHOOT = 10.0  # a canary client sends OVERSHOOT × the bound; the clipping brings it to C
 # Canary c draws from fold_in(fold_in(key(seed), _STREAM), c): never a round's key
 # fold_in(key(seed), r) of a trainer whose seed is the canaries' (rounds < 2³⁰).
 _STREAM = 1 << 30
@@ -68,6 +68,7 @@ class Canaries:
         heldout: m ≥ 2, directions never inserted (two, at least, for a std).
         seed: fixes the directions (canary c draws from a key folded from ``seed`` and c).
     """
+
     inserted: int
     heldout: int
     seed: int = 0
@@ -76,8 +77,10 @@ class Canaries:
         for name in ("inserted", "heldout"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 2:
-                raise ValueError(f"canaries: {name}={value!r} must be an integer >= 2 (the "
-                                 "estimate fits a Gaussian to each group).")
+                raise ValueError(
+                    f"canaries: {name}={value!r} must be an integer >= 2 (the "
+                    "estimate fits a Gaussian to each group)."
+                )
 
     @property
     def total(self) -> int:
@@ -87,26 +90,31 @@ class Canaries:
     @staticmethod
     def check(dp: DPConfig) -> None:
         """Raises ValueError when ``dp`` gives a canary no fixed bound to be scaled to."""
-        dp.check_fixed_bounds("canary clients (audit.canaries; their update is scaled to "
-                              "the clip bounds)", "it moves the bounds every round")
+        dp.check_fixed_bounds(
+            "canary clients (audit.canaries; their update is scaled to the clip bounds)",
+            "it moves the bounds every round",
+        )
 
-    def update(self, index: jax.Array, like: PyTree, dp: DPConfig,
-               layout: ParamLayout = SAME_LAYOUT) -> PyTree:
+    def update(
+        self, index: jax.Array, like: PyTree, dp: DPConfig, layout: ParamLayout = SAME_LAYOUT
+    ) -> PyTree:
         """What canary client ``index`` sends, float32 shaped like ``like`` (compute layout
         ``layout``): a standard-normal draw with every canonical layer h (``dp.layers``)
         scaled to ``OVERSHOOT``·C_h, or (global clipping) the whole to ``OVERSHOOT``·C."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _STREAM), index)
         draw = transforms.standard_normal_like(key, like, layout)
         if dp.clipping == "global":
-            scale = OVERSHOOT * dp.clip_norm / transforms.l2_norm(jax.tree.leaves(draw))
+            scale = OVERSHOOT * dp.clip_bound / transforms.l2_norm(jax.tree.leaves(draw))
             return jax.tree.map(lambda x: x * scale, draw)
         # rescale_layers with C = 0 sets every layer to exactly its (overshot) bound.
-        overshot = {name: OVERSHOOT * bound
-                    for name, bound in dp.initial_clip_bounds(like, layout).items()}
+        overshot = {
+            name: OVERSHOOT * bound for name, bound in dp.initial_clip_bounds(like, layout).items()
+        }
         return transforms.rescale_layers(draw, 0.0, overshot, dp.layer_fn, layout)[0]
 
-    def insert(self, total: PyTree, mask: jax.Array, dp: DPConfig,
-               layout: ParamLayout = SAME_LAYOUT) -> PyTree:
+    def insert(
+        self, total: PyTree, mask: jax.Array, dp: DPConfig, layout: ParamLayout = SAME_LAYOUT
+    ) -> PyTree:
         """``total`` + Σ_c mask_c · clip(update_c): the sampled canaries' clipped updates
         added to a round's sum of clipped deltas (``dp.client_clip``, the users' clipping).
 
@@ -123,13 +131,11 @@ class Canaries:
             return jax.tree.map(lambda a, x: a + mask[index] * x, acc, clipped)
 
         def add(acc, index):
-            return jax.lax.cond(mask[index] > 0, with_canary, lambda acc, _: acc, acc,
-                                index), None
+            return jax.lax.cond(mask[index] > 0, with_canary, lambda acc, _: acc, acc, index), None
 
         return jax.lax.scan(add, total, jnp.arange(self.inserted))[0]
 
-    def cosines(self, tree: PyTree, dp: DPConfig, layout: ParamLayout = SAME_LAYOUT
-                ) -> jax.Array:
+    def cosines(self, tree: PyTree, dp: DPConfig, layout: ParamLayout = SAME_LAYOUT) -> jax.Array:
         """float32 ``[inserted + heldout]``: cos(``tree``, canary c) for every canary (0 for
         a zero ``tree``). The cosine is that of the clipped canary too (the clipping scales
         every layer of an update by the same 1/``OVERSHOOT``)."""
@@ -157,6 +163,7 @@ class Estimate(NamedTuple):
             Its ``epsilon_from_gdp`` is not used: it gives ε ≈ 7 for 100 + 100 scores drawn
             from one distribution (it takes ``|μ|`` over thresholds, upper bounds included).
     """
+
     epsilon: float
     ci_low: float
     ci_high: float
@@ -188,13 +195,17 @@ class GaussianFit(NamedTuple):
             scores are constant and equal; ±∞ when constant and different).
         low, high: its ``confidence`` interval (normal approximation, see :func:`pooled_fit`).
     """
+
     mu: float
     low: float
     high: float
 
 
-def pooled_fit(inserted: Sequence[float], heldout: Sequence[float],
-               confidence: float = 0.95) -> GaussianFit:
+def pooled_fit(
+    inserted: Sequence[float] | np.ndarray,
+    heldout: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+) -> GaussianFit:
     """The standardized mean difference of the inserted and held-out scores with its
     interval.
 
@@ -211,26 +222,33 @@ def pooled_fit(inserted: Sequence[float], heldout: Sequence[float],
     """
     ins, out = np.asarray(inserted, np.float64), np.asarray(heldout, np.float64)
     if min(ins.size, out.size) < 2:
-        raise ValueError(f"the canary estimate needs two scores of each group at least, got "
-                         f"{ins.size} inserted and {out.size} held out.")
+        raise ValueError(
+            f"the canary estimate needs two scores of each group at least, got "
+            f"{ins.size} inserted and {out.size} held out."
+        )
     gap = ins.mean() - out.mean()
     var = (ins.var(ddof=1) + out.var(ddof=1)) / 2
-    if var == 0:   # each group's scores all equal: perfectly separated, or not at all
+    if var == 0:  # each group's scores all equal: perfectly separated, or not at all
         mu = math.copysign(math.inf, gap) if gap else 0.0
         return GaussianFit(mu, mu, mu)
     mu = gap / math.sqrt(var)
     variance = 0.0
     for scores, sign in ((ins, -1.0), (out, 1.0)):
         centered = scores - scores.mean()
-        v, m3, m4 = (np.mean(centered ** p) for p in (2, 3, 4))
-        variance += (v / var + mu * mu * (m4 - v * v) / (16 * var * var)
-                     + sign * mu * m3 / (2 * var ** 1.5)) / scores.size
+        v, m3, m4 = (np.mean(centered**p) for p in (2, 3, 4))
+        variance += (
+            v / var + mu * mu * (m4 - v * v) / (16 * var * var) + sign * mu * m3 / (2 * var**1.5)
+        ) / scores.size
     half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(variance, 0.0))
     return GaussianFit(mu, mu - half, mu + half)
 
 
-def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta: float,
-                     confidence: float = 0.95) -> Estimate:
+def estimate_epsilon(
+    inserted: Sequence[float] | np.ndarray,
+    heldout: Sequence[float] | np.ndarray,
+    delta: float,
+    confidence: float = 0.95,
+) -> Estimate:
     """The ε at δ of the Gaussian mechanism that separates the inserted canaries' statistic
     from the held-out ones' as well as this run does.
 
@@ -258,14 +276,22 @@ def estimate_epsilon(inserted: Sequence[float], heldout: Sequence[float], delta:
     """
     ins, out = np.asarray(inserted, np.float64), np.asarray(heldout, np.float64)
     mu, low, high = pooled_fit(ins, out, confidence)
-    lower = float(auditing.CanaryScoreAuditor(ins, out).epsilon_clopper_pearson(
-        1 - confidence, delta))
-    return Estimate(gdp_epsilon(mu, delta), gdp_epsilon(low, delta), gdp_epsilon(high, delta),
-                    mu, lower)
+    lower = float(
+        auditing.CanaryScoreAuditor(ins, out).epsilon_clopper_pearson(1 - confidence, delta)
+    )
+    return Estimate(
+        gdp_epsilon(mu, delta), gdp_epsilon(low, delta), gdp_epsilon(high, delta), mu, lower
+    )
 
 
-def detectable_epsilon(inserted: int, heldout: int, epsilon_accounted: float, delta: float,
-                       confidence: float = 0.95, power: float = 0.5) -> float:
+def detectable_epsilon(
+    inserted: int,
+    heldout: int,
+    epsilon_accounted: float,
+    delta: float,
+    confidence: float = 0.95,
+    power: float = 0.5,
+) -> float:
     """The smallest ε (at δ) of a run's statistic that the audit flags with probability
     ``power``: its interval's low end (:func:`estimate_epsilon`) above
     ``epsilon_accounted``.
@@ -284,7 +310,7 @@ def detectable_epsilon(inserted: int, heldout: int, epsilon_accounted: float, de
     """
     z = float(stats.norm.ppf(0.5 + confidence / 2) + stats.norm.ppf(power))
     if z * math.sqrt((1 / inserted + 1 / heldout) / 8) >= 1:
-        return math.inf   # se(μ) grows as fast as μ: too few canaries for this power
+        return math.inf  # se(μ) grows as fast as μ: too few canaries for this power
     mu_acc = gdp_mu(epsilon_accounted, delta) if epsilon_accounted > 0 else 0.0
 
     def excess(mu):

@@ -138,8 +138,10 @@ class CorrelatedNoise:
         rounds = checks.check_integer("rounds", self.rounds)
         separation = checks.check_integer("min_separation", self.min_separation)
         if separation > rounds:
-            raise ValueError(f"min_separation ({separation}) must not exceed rounds "
-                             f"({rounds}): a user takes part at most once every b rounds")
+            raise ValueError(
+                f"min_separation ({separation}) must not exceed rounds "
+                f"({rounds}): a user takes part at most once every b rounds"
+            )
         if self.error not in ERRORS:
             raise ValueError(f"error must be one of {ERRORS}, got {self.error!r}")
         set_ = functools.partial(object.__setattr__, self)
@@ -148,47 +150,55 @@ class CorrelatedNoise:
         if self.kind == "blt":
             for name in ("bands", "coefs"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} is a banded_toeplitz parameter; kind='blt' "
-                                     f"takes buf_decay and output_scale")
+                    raise ValueError(
+                        f"{name} is a banded_toeplitz parameter; kind='blt' "
+                        f"takes buf_decay and output_scale"
+                    )
             buffers = checks.check_integer("max_buffers", self.max_buffers, minimum=0)
             if buffers > 15:
-                raise ValueError(f"max_buffers must be <= 15 (jax_privacy: more buffers are "
-                                 f"numerically unstable), got {buffers}")
+                raise ValueError(
+                    f"max_buffers must be <= 15 (jax_privacy: more buffers are "
+                    f"numerically unstable), got {buffers}"
+                )
             if (self.buf_decay is None) != (self.output_scale is None):
-                raise ValueError("give both buf_decay and output_scale, or neither (then "
-                                 "the BLT is optimized)")
+                raise ValueError(
+                    "give both buf_decay and output_scale, or neither (then the BLT is optimized)"
+                )
             if self.buf_decay is not None:
                 decay = _float32_tuple("buf_decay", self.buf_decay)
                 scale = _float32_tuple("output_scale", self.output_scale)
                 if len(decay) != len(scale):
-                    raise ValueError(f"buf_decay and output_scale must have the same length "
-                                     f"(one per buffer), got {len(decay)} and {len(scale)}")
+                    raise ValueError(
+                        f"buf_decay and output_scale must have the same length "
+                        f"(one per buffer), got {len(decay)} and {len(scale)}"
+                    )
                 if any(not 0 <= d <= 1 for d in decay):
                     raise ValueError(f"buf_decay must be in [0, 1], got {decay}")
-                order = np.argsort(decay, kind="stable")[::-1]   # jax_privacy's canonical order
+                order = np.argsort(decay, kind="stable")[::-1]  # jax_privacy's canonical order
                 set_("buf_decay", tuple(decay[i] for i in order))
                 set_("output_scale", tuple(scale[i] for i in order))
                 self._check_strategy()
         else:
             if self.buf_decay is not None or self.output_scale is not None:
-                raise ValueError("buf_decay and output_scale are BLT parameters; "
-                                 "kind='banded_toeplitz' takes bands and coefs")
-            bands = checks.check_integer("bands", separation if self.bands is None
-                                         else self.bands)
+                raise ValueError(
+                    "buf_decay and output_scale are BLT parameters; "
+                    "kind='banded_toeplitz' takes bands and coefs"
+                )
+            bands = checks.check_integer("bands", separation if self.bands is None else self.bands)
             if bands > separation:
-                raise ValueError(f"bands ({bands}) must not exceed min_separation "
-                                 f"({separation}): jax_privacy's banded optimization and "
-                                 f"sensitivity assume participations at least `bands` "
-                                 f"rounds apart")
+                raise ValueError(
+                    f"bands ({bands}) must not exceed min_separation "
+                    f"({separation}): jax_privacy's banded optimization and "
+                    f"sensitivity assume participations at least `bands` "
+                    f"rounds apart"
+                )
             set_("bands", bands)
             if self.coefs is not None:
                 coefs = _float32_tuple("coefs", self.coefs)
                 if len(coefs) != bands:
-                    raise ValueError(f"coefs must have bands={bands} entries, got "
-                                     f"{len(coefs)}")
+                    raise ValueError(f"coefs must have bands={bands} entries, got {len(coefs)}")
                 if coefs[0] <= 0:
-                    raise ValueError(f"coefs[0] must be > 0 (C must be invertible), got "
-                                     f"{coefs[0]}")
+                    raise ValueError(f"coefs[0] must be > 0 (C must be invertible), got {coefs[0]}")
                 set_("coefs", coefs)
                 self._check_strategy()
 
@@ -211,9 +221,9 @@ class CorrelatedNoise:
         banded: the last ``bands − 1`` outputs)."""
         value = self.optimize()
         if value.kind == "blt":
-            assert value.buf_decay is not None      # set by optimize()
+            assert value.buf_decay is not None  # set by optimize()
             return len(value.buf_decay)
-        assert value.bands is not None              # checked at construction
+        assert value.bands is not None  # checked at construction
         return value.bands - 1
 
     def optimize(self) -> CorrelatedNoise:
@@ -226,15 +236,16 @@ class CorrelatedNoise:
         """C's first ``rounds`` (default n) Toeplitz coefficients, float64 from the float32
         parameters (jax_privacy ``BufferedToeplitz.toeplitz_coefs`` / ``pad_coefs_to_n``)."""
         length = self.rounds if rounds is None else checks.check_integer("rounds", rounds)
-        if length <= self.rounds:     # prefixes of the n coefficients, computed once
+        if length <= self.rounds:  # prefixes of the n coefficients, computed once
             return _strategy_coefs(self.optimize(), self.rounds)[:length].copy()
         return _strategy_coefs(self.optimize(), length).copy()
 
     def strategy_matrix(self, rounds: int | None = None) -> np.ndarray:
         """C as a dense ``[rounds, rounds]`` float64 array (for tests and plots)."""
         with jax.enable_x64():
-            return np.asarray(toeplitz.materialize_lower_triangular(
-                jnp.asarray(self.strategy_coefs(rounds))))
+            return np.asarray(
+                toeplitz.materialize_lower_triangular(jnp.asarray(self.strategy_coefs(rounds)))
+            )
 
     def sensitivity(self, rounds: int | None = None) -> float:
         """L2 sensitivity of C·x in units of the clip norm, for the first ``rounds`` (default
@@ -248,16 +259,20 @@ class CorrelatedNoise:
         try:
             _sensitivity(self, self.rounds)
         except ValueError as err:
-            raise ValueError(f"this {self.kind} strategy has no min-separation sensitivity "
-                             f"bound in jax_privacy (its Toeplitz coefficients must be "
-                             f"non-negative and non-increasing): {err}") from None
+            raise ValueError(
+                f"this {self.kind} strategy has no min-separation sensitivity "
+                f"bound in jax_privacy (its Toeplitz coefficients must be "
+                f"non-negative and non-increasing): {err}"
+            ) from None
 
     def _check_rounds(self, rounds: object) -> int:
         value = checks.check_integer("rounds", rounds)
         if value > self.rounds:
-            raise ValueError(f"rounds ({value}) must not exceed the {self.rounds} rounds the "
-                             f"mechanism is built for: build a CorrelatedNoise with "
-                             f"rounds={value}")
+            raise ValueError(
+                f"rounds ({value}) must not exceed the {self.rounds} rounds the "
+                f"mechanism is built for: build a CorrelatedNoise with "
+                f"rounds={value}"
+            )
         return value
 
     # ----------------------------------------------------------------------------------
@@ -272,7 +287,8 @@ class CorrelatedNoise:
         with jax.ensure_compile_time_eval():
             if value.kind == "blt":
                 blt = buffered_toeplitz.BufferedToeplitz.build(
-                    value.buf_decay, value.output_scale, dtype=jnp.float32)
+                    value.buf_decay, value.output_scale, dtype=jnp.float32
+                )
                 return blt.inverse_as_streaming_matrix()
             return toeplitz.inverse_as_streaming_matrix(jnp.asarray(value.coefs, jnp.float32))
 
@@ -284,9 +300,14 @@ class CorrelatedNoise:
         target = jax.tree.map(lambda x: jnp.zeros_like(x, dtype=jnp.float32), params_like)
         return self._noising_matrix.init_multiply(target)
 
-    def next_noise(self, state: PyTree, key: jax.Array, stddev: float | jax.Array,
-                   params_like: PyTree, layout: ParamLayout = SAME_LAYOUT
-                   ) -> tuple[PyTree, PyTree]:
+    def next_noise(
+        self,
+        state: PyTree,
+        key: jax.Array,
+        stddev: float | jax.Array,
+        params_like: PyTree,
+        layout: ParamLayout = SAME_LAYOUT,
+    ) -> tuple[PyTree, PyTree]:
         """This round's correlated noise and the next state.
 
         Draws Z ~ N(0, 1) on every coordinate of ``params_like`` (float32, exactly the draw
@@ -327,27 +348,37 @@ class CorrelatedNoise:
         """Bytes of the noise state for ``params_like`` (``jax.eval_shape``: nothing is
         allocated)."""
         shapes = jax.eval_shape(self.init_state, params_like)
-        return int(sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-                       for leaf in jax.tree.leaves(shapes)))
+        return int(
+            sum(
+                math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+                for leaf in jax.tree.leaves(shapes)
+            )
+        )
 
     # ----------------------------------------------------------------------------------
     # Accounting
     # ----------------------------------------------------------------------------------
-    def effective_noise_multiplier(self, noise_multiplier: float,
-                                   rounds: int | None = None) -> float:
+    def effective_noise_multiplier(
+        self, noise_multiplier: float, rounds: int | None = None
+    ) -> float:
         """z / sens: the multiplier of the one Gaussian mechanism the rounds amount to."""
         z = checks.check_positive("noise_multiplier", noise_multiplier)
         return z / self.sensitivity(rounds)
 
-    def dp_event(self, noise_multiplier: float,
-                 rounds: int | None = None) -> dp_accounting.DpEvent:
+    def dp_event(self, noise_multiplier: float, rounds: int | None = None) -> dp_accounting.DpEvent:
         """``GaussianDpEvent(z / sens)`` of the first ``rounds`` (default n) rounds with
         noise multiplier z (σ = z·C_clip on the sum); see the module docstring."""
         return dp_accounting.GaussianDpEvent(
-            self.effective_noise_multiplier(noise_multiplier, rounds))
+            self.effective_noise_multiplier(noise_multiplier, rounds)
+        )
 
-    def epsilon(self, noise_multiplier: float, delta: float, rounds: int | None = None,
-                accountant: accounting.AccountantName = "rdp") -> CorrelatedGuarantee:
+    def epsilon(
+        self,
+        noise_multiplier: float,
+        delta: float,
+        rounds: int | None = None,
+        accountant: accounting.AccountantName = "rdp",
+    ) -> CorrelatedGuarantee:
         """User-level ε after the first ``rounds`` (default n) rounds.
 
         Args:
@@ -363,32 +394,45 @@ class CorrelatedNoise:
         length = self.rounds if rounds is None else self._check_rounds(rounds)
         delta = checks.check_delta(delta)
         if accountant not in accounting.ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {accounting.ACCOUNTANTS}, "
-                             f"got {accountant!r}")
+            raise ValueError(
+                f"accountant must be one of {accounting.ACCOUNTANTS}, got {accountant!r}"
+            )
         z = checks.check_positive("noise_multiplier", noise_multiplier)
         event = self.dp_event(z, length)
         order = None
         if accountant == "pld":
             cost = accounting.pld_cost(event.noise_multiplier, 1.0, 1)
             if not cost.feasible:
-                raise accounting.PldRefusedError(cost, event.noise_multiplier, 1.0, 1,
-                                                 "one Gaussian mechanism with z/sens: ")
+                raise accounting.PldRefusedError(
+                    cost, event.noise_multiplier, 1.0, 1, "one Gaussian mechanism with z/sens: "
+                )
             eps = pld.PLDAccountant().compose(event).get_epsilon(delta)
         else:
-            eps, order = rdp.RdpAccountant().compose(event).get_epsilon_and_optimal_order(
-                delta)
+            eps, order = rdp.RdpAccountant().compose(event).get_epsilon_and_optimal_order(delta)
             order = float(order)
         return CorrelatedGuarantee(
-            epsilon=float(eps), delta=delta, noise_multiplier=z,
-            sensitivity=self.sensitivity(length), rounds=length,
+            epsilon=float(eps),
+            delta=delta,
+            noise_multiplier=z,
+            sensitivity=self.sensitivity(length),
+            rounds=length,
             min_separation=self.min_separation,
             max_participations=sensitivity.minsep_true_max_participations(
-                length, self.min_separation),
-            kind=self.kind, accountant=accountant, rdp_order=order)
+                length, self.min_separation
+            ),
+            kind=self.kind,
+            accountant=accountant,
+            rdp_order=order,
+        )
 
-    def calibrate(self, target_epsilon: float, delta: float, rounds: int | None = None,
-                  accountant: accounting.AccountantName = "rdp",
-                  tolerance: float = 1e-3) -> float:
+    def calibrate(
+        self,
+        target_epsilon: float,
+        delta: float,
+        rounds: int | None = None,
+        accountant: accounting.AccountantName = "rdp",
+        tolerance: float = 1e-3,
+    ) -> float:
         """Smallest noise multiplier z with ε(z) ≤ ``target_epsilon``.
 
         ``dp_accounting.calibrate_dp_mechanism`` on the effective multiplier z/sens (Brent's
@@ -409,25 +453,30 @@ class CorrelatedNoise:
         delta = checks.check_delta(delta)
         tol = checks.check_positive("tolerance", tolerance)
         if accountant not in accounting.ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {accounting.ACCOUNTANTS}, "
-                             f"got {accountant!r}")
+            raise ValueError(
+                f"accountant must be one of {accounting.ACCOUNTANTS}, got {accountant!r}"
+            )
         sens = self.sensitivity(rounds)
         make_accountant = pld.PLDAccountant if accountant == "pld" else rdp.RdpAccountant
 
         def epsilon_at(effective: float) -> float:
-            return make_accountant().compose(
-                dp_accounting.GaussianDpEvent(effective)).get_epsilon(delta)
+            return (
+                make_accountant()
+                .compose(dp_accounting.GaussianDpEvent(effective))
+                .get_epsilon(delta)
+            )
 
         too_loose = ValueError(
             f"target_epsilon={target} is met even with noise multiplier "
             f"{accounting.MIN_CALIBRATED_NOISE_MULTIPLIER}: no meaningful noise level to "
-            f"calibrate to")
+            f"calibrate to"
+        )
         if accountant == "rdp":
             lowest = accounting.MIN_CALIBRATED_NOISE_MULTIPLIER / sens
             if epsilon_at(lowest) <= target:
                 raise too_loose
             bracket = dp_accounting.LowerEndpointAndGuess(lowest, 1.0)
-        else:   # z_PLD ≤ z_RDP; step down until ε_PLD exceeds the target (cost-checked)
+        else:  # z_PLD ≤ z_RDP; step down until ε_PLD exceeds the target (cost-checked)
             upper = self.calibrate(target, delta, rounds, "rdp", tol) / sens
             lower = upper
             while True:
@@ -437,17 +486,25 @@ class CorrelatedNoise:
                 cost = accounting.pld_cost(lower, 1.0, 1)
                 if not cost.feasible:
                     raise accounting.PldRefusedError(
-                        cost, lower, 1.0, 1, f"calibrating to target ε={target:g}: ")
+                        cost, lower, 1.0, 1, f"calibrating to target ε={target:g}: "
+                    )
                 if epsilon_at(lower) > target:
                     break
             bracket = dp_accounting.ExplicitBracketInterval(lower, upper)
         try:
             effective = dp_accounting.calibrate_dp_mechanism(
-                make_accountant, dp_accounting.GaussianDpEvent, target, delta, bracket,
-                tol=tol / sens)
+                make_accountant,
+                dp_accounting.GaussianDpEvent,
+                target,
+                delta,
+                bracket,
+                tol=tol / sens,
+            )
         except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError as err:
-            raise ValueError(f"target_epsilon={target} needs a noise multiplier beyond the "
-                             f"search range: choose a larger target_epsilon") from err
+            raise ValueError(
+                f"target_epsilon={target} needs a noise multiplier beyond the "
+                f"search range: choose a larger target_epsilon"
+            ) from err
         return float(effective * sens)
 
     def accountant(self, noise_multiplier: float, delta: float) -> CorrelatedAccountant:
@@ -459,8 +516,9 @@ class CorrelatedNoise:
     # ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples become lists); :meth:`from_dict` inverts it exactly."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def independent(cls, rounds: int, min_separation: int) -> CorrelatedNoise:
@@ -472,8 +530,9 @@ class CorrelatedNoise:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> CorrelatedNoise:
         """The mechanism of :meth:`to_dict`."""
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in fields.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+        }
         return cls(**kwargs)
 
     def check_sampler(self, sampler: Any) -> None:
@@ -486,11 +545,14 @@ class CorrelatedNoise:
                 f"the {self.kind} mechanism's ε assumes b-min-separation participation "
                 f"(each user at most once every {self.min_separation} rounds), which "
                 f"{type(sampler).__name__} does not guarantee: use the 'cyclic' sampler "
-                f"with min_separation={self.min_separation}")
+                f"with min_separation={self.min_separation}"
+            )
         if separation < self.min_separation:
-            raise ValueError(f"the sampler's min_separation ({separation}) is below the "
-                             f"mechanism's ({self.min_separation}): its users may take "
-                             f"part more often than the sensitivity allows for")
+            raise ValueError(
+                f"the sampler's min_separation ({separation}) is below the "
+                f"mechanism's ({self.min_separation}): its users may take "
+                f"part more often than the sensitivity allows for"
+            )
 
 
 @functools.lru_cache(maxsize=32)
@@ -498,7 +560,8 @@ def _strategy_coefs(mechanism: CorrelatedNoise, rounds: int) -> np.ndarray:
     with jax.enable_x64():
         if mechanism.kind == "blt":
             blt = buffered_toeplitz.BufferedToeplitz.build(
-                mechanism.buf_decay, mechanism.output_scale, dtype=jnp.float64)
+                mechanism.buf_decay, mechanism.output_scale, dtype=jnp.float64
+            )
             coefs = blt.toeplitz_coefs(rounds)
         else:
             coefs = toeplitz.pad_coefs_to_n(jnp.asarray(mechanism.coefs, jnp.float64), rounds)
@@ -510,7 +573,8 @@ def _sensitivity(mechanism: CorrelatedNoise, rounds: int) -> float:
     coefs = mechanism.strategy_coefs(rounds)
     with jax.enable_x64():
         squared = toeplitz.minsep_sensitivity_squared(
-            jnp.asarray(coefs), min_sep=mechanism.min_separation, n=rounds)
+            jnp.asarray(coefs), min_sep=mechanism.min_separation, n=rounds
+        )
     return float(np.sqrt(float(squared)))
 
 
@@ -519,12 +583,18 @@ def _optimize(mechanism: CorrelatedNoise) -> CorrelatedNoise:
     """jax_privacy's optimized strategy for (n, b), as float32 parameters."""
     n, b = mechanism.rounds, mechanism.min_separation
     if mechanism.kind == "blt":
-        blt = buffered_toeplitz.optimize(n=n, min_sep=b, max_participations=None,
-                                         error=mechanism.error,
-                                         max_buffers=mechanism.max_buffers)
-        return dataclasses.replace(mechanism,
-                                   buf_decay=_float32_tuple("buf_decay", blt.buf_decay),
-                                   output_scale=_float32_tuple("output_scale", blt.output_scale))
+        blt = buffered_toeplitz.optimize(
+            n=n,
+            min_sep=b,
+            max_participations=None,
+            error=mechanism.error,
+            max_buffers=mechanism.max_buffers,
+        )
+        return dataclasses.replace(
+            mechanism,
+            buf_decay=_float32_tuple("buf_decay", blt.buf_decay),
+            output_scale=_float32_tuple("output_scale", blt.output_scale),
+        )
     reduction = jnp.max if mechanism.error == "max" else jnp.mean
     coefs = toeplitz.optimize_banded_toeplitz(n, mechanism.bands, reduction_fn=reduction)
     return dataclasses.replace(mechanism, coefs=_float32_tuple("coefs", coefs))
@@ -570,13 +640,15 @@ class CorrelatedGuarantee:
 
     def __str__(self) -> str:
         order = f", order {self.rdp_order:g}" if self.rdp_order is not None else ""
-        return (f"user-level ({self.epsilon:.4g}, {self.delta:.3g})-DP "
-                f"[{self.neighboring_relation}] after T={self.rounds} rounds; {self.kind} "
-                f"correlated noise, min separation b={self.min_separation} (≤ "
-                f"{self.max_participations} participations), no sampling amplification, "
-                f"z={self.noise_multiplier:.4g}, sens={self.sensitivity:.4g}, "
-                f"z/sens={self.effective_noise_multiplier:.4g}; "
-                f"{self.accountant.upper()} accountant{order}")
+        return (
+            f"user-level ({self.epsilon:.4g}, {self.delta:.3g})-DP "
+            f"[{self.neighboring_relation}] after T={self.rounds} rounds; {self.kind} "
+            f"correlated noise, min separation b={self.min_separation} (≤ "
+            f"{self.max_participations} participations), no sampling amplification, "
+            f"z={self.noise_multiplier:.4g}, sens={self.sensitivity:.4g}, "
+            f"z/sens={self.effective_noise_multiplier:.4g}; "
+            f"{self.accountant.upper()} accountant{order}"
+        )
 
 
 class CorrelatedAccountant:
@@ -596,17 +668,21 @@ class CorrelatedAccountant:
         self._cache: dict[tuple[int, str], CorrelatedGuarantee] = {}
 
     def __repr__(self) -> str:
-        return (f"CorrelatedAccountant({self.mechanism.kind!r}, rounds="
-                f"{self.mechanism.rounds}, min_separation={self.mechanism.min_separation}, "
-                f"noise_multiplier={self.noise_multiplier}, delta={self.delta})")
+        return (
+            f"CorrelatedAccountant({self.mechanism.kind!r}, rounds="
+            f"{self.mechanism.rounds}, min_separation={self.mechanism.min_separation}, "
+            f"noise_multiplier={self.noise_multiplier}, delta={self.delta})"
+        )
 
-    def guarantee(self, rounds: int, accountant: accounting.AccountantName = "rdp"
-                  ) -> CorrelatedGuarantee:
+    def guarantee(
+        self, rounds: int, accountant: accounting.AccountantName = "rdp"
+    ) -> CorrelatedGuarantee:
         """The :class:`CorrelatedGuarantee` after ``rounds`` ≤ n rounds (cached)."""
         key = (checks.check_integer("rounds", rounds), accountant)
         if key not in self._cache:
-            self._cache[key] = self.mechanism.epsilon(self.noise_multiplier, self.delta,
-                                                      key[0], accountant)
+            self._cache[key] = self.mechanism.epsilon(
+                self.noise_multiplier, self.delta, key[0], accountant
+            )
         return self._cache[key]
 
     def epsilon(self, rounds: int, accountant: accounting.AccountantName = "rdp") -> float:
@@ -616,16 +692,23 @@ class CorrelatedAccountant:
     def pld_feasible(self, rounds: int) -> bool:
         """Whether PLD runs for ``rounds`` rounds (one Gaussian with z/sens)."""
         return accounting.pld_feasible(
-            self.mechanism.effective_noise_multiplier(self.noise_multiplier, rounds), 1.0, 1)
+            self.mechanism.effective_noise_multiplier(self.noise_multiplier, rounds), 1.0, 1
+        )
 
-    def max_rounds_within(self, max_epsilon: float,
-                          accountant: accounting.AccountantName = "rdp",
-                          max_rounds: int | None = None) -> int:
+    def max_rounds_within(
+        self,
+        max_epsilon: float,
+        accountant: accounting.AccountantName = "rdp",
+        max_rounds: int | None = None,
+    ) -> int:
         """Largest T ≤ min(``max_rounds``, n) with ε(T) ≤ ``max_epsilon`` (0 if none):
         bisection (ε(T) does not decrease with T: the prefix sensitivity does not)."""
         budget = checks.check_positive("max_epsilon", max_epsilon)
-        limit = self.mechanism.rounds if max_rounds is None else min(
-            checks.check_integer("max_rounds", max_rounds), self.mechanism.rounds)
+        limit = (
+            self.mechanism.rounds
+            if max_rounds is None
+            else min(checks.check_integer("max_rounds", max_rounds), self.mechanism.rounds)
+        )
         if self.epsilon(limit, accountant) <= budget:
             return limit
         good, bad = 0, limit

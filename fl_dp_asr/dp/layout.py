@@ -33,6 +33,7 @@ class ParamLayout(NamedTuple):
     they must work on any pytree of the canonical (resp. compute) structure, whatever its
     leaves' trailing shapes (scalars included).
     """
+
     to_compute: Callable[[PyTree], PyTree]
     from_compute: Callable[[PyTree], PyTree]
 
@@ -41,14 +42,13 @@ def _same(tree: PyTree) -> PyTree:
     return tree
 
 
-SAME_LAYOUT = ParamLayout(_same, _same)   # the compute layout is the model's own
+SAME_LAYOUT = ParamLayout(_same, _same)  # the compute layout is the model's own
 
 
 def canonical_shapes(tree: PyTree, layout: ParamLayout) -> PyTree:
     """``jax.ShapeDtypeStruct`` s of ``tree`` (compute layout) in the canonical layout."""
     if layout is SAME_LAYOUT:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                            tree)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
     return jax.eval_shape(layout.from_compute, tree)
 
 
@@ -57,31 +57,33 @@ def stack_ndims(tree: PyTree, layout: ParamLayout) -> PyTree:
     index layers (0 for a leaf that is one canonical leaf, 1 for a stacked leaf)."""
     if layout is SAME_LAYOUT:
         return jax.tree.map(lambda _: 0, tree)
-    scalars = jax.tree.map(lambda _: jax.ShapeDtypeStruct((), jnp.float32),
-                           canonical_shapes(tree, layout))
+    scalars = jax.tree.map(
+        lambda _: jax.ShapeDtypeStruct((), jnp.float32), canonical_shapes(tree, layout)
+    )
     return jax.tree.map(lambda s: len(s.shape), jax.eval_shape(layout.to_compute, scalars))
 
 
-def per_layer(tree: PyTree, layout: ParamLayout, fn: Callable[[jax.Array, int], jax.Array]
-              ) -> PyTree:
+def per_layer(
+    tree: PyTree, layout: ParamLayout, fn: Callable[[jax.Array, int], jax.Array]
+) -> PyTree:
     """``fn(leaf, stack_ndim)`` on every leaf of ``tree`` (compute layout), returning one
     value per canonical leaf (shape ``leaf.shape[:stack_ndim]``), as a canonical tree."""
     values = jax.tree.map(fn, tree, stack_ndims(tree, layout))
     return layout.from_compute(values)
 
 
-def broadcast_per_layer(tree: PyTree, layout: ParamLayout, canonical_values: PyTree
-                        ) -> PyTree:
+def broadcast_per_layer(tree: PyTree, layout: ParamLayout, canonical_values: PyTree) -> PyTree:
     """The canonical tree of one scalar per canonical leaf in the compute layout, each
     value shaped to broadcast against its (stacked) leaf of ``tree``."""
     values = layout.to_compute(canonical_values)
     return jax.tree.map(
-        lambda x, v: jnp.reshape(v, jnp.shape(v) + (1,) * (jnp.ndim(x) - jnp.ndim(v))),
-        tree, values)
+        lambda x, v: jnp.reshape(v, jnp.shape(v) + (1,) * (jnp.ndim(x) - jnp.ndim(v))), tree, values
+    )
 
 
-def layerwise(transform: optax.GradientTransformation, layout: ParamLayout
-              ) -> optax.GradientTransformation:
+def layerwise(
+    transform: optax.GradientTransformation, layout: ParamLayout
+) -> optax.GradientTransformation:
     """``transform`` applied to every canonical leaf on its own, in the compute layout.
 
     For stateless transforms that treat each leaf independently but not coordinate-wise,
@@ -93,11 +95,14 @@ def layerwise(transform: optax.GradientTransformation, layout: ParamLayout
         ValueError: at ``init``, when ``transform`` keeps a state (it could not be split per
             layer).
     """
+
     def init_fn(params):
         state = transform.init(params)
         if jax.tree.leaves(state):
-            raise ValueError("layerwise() takes a stateless transform (e.g. "
-                             f"optax.scale_by_trust_ratio()); this one keeps {state!r}.")
+            raise ValueError(
+                "layerwise() takes a stateless transform (e.g. "
+                f"optax.scale_by_trust_ratio()); this one keeps {state!r}."
+            )
         return state
 
     def update_fn(updates, state, params=None):
@@ -108,6 +113,7 @@ def layerwise(transform: optax.GradientTransformation, layout: ParamLayout
             for _ in range(stack_ndim):
                 fn = jax.vmap(fn)
             return fn(update, *param)
+
         trees = (updates,) if params is None else (updates, params)
         return jax.tree.map(one_leaf, stack_ndims(updates, layout), *trees), state
 

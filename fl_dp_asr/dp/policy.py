@@ -86,6 +86,7 @@ class DPConfig:
         >>> round(dp.noise_stddev(expected_cohort_size=16), 10)
         1.6e-05
     """
+
     clipping: str = "per_layer"
     clip_norm: float | None = None
     allocation: transforms.Allocation = "uniform"
@@ -108,15 +109,18 @@ class DPConfig:
         if self.clipping != "none" and self.clip_norm is None:
             raise ValueError(f"dp.clipping={self.clipping!r} needs dp.clip_norm > 0.")
         if self.noise_multiplier is not None and self.sigma_dp is not None:
-            raise ValueError("give dp.noise_multiplier (z, std on the sum / C) or dp.sigma_dp "
-                             "(std on the mean / C), not both.")
+            raise ValueError(
+                "give dp.noise_multiplier (z, std on the sum / C) or dp.sigma_dp "
+                "(std on the mean / C), not both."
+            )
         if (self.noise_multiplier or self.sigma_dp) and self.clipping == "none":
-            raise ValueError("noise without clipping gives no privacy: set dp.clipping and "
-                             "dp.clip_norm, or remove the noise.")
+            raise ValueError(
+                "noise without clipping gives no privacy: set dp.clipping and "
+                "dp.clip_norm, or remove the noise."
+            )
         transforms.check_allocation("dp.allocation", self.allocation)
         if self.layers not in LAYER_GROUPINGS:
-            raise ValueError(f"dp.layers={self.layers!r}: choose one of "
-                             f"{tuple(LAYER_GROUPINGS)}.")
+            raise ValueError(f"dp.layers={self.layers!r}: choose one of {tuple(LAYER_GROUPINGS)}.")
         self._check_adaptive()
         self._check_correlated()
 
@@ -124,22 +128,28 @@ class DPConfig:
         if self.correlated_noise is None:
             return
         if not isinstance(self.correlated_noise, correlated.CorrelatedNoise):
-            raise ValueError("dp.correlated_noise must be a fl_dp_asr.dp.correlated."
-                             f"CorrelatedNoise or None, got {self.correlated_noise!r}.")
-        self.check_fixed_bounds("correlated noise (dp.correlated_noise)",
-                                "the clipped-count query is not accounted under "
-                                "min-separation participation")
+            raise ValueError(
+                "dp.correlated_noise must be a fl_dp_asr.dp.correlated."
+                f"CorrelatedNoise or None, got {self.correlated_noise!r}."
+            )
+        self.check_fixed_bounds(
+            "correlated noise (dp.correlated_noise)",
+            "the clipped-count query is not accounted under min-separation participation",
+        )
 
     def check_fixed_bounds(self, feature: str, adaptive_reason: str) -> None:
         """Raises ValueError, naming ``feature``, unless the clipping has fixed bounds: no
         clipping, or adaptive clipping (``adaptive_reason`` says why ``feature`` refuses it)."""
         if self.clipping == "none":
-            raise ValueError(f"{feature} needs clipping (fixed clip bounds): set dp.clipping "
-                             "and dp.clip_norm.")
+            raise ValueError(
+                f"{feature} needs clipping (fixed clip bounds): set dp.clipping and dp.clip_norm."
+            )
         if self.adaptive:
-            raise ValueError(f"{feature} needs fixed clip bounds, not adaptive clipping "
-                             f"(dp.target_unclipped_quantile): {adaptive_reason}. Set "
-                             "dp.target_unclipped_quantile=None.")
+            raise ValueError(
+                f"{feature} needs fixed clip bounds, not adaptive clipping "
+                f"(dp.target_unclipped_quantile): {adaptive_reason}. Set "
+                "dp.target_unclipped_quantile=None."
+            )
 
     @property
     def mechanism(self) -> str:
@@ -149,17 +159,21 @@ class DPConfig:
     def _check_adaptive(self) -> None:
         checks.check_positive("dp.clip_norm_lr", self.clip_norm_lr, allow_zero=True)
         if self.clipped_count_stddev is not None:
-            checks.check_positive("dp.clipped_count_stddev", self.clipped_count_stddev,
-                                  allow_zero=True)
+            checks.check_positive(
+                "dp.clipped_count_stddev", self.clipped_count_stddev, allow_zero=True
+            )
         gamma = self.target_unclipped_quantile
         if gamma is None:
             return
-        if not (checks.check_positive("dp.target_unclipped_quantile", gamma,
-                                      allow_zero=True) <= 1.0):
+        if not (
+            checks.check_positive("dp.target_unclipped_quantile", gamma, allow_zero=True) <= 1.0
+        ):
             raise ValueError(f"dp.target_unclipped_quantile must be in [0, 1], got {gamma!r}")
         if self.clipping not in ADAPTIVE_CLIPPINGS:
-            raise ValueError(f"adaptive clipping (dp.target_unclipped_quantile) needs "
-                             f"dp.clipping in {ADAPTIVE_CLIPPINGS}, got {self.clipping!r}.")
+            raise ValueError(
+                f"adaptive clipping (dp.target_unclipped_quantile) needs "
+                f"dp.clipping in {ADAPTIVE_CLIPPINGS}, got {self.clipping!r}."
+            )
 
     @property
     def adaptive(self) -> bool:
@@ -171,9 +185,9 @@ class DPConfig:
         """Maps a parameter's key path to its layer name (``layers``)."""
         return LAYER_GROUPINGS[self.layers]
 
-    def initial_clip_bounds(self, params: Any,
-                            layout: transforms.ParamLayout = transforms.SAME_LAYOUT
-                            ) -> dict[str, float]:
+    def initial_clip_bounds(
+        self, params: Any, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
+    ) -> dict[str, float]:
         """The bounds of round 0, ``{name: C_h}``: ``{"global": C}`` for global clipping,
         the allocation's per-layer bounds for per-layer clipping, ``{}`` for none
         (``params`` in ``layout``, :mod:`fl_dp_asr.dp.layout`; names of the canonical
@@ -182,8 +196,9 @@ class DPConfig:
             return {}
         if self.clipping == "global":
             return {adaptive.GLOBAL: float(self.clip_bound)}
-        return transforms.layer_bounds(self.clip_bound, self.allocation, params, self.layer_fn,
-                                       layout)
+        return transforms.layer_bounds(
+            self.clip_bound, self.allocation, params, self.layer_fn, layout
+        )
 
     def count_stddev(self, expected_cohort_size: float) -> float:
         """σ_b: the given ``clipped_count_stddev`` or S/20; 0 without adaptive clipping."""
@@ -193,8 +208,9 @@ class DPConfig:
             return float(self.clipped_count_stddev)
         return expected_cohort_size / 20.0
 
-    def noise_multipliers(self, expected_cohort_size: float, num_bounds: int
-                          ) -> tuple[float, float, float]:
+    def noise_multipliers(
+        self, expected_cohort_size: float, num_bounds: int
+    ) -> tuple[float, float, float]:
         """``(z, z_Δ, z_b)``: the overall multiplier the accountant uses, the delta sum's
         and the clipped-count query's (z_b = 2σ_b/√H; without adaptive clipping
         ``(z, z, 0)``).
@@ -205,8 +221,7 @@ class DPConfig:
         z = self.resolve_noise_multiplier(expected_cohort_size)
         if not self.adaptive:
             return z, z, 0.0
-        z_b = adaptive.count_noise_multiplier(self.count_stddev(expected_cohort_size),
-                                              num_bounds)
+        z_b = adaptive.count_noise_multiplier(self.count_stddev(expected_cohort_size), num_bounds)
         return z, adaptive.delta_noise_multiplier(z, z_b), z_b
 
     @property
@@ -241,22 +256,24 @@ class DPConfig:
         clip_norm = math.inf if self.clipping == "none" else self.clip_bound
         return accounting.sensitivity(clip_norm, neighboring_relation)
 
-    def clipping_transform(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
-                           ) -> optax.GradientTransformation:
+    def clipping_transform(
+        self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
+    ) -> optax.GradientTransformation:
         """The per-client clipping transform (for ``"none"``: the identity, with statistics)
         of deltas in ``layout`` (:mod:`fl_dp_asr.dp.layout`)."""
         if self.clipping == "global":
             return transforms.clip_by_global_norm(self.clip_bound, layout)
         if self.clipping == "per_layer":
-            return transforms.clip_per_layer(self.clip_bound, self.allocation, self.layer_fn,
-                                             layout)
+            return transforms.clip_per_layer(
+                self.clip_bound, self.allocation, self.layer_fn, layout
+            )
         if self.clipping == "rescale_per_layer":
-            return transforms.rescale_per_layer(self.clip_bound, self.allocation, self.layer_fn,
-                                                layout)
+            return transforms.rescale_per_layer(
+                self.clip_bound, self.allocation, self.layer_fn, layout
+            )
         return transforms.clip_by_global_norm(math.inf, layout)
 
-    def client_clip(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT
-                    ) -> ClientClip:
+    def client_clip(self, layout: transforms.ParamLayout = transforms.SAME_LAYOUT) -> ClientClip:
         """How the round clips one client's delta: ``clip(delta, clip_bounds) -> (Δ̃,
         ClipStats, bits)``. Fixed clipping applies :meth:`clipping_transform` (bounds
         ``{}``, no bits); adaptive clipping clips to the round's bounds
@@ -269,4 +286,5 @@ class DPConfig:
         def fixed(delta, bounds):
             del bounds
             return (*transform.update(delta, transform.init(delta)), {})
+
         return fixed

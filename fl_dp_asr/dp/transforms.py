@@ -47,7 +47,7 @@ from fl_dp_asr.dp.layout import SAME_LAYOUT, ParamLayout
 PyTree = Any
 LayerFn = Callable[[tuple], str]
 Allocation = str | Mapping[str, float] | PyTree
-ALLOCATIONS = ("uniform", "by_dim")   # the allocation rules named by a string
+ALLOCATIONS = ("uniform", "by_dim")  # the allocation rules named by a string
 
 
 class ClipStats(NamedTuple):
@@ -58,6 +58,7 @@ class ClipStats(NamedTuple):
         global_norm: ‖Δ‖ before clipping.
         clipped: float32 1.0 if the transform changed the delta, else 0.0.
     """
+
     layer_norms: dict[str, jax.Array]
     global_norm: jax.Array
     clipped: jax.Array
@@ -65,6 +66,7 @@ class ClipStats(NamedTuple):
 
 class NoiseState(NamedTuple):
     """State of :func:`add_gaussian_noise`: the PRNG key of the next draw."""
+
     key: jax.Array
 
 
@@ -81,12 +83,14 @@ def top_module_name(path: tuple) -> str:
     return jax.tree_util.keystr(path[:1], simple=True, separator="/")
 
 
-def layer_sizes(tree: PyTree, layer_fn: LayerFn = leaf_layer_name,
-                layout: ParamLayout = SAME_LAYOUT) -> dict[str, int]:
+def layer_sizes(
+    tree: PyTree, layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+) -> dict[str, int]:
     """Number of coordinates per layer, ``{name: d_h}`` (static Python ints)."""
     sizes: dict[str, int] = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(
-            layout_lib.canonical_shapes(tree, layout)):
+        layout_lib.canonical_shapes(tree, layout)
+    ):
         name = layer_fn(path)
         sizes[name] = sizes.get(name, 0) + math.prod(jnp.shape(leaf))
     return sizes
@@ -108,12 +112,16 @@ def l2_norm(arrays: Sequence[jax.Array]) -> jax.Array:
     5.0
     """
     arrays = [jnp.asarray(x, jnp.float32) for x in arrays]
-    max_abs = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in arrays],
-                               jnp.float32(0.0))
+    max_abs = functools.reduce(
+        jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in arrays], jnp.float32(0.0)
+    )
     # Biased exponent E of max|x|, kept in 1…253 so that 2^(E-127) and 2^(127-E) are normal.
-    exponent_bits = jnp.clip(jax.lax.bitcast_convert_type(max_abs, jnp.uint32)
-                             & np.uint32(0x7F800000), np.uint32(1 << 23), np.uint32(253 << 23))
-    up = jax.lax.bitcast_convert_type(exponent_bits, jnp.float32)                  # 2^e
+    exponent_bits = jnp.clip(
+        jax.lax.bitcast_convert_type(max_abs, jnp.uint32) & np.uint32(0x7F800000),
+        np.uint32(1 << 23),
+        np.uint32(253 << 23),
+    )
+    up = jax.lax.bitcast_convert_type(exponent_bits, jnp.float32)  # 2^e
     down = jax.lax.bitcast_convert_type(np.uint32(254 << 23) - exponent_bits, jnp.float32)
     return up * jnp.sqrt(sum(jnp.sum(jnp.square(x * down)) for x in arrays))
 
@@ -125,8 +133,9 @@ def _slice_norms(x: jax.Array, stack_ndim: int) -> jax.Array:
     return jax.vmap(lambda s: _slice_norms(s, stack_ndim - 1))(x)
 
 
-def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name,
-                layout: ParamLayout = SAME_LAYOUT) -> dict[str, jax.Array]:
+def layer_norms(
+    tree: PyTree, layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
+) -> dict[str, jax.Array]:
     """L2 norm of every layer, ``{name: ‖Δ_h‖}`` (float32 scalars; :func:`l2_norm`: finite
     for every finite layer, however large). A layer of several leaves gets the norm of its
     leaves' norms."""
@@ -134,8 +143,7 @@ def layer_norms(tree: PyTree, layer_fn: LayerFn = leaf_layer_name,
     leaves: dict[str, list[jax.Array]] = {}
     for path, norm in jax.tree_util.tree_leaves_with_path(norms):
         leaves.setdefault(layer_fn(path), []).append(norm)
-    return {name: layer[0] if len(layer) == 1 else l2_norm(layer)
-            for name, layer in leaves.items()}
+    return {name: layer[0] if len(layer) == 1 else l2_norm(layer) for name, layer in leaves.items()}
 
 
 def check_allocation(name: str, allocation: Allocation) -> None:
@@ -145,17 +153,19 @@ def check_allocation(name: str, allocation: Allocation) -> None:
     if isinstance(allocation, str) and allocation not in ALLOCATIONS:
         close = difflib.get_close_matches(allocation, ALLOCATIONS, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{name}={allocation!r} is not an allocation{hint}: use one of "
-                         f"{ALLOCATIONS}, a mapping {{layer name: bound}} or a pytree of "
-                         "per-leaf bounds.")
+        raise ValueError(
+            f"{name}={allocation!r} is not an allocation{hint}: use one of "
+            f"{ALLOCATIONS}, a mapping {{layer name: bound}} or a pytree of "
+            "per-leaf bounds."
+        )
 
 
 def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dict[str, float]:
     """``{layer name: C_h}`` (checked ≥ 0) from a mapping by name or a pytree of per-leaf
     bounds (``tree`` in the canonical layout)."""
+
     def checked(name, bound):
-        return checks.check_positive(f"the bound of layer {name!r}", float(bound),
-                                     allow_zero=True)
+        return checks.check_positive(f"the bound of layer {name!r}", float(bound), allow_zero=True)
 
     if jax.tree.structure(allocation) != jax.tree.structure(tree):  # type: ignore[operator]
         return {name: checked(name, bound) for name, bound in allocation.items()}
@@ -164,17 +174,19 @@ def _bounds_by_layer(allocation: PyTree, tree: PyTree, layer_fn: LayerFn) -> dic
         name = layer_fn(path)
         value = checked(name, bound)
         if bounds.setdefault(name, value) != value:
-            raise ValueError(f"the leaves of layer {name!r} carry different bounds "
-                             f"({bounds[name]} and {value}): give one per layer.")
+            raise ValueError(
+                f"the leaves of layer {name!r} carry different bounds "
+                f"({bounds[name]} and {value}): give one per layer."
+            )
     return bounds
 
 
 def layer_bounds(
-        clip_norm: float,
-        allocation: Allocation,
-        tree: PyTree,
-        layer_fn: LayerFn = leaf_layer_name,
-        layout: ParamLayout = SAME_LAYOUT,
+    clip_norm: float,
+    allocation: Allocation,
+    tree: PyTree,
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
 ) -> dict[str, float]:
     """Per-layer bounds C_h with Σ C_h² = C², from an allocation rule.
 
@@ -206,26 +218,30 @@ def layer_bounds(
     if isinstance(allocation, str):
         if allocation == "uniform":
             return {name: clip_norm / math.sqrt(len(sizes)) for name in sizes}
-        total = sum(sizes.values())   # "by_dim"
+        total = sum(sizes.values())  # "by_dim"
         return {name: clip_norm * math.sqrt(d / total) for name, d in sizes.items()}
     bounds = _bounds_by_layer(allocation, tree, layer_fn)
     if set(bounds) != set(sizes):
         raise ValueError(
             f"allocation names {sorted(set(bounds) ^ set(sizes))} do not match the layers "
-            f"{sorted(sizes)}.")
+            f"{sorted(sizes)}."
+        )
     squared = sum(b * b for b in bounds.values())
     if not math.isclose(squared, clip_norm**2, rel_tol=1e-4):
         raise ValueError(
             f"explicit per-layer bounds give sqrt(sum C_h^2) = {math.sqrt(squared):.6g}, "
-            f"but clip_norm = {clip_norm:.6g}: they must agree.")
+            f"but clip_norm = {clip_norm:.6g}: they must agree."
+        )
     return bounds
 
 
-def _scale_layers(tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn,
-                  layout: ParamLayout) -> PyTree:
+def _scale_layers(
+    tree: PyTree, scales: Mapping[str, jax.Array], layer_fn: LayerFn, layout: ParamLayout
+) -> PyTree:
     per_leaf = jax.tree_util.tree_map_with_path(
         lambda path, _: jnp.asarray(scales[layer_fn(path)], jnp.float32),
-        layout_lib.canonical_shapes(tree, layout))
+        layout_lib.canonical_shapes(tree, layout),
+    )
     factors = layout_lib.broadcast_per_layer(tree, layout, per_leaf)
     return jax.tree.map(lambda leaf, f: (leaf * f).astype(leaf.dtype), tree, factors)
 
@@ -242,9 +258,12 @@ def _clip_factor(norm: jax.Array, bound: float | jax.Array) -> jax.Array:
 # ------------------------------------------------------------- pure clipping rules
 
 
-def clip_global(delta: PyTree, clip_norm: float | jax.Array,
-                layer_fn: LayerFn = leaf_layer_name,
-                layout: ParamLayout = SAME_LAYOUT) -> tuple[PyTree, ClipStats]:
+def clip_global(
+    delta: PyTree,
+    clip_norm: float | jax.Array,
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> tuple[PyTree, ClipStats]:
     """Δ · C / max(C, ‖Δ‖), with the statistics of :class:`ClipStats`."""
     norms = layer_norms(delta, layer_fn, layout)
     norm = _global_norm(norms)
@@ -253,20 +272,29 @@ def clip_global(delta: PyTree, clip_norm: float | jax.Array,
     return clipped, ClipStats(norms, norm, (norm > clip_norm).astype(jnp.float32))
 
 
-def clip_layers(delta: PyTree, bounds: Mapping[str, float | jax.Array],
-                layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
-                ) -> tuple[PyTree, ClipStats]:
+def clip_layers(
+    delta: PyTree,
+    bounds: Mapping[str, float | jax.Array],
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> tuple[PyTree, ClipStats]:
     """Every layer h clipped independently: Δ_h · C_h / max(C_h, ‖Δ_h‖)."""
     norms = layer_norms(delta, layer_fn, layout)
     factors = {name: _clip_factor(norms[name], bounds[name]) for name in norms}
     any_clipped = jnp.any(jnp.stack([norms[n] > bounds[n] for n in norms]))
-    return (_scale_layers(delta, factors, layer_fn, layout),
-            ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)))
+    return (
+        _scale_layers(delta, factors, layer_fn, layout),
+        ClipStats(norms, _global_norm(norms), any_clipped.astype(jnp.float32)),
+    )
 
 
-def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
-                   layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
-                   ) -> tuple[PyTree, ClipStats]:
+def rescale_layers(
+    delta: PyTree,
+    clip_norm: float,
+    bounds: Mapping[str, float],
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> tuple[PyTree, ClipStats]:
     """Reference-code variant: if ‖Δ‖ ≥ C, every layer becomes exactly C_h long.
 
     Layers that are exactly zero stay zero. Below the bound Δ is returned unchanged.
@@ -278,12 +306,13 @@ def rescale_layers(delta: PyTree, clip_norm: float, bounds: Mapping[str, float],
         name: jnp.where(over, bounds[name] / jnp.where(norms[name] > 0, norms[name], 1.0), 1.0)
         for name in norms
     }
-    return (_scale_layers(delta, factors, layer_fn, layout),
-            ClipStats(norms, norm, over.astype(jnp.float32)))
+    return (
+        _scale_layers(delta, factors, layer_fn, layout),
+        ClipStats(norms, norm, over.astype(jnp.float32)),
+    )
 
 
-def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAME_LAYOUT
-                         ) -> PyTree:
+def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAME_LAYOUT) -> PyTree:
     """N(0, 1) float32 draws shaped like ``tree`` (compute layout ``layout``).
 
     The numbers of ``optax.tree_utils.tree_random_like(key, canonical, jax.random.normal)``
@@ -299,7 +328,7 @@ def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAM
 
     def draw(leaf, leaf_keys):
         def sample(k):
-            return jax.random.normal(k, jnp.shape(leaf)[jnp.ndim(leaf_keys):], jnp.float32)
+            return jax.random.normal(k, jnp.shape(leaf)[jnp.ndim(leaf_keys) :], jnp.float32)
 
         for _ in range(jnp.ndim(leaf_keys)):
             sample = jax.vmap(sample)
@@ -308,8 +337,9 @@ def standard_normal_like(key: jax.Array, tree: PyTree, layout: ParamLayout = SAM
     return jax.tree.map(draw, tree, key_tree)
 
 
-def gaussian_noise(tree: PyTree, stddev: float | jax.Array, key: jax.Array,
-                   layout: ParamLayout = SAME_LAYOUT) -> PyTree:
+def gaussian_noise(
+    tree: PyTree, stddev: float | jax.Array, key: jax.Array, layout: ParamLayout = SAME_LAYOUT
+) -> PyTree:
     """``tree + N(0, stddev²)`` independently on every coordinate (float32 draws,
     :func:`standard_normal_like`)."""
     noise = standard_normal_like(key, tree, layout)
@@ -330,8 +360,9 @@ def _stats_state(tree: PyTree, layer_fn: LayerFn, layout: ParamLayout) -> ClipSt
     return ClipStats(dict.fromkeys(names, zero), zero, zero)
 
 
-def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
-                        layer_fn: LayerFn, layout: ParamLayout) -> optax.GradientTransformation:
+def _clipping_transform(
+    rule: Callable[[PyTree], tuple[PyTree, ClipStats]], layer_fn: LayerFn, layout: ParamLayout
+) -> optax.GradientTransformation:
 
     def init_fn(params):
         return _stats_state(params, layer_fn, layout)
@@ -343,8 +374,9 @@ def _clipping_transform(rule: Callable[[PyTree], tuple[PyTree, ClipStats]],
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def clip_by_global_norm(clip_norm: float, layout: ParamLayout = SAME_LAYOUT
-                        ) -> optax.GradientTransformation:
+def clip_by_global_norm(
+    clip_norm: float, layout: ParamLayout = SAME_LAYOUT
+) -> optax.GradientTransformation:
     """Clips one client's delta to global L2 norm C: Δ̃ = Δ · C / max(C, ‖Δ‖).
 
     The state is the :class:`ClipStats` of the last update (norm before clipping and
@@ -375,13 +407,17 @@ def clip_by_global_norm(clip_norm: float, layout: ParamLayout = SAME_LAYOUT
         ([0.6000000238418579, 0.800000011920929], 5.0)
     """
     checks.check_positive("clip_norm", clip_norm, allow_inf=True)
-    return _clipping_transform(lambda d: clip_global(d, clip_norm, leaf_layer_name, layout),
-                               leaf_layer_name, layout)
+    return _clipping_transform(
+        lambda d: clip_global(d, clip_norm, leaf_layer_name, layout), leaf_layer_name, layout
+    )
 
 
-def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                   layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
-                   ) -> optax.GradientTransformation:
+def clip_per_layer(
+    clip_norm: float,
+    allocation: Allocation = "uniform",
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> optax.GradientTransformation:
     """Per-layer clipping (paper definition): Δ̃_h = Δ_h · C_h / max(C_h, ‖Δ_h‖).
 
     Each layer is clipped independently to C_h with Σ_h C_h² = C², hence ‖Δ̃‖ ≤ C and the
@@ -427,9 +463,12 @@ def clip_per_layer(clip_norm: float, allocation: Allocation = "uniform",
     return _clipping_transform(rule, layer_fn, layout)
 
 
-def rescale_per_layer(clip_norm: float, allocation: Allocation = "uniform",
-                      layer_fn: LayerFn = leaf_layer_name, layout: ParamLayout = SAME_LAYOUT
-                      ) -> optax.GradientTransformation:
+def rescale_per_layer(
+    clip_norm: float,
+    allocation: Allocation = "uniform",
+    layer_fn: LayerFn = leaf_layer_name,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> optax.GradientTransformation:
     """The paper's *reference code* variant of per-layer clipping.
 
     If ‖Δ‖ ≥ C, **every** layer is rescaled to exactly C_h (Σ C_h² = C², so ‖Δ̃‖ = C,

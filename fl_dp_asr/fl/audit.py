@@ -50,6 +50,7 @@ class CanaryCohorts:
         sampler: over K + k ids (``population = num_users + canaries``).
         num_users: K; ids K … K + k − 1 are the canaries 0 … k − 1.
     """
+
     sampler: samplers.CohortSampler
     num_users: int
 
@@ -79,19 +80,27 @@ class CanaryCohorts:
         mask[ids[ids >= self.num_users] - self.num_users] = 1.0
         return mask
 
-    def with_masks(self, blocks: Iterator[tuple[int, dict[str, Any]]]
-                   ) -> Iterator[tuple[int, dict[str, Any]]]:
+    def with_masks(
+        self, blocks: Iterator[tuple[int, dict[str, Any]]]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(round, block)`` pairs with the round's ``canary_mask`` added to each block."""
         for round_index, block in blocks:
             yield round_index, block | {CANARY_MASK: self.canary_mask(round_index)}
 
 
-def canary_sampler(name: str, num_users: int, canaries: Canaries, cohort_size: int,
-                   seed: int = 0, min_separation: int | None = None) -> CanaryCohorts:
+def canary_sampler(
+    name: str,
+    num_users: int,
+    canaries: Canaries,
+    cohort_size: int,
+    seed: int = 0,
+    min_separation: int | None = None,
+) -> CanaryCohorts:
     """The run's sampler (:func:`fl_dp_asr.fl.samplers.make_sampler`) over K users and the
     inserted canaries."""
-    sampler = samplers.make_sampler(name, num_users + canaries.inserted, cohort_size, seed,
-                                    min_separation)
+    sampler = samplers.make_sampler(
+        name, num_users + canaries.inserted, cohort_size, seed, min_separation
+    )
     return CanaryCohorts(sampler, num_users)
 
 
@@ -103,6 +112,7 @@ class AuditTrail:
     Andrew et al. (ICLR 2024), Sec. 4: with every iterate visible the adversary scores a
     canary by its largest cosine with any round's update.
     """
+
     max_cosines: np.ndarray
 
     @classmethod
@@ -115,42 +125,55 @@ class AuditTrail:
 
     def to_meta(self, canaries: Canaries) -> dict[str, Any]:
         """JSON for a checkpoint's meta (float64 → JSON → float64 is exact)."""
-        return {"canaries": dataclasses.asdict(canaries),
-                "max_cosines": [float(x) for x in self.max_cosines]}
+        return {
+            "canaries": dataclasses.asdict(canaries),
+            "max_cosines": [float(x) for x in self.max_cosines],
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any] | None, canaries: Canaries, where: str
-                  ) -> AuditTrail:
+    def from_meta(cls, meta: dict[str, Any] | None, canaries: Canaries, where: str) -> AuditTrail:
         """The trail saved by :meth:`to_meta`; raises ValueError (naming ``where``) when the
         checkpoint was written with other canaries (or none)."""
         saved = None if meta is None else meta["canaries"]
         if saved != dataclasses.asdict(canaries):
-            raise ValueError(f"{where} was trained with the canaries {saved}, but this config "
-                             f"inserts {dataclasses.asdict(canaries)}: keep audit.canaries, "
-                             "audit.heldout and audit.seed of its first round, or start a new "
-                             "work directory.")
+            raise ValueError(
+                f"{where} was trained with the canaries {saved}, but this config "
+                f"inserts {dataclasses.asdict(canaries)}: keep audit.canaries, "
+                "audit.heldout and audit.seed of its first round, or start a new "
+                "work directory."
+            )
         return cls(np.asarray(meta["max_cosines"], np.float64))  # type: ignore[index]
 
 
-def final_model_cosines(canaries: Canaries, initial: PyTree, final: PyTree, dp: DPConfig,
-                        layout: ParamLayout = SAME_LAYOUT) -> np.ndarray:
+def final_model_cosines(
+    canaries: Canaries,
+    initial: PyTree,
+    final: PyTree,
+    dp: DPConfig,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> np.ndarray:
     """cos(θ_0 − θ_T, canary c) for every canary, ``[k + m]`` (params in ``layout``)."""
+
     def cosines(initial, final):
         moved = jax.tree.map(lambda a, b: (a - b).astype(np.float32), initial, final)
         return canaries.cosines(moved, dp, layout)
+
     return np.asarray(jax.jit(cosines)(initial, final))
 
 
-def estimates(canaries: Canaries, trail: AuditTrail, final_cosines: np.ndarray, delta: float
-              ) -> dict[str, float]:
+def estimates(
+    canaries: Canaries, trail: AuditTrail, final_cosines: np.ndarray, delta: float
+) -> dict[str, float]:
     """Both views' ε at δ: ``epsilon_<view>``, ``..._ci_low``, ``..._ci_high`` (95 %),
     ``..._lower_bound`` (jax_privacy's), for ``view`` in :data:`VIEWS`."""
     out: dict[str, float] = {}
     k = canaries.inserted
     for view, scores in zip(VIEWS, (np.asarray(final_cosines), trail.max_cosines)):
         estimate = estimate_epsilon(scores[:k], scores[k:], delta)
-        out |= {f"epsilon_{view}": estimate.epsilon,
-                f"epsilon_{view}_ci_low": estimate.ci_low,
-                f"epsilon_{view}_ci_high": estimate.ci_high,
-                f"epsilon_{view}_lower_bound": estimate.lower_bound}
+        out |= {
+            f"epsilon_{view}": estimate.epsilon,
+            f"epsilon_{view}_ci_low": estimate.ci_low,
+            f"epsilon_{view}_ci_high": estimate.ci_high,
+            f"epsilon_{view}_lower_bound": estimate.lower_bound,
+        }
     return out

@@ -39,13 +39,15 @@ class ClientMetrics(NamedTuple):
         steps: number of real local steps taken.
         delta_norm: ‖Δ‖ before any clipping.
     """
+
     loss: jax.Array
     steps: jax.Array
     delta_norm: jax.Array
 
 
-def local_sgd(learning_rate: float, grad_clip_norm: float | None = None
-              ) -> optax.GradientTransformation:
+def local_sgd(
+    learning_rate: float, grad_clip_norm: float | None = None
+) -> optax.GradientTransformation:
     """The paper's local optimizer: SGD, optionally with per-step gradient clipping.
 
     Args:
@@ -61,6 +63,7 @@ def local_sgd(learning_rate: float, grad_clip_norm: float | None = None
 
 class LocalState(NamedTuple):
     """A client's state during local training: parameters, optimizer state, loss sum."""
+
     params: PyTree
     opt_state: PyTree
     loss_sum: jax.Array
@@ -111,13 +114,20 @@ StepFn = Callable[[LocalState, Batch, jax.Array, jax.Array], LocalState]
 
 def _step_shape(batches: Batch, leading_axes: int) -> Batch:
     """Shapes (``jax.ShapeDtypeStruct``) of one local step's batch of one client."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[leading_axes:], x.dtype),
-                        batches)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[leading_axes:], x.dtype), batches)
 
 
-def _cut_step(step: StepFn, cut: Callable[[Batch, tuple[int, ...]], Batch],
-              grid: tuple[int, ...], state: LocalState, batch: Batch, levels: jax.Array,
-              real: jax.Array, step_mask: jax.Array, key: jax.Array) -> LocalState:
+def _cut_step(
+    step: StepFn,
+    cut: Callable[[Batch, tuple[int, ...]], Batch],
+    grid: tuple[int, ...],
+    state: LocalState,
+    batch: Batch,
+    levels: jax.Array,
+    real: jax.Array,
+    step_mask: jax.Array,
+    key: jax.Array,
+) -> LocalState:
     """``step`` on ``cut(batch, levels)``, or the unchanged state when ``real`` is False.
 
     One ``lax.switch`` over a skip branch and one branch per cell of ``grid``, so only the
@@ -125,6 +135,7 @@ def _cut_step(step: StepFn, cut: Callable[[Batch, tuple[int, ...]], Batch],
     select that computes every branch): for a chunk, ``step`` and ``cut`` are the vmapped
     ones and ``levels`` (int32 [len(grid)]) and ``real`` are the chunk's.
     """
+
     def branch(cell):
         return lambda state, batch, mask, key: step(state, cut(batch, cell), mask, key)
 
@@ -150,13 +161,15 @@ class ClientUpdate(NamedTuple):
             Δ = θ_server − θ_local and ``step_mask`` float32 ``[local_steps]``.
         buckets: the cuts a step's batch may run on (:class:`BatchBuckets`); default: none.
     """
+
     init: Callable[[PyTree], LocalState]
     step: StepFn
     final: Callable[[PyTree, LocalState, jax.Array], tuple[PyTree, ClientMetrics]]
     buckets: BatchBuckets = NoBuckets()
 
-    def run(self, params: PyTree, client_block: dict[str, Any], key: jax.Array
-            ) -> tuple[PyTree, ClientMetrics]:
+    def run(
+        self, params: PyTree, client_block: dict[str, Any], key: jax.Array
+    ) -> tuple[PyTree, ClientMetrics]:
         """One client: ``lax.scan`` over its local steps; padded steps are skipped.
 
         Each real step runs on the smallest cut of its batch (``buckets``) that holds its
@@ -179,16 +192,27 @@ class ClientUpdate(NamedTuple):
             # A padded step is skipped, not computed and masked (under vmap, a switch becomes
             # a select and every branch runs: run_chunk chooses per chunk instead).
             batch, mask, step_key = xs
-            state = _cut_step(self.step, self.buckets.cut, grid, state, batch,
-                              self.buckets.levels(batch), mask > 0, mask, step_key)
+            state = _cut_step(
+                self.step,
+                self.buckets.cut,
+                grid,
+                state,
+                batch,
+                self.buckets.levels(batch),
+                mask > 0,
+                mask,
+                step_key,
+            )
             return state, None
 
-        state, _ = jax.lax.scan(maybe_step, self.init(params),
-                                (client_block["batches"], step_mask, keys))
+        state, _ = jax.lax.scan(
+            maybe_step, self.init(params), (client_block["batches"], step_mask, keys)
+        )
         return self.final(params, state, step_mask)
 
-    def run_chunk(self, params: PyTree, clients: dict[str, Any], keys: jax.Array
-                  ) -> tuple[PyTree, ClientMetrics]:
+    def run_chunk(
+        self, params: PyTree, clients: dict[str, Any], keys: jax.Array
+    ) -> tuple[PyTree, ClientMetrics]:
         """A chunk of clients at once: ``vmap`` over clients inside a ``lax.scan`` over steps.
 
         Local step s runs (vmapped over the chunk) only if some client of the chunk has a
@@ -216,18 +240,23 @@ class ClientUpdate(NamedTuple):
             batch = jax.tree.map(lambda x: x[:, s], clients["batches"])
             mask, key = clients["step_mask"][:, s], step_keys[:, s]
             real = mask > 0
-            levels = jnp.max(jnp.where(real[:, None], jax.vmap(self.buckets.levels)(batch), 0),
-                             axis=0)
-            state = _cut_step(jax.vmap(self.step), cut, grid, state, batch, levels,
-                              jnp.any(real), mask, key)
+            levels = jnp.max(
+                jnp.where(real[:, None], jax.vmap(self.buckets.levels)(batch), 0), axis=0
+            )
+            state = _cut_step(
+                jax.vmap(self.step), cut, grid, state, batch, levels, jnp.any(real), mask, key
+            )
             return state, None
 
         state, _ = jax.lax.scan(local_step, state, jnp.arange(num_steps))
         return jax.vmap(self.final, in_axes=(None, 0, 0))(params, state, clients["step_mask"])
 
 
-def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransformation,
-                       buckets: BatchBuckets | None = None) -> ClientUpdate:
+def make_client_update(
+    loss_fn: LossFn,
+    local_optimizer: optax.GradientTransformation,
+    buckets: BatchBuckets | None = None,
+) -> ClientUpdate:
     """The :class:`ClientUpdate` of local training with ``local_optimizer`` on ``loss_fn``.
 
     Args:
@@ -251,11 +280,15 @@ def make_client_update(loss_fn: LossFn, local_optimizer: optax.GradientTransform
         updates, new_opt_state = local_optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         real = step_mask > 0
+
         def keep(new, old):
             return optax.tree_utils.tree_where(real, new, old)
 
-        return LocalState(keep(new_params, state.params), keep(new_opt_state, state.opt_state),
-                          state.loss_sum + loss * step_mask)
+        return LocalState(
+            keep(new_params, state.params),
+            keep(new_opt_state, state.opt_state),
+            state.loss_sum + loss * step_mask,
+        )
 
     def final(params, state, step_mask):
         delta = jax.tree.map(jnp.subtract, params, state.params)

@@ -32,6 +32,7 @@ class Broadcast(NamedTuple):
         clip_bounds: the current adaptive clip bounds ``{name: C_{h,t}}`` (float32
             scalars); ``{}`` with fixed clipping.
     """
+
     params: PyTree
     clip_bounds: dict[str, jax.Array]
 
@@ -53,6 +54,7 @@ class RoundSums(NamedTuple):
         unclipped: ``{bound name: Σ_i b_{i,h}}``, the adaptive-clipping bits
             b_{i,h} = 1[‖Δ_{i,h}‖ ≤ C_{h,t}] summed over kept clients (``{}``: fixed).
     """
+
     clients: jax.Array
     dropped: jax.Array
     clipped: jax.Array
@@ -63,8 +65,9 @@ class RoundSums(NamedTuple):
     unclipped: dict[str, jax.Array]
 
 
-Finish = Callable[[ClientBlock, PyTree, ClientMetrics, dict[str, jax.Array]],
-                  tuple[PyTree, RoundSums]]
+Finish = Callable[
+    [ClientBlock, PyTree, ClientMetrics, dict[str, jax.Array]], tuple[PyTree, RoundSums]
+]
 
 
 class Contribution(NamedTuple):
@@ -76,25 +79,28 @@ class Contribution(NamedTuple):
             RoundSums)``, the part after local training: clip, then zero the padding and
             non-finite clients.
     """
+
     client_update: ClientUpdate
     finish: Finish
 
-    def run(self, broadcast: Broadcast, client_block: ClientBlock, key: jax.Array
-            ) -> tuple[PyTree, RoundSums]:
+    def run(
+        self, broadcast: Broadcast, client_block: ClientBlock, key: jax.Array
+    ) -> tuple[PyTree, RoundSums]:
         """One client: float32 ``(clipped delta, RoundSums)`` (delta shaped like params)."""
         delta, metrics = self.client_update.run(broadcast.params, client_block, key)
         return self.finish(client_block, delta, metrics, broadcast.clip_bounds)
 
-    def run_chunk(self, broadcast: Broadcast, clients: ClientBlock, keys: jax.Array
-                  ) -> tuple[PyTree, RoundSums]:
+    def run_chunk(
+        self, broadcast: Broadcast, clients: ClientBlock, keys: jax.Array
+    ) -> tuple[PyTree, RoundSums]:
         """A chunk of clients (leading axis ``[chunk]`` on every input and output leaf)."""
         deltas, metrics = self.client_update.run_chunk(broadcast.params, clients, keys)
-        return jax.vmap(self.finish, in_axes=(0, 0, 0, None))(clients, deltas, metrics,
-                                                               broadcast.clip_bounds)
+        return jax.vmap(self.finish, in_axes=(0, 0, 0, None))(
+            clients, deltas, metrics, broadcast.clip_bounds
+        )
 
 
-def make_contribution(client_update: ClientUpdate,
-                      clip: policy.ClientClip) -> Contribution:
+def make_contribution(client_update: ClientUpdate, clip: policy.ClientClip) -> Contribution:
     """The contribution of a client: ``client_update``, then ``clip`` and the masks.
 
     Args:
@@ -114,7 +120,9 @@ def make_contribution(client_update: ClientUpdate,
         real = client["client_mask"] > 0
         kept = real & finite
         clipped = optax.tree_utils.tree_where(
-            kept, clipped, optax.tree_utils.tree_zeros_like(clipped))
+            kept, clipped, optax.tree_utils.tree_zeros_like(clipped)
+        )
+
         def masked(x):
             return jnp.where(kept, x, 0.0)
 

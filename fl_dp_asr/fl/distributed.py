@@ -50,9 +50,15 @@ PyTree = Any
 T = TypeVar("T")
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, local_device_ids=None,
-               cpu_collectives: str = "gloo", **kwargs) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids=None,
+    cpu_collectives: str = "gloo",
+    **kwargs,
+) -> None:
     """Joins this process to the JAX cluster; call it before any other JAX function.
 
     Args:
@@ -67,8 +73,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         **kwargs: passed to ``jax.distributed.initialize`` (e.g. ``initialization_timeout``).
     """
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids, **kwargs)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, local_device_ids=local_device_ids, **kwargs
+    )
 
 
 class ProcessLostError(RuntimeError):
@@ -83,16 +90,19 @@ def lost_process(error: BaseException) -> bool:
     if jax.process_count() == 1:
         return False
     return isinstance(error, jax.errors.JaxRuntimeError) or (
-        isinstance(error, ValueError) and re.match(r"[A-Z_]+: ", str(error)) is not None)
+        isinstance(error, ValueError) and re.match(r"[A-Z_]+: ", str(error)) is not None
+    )
 
 
 def client_mesh(devices=None) -> jax.sharding.Mesh:
     """The 1-D ``"clients"`` mesh over every device of every process (Auto axis type)."""
     if devices is not None:
-        return jax.sharding.Mesh(np.asarray(devices), (CLIENTS_AXIS,),
-                                 axis_types=(jax.sharding.AxisType.Auto,))
-    return jax.make_mesh((jax.device_count(),), (CLIENTS_AXIS,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+        return jax.sharding.Mesh(
+            np.asarray(devices), (CLIENTS_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+        )
+    return jax.make_mesh(
+        (jax.device_count(),), (CLIENTS_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def _client_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -107,9 +117,11 @@ def process_client_indices(num_slots: int, mesh: jax.sharding.Mesh) -> np.ndarra
     """
     sharding = _client_sharding(mesh)
     if num_slots % mesh.shape[CLIENTS_AXIS]:
-        raise ValueError(f"{num_slots} client slots do not split over "
-                         f"{mesh.shape[CLIENTS_AXIS]} devices: use a multiple of the "
-                         "executor's client_multiple (sampler.num_slots).")
+        raise ValueError(
+            f"{num_slots} client slots do not split over "
+            f"{mesh.shape[CLIENTS_AXIS]} devices: use a multiple of the "
+            "executor's client_multiple (sampler.num_slots)."
+        )
     slots: set[int] = set()
     for index in sharding.addressable_devices_indices_map((num_slots,)).values():
         slots.update(range(num_slots)[index[0]])  # type: ignore[index]
@@ -131,12 +143,17 @@ def global_cohort(local_block: PyTree, mesh: jax.sharding.Mesh, num_slots: int) 
     expected = len(process_client_indices(num_slots, mesh))
     got = {np.shape(x)[0] for x in jax.tree.leaves(local_block)}
     if got != {expected}:
-        raise ValueError(f"process {jax.process_index()} must provide {expected} client "
-                         f"slots (process_client_indices), got leading sizes {sorted(got)}.")
+        raise ValueError(
+            f"process {jax.process_index()} must provide {expected} client "
+            f"slots (process_client_indices), got leading sizes {sorted(got)}."
+        )
     sharding = _client_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(
-            sharding, np.asarray(x), (num_slots,) + np.shape(x)[1:]), local_block)
+            sharding, np.asarray(x), (num_slots,) + np.shape(x)[1:]
+        ),
+        local_block,
+    )
 
 
 def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
@@ -197,6 +214,7 @@ def chief_first(fn: Callable[[], T]) -> T:
     if jax.process_count() == 1:
         return fn()
     from jax.experimental import multihost_utils
+
     if jax.process_index() == 0:
         result = fn()
     multihost_utils.sync_global_devices("fl_dp_asr.distributed.chief_first")
@@ -213,6 +231,7 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return bool(flag)
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
@@ -221,7 +240,7 @@ def code_version(*packages: str) -> dict[str, str]:
     ``packages``, a digest of its ``.py`` sources (an edited file changes it)."""
     version = {"jax": jax.__version__, "fl_dp_asr": importlib.metadata.version("fl_dp_asr")}
     for name in packages:
-        root = pathlib.Path(importlib.import_module(name).__file__).parent
+        root = pathlib.Path(str(importlib.import_module(name).__file__)).parent
         digest = hashlib.sha256()
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -233,8 +252,11 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": leaf}`` for the nested dicts of ``tree``."""
     if not isinstance(tree, dict):
         return {prefix: tree}
-    return {key: value for name, sub in tree.items()
-            for key, value in _flat(sub, f"{prefix}.{name}" if prefix else str(name)).items()}
+    return {
+        key: value
+        for name, sub in tree.items()
+        for key, value in _flat(sub, f"{prefix}.{name}" if prefix else str(name)).items()
+    }
 
 
 def check_same_run(fingerprint: dict[str, Any]) -> None:
@@ -248,19 +270,23 @@ def check_same_run(fingerprint: dict[str, Any]) -> None:
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
-    blob = np.frombuffer(json.dumps(fingerprint, sort_keys=True, default=repr).encode(),
-                         np.uint8)
+
+    blob = np.frombuffer(json.dumps(fingerprint, sort_keys=True, default=repr).encode(), np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.int32(blob.size)))
     padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:blob.size] = blob
+    padded[: blob.size] = blob
     rows = np.asarray(multihost_utils.process_allgather(padded))
     runs = [_flat(json.loads(bytes(row[:size]))) for row, size in zip(rows, sizes)]
     differences = []
     for rank, run in enumerate(runs[1:], start=1):
         keys = sorted(k for k in runs[0].keys() | run.keys() if runs[0].get(k) != run.get(k))
-        differences += [f"{key}: {runs[0].get(key)!r} on process 0, {run.get(key)!r} on "
-                        f"process {rank}" for key in keys[:5]]
+        differences += [
+            f"{key}: {runs[0].get(key)!r} on process 0, {run.get(key)!r} on process {rank}"
+            for key in keys[:5]
+        ]
     if differences:
-        raise ValueError("the processes of this run were started with different configs or "
-                         "code: " + "; ".join(differences) + ". Start every process with the "
-                         "same config and the same installed code.")
+        raise ValueError(
+            "the processes of this run were started with different configs or "
+            "code: " + "; ".join(differences) + ". Start every process with the "
+            "same config and the same installed code."
+        )

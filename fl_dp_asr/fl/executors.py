@@ -34,8 +34,7 @@ from fl_dp_asr.fl.contribution import Broadcast, Contribution, RoundSums
 
 PyTree = Any
 CohortBlock = dict[str, Any]
-Aggregate = Callable[[Contribution, Broadcast, CohortBlock, jax.Array],
-                     tuple[PyTree, RoundSums]]
+Aggregate = Callable[[Contribution, Broadcast, CohortBlock, jax.Array], tuple[PyTree, RoundSums]]
 EXECUTORS = ("vectorized", "sequential", "sharded")
 
 
@@ -53,6 +52,7 @@ class Executor(NamedTuple):
         mesh: the client mesh the cohort is split over (``sharded``), else ``None``; the
             round step's own device values are replicated over it.
     """
+
     aggregate: Aggregate
     client_multiple: int
     traceable: bool
@@ -77,12 +77,12 @@ def pad_clients(cohort_block: CohortBlock, multiple: int) -> CohortBlock:
     extra = -num_slots(cohort_block) % multiple
     if extra == 0:
         return cohort_block
-    return jax.tree.map(lambda x: jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1)),
-                        cohort_block)
+    return jax.tree.map(lambda x: jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1)), cohort_block)
 
 
-def _zero_sums(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
-               keys: jax.Array) -> tuple[PyTree, RoundSums]:
+def _zero_sums(
+    contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock, keys: jax.Array
+) -> tuple[PyTree, RoundSums]:
     """Zero accumulators with the shapes/dtypes of one client's contribution."""
     one = jax.tree.map(lambda x: x[0], (cohort_block, keys))
     shapes = jax.eval_shape(contribution.run, broadcast, *one)
@@ -92,8 +92,13 @@ def _zero_sums(contribution: Contribution, broadcast: Broadcast, cohort_block: C
 # ------------------------------------------------------------------ vectorized
 
 
-def _sum_in_chunks(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
-                   keys: jax.Array, chunk_size: int) -> tuple[PyTree, RoundSums]:
+def _sum_in_chunks(
+    contribution: Contribution,
+    broadcast: Broadcast,
+    cohort_block: CohortBlock,
+    keys: jax.Array,
+    chunk_size: int,
+) -> tuple[PyTree, RoundSums]:
     """Σ over clients: ``lax.scan`` over chunks of ``chunk_size`` clients, ``vmap`` inside.
 
     Client deltas are summed chunk by chunk and never materialized together. Clients are
@@ -125,8 +130,10 @@ def _sum_in_chunks(contribution: Contribution, broadcast: Broadcast, cohort_bloc
 def _check_chunk_size(chunk_size: int) -> int:
     """``chunk_size`` as an int ≥ 1 (numpy integers pass; bools and floats do not)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise ValueError(f"chunk_size must be an integer (clients per vmap), got "
-                         f"{chunk_size!r} of type {type(chunk_size).__name__}.")
+        raise ValueError(
+            f"chunk_size must be an integer (clients per vmap), got "
+            f"{chunk_size!r} of type {type(chunk_size).__name__}."
+        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     return int(chunk_size)
@@ -144,8 +151,9 @@ def vectorized(chunk_size: int = 16) -> Executor:
         ValueError: ``chunk_size`` is not an integer (a float, a bool) or is < 1.
     """
     chunk_size = _check_chunk_size(chunk_size)
-    return Executor(functools.partial(_sum_in_chunks, chunk_size=chunk_size), chunk_size,
-                    traceable=True)
+    return Executor(
+        functools.partial(_sum_in_chunks, chunk_size=chunk_size), chunk_size, traceable=True
+    )
 
 
 def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Executor:
@@ -171,12 +179,14 @@ def sharded(chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Exec
 
     def aggregate(contribution, broadcast, cohort_block, keys):
         return jax.shard_map(
-            functools.partial(per_device, contribution), mesh=mesh,
+            functools.partial(per_device, contribution),
+            mesh=mesh,
             in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis)),
             out_specs=PartitionSpec(),
             # Local training carries the replicated broadcast into per-device scans; the only
             # cross-device value is the explicit psum above.
-            check_vma=False)(broadcast, cohort_block, keys)
+            check_vma=False,
+        )(broadcast, cohort_block, keys)
 
     return Executor(aggregate, chunk_size * mesh.shape[axis], traceable=True, mesh=mesh)
 
@@ -189,8 +199,9 @@ def _add_client(contribution: Contribution, acc, broadcast, client, key):
     return jax.tree.map(jnp.add, acc, contribution.run(broadcast, client, key))
 
 
-def _sum_one_by_one(contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock,
-                    keys: jax.Array) -> tuple[PyTree, RoundSums]:
+def _sum_one_by_one(
+    contribution: Contribution, broadcast: Broadcast, cohort_block: CohortBlock, keys: jax.Array
+) -> tuple[PyTree, RoundSums]:
     """Σ over clients, one jitted client at a time (summed on the device)."""
     acc = _zero_sums(contribution, broadcast, cohort_block, keys)
     host_block = jax.tree.map(np.asarray, cohort_block)
@@ -205,8 +216,7 @@ def sequential() -> Executor:
     return Executor(_sum_one_by_one, 1, traceable=False)
 
 
-def make(name: str, *, chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None
-         ) -> Executor:
+def make(name: str, *, chunk_size: int = 16, mesh: jax.sharding.Mesh | None = None) -> Executor:
     """The executor named ``name`` (a config string): one of :data:`EXECUTORS`.
 
     ``chunk_size`` applies to ``vectorized`` and ``sharded``, ``mesh`` to ``sharded``.

@@ -61,10 +61,11 @@ from fl_dp_asr.fl.client import ClientUpdate
 from fl_dp_asr.fl.contribution import Broadcast, RoundSums, make_contribution
 
 PyTree = Any
-RoundStep = Callable[["ServerState", dict[str, Any], jax.Array],
-                     tuple["ServerState", dict[str, Any]]]   # e.g. a BoundRoundStep
+RoundStep = Callable[
+    ["ServerState", dict[str, Any], jax.Array], tuple["ServerState", dict[str, Any]]
+]  # e.g. a BoundRoundStep
 _CLIENT_STREAM, _NOISE_STREAM, _COUNT_NOISE_STREAM = 0, 1, 2
-CANARY_MASK = "canary_mask"   # cohort block entry: float32 [k], the canaries sampled
+CANARY_MASK = "canary_mask"  # cohort block entry: float32 [k], the canaries sampled
 
 
 class AllClientsDroppedError(RuntimeError):
@@ -86,6 +87,7 @@ class ServerState(NamedTuple):
     ``{name: C_{h,t}}`` (float32 scalars named as in the canonical layout; ``{}`` with
     fixed clipping) and the correlated noise's state (``CorrelatedNoise.init_state`` of
     the params; ``()`` with independent Gaussian noise)."""
+
     params: PyTree
     opt_state: PyTree
     round: jax.Array
@@ -93,18 +95,26 @@ class ServerState(NamedTuple):
     noise_state: PyTree = ()
 
 
-def init_server_state(params: PyTree, server_optimizer: optax.GradientTransformation,
-                      dp: DPConfig | None = None, layout: ParamLayout = SAME_LAYOUT
-                      ) -> ServerState:
+def init_server_state(
+    params: PyTree,
+    server_optimizer: optax.GradientTransformation,
+    dp: DPConfig | None = None,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> ServerState:
     """Round 0: the given parameters (in ``layout``'s compute layout, that of the round
     step), a fresh server optimizer state and, with adaptive clipping in ``dp``, its
     initial bounds; with correlated noise in ``dp``, its noise state."""
-    bounds = (adaptive.initial_bounds(dp.initial_clip_bounds(params, layout))
-              if dp is not None and dp.adaptive else {})
-    noise_state = (dp.correlated_noise.init_state(params)
-                   if dp is not None and _keeps_noise_state(dp) else ())
-    return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32),
-                       bounds, noise_state)
+    bounds = (
+        adaptive.initial_bounds(dp.initial_clip_bounds(params, layout))
+        if dp is not None and dp.adaptive
+        else {}
+    )
+    noise_state = (
+        dp.correlated_noise.init_state(params) if dp is not None and _keeps_noise_state(dp) else ()
+    )
+    return ServerState(
+        params, server_optimizer.init(params), jnp.zeros((), jnp.int32), bounds, noise_state
+    )
 
 
 def client_keys(key: jax.Array, num_slots: int) -> jax.Array:
@@ -131,6 +141,7 @@ class ServerUpdate(NamedTuple):
         count_stddev: adaptive clipping: σ_b (0: noise-free counts).
         target_quantile, clip_norm_lr: adaptive clipping: γ and η.
     """
+
     server_optimizer: optax.GradientTransformation
     expected_cohort_size: float
     fixed_bounds: dict[str, float] = {}
@@ -140,10 +151,19 @@ class ServerUpdate(NamedTuple):
     clip_norm_lr: float = 0.0
 
 
-def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
-                   expected_cohort_size: float, layout: ParamLayout,
-                   canaries: Canaries | None, state: ServerState, total, sums: RoundSums, key,
-                   noise_stddev: jax.Array, canary_mask: jax.Array | None):
+def _server_update(
+    dp: DPConfig,
+    server_optimizer: optax.GradientTransformation,
+    expected_cohort_size: float,
+    layout: ParamLayout,
+    canaries: Canaries | None,
+    state: ServerState,
+    total,
+    sums: RoundSums,
+    key,
+    noise_stddev: jax.Array,
+    canary_mask: jax.Array | None,
+):
     """Noise once on the sum, divide by the expected cohort size, server optimizer, and
     (adaptive clipping) the new bounds from the noisy unclipped counts.
 
@@ -152,12 +172,12 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     ``canary_mask``: with ``canaries``, the sampled canaries' updates join the sum before
     the noise (:meth:`Canaries.insert`); None without.
     """
-    if canaries is not None:
+    if canaries is not None and canary_mask is not None:
         total = canaries.insert(total, canary_mask, dp, layout)
     # Traced params still have static shapes: the per-layer bounds come from them.
-    config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params,
-                                  layout)
-    if state.clip_bounds:       # adaptive: this round's bounds, noise std z_Δ · C_t
+    config = server_update_config(dp, server_optimizer, expected_cohort_size, state.params, layout)
+    clip_norm: jax.Array | None
+    if state.clip_bounds:  # adaptive: this round's bounds, noise std z_Δ · C_t
         bounds = state.clip_bounds
         clip_norm = adaptive.total_bound(bounds)
         noise_stddev = config.delta_noise_multiplier * clip_norm
@@ -165,42 +185,57 @@ def _server_update(dp: DPConfig, server_optimizer: optax.GradientTransformation,
     else:
         bounds = {k: jnp.float32(v) for k, v in config.fixed_bounds.items()}
         clip_norm = adaptive.total_bound(bounds) if bounds else None
-        noisy_round = dp.clipping != "none"   # noise is refused without clipping
+        noisy_round = dp.clipping != "none"  # noise is refused without clipping
     noise_key = jax.random.fold_in(key, _NOISE_STREAM)
     noising = functools.partial(_add_noise, dp, layout, noisy_round)
     noisy, noise_state = noising(total, noise_key, noise_stddev, state.noise_state)
-    pseudo_grad = jax.tree.map(lambda x, p: (x / config.expected_cohort_size).astype(p.dtype),
-                               noisy, state.params)
-    updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state,
-                                                        state.params)
+    pseudo_grad = jax.tree.map(
+        lambda x, p: (x / config.expected_cohort_size).astype(p.dtype), noisy, state.params
+    )
+    updates, opt_state = config.server_optimizer.update(pseudo_grad, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    applied = ServerState(params, opt_state, state.round + 1,
-                          _next_bounds(config, state.clip_bounds, sums, key), noise_state)
+    applied = ServerState(
+        params,
+        opt_state,
+        state.round + 1,
+        _next_bounds(config, state.clip_bounds, sums, key),
+        noise_state,
+    )
     all_dropped = (sums.clients > 0) & (sums.dropped == sums.clients)
     params_finite = transforms.tree_is_finite(params)
     rejected = all_dropped | ~params_finite
     horizon = {}
-    if dp.correlated_noise is not None:    # DP-FTRL: rounds 1..n only
-        horizon = {"noise_horizon": jnp.float32(dp.correlated_noise.rounds),
-                   "past_noise_horizon": state.round >= dp.correlated_noise.rounds}
+    if dp.correlated_noise is not None:  # DP-FTRL: rounds 1..n only
+        horizon = {
+            "noise_horizon": jnp.float32(dp.correlated_noise.rounds),
+            "past_noise_horizon": state.round >= dp.correlated_noise.rounds,
+        }
         rejected = rejected | horizon["past_noise_horizon"]
     new_state = optax.tree_utils.tree_where(rejected, state, applied)
-    metrics = _metrics(sums, updates, noisy, total, config.expected_cohort_size,
-                       dp.layer_fn, layout)
+    metrics = _metrics(
+        sums, updates, noisy, total, config.expected_cohort_size, dp.layer_fn, layout
+    )
     metrics["params_finite"] = params_finite.astype(jnp.float32)
     metrics |= {name: value.astype(jnp.float32) for name, value in horizon.items()}
     if canaries is not None:
         metrics["canary_cosines"] = _canary_cosines(
-            canaries, dp, layout, noising, (total, noise_key, noise_stddev, state.noise_state))
+            canaries, dp, layout, noising, (total, noise_key, noise_stddev, state.noise_state)
+        )
     if clip_norm is not None:
         metrics["clip_norm"] = clip_norm
         metrics["layer_clip_norms"] = bounds
     return new_state, metrics
 
 
-def _add_noise(dp: DPConfig, layout: ParamLayout, noisy_round: bool, total: PyTree,
-               noise_key: jax.Array, noise_stddev: jax.Array, noise_state: PyTree
-               ) -> tuple[PyTree, PyTree]:
+def _add_noise(
+    dp: DPConfig,
+    layout: ParamLayout,
+    noisy_round: bool,
+    total: PyTree,
+    noise_key: jax.Array,
+    noise_stddev: jax.Array,
+    noise_state: PyTree,
+) -> tuple[PyTree, PyTree]:
     """``(noisy sum, next noise state)``: the round's noise added once to ``total`` (float32,
     compute layout) — independent N(0, noise_stddev²) per coordinate, or (DP-FTRL) this
     round's row of z·C·C⁻¹Z; ``total`` and the state unchanged when not ``noisy_round``."""
@@ -209,16 +244,16 @@ def _add_noise(dp: DPConfig, layout: ParamLayout, noisy_round: bool, total: PyTr
     if dp.correlated_noise is None:
         return transforms.gaussian_noise(total, noise_stddev, noise_key, layout), noise_state
     mechanism = dp.correlated_noise
-    if not _keeps_noise_state(dp):      # one band: C is diagonal, nothing to carry
+    if not _keeps_noise_state(dp):  # one band: C is diagonal, nothing to carry
         noise_state = mechanism.init_state(total)
-    noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total,
-                                              layout)
+    noise, noise_state = mechanism.next_noise(noise_state, noise_key, noise_stddev, total, layout)
     noisy = jax.tree.map(lambda x, n: (x + n).astype(x.dtype), total, noise)
     return noisy, noise_state if _keeps_noise_state(dp) else ()
 
 
-def _canary_cosines(canaries: Canaries, dp: DPConfig, layout: ParamLayout,
-                    noising: Callable, noise_inputs: tuple) -> jax.Array:
+def _canary_cosines(
+    canaries: Canaries, dp: DPConfig, layout: ParamLayout, noising: Callable, noise_inputs: tuple
+) -> jax.Array:
     """float32 ``[k + m]``: cos(the round's noisy sum, canary c) of every canary.
 
     The noisy sum is drawn again (the same key: the same values) from ``noise_inputs``
@@ -239,22 +274,33 @@ def _keeps_noise_state(dp: DPConfig) -> bool:
     return dp.correlated_noise is not None and dp.correlated_noise.num_buffers > 0
 
 
-def _next_bounds(config: ServerUpdate, bounds: dict[str, jax.Array], sums: RoundSums, key
-                 ) -> dict[str, jax.Array]:
+def _next_bounds(
+    config: ServerUpdate, bounds: dict[str, jax.Array], sums: RoundSums, key
+) -> dict[str, jax.Array]:
     """The adaptive bounds of the next round ({} with fixed clipping)."""
     if not bounds:
         return bounds
-    noise = adaptive.count_noise(jax.random.fold_in(key, _COUNT_NOISE_STREAM), bounds,
-                                 config.count_stddev)
+    noise = adaptive.count_noise(
+        jax.random.fold_in(key, _COUNT_NOISE_STREAM), bounds, config.count_stddev
+    )
     return adaptive.update_bounds(
-        bounds, sums.unclipped, sums.clients - sums.dropped, noise,
+        bounds,
+        sums.unclipped,
+        sums.clients - sums.dropped,
+        noise,
         expected_cohort_size=config.expected_cohort_size,
-        target_quantile=config.target_quantile, learning_rate=config.clip_norm_lr)
+        target_quantile=config.target_quantile,
+        learning_rate=config.clip_norm_lr,
+    )
 
 
-def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransformation,
-                         expected_cohort_size: float, params: PyTree,
-                         layout: ParamLayout = SAME_LAYOUT) -> ServerUpdate:
+def server_update_config(
+    dp: DPConfig,
+    server_optimizer: optax.GradientTransformation,
+    expected_cohort_size: float,
+    params: PyTree,
+    layout: ParamLayout = SAME_LAYOUT,
+) -> ServerUpdate:
     """The server-side settings of a round from the DP policy (``params``: any pytree with
     the parameters' structure and shapes in ``layout``, for the per-layer bounds).
 
@@ -262,30 +308,43 @@ def server_update_config(dp: DPConfig, server_optimizer: optax.GradientTransform
         ValueError: adaptive clipping whose clipped-count noise leaves no budget for the
             deltas (``DPConfig.noise_multipliers``).
     """
-    common = dict(server_optimizer=server_optimizer,
-                  expected_cohort_size=float(expected_cohort_size))
+    common = dict(
+        server_optimizer=server_optimizer, expected_cohort_size=float(expected_cohort_size)
+    )
     if not dp.adaptive:
         return ServerUpdate(**common, fixed_bounds=dp.initial_clip_bounds(params, layout))
     num_bounds = len(dp.initial_clip_bounds(params, layout))
     _, z_delta, _ = dp.noise_multipliers(expected_cohort_size, num_bounds)
-    return ServerUpdate(**common, delta_noise_multiplier=z_delta,
-                        count_stddev=dp.count_stddev(expected_cohort_size),
-                        target_quantile=float(dp.target_unclipped_quantile),
-                        clip_norm_lr=float(dp.clip_norm_lr))
+    return ServerUpdate(
+        **common,
+        delta_noise_multiplier=z_delta,
+        count_stddev=dp.count_stddev(expected_cohort_size),
+        target_quantile=float(dp.target_unclipped_quantile),
+        clip_norm_lr=float(dp.clip_norm_lr),
+    )
 
 
-def _metrics(sums: RoundSums, updates, noisy, total, expected_cohort_size: float,
-             layer_fn: Callable, layout: ParamLayout) -> dict[str, Any]:
+def _metrics(
+    sums: RoundSums,
+    updates,
+    noisy,
+    total,
+    expected_cohort_size: float,
+    layer_fn: Callable,
+    layout: ParamLayout,
+) -> dict[str, Any]:
     """Round metrics; per layer h the signal ‖Σ clip(Δ)_h‖/S and the noise ‖ξ_h‖/S on the
     mean (what per-layer clipping trades off: docs/replication.md)."""
     kept = jnp.maximum(sums.clients - sums.dropped, 1.0)
     noise = jax.tree.map(jnp.subtract, noisy, total)
     per_mean = 1.0 / expected_cohort_size
     return {
-        "layer_signal_norms": {k: v * per_mean
-                               for k, v in transforms.layer_norms(total, layer_fn, layout).items()},
-        "layer_noise_norms": {k: v * per_mean
-                              for k, v in transforms.layer_norms(noise, layer_fn, layout).items()},
+        "layer_signal_norms": {
+            k: v * per_mean for k, v in transforms.layer_norms(total, layer_fn, layout).items()
+        },
+        "layer_noise_norms": {
+            k: v * per_mean for k, v in transforms.layer_norms(noise, layer_fn, layout).items()
+        },
         "clients": sums.clients,
         "dropped_clients": sums.dropped,
         "clip_fraction": sums.clipped / kept,
@@ -310,24 +369,28 @@ def check_round(metrics: dict[str, Any], round_index: int) -> None:
     cleanly with nothing lost.
     """
     if float(metrics.get("past_noise_horizon", 0.0)):
-        raise PastNoiseHorizonError(_past_horizon_message(
-            f"round {round_index}", int(metrics["noise_horizon"])))
+        raise PastNoiseHorizonError(
+            _past_horizon_message(f"round {round_index}", int(metrics["noise_horizon"]))
+        )
     if float(metrics["params_finite"]) == 0.0:
         raise NonFiniteParamsError(
             f"round {round_index}: the server update made parameters NaN/inf; the round "
-            "was not applied. Lower the server learning rate or the noise.")
+            "was not applied. Lower the server learning rate or the noise."
+        )
     clients, dropped = float(metrics["clients"]), float(metrics["dropped_clients"])
     if clients > 0 and dropped == clients:
         raise AllClientsDroppedError(
             f"round {round_index}: all {int(clients)} clients sent NaN/inf updates; the round "
-            "was not applied. Check the local learning rate and the client data.")
+            "was not applied. Check the local learning rate and the client data."
+        )
 
 
 # ------------------------------------------------------------------ state sharding
 
 
-def server_state_shardings(state: ServerState, mesh: jax.sharding.Mesh,
-                           shard: bool = True) -> ServerState:
+def server_state_shardings(
+    state: ServerState, mesh: jax.sharding.Mesh, shard: bool = True
+) -> ServerState:
     """Where each leaf of the server state lives on ``mesh`` (a pytree of ``NamedSharding``
     like ``state``; its leaves may be arrays or ``jax.ShapeDtypeStruct`` values).
 
@@ -354,15 +417,15 @@ def server_state_shardings(state: ServerState, mesh: jax.sharding.Mesh,
 
 
 def make_round_step(
-        client_update: ClientUpdate,
-        server_optimizer: optax.GradientTransformation,
-        dp: DPConfig,
-        expected_cohort_size: float,
-        executor: executors.Executor | None = None,
-        layout: ParamLayout = SAME_LAYOUT,
-        canaries: Canaries | None = None,
-        shard_server_state: bool = False,
-) -> RoundStep:
+    client_update: ClientUpdate,
+    server_optimizer: optax.GradientTransformation,
+    dp: DPConfig,
+    expected_cohort_size: float,
+    executor: executors.Executor | None = None,
+    layout: ParamLayout = SAME_LAYOUT,
+    canaries: Canaries | None = None,
+    shard_server_state: bool = False,
+) -> BoundRoundStep:
     """Builds the round step ``(server_state, cohort_block, key) -> (server_state, metrics)``.
 
     Args:
@@ -412,20 +475,25 @@ def make_round_step(
         raise ValueError(f"dp must be a fl_dp_asr.dp.DPConfig, got {dp!r}.")
     executor = executors.vectorized() if executor is None else executor
     if not isinstance(executor, executors.Executor):
-        raise ValueError(f"executor must be an fl_dp_asr.fl.executors.Executor (e.g. "
-                         f"executors.vectorized(16), executors.make('sharded')), got "
-                         f"{executor!r}.")
+        raise ValueError(
+            f"executor must be an fl_dp_asr.fl.executors.Executor (e.g. "
+            f"executors.vectorized(16), executors.make('sharded')), got "
+            f"{executor!r}."
+        )
     if dp.adaptive:
         _check_count_noise(dp, expected_cohort_size)
     if canaries is not None:
         Canaries.check(dp)
     if shard_server_state and executor.mesh is None:
-        raise ValueError("shard_server_state=True splits the server state over the devices of "
-                         "the executor's mesh: use the sharded executor "
-                         "(executors.make('sharded')).")
+        raise ValueError(
+            "shard_server_state=True splits the server state over the devices of "
+            "the executor's mesh: use the sharded executor "
+            "(executors.make('sharded'))."
+        )
     contribution = make_contribution(client_update, dp.client_clip(layout))
-    server_update = functools.partial(_server_update, dp, server_optimizer,
-                                      float(expected_cohort_size), layout, canaries)
+    server_update = functools.partial(
+        _server_update, dp, server_optimizer, float(expected_cohort_size), layout, canaries
+    )
     noise_stddev = 0.0 if dp.adaptive else float(dp.noise_stddev(expected_cohort_size))
 
     def compose(update):
@@ -436,35 +504,45 @@ def make_round_step(
             broadcast = Broadcast(state.params, state.clip_bounds)
             total, sums = executor.aggregate(contribution, broadcast, cohort_block, keys)
             new_state, metrics = update(state, total, sums, key, noise_stddev, canary_mask)
-            if shard_server_state:
+            if shard_server_state and executor.mesh is not None:
                 new_state = jax.lax.with_sharding_constraint(
-                    new_state, server_state_shardings(new_state, executor.mesh))
+                    new_state, server_state_shardings(new_state, executor.mesh)
+                )
             return new_state, metrics
+
         return round_step
 
-    check = functools.partial(check_server_state, dp=dp,
-                              expected_cohort_size=float(expected_cohort_size), layout=layout)
+    check = functools.partial(
+        check_server_state, dp=dp, expected_cohort_size=float(expected_cohort_size), layout=layout
+    )
     if executor.traceable:
-        return BoundRoundStep(jax.jit(compose(server_update), donate_argnums=(0,)),
-                              noise_stddev, check, executor.mesh)
-    return BoundRoundStep(compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev,
-                          check, executor.mesh)
+        return BoundRoundStep(
+            jax.jit(compose(server_update), donate_argnums=(0,)), noise_stddev, check, executor.mesh
+        )
+    return BoundRoundStep(
+        compose(jax.jit(server_update, donate_argnums=(0,))), noise_stddev, check, executor.mesh
+    )
 
 
-def _split_canary_mask(cohort_block: dict[str, Any], canaries: Canaries | None
-                       ) -> tuple[dict[str, Any], jax.Array | None]:
+def _split_canary_mask(
+    cohort_block: dict[str, Any], canaries: Canaries | None
+) -> tuple[dict[str, Any], jax.Array | None]:
     """``(the clients' block, canary_mask or None)``: the mask is not a per-client entry
     (the executors must not pad or shard it)."""
     if canaries is None:
         if CANARY_MASK in cohort_block:
-            raise ValueError(f"the cohort block carries {CANARY_MASK!r}, but the round step "
-                             "was made without canaries (make_round_step(..., canaries=)).")
+            raise ValueError(
+                f"the cohort block carries {CANARY_MASK!r}, but the round step "
+                "was made without canaries (make_round_step(..., canaries=))."
+            )
         return cohort_block, None
     mask = cohort_block.get(CANARY_MASK)
     if mask is None or jnp.shape(mask) != (canaries.inserted,):
-        raise ValueError(f"a round step with {canaries.inserted} canaries needs the cohort "
-                         f"block entry {CANARY_MASK!r}, float32 [{canaries.inserted}] (1.0: "
-                         f"sampled this round), got {None if mask is None else jnp.shape(mask)}.")
+        raise ValueError(
+            f"a round step with {canaries.inserted} canaries needs the cohort "
+            f"block entry {CANARY_MASK!r}, float32 [{canaries.inserted}] (1.0: "
+            f"sampled this round), got {None if mask is None else jnp.shape(mask)}."
+        )
     return {k: v for k, v in cohort_block.items() if k != CANARY_MASK}, mask
 
 
@@ -478,12 +556,15 @@ def _check_count_noise(dp: DPConfig, expected_cohort_size: float) -> None:
     except ValueError as error:
         if dp.clipping == "global":
             raise
-        raise ValueError(f"{error} (Per-layer clipping: z_b is that of one bound here; H "
-                         "bounds give z_b = 2σ_b/√H, smaller still.)") from None
+        raise ValueError(
+            f"{error} (Per-layer clipping: z_b is that of one bound here; H "
+            "bounds give z_b = 2σ_b/√H, smaller still.)"
+        ) from None
 
 
-def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: float,
-                       layout: ParamLayout = SAME_LAYOUT) -> None:
+def check_server_state(
+    state: ServerState, dp: DPConfig, expected_cohort_size: float, layout: ParamLayout = SAME_LAYOUT
+) -> None:
     """Raises ValueError, before anything is traced, when ``state`` does not fit ``dp``.
 
     Adaptive clipping needs the bounds of :func:`init_server_state` called with ``dp``
@@ -495,24 +576,29 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
     (:class:`PastNoiseHorizonError`; the round count is read: :func:`_check_horizon`).
     """
     bounds = state.clip_bounds
-    make = ("make the state with fl_round.init_server_state(params, server_optimizer, dp), "
-            "passing the round step's DPConfig")
+    make = (
+        "make the state with fl_round.init_server_state(params, server_optimizer, dp), "
+        "passing the round step's DPConfig"
+    )
     if dp.adaptive and not bounds:
         raise ValueError(
             "the server state was initialized without adaptive clip bounds "
             "(ServerState.clip_bounds is {}), but the round step's DPConfig clips adaptively "
-            f"(dp.target_unclipped_quantile={dp.target_unclipped_quantile}): {make}.")
+            f"(dp.target_unclipped_quantile={dp.target_unclipped_quantile}): {make}."
+        )
     if not dp.adaptive and bounds:
         raise ValueError(
             f"the server state carries adaptive clip bounds ({len(bounds)}: "
             f"{sorted(bounds)[:3]}...), but the round step's DPConfig clips with fixed bounds "
             f"(dp.target_unclipped_quantile=None): {make}, or set "
-            "dp.target_unclipped_quantile to go on adapting them.")
+            "dp.target_unclipped_quantile to go on adapting them."
+        )
     if _keeps_noise_state(dp) != bool(jax.tree.leaves(state.noise_state)):
         raise ValueError(
             f"the server state {'lacks' if _keeps_noise_state(dp) else 'carries'} "
             f"a correlated-noise state, but the round step's dp.correlated_noise is "
-            f"{dp.correlated_noise!r}: {make}.")
+            f"{dp.correlated_noise!r}: {make}."
+        )
     if _keeps_noise_state(dp):
         _check_noise_state(state, dp, make)
     if dp.correlated_noise is not None:
@@ -521,13 +607,17 @@ def check_server_state(state: ServerState, dp: DPConfig, expected_cohort_size: f
         return
     # The layer names alone (not dp.initial_clip_bounds, which also computes and validates
     # the allocation's bounds): this runs at every call.
-    expected = ({adaptive.GLOBAL} if dp.clipping == "global"
-                else set(transforms.layer_sizes(state.params, dp.layer_fn, layout)))
+    expected = (
+        {adaptive.GLOBAL}
+        if dp.clipping == "global"
+        else set(transforms.layer_sizes(state.params, dp.layer_fn, layout))
+    )
     if set(bounds) != expected:
         raise ValueError(
             f"the server state's clip bounds {sorted(bounds)[:3]}... ({len(bounds)}) are not "
             f"those of dp.clipping={dp.clipping!r}, dp.layers={dp.layers!r} "
-            f"{sorted(expected)[:3]}... ({len(expected)}): {make}.")
+            f"{sorted(expected)[:3]}... ({len(expected)}): {make}."
+        )
     dp.noise_multipliers(expected_cohort_size, len(bounds))
 
 
@@ -543,41 +633,48 @@ def _check_horizon(state: ServerState, horizon: int) -> None:
         return
     if isinstance(applied, jax.Array):
         applied = applied.addressable_data(0)
-    applied = int(jax.device_get(applied))
-    if applied >= horizon:
-        raise PastNoiseHorizonError(_past_horizon_message(
-            f"the server state has applied {applied} rounds", horizon))
+    rounds = int(jax.device_get(applied))
+    if rounds >= horizon:
+        raise PastNoiseHorizonError(
+            _past_horizon_message(f"the server state has applied {rounds} rounds", horizon)
+        )
 
 
 def _past_horizon_message(where: str, horizon: int) -> str:
     """The error of a round past the strategy's ``horizon`` n rounds, found at ``where``."""
-    return (f"{where}: the correlated-noise strategy (dp.correlated_noise) covers {horizon} "
-            "rounds; the noise of a later round is not the mechanism the accountant covers, "
-            "so the round was not applied. Build the strategy for all the rounds you run "
-            f"(CorrelatedNoise(rounds=...), trainer: --config.dp.strategy_rounds) from round "
-            "1, or stop here.")
+    return (
+        f"{where}: the correlated-noise strategy (dp.correlated_noise) covers {horizon} "
+        "rounds; the noise of a later round is not the mechanism the accountant covers, "
+        "so the round was not applied. Build the strategy for all the rounds you run "
+        f"(CorrelatedNoise(rounds=...), trainer: --config.dp.strategy_rounds) from round "
+        "1, or stop here."
+    )
 
 
 def _check_noise_state(state: ServerState, dp: DPConfig, make: str) -> None:
     """Raises ValueError when the correlated-noise state is not the one ``dp``'s mechanism
     makes for these parameters (structure, shapes, dtypes; nothing is computed)."""
     expected = jax.eval_shape(dp.correlated_noise.init_state, state.params)
-    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                       state.noise_state)
-    if jax.tree.structure(got) != jax.tree.structure(expected):
+    got = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), state.noise_state
+    )
+    if jax.tree.structure(got) != jax.tree.structure(expected):  # type: ignore[operator]
         raise ValueError(
             f"the server state's correlated-noise state has {len(jax.tree.leaves(got))} "
             f"arrays, but dp.correlated_noise={dp.correlated_noise!r} keeps "
             f"{len(jax.tree.leaves(expected))} for these parameters (another mechanism, "
-            f"number of buffers or model): {make}.")
-    for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(expected),
-                                  jax.tree.leaves(got)):
+            f"number of buffers or model): {make}."
+        )
+    for (path, want), have in zip(
+        jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)
+    ):
         if (want.shape, want.dtype) != (have.shape, have.dtype):
             raise ValueError(
                 f"the server state's correlated-noise state at "
                 f"{jax.tree_util.keystr(path)} is {have.dtype}{list(have.shape)}, but "
                 f"dp.correlated_noise={dp.correlated_noise!r} keeps {want.dtype}"
-                f"{list(want.shape)} for these parameters: {make}.")
+                f"{list(want.shape)} for these parameters: {make}."
+            )
 
 
 class BoundRoundStep(NamedTuple):
@@ -602,6 +699,7 @@ class BoundRoundStep(NamedTuple):
         check: ``check(state)`` before every call.
         mesh: the executor's client mesh (``None``: one device).
     """
+
     step: Callable
     noise_stddev: float
     check: Callable[[ServerState], None]
@@ -609,19 +707,20 @@ class BoundRoundStep(NamedTuple):
 
     def __call__(self, state: ServerState, cohort_block, key):
         self.check(state)
-        return self.step(state, cohort_block, key,
-                         _placed_scalar(float(self.noise_stddev), self.mesh))
+        return self.step(
+            state, cohort_block, key, _placed_scalar(float(self.noise_stddev), self.mesh)
+        )
 
     def lower(self, state: ServerState, cohort_block, key):
         self.check(state)
         sharding = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
         noise = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding)
-        return self.step.lower(state, cohort_block, key, noise)
+        return self.step.lower(state, cohort_block, key, noise)  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=64)
 def _placed_scalar(value: float, mesh: jax.sharding.Mesh | None) -> jax.Array:
     """``value`` as a float32 scalar on the device (replicated over ``mesh`` if given), placed
     once per (value, mesh) so that later calls of the round step move nothing from the host."""
-    value = np.float32(value)
-    return jax.device_put(value) if mesh is None else distributed.replicate(value, mesh)
+    scalar = np.float32(value)
+    return jax.device_put(scalar) if mesh is None else distributed.replicate(scalar, mesh)

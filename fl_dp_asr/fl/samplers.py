@@ -32,8 +32,8 @@ import numpy as np
 
 from fl_dp_asr.dp import accounting
 
-SAMPLERS = accounting.SAMPLING_SCHEMES          # samplers of the Gaussian mechanism
-MIN_SEPARATION_SAMPLERS = accounting.MIN_SEPARATION_SAMPLING   # samplers of correlated noise
+SAMPLERS = accounting.SAMPLING_SCHEMES  # samplers of the Gaussian mechanism
+MIN_SEPARATION_SAMPLERS = accounting.MIN_SEPARATION_SAMPLING  # samplers of correlated noise
 
 
 def _round_rng(seed: int, round_index: int) -> np.random.Generator:
@@ -49,15 +49,18 @@ class CohortSampler(abc.ABC):
         cohort_size: S, users per round (Poisson: the expected number).
         seed: experiment seed; with the round index it fixes the draw.
     """
+
     population: int
     cohort_size: int
     seed: int = 0
-    name: ClassVar[str]   # the scheme's name in dp.accounting ("fixed" or "poisson")
+    name: ClassVar[str]  # the scheme's name in dp.accounting ("fixed" or "poisson")
 
     def __post_init__(self):
         if not 1 <= self.cohort_size <= self.population:
-            raise ValueError(f"cohort_size={self.cohort_size} must be in [1, population="
-                             f"{self.population}] (the number of training users).")
+            raise ValueError(
+                f"cohort_size={self.cohort_size} must be in [1, population="
+                f"{self.population}] (the number of training users)."
+            )
 
     @property
     def expected_size(self) -> float:
@@ -87,13 +90,23 @@ class CohortSampler(abc.ABC):
 
     def dp_event(self, noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
         """The ``dp_accounting`` event of ``rounds`` rounds with noise multiplier z."""
-        return accounting.make_dp_event(noise_multiplier, self.cohort_size, self.population,
-                                        rounds, cast(accounting.Sampling, self.name))
+        return accounting.make_dp_event(
+            noise_multiplier,
+            self.cohort_size,
+            self.population,
+            rounds,
+            cast(accounting.Sampling, self.name),
+        )
 
     def accountant(self, noise_multiplier: float, delta: float) -> accounting.RunAccountant:
         """The ε accountant of a run that samples with this sampler."""
-        return accounting.RunAccountant(cast(accounting.Sampling, self.name), self.cohort_size,
-                                        self.population, noise_multiplier, delta)
+        return accounting.RunAccountant(
+            cast(accounting.Sampling, self.name),
+            self.cohort_size,
+            self.population,
+            noise_multiplier,
+            delta,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +116,7 @@ class FixedSizeSampler(CohortSampler):
     >>> FixedSizeSampler(population=10, cohort_size=3, seed=0).sample(0).tolist()
     [5, 6, 9]
     """
+
     name: ClassVar[str] = "fixed"
 
     @property
@@ -110,8 +124,9 @@ class FixedSizeSampler(CohortSampler):
         return self.cohort_size
 
     def sample(self, round_index: int) -> np.ndarray:
-        users = _round_rng(self.seed, round_index).choice(self.population, self.cohort_size,
-                                                          replace=False)
+        users = _round_rng(self.seed, round_index).choice(
+            self.population, self.cohort_size, replace=False
+        )
         return np.sort(users)
 
 
@@ -126,6 +141,7 @@ class PoissonSampler(CohortSampler):
     Attributes:
         num_stddev: head room of :attr:`max_size`, in binomial standard deviations.
     """
+
     name: ClassVar[str] = "poisson"
     num_stddev: float = 6.0
 
@@ -149,7 +165,8 @@ class PoissonSampler(CohortSampler):
         if count > self.max_size:
             raise RuntimeError(
                 f"round {round_index}: Poisson sampling drew {count} users, more than "
-                f"max_size={self.max_size}; raise num_stddev.")
+                f"max_size={self.max_size}; raise num_stddev."
+            )
         return np.sort(rng.choice(self.population, count, replace=False))
 
 
@@ -175,6 +192,7 @@ class CyclicSampler(CohortSampler):
     >>> [sampler.sample(t).tolist() for t in range(4)]
     [[9, 10], [3, 8], [1, 7], [4, 10]]
     """
+
     name: ClassVar[str] = "cyclic"
     min_separation: int = 1
 
@@ -187,7 +205,8 @@ class CyclicSampler(CohortSampler):
                 f"cohort_size={self.cohort_size} must not exceed population // min_separation"
                 f" = {self.population} // {self.min_separation} = "
                 f"{self.population // self.min_separation}: each of the {self.min_separation}"
-                f" groups must hold a cohort. Lower min_separation or the cohort size.")
+                f" groups must hold a cohort. Lower min_separation or the cohort size."
+            )
 
     @property
     def max_size(self) -> int:
@@ -200,8 +219,9 @@ class CyclicSampler(CohortSampler):
     @functools.cached_property
     def _groups(self) -> tuple[np.ndarray, ...]:
         order = np.random.default_rng(np.random.SeedSequence([self.seed])).permutation(
-            self.population)
-        return tuple(np.sort(order[g::self.min_separation]) for g in range(self.min_separation))
+            self.population
+        )
+        return tuple(np.sort(order[g :: self.min_separation]) for g in range(self.min_separation))
 
     def group(self, index: int) -> np.ndarray:
         """Sorted users of group ``index`` mod ``min_separation``, fixed by ``seed`` (the
@@ -210,47 +230,58 @@ class CyclicSampler(CohortSampler):
 
     def sample(self, round_index: int) -> np.ndarray:
         members = self._groups[round_index % self.min_separation]
-        chosen = _round_rng(self.seed, round_index).choice(len(members), self.cohort_size,
-                                                           replace=False)
+        chosen = _round_rng(self.seed, round_index).choice(
+            len(members), self.cohort_size, replace=False
+        )
         return np.sort(members[chosen])
 
-    def dp_event(self, noise_multiplier: float, rounds: int, mechanism=None
-                 ) -> dp_accounting.DpEvent:
+    def dp_event(
+        self, noise_multiplier: float, rounds: int, mechanism=None
+    ) -> dp_accounting.DpEvent:
         """The event of ``rounds`` rounds of ``mechanism`` (a
         :class:`~fl_dp_asr.dp.correlated.CorrelatedNoise` with ``min_separation`` ≤ this
         sampler's; ``None``: independent Gaussian noise every round, ``bands=1``)."""
         return self._mechanism(mechanism, rounds).dp_event(noise_multiplier, rounds)
 
-    def accountant(self, noise_multiplier: float, delta: float, mechanism=None,
-                   rounds: int | None = None):
+    def accountant(
+        self, noise_multiplier: float, delta: float, mechanism=None, rounds: int | None = None
+    ):
         """ε during training (``correlated.CorrelatedAccountant``: RunAccountant's interface)
         of ``mechanism`` (``None``: independent Gaussian noise for ``rounds`` rounds, see
         :meth:`dp_event`)."""
         return self._mechanism(mechanism, rounds).accountant(noise_multiplier, delta)
 
     def _mechanism(self, mechanism, rounds: int | None):
-        from fl_dp_asr.dp import correlated   # pylint: disable=import-outside-toplevel
+        from fl_dp_asr.dp import correlated  # pylint: disable=import-outside-toplevel
+
         if mechanism is None:
             if rounds is None:
-                raise ValueError("CyclicSampler.accountant needs the mechanism (a "
-                                 "CorrelatedNoise, whose rounds bound the run) or rounds")
+                raise ValueError(
+                    "CyclicSampler.accountant needs the mechanism (a "
+                    "CorrelatedNoise, whose rounds bound the run) or rounds"
+                )
             mechanism = correlated.CorrelatedNoise.independent(rounds, self.min_separation)
         mechanism.check_sampler(self)
         return mechanism
 
 
-def make_sampler(name: str, population: int, cohort_size: int, seed: int = 0,
-                 min_separation: int | None = None) -> CohortSampler:
+def make_sampler(
+    name: str, population: int, cohort_size: int, seed: int = 0, min_separation: int | None = None
+) -> CohortSampler:
     """The sampler named ``name`` (a config string): ``"fixed"``, ``"poisson"`` or
     ``"cyclic"`` (which needs ``min_separation``)."""
     if name == "cyclic":
         if min_separation is None:
-            raise ValueError("sampling='cyclic' needs min_separation (b: rounds between two "
-                             "participations of a user).")
+            raise ValueError(
+                "sampling='cyclic' needs min_separation (b: rounds between two "
+                "participations of a user)."
+            )
         return CyclicSampler(population, cohort_size, seed, min_separation=min_separation)
     if min_separation is not None:
-        raise ValueError(f"min_separation={min_separation} is a setting of the 'cyclic' "
-                         f"sampler; sampling={name!r} draws users in consecutive rounds.")
+        raise ValueError(
+            f"min_separation={min_separation} is a setting of the 'cyclic' "
+            f"sampler; sampling={name!r} draws users in consecutive rounds."
+        )
     if name == "fixed":
         return FixedSizeSampler(population, cohort_size, seed)
     if name == "poisson":

@@ -46,8 +46,9 @@ def build_model(config: ModelConfig) -> Encoder:
     return Encoder(config)
 
 
-def init_params(config: ModelConfig, key: jax.Array,
-                sharding: jax.sharding.Sharding | None = None) -> PyTree:
+def init_params(
+    config: ModelConfig, key: jax.Array, sharding: jax.sharding.Sharding | None = None
+) -> PyTree:
     """Freshly initialized parameters (a nested dict of ``param_dtype`` arrays).
 
     One jitted function creates them on the device (the paper model's 255.8 M in seconds,
@@ -60,11 +61,10 @@ def init_params(config: ModelConfig, key: jax.Array,
 @functools.cache
 def _init_fn(config: ModelConfig, sharding: jax.sharding.Sharding | None):
     def init(key):
-        features = jnp.zeros((1, 4 * config.conv_stride, config.features.num_mel_bins),
-                             jnp.float32)
+        features = jnp.zeros((1, 4 * config.conv_stride, config.features.num_mel_bins), jnp.float32)
         paddings = jnp.zeros(features.shape[:2], jnp.float32)
-        return build_model(config).init({"params": key}, features, paddings,
-                                        train=False)["params"]
+        return build_model(config).init({"params": key}, features, paddings, train=False)["params"]
+
     return jax.jit(init, out_shardings=sharding)
 
 
@@ -78,14 +78,16 @@ def count_params(params: PyTree) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
-def compute_features(audio: jax.Array, audio_lengths: jax.Array,
-                     config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+def compute_features(
+    audio: jax.Array, audio_lengths: jax.Array, config: ModelConfig
+) -> tuple[jax.Array, jax.Array]:
     """Normalized log-mel ``(features [B, T, F], paddings [B, T])`` of int16 [B, S] audio."""
     return log_mel(audio, audio_lengths, **dataclasses.asdict(config.features))
 
 
-def ctc_loss_fn(params: PyTree, batch: Batch, key: jax.Array | None, train: bool, *,
-                config: ModelConfig) -> dict[str, jax.Array]:
+def ctc_loss_fn(
+    params: PyTree, batch: Batch, key: jax.Array | None, train: bool, *, config: ModelConfig
+) -> dict[str, jax.Array]:
     """Per-utterance CTC losses and what metrics need, for one batch.
 
     Args:
@@ -109,11 +111,14 @@ def ctc_loss_fn(params: PyTree, batch: Batch, key: jax.Array | None, train: bool
     if train:
         assert key is not None, "train=True needs a key"
         augment_key, dropout_key, cape_key = jax.random.split(key, 3)
-        features = spec_augment(features, paddings, augment_key,
-                                **dataclasses.asdict(config.spec_augment))
+        features = spec_augment(
+            features, paddings, augment_key, **dataclasses.asdict(config.spec_augment)
+        )
         rngs = {"dropout": dropout_key, "cape": cape_key}
-    logits, logit_paddings = cast(tuple[jax.Array, jax.Array], build_model(config).apply(
-        {"params": params}, features, paddings, train=train, rngs=rngs))
+    logits, logit_paddings = cast(
+        tuple[jax.Array, jax.Array],
+        build_model(config).apply({"params": params}, features, paddings, train=train, rngs=rngs),
+    )
 
     labels = batch["labels"].astype(jnp.int32)
     label_lengths = batch["label_lengths"].astype(jnp.int32)
@@ -129,8 +134,15 @@ def ctc_loss_fn(params: PyTree, batch: Batch, key: jax.Array | None, train: bool
     real = mask > 0.0
     nll = jnp.where(real, nll, 0.0)
     loss = nll / jnp.maximum(lengths, 1.0) if config.loss_normalization == "per_token" else nll
-    return {"loss": loss, "nll": nll, "mask": mask, "label_lengths": lengths * mask,
-            "infeasible": infeasible, "logits": logits, "logit_paddings": logit_paddings}
+    return {
+        "loss": loss,
+        "nll": nll,
+        "mask": mask,
+        "label_lengths": lengths * mask,
+        "infeasible": infeasible,
+        "logits": logits,
+        "logit_paddings": logit_paddings,
+    }
 
 
 def make_loss_fn(config: ModelConfig, train: bool = True) -> LossFn:
@@ -162,12 +174,15 @@ def make_loss_fn(config: ModelConfig, train: bool = True) -> LossFn:
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def predict_logits(params: PyTree, audio: jax.Array, audio_lengths: jax.Array,
-                   config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+def predict_logits(
+    params: PyTree, audio: jax.Array, audio_lengths: jax.Array, config: ModelConfig
+) -> tuple[jax.Array, jax.Array]:
     """Evaluation-mode logits: int16 [B, S] audio → (float32 [B, T', V], paddings [B, T'])."""
     features, paddings = compute_features(audio, audio_lengths, config)
-    return cast(tuple[jax.Array, jax.Array],
-                build_model(config).apply({"params": params}, features, paddings, train=False))
+    return cast(
+        tuple[jax.Array, jax.Array],
+        build_model(config).apply({"params": params}, features, paddings, train=False),
+    )
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -176,8 +191,13 @@ def _greedy_ids(params, audio, audio_lengths, config):
     return greedy_decode(logits, paddings)
 
 
-def transcribe_batch(params: PyTree, audio: np.ndarray, audio_lengths: np.ndarray,
-                     config: ModelConfig, beam_width: int = 1) -> list[str]:
+def transcribe_batch(
+    params: PyTree,
+    audio: np.ndarray,
+    audio_lengths: np.ndarray,
+    config: ModelConfig,
+    beam_width: int = 1,
+) -> list[str]:
     """Decoded text of each utterance of int16 [B, S] ``audio``.
 
     ``beam_width == 1`` is greedy decoding on device; larger widths run the numpy
@@ -195,13 +215,18 @@ def transcribe_batch(params: PyTree, audio: np.ndarray, audio_lengths: np.ndarra
 def _eval_step(params, batch, config):
     out = ctc_loss_fn(params, batch, None, False, config=config)
     ids, lengths = greedy_decode(out["logits"], out["logit_paddings"])
-    return {"loss_sum": jnp.sum(out["loss"] * out["mask"]),
-            "nll_sum": jnp.sum(out["nll"] * out["mask"]),
-            "num_tokens": jnp.sum(out["label_lengths"]), "ids": ids, "lengths": lengths}
+    return {
+        "loss_sum": jnp.sum(out["loss"] * out["mask"]),
+        "nll_sum": jnp.sum(out["nll"] * out["mask"]),
+        "num_tokens": jnp.sum(out["label_lengths"]),
+        "ids": ids,
+        "lengths": lengths,
+    }
 
 
-def evaluate(params: PyTree, config: ModelConfig, batches: Iterable[Batch],
-             max_examples: int = 0) -> dict[str, Any]:
+def evaluate(
+    params: PyTree, config: ModelConfig, batches: Iterable[Batch], max_examples: int = 0
+) -> dict[str, Any]:
     """Greedy-decoding WER/CER and loss of ``params`` over ``batches`` (real utterances only).
 
     References are the batches' ``labels`` decoded to text (already normalized); hypotheses
@@ -219,21 +244,30 @@ def evaluate(params: PyTree, config: ModelConfig, batches: Iterable[Batch],
         real = np.asarray(batch["mask"]) > 0
         # CTC emits word separators at both ends and in runs: single-space the hypotheses
         # like the references, so CER does not count spurious spaces.
-        hyps = [" ".join(h.split())
-                for h, r in zip(tokenizer.decode_batch(out["ids"], out["lengths"]), real) if r]
-        refs = [t for t, r in zip(tokenizer.decode_batch(batch["labels"], batch["label_lengths"]),
-                                  real) if r]
+        hyps = [
+            " ".join(h.split())
+            for h, r in zip(tokenizer.decode_batch(out["ids"], out["lengths"]), real)
+            if r
+        ]
+        refs = [
+            t
+            for t, r in zip(tokenizer.decode_batch(batch["labels"], batch["label_lengths"]), real)
+            if r
+        ]
         counts.add(refs, hyps)
         loss_sum += float(out["loss_sum"])
         nll_sum += float(out["nll_sum"])
         num_tokens += float(out["num_tokens"])
-        examples.extend(list(zip(refs, hyps))[:max(0, max_examples - len(examples))])
+        examples.extend(list(zip(refs, hyps))[: max(0, max_examples - len(examples))])
     return {
-        "wer": counts.wer, "cer": counts.cer,
+        "wer": counts.wer,
+        "cer": counts.cer,
         "loss": loss_sum / max(counts.utterances, 1),
         "loss_per_token": nll_sum / max(num_tokens, 1.0),
         "num_utterances": counts.utterances,
-        "word_errors": counts.word_errors, "reference_words": counts.reference_words,
-        "char_errors": counts.char_errors, "reference_chars": counts.reference_chars,
+        "word_errors": counts.word_errors,
+        "reference_words": counts.reference_words,
+        "char_errors": counts.char_errors,
+        "reference_chars": counts.reference_chars,
         "examples": examples,
     }

@@ -22,7 +22,6 @@ from fl_dp_asr.audio.augment import SpecAugmentConfig
 from fl_dp_asr.audio.features import LogMelConfig
 from fl_dp_asr.text.tokenizer import VOCAB_SIZE
 
-
 # Names of ``encoder.REMAT_POLICIES`` (the jax.checkpoint policies live with the encoder;
 # this module validates configs without importing it).
 REMAT_POLICY_NAMES = ("nothing", "dots", "dots_no_batch")
@@ -85,22 +84,27 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.model_dim % self.num_heads or self.model_dim % 2:
-            raise ValueError(f"model_dim {self.model_dim} must be even and divisible by "
-                             f"num_heads {self.num_heads}")
+            raise ValueError(
+                f"model_dim {self.model_dim} must be even and divisible by "
+                f"num_heads {self.num_heads}"
+            )
         if self.conv_channels % 2:
             raise ValueError(f"conv_channels {self.conv_channels} must be even (GLU)")
         if self.activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be 'gelu' or 'relu', got {self.activation!r}")
         if self.loss_normalization not in ("sum", "per_token"):
-            raise ValueError("loss_normalization must be 'sum' or 'per_token', got "
-                             f"{self.loss_normalization!r}")
+            raise ValueError(
+                f"loss_normalization must be 'sum' or 'per_token', got {self.loss_normalization!r}"
+            )
         if self.remat_policy not in REMAT_POLICY_NAMES:
-            raise ValueError(f"remat_policy must be one of {REMAT_POLICY_NAMES}, got "
-                             f"{self.remat_policy!r}")
+            raise ValueError(
+                f"remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}"
+            )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):
-                raise ValueError(f"{name} must be 'float32' or 'bfloat16', got "
-                                 f"{getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}"
+                )
 
     @property
     def frame_seconds(self) -> float:
@@ -135,14 +139,38 @@ class ModelConfig:
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     # arXiv 2310.00098 "Model": 36 pre-LN blocks, dim 768, MLP 3072, 4 heads, conv 1536 ch,
     # no biases, dropout and layer-drop 0.3, bfloat16 compute, float32 params.
-    "paper": dict(num_blocks=36, model_dim=768, mlp_dim=3072, num_heads=4, conv_channels=1536,
-                  dropout_rate=0.3, attention_dropout_rate=0.3, layer_drop_rate=0.3,
-                  dtype="bfloat16"),
-    "small": dict(num_blocks=12, model_dim=384, mlp_dim=1536, num_heads=4, conv_channels=768,
-                  dropout_rate=0.1, attention_dropout_rate=0.1, layer_drop_rate=0.1),
+    "paper": dict(
+        num_blocks=36,
+        model_dim=768,
+        mlp_dim=3072,
+        num_heads=4,
+        conv_channels=1536,
+        dropout_rate=0.3,
+        attention_dropout_rate=0.3,
+        layer_drop_rate=0.3,
+        dtype="bfloat16",
+    ),
+    "small": dict(
+        num_blocks=12,
+        model_dim=384,
+        mlp_dim=1536,
+        num_heads=4,
+        conv_channels=768,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        layer_drop_rate=0.1,
+    ),
     # Trains on 2 CPU cores in minutes.
-    "tiny": dict(num_blocks=4, model_dim=144, mlp_dim=576, num_heads=4, conv_channels=288,
-                 dropout_rate=0.1, attention_dropout_rate=0.1, layer_drop_rate=0.0),
+    "tiny": dict(
+        num_blocks=4,
+        model_dim=144,
+        mlp_dim=576,
+        num_heads=4,
+        conv_channels=288,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        layer_drop_rate=0.0,
+    ),
 }
 
 

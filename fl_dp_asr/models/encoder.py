@@ -36,8 +36,13 @@ import numpy as np
 from flax.core.scope import LazyRng
 
 from fl_dp_asr.models.config import REMAT_POLICY_NAMES, ModelConfig
-from fl_dp_asr.models.layers import (FrameDropout, attention_with_frame_dropout, frame_dropout,
-                                     gelu, row_uniform)
+from fl_dp_asr.models.layers import (
+    FrameDropout,
+    attention_with_frame_dropout,
+    frame_dropout,
+    gelu,
+    row_uniform,
+)
 
 
 def cape_positions(
@@ -62,32 +67,41 @@ def cape_positions(
     valid = 1.0 - paddings
     index = jnp.arange(frames, dtype=jnp.float32)[None, :]
     centre = jnp.sum(index * valid, axis=1, keepdims=True) / jnp.maximum(
-        jnp.sum(valid, axis=1, keepdims=True), 1.0)
+        jnp.sum(valid, axis=1, keepdims=True), 1.0
+    )
     positions = (index - centre) * frame_seconds
     if key is None:
         return positions
     shift_key, local_key, scale_key = jax.random.split(key, 3)
-    shift = jax.random.uniform(shift_key, (batch, 1), minval=-max_global_shift,
-                               maxval=max_global_shift)
+    shift = jax.random.uniform(
+        shift_key, (batch, 1), minval=-max_global_shift, maxval=max_global_shift
+    )
     half_local = 0.5 * max_local_shift * frame_seconds
     local = row_uniform(local_key, (batch, frames), -half_local, half_local)
     log_scale = math.log(max_global_scaling)
-    scale = jnp.exp(jax.random.uniform(scale_key, (batch, 1), minval=-log_scale,
-                                       maxval=log_scale))
+    scale = jnp.exp(jax.random.uniform(scale_key, (batch, 1), minval=-log_scale, maxval=log_scale))
     return (positions + shift + local) * scale
 
 
 def sinusoidal_embedding(positions: jax.Array, dim: int, freq_scale: float) -> jax.Array:
     """[B, T, dim] = [sin(x·ω_k), cos(x·ω_k)], ω_k = freq_scale · 10000^(−2k/dim)."""
-    freqs = freq_scale * jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32)
-                                 * (-math.log(1e4) / dim))
+    freqs = freq_scale * jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(1e4) / dim))
     phase = positions[..., None] * freqs
     return jnp.concatenate([jnp.sin(phase), jnp.cos(phase)], axis=-1)
 
 
-def strided_conv1d_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                             rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                             precision=None, **unused):
+def strided_conv1d_as_matmul(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **unused,
+):
     """``lax.conv_general_dilated`` of a 1-D NWC×WIO convolution, as patches @ kernel.
 
     Same parameters and numbers (to float rounding) as the convolution. Why: XLA:CPU runs the
@@ -102,9 +116,11 @@ def strided_conv1d_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=Non
     x = jnp.pad(lhs, ((0, 0), (low, high), (0, 0)))
     frames = (x.shape[1] - width) // stride + 1
     patches = jnp.concatenate(
-        [x[:, k:k + stride * (frames - 1) + 1:stride] for k in range(width)], axis=-1)
-    return jnp.einsum("btk,ko->bto", patches, rhs.reshape(width * in_features, out_features),
-                      precision=precision)
+        [x[:, k : k + stride * (frames - 1) + 1 : stride] for k in range(width)], axis=-1
+    )
+    return jnp.einsum(
+        "btk,ko->bto", patches, rhs.reshape(width * in_features, out_features), precision=precision
+    )
 
 
 class ConvFrontEnd(nn.Module):
@@ -118,16 +134,27 @@ class ConvFrontEnd(nn.Module):
         # Fixed padding (not 'SAME', whose split depends on T mod stride): output frame t
         # is centred on input frame stride·t whatever the padded length, T' = ⌈T/stride⌉.
         left = (cfg.conv_kernel - 1) // 2
-        x = nn.Conv(cfg.conv_channels, kernel_size=(cfg.conv_kernel,),
-                    strides=(cfg.conv_stride,), padding=[(left, cfg.conv_kernel - 1 - left)],
-                    dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    conv_general_dilated=strided_conv1d_as_matmul, name="conv")(features)
+        x = nn.Conv(
+            cfg.conv_channels,
+            kernel_size=(cfg.conv_kernel,),
+            strides=(cfg.conv_stride,),
+            padding=[(left, cfg.conv_kernel - 1 - left)],
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            conv_general_dilated=strided_conv1d_as_matmul,
+            name="conv",
+        )(features)
         x = nn.glu(x, axis=-1)
         if cfg.conv_channels // 2 != cfg.model_dim:
-            x = nn.Dense(cfg.model_dim, use_bias=cfg.use_bias, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, name="projection")(x)
+            x = nn.Dense(
+                cfg.model_dim,
+                use_bias=cfg.use_bias,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                name="projection",
+            )(x)
         # Output frame t covers input frame stride·t; it is valid iff that frame is.
-        out_paddings = paddings[:, ::cfg.conv_stride]
+        out_paddings = paddings[:, :: cfg.conv_stride]
         return x * (1.0 - out_paddings)[..., None].astype(x.dtype), out_paddings
 
 
@@ -143,21 +170,25 @@ class TransformerBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, attention_mask: jax.Array,
-                 dropout_keys: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, attention_mask: jax.Array, dropout_keys: jax.Array | None
+    ) -> jax.Array:
         cfg = self.config
         train = dropout_keys is not None
-        key = ((lambda site: dropout_keys[site]) if dropout_keys is not None
-               else (lambda site: None))
-        dense: dict[str, Any] = dict(use_bias=cfg.use_bias, dtype=cfg.dtype,
-                                     param_dtype=cfg.param_dtype)
+        key = (lambda site: dropout_keys[site]) if dropout_keys is not None else (lambda site: None)
+        dense: dict[str, Any] = dict(
+            use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention_norm")(x)
         h = nn.MultiHeadDotProductAttention(
-            num_heads=cfg.num_heads, qkv_features=cfg.model_dim,
-            dropout_rate=cfg.attention_dropout_rate, force_fp32_for_softmax=True,
+            num_heads=cfg.num_heads,
+            qkv_features=cfg.model_dim,
+            dropout_rate=cfg.attention_dropout_rate,
+            force_fp32_for_softmax=True,
             attention_fn=attention_with_frame_dropout,
-            name="attention", **dense)(h, h, mask=attention_mask, deterministic=not train,
-                                       dropout_rng=key(0))
+            name="attention",
+            **dense,
+        )(h, h, mask=attention_mask, deterministic=not train, dropout_rng=key(0))
         x = x + frame_dropout(h, cfg.dropout_rate, key(1))
         h = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="mlp_norm")(x)
         h = nn.Dense(cfg.mlp_dim, name="mlp_in", **dense)(h)
@@ -181,7 +212,7 @@ REMAT_POLICIES = {
 assert tuple(REMAT_POLICIES) == REMAT_POLICY_NAMES, "config.REMAT_POLICY_NAMES is stale"
 
 
-STACKED = "blocks"   # the subtree of the stacked layout (stack_blocks)
+STACKED = "blocks"  # the subtree of the stacked layout (stack_blocks)
 
 
 def block_name(index: int) -> str:
@@ -196,8 +227,11 @@ def _static_hash(parts: tuple[str | int, ...]) -> np.uint32:
     for part in parts:
         if flax.config.flax_fix_rng_separator:
             digest.update(b"\0")
-        digest.update(part.encode() if isinstance(part, str)
-                      else part.to_bytes((part.bit_length() + 7) // 8, "big"))
+        digest.update(
+            part.encode()
+            if isinstance(part, str)
+            else part.to_bytes((part.bit_length() + 7) // 8, "big")
+        )
     return np.uint32(int.from_bytes(digest.digest()[:4], "big"))
 
 
@@ -212,10 +246,15 @@ def block_keys(dropout_rng: LazyRng, num_blocks: int) -> tuple[jax.Array, jax.Ar
     One vectorized ``fold_in`` for all of them.
     """
     prefix = dropout_rng.suffix
-    hashes = np.array([[_static_hash(prefix + (block_name(i), site, 1)) for site in DROPOUT_SITES]
-                       + [_static_hash(prefix + (i + 1,))] for i in range(num_blocks)])
+    hashes = np.array(
+        [
+            [_static_hash(prefix + (block_name(i), site, 1)) for site in DROPOUT_SITES]
+            + [_static_hash(prefix + (i + 1,))]
+            for i in range(num_blocks)
+        ]
+    )
     keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)), (None, 0))(dropout_rng.rng, hashes)
-    return keys[:, :len(DROPOUT_SITES)], keys[:, len(DROPOUT_SITES)]
+    return keys[:, : len(DROPOUT_SITES)], keys[:, len(DROPOUT_SITES)]
 
 
 def stack_blocks(params: Mapping[str, Any]) -> dict:
@@ -226,8 +265,10 @@ def stack_blocks(params: Mapping[str, Any]) -> dict:
     rest = {k: v for k, v in params.items() if not k.startswith("block_")}
     if not names:
         return rest
-    return {**rest, STACKED: jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                                          *[params[n] for n in names])}
+    return {
+        **rest,
+        STACKED: jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[n] for n in names]),
+    }
 
 
 def unstack_blocks(params: dict) -> dict:
@@ -237,12 +278,19 @@ def unstack_blocks(params: dict) -> dict:
     stacked = params[STACKED]
     num_blocks = jax.tree.leaves(stacked)[0].shape[0]
     rest = {k: v for k, v in params.items() if k != STACKED}
-    return {**rest, **{block_name(i): jax.tree.map(lambda x, i=i: x[i], stacked)
-                       for i in range(num_blocks)}}
+    return {
+        **rest,
+        **{block_name(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_blocks)},
+    }
 
 
-def run_blocks(config: ModelConfig, stacked: dict, x: jax.Array, attention_mask: jax.Array,
-               dropout_rng: LazyRng | None) -> jax.Array:
+def run_blocks(
+    config: ModelConfig,
+    stacked: dict,
+    x: jax.Array,
+    attention_mask: jax.Array,
+    dropout_rng: LazyRng | None,
+) -> jax.Array:
     """The transformer blocks as ONE scanned block body: [B, T', D] → [B, T', D].
 
     ``lax.scan`` runs one block per iteration over the stacked parameters, so the program
@@ -271,14 +319,13 @@ def run_blocks(config: ModelConfig, stacked: dict, x: jax.Array, attention_mask:
         keys, drop_keys = block_keys(dropout_rng, num_blocks)
         keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - config.layer_drop_rate))(drop_keys)
     else:
-        keys = keep = jnp.zeros((num_blocks,))        # unused placeholders to scan over
+        keys = keep = jnp.zeros((num_blocks,))  # unused placeholders to scan over
 
     def apply(x, params, keys):
         return block.apply({"params": params}, x, attention_mask, keys if train else None)
 
     if config.remat:
-        apply = jax.checkpoint(apply, prevent_cse=False,
-                               policy=REMAT_POLICIES[config.remat_policy])
+        apply = jax.checkpoint(apply, prevent_cse=False, policy=REMAT_POLICIES[config.remat_policy])
 
     def body(x, xs):
         params, keys, keep = xs
@@ -312,28 +359,36 @@ class Encoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, features: jax.Array, paddings: jax.Array,
-                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, features: jax.Array, paddings: jax.Array, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
         x, paddings = ConvFrontEnd(cfg, name="front_end")(features.astype(cfg.dtype), paddings)
         positions = cape_positions(
-            paddings, cfg.frame_seconds, self.make_rng("cape") if train else None,
-            cfg.cape_max_global_shift, cfg.cape_max_local_shift, cfg.cape_max_global_scaling)
+            paddings,
+            cfg.frame_seconds,
+            self.make_rng("cape") if train else None,
+            cfg.cape_max_global_shift,
+            cfg.cape_max_local_shift,
+            cfg.cape_max_global_scaling,
+        )
         x = x + sinusoidal_embedding(positions, cfg.model_dim, cfg.cape_freq_scale).astype(x.dtype)
         x = FrameDropout(cfg.dropout_rate)(x, deterministic=not train)
-        attention_mask = (paddings < 0.5)[:, None, None, :]           # [B, 1, 1, T'] keys
+        attention_mask = (paddings < 0.5)[:, None, None, :]  # [B, 1, 1, T'] keys
         if self.is_initializing():
             for i in range(cfg.num_blocks):
                 x = TransformerBlock(cfg, name=block_name(i))(x, attention_mask, None)
         else:
             # The "dropout" stream as flax holds it (a key and a static path to fold in).
-            assert self.scope is not None     # set by flax in apply()
+            assert self.scope is not None  # set by flax in apply()
             dropout_rng = self.scope.rngs["dropout"] if train else None
             params = self.variables["params"]
-            stacked = (params[STACKED] if STACKED in params
-                       else stack_blocks(params).get(STACKED, {}))
+            stacked = (
+                params[STACKED] if STACKED in params else stack_blocks(params).get(STACKED, {})
+            )
             x = run_blocks(cfg, stacked, x, attention_mask, dropout_rng)
         x = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="final_norm")(x)
-        logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                          name="output")(x)
+        logits = nn.Dense(
+            cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="output"
+        )(x)
         return logits.astype(jnp.float32), paddings

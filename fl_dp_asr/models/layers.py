@@ -47,7 +47,8 @@ def row_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     bits of a cut ``[:R', :T']`` of a draw equal the draw of shape ``(R', T', ...)``.
     """
     seeds = jax.vmap(lambda r: jax.random.key_data(jax.random.fold_in(key, r)))(
-        jnp.arange(shape[0]))                                          # uint32 [R, 2]
+        jnp.arange(shape[0])
+    )  # uint32 [R, 2]
     index = jnp.zeros(shape[1:], jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape) - 1)):
@@ -59,16 +60,15 @@ def row_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def row_bernoulli(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
     """Bernoulli(keep_prob) bool array [R, T, ...], prefix-stable like :func:`row_bits`."""
-    threshold = np.uint32(min(round(keep_prob * 2.0 ** 32), 2 ** 32 - 1))
+    threshold = np.uint32(min(round(keep_prob * 2.0**32), 2**32 - 1))
     return row_bits(key, shape) < threshold
 
 
-def row_uniform(key: jax.Array, shape: tuple[int, ...], minval: float,
-                maxval: float) -> jax.Array:
+def row_uniform(key: jax.Array, shape: tuple[int, ...], minval: float, maxval: float) -> jax.Array:
     """U[minval, maxval) float32 array [R, T, ...], prefix-stable like :func:`row_bits`
     (23 random mantissa bits, as ``jax.random.uniform``)."""
     mantissa = (row_bits(key, shape) >> 9) | np.uint32(0x3F800000)
-    unit = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0     # [0, 1)
+    unit = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0  # [0, 1)
     return minval + unit * (maxval - minval)
 
 
@@ -97,12 +97,18 @@ def frame_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
-def attention_with_frame_dropout(query: jax.Array, key: jax.Array, value: jax.Array,
-                                 mask: jax.Array | None = None,
-                                 dropout_rng: jax.Array | None = None,
-                                 dropout_rate: float = 0.0, deterministic: bool = True,
-                                 dtype: Any = None, precision: Any = None,
-                                 force_fp32_for_softmax: bool = False) -> jax.Array:
+def attention_with_frame_dropout(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    dtype: Any = None,
+    precision: Any = None,
+    force_fp32_for_softmax: bool = False,
+) -> jax.Array:
     """``nn.dot_product_attention`` with a padding-invariant dropout of the weights.
 
     As flax's default (``broadcast_dropout``), one [Tq, Tk] mask is shared by every
@@ -111,8 +117,14 @@ def attention_with_frame_dropout(query: jax.Array, key: jax.Array, value: jax.Ar
     head_dim].
     """
     weights = nn.dot_product_attention_weights(
-        query, key, mask=mask, deterministic=True, dtype=dtype, precision=precision,
-        force_fp32_for_softmax=force_fp32_for_softmax)
+        query,
+        key,
+        mask=mask,
+        deterministic=True,
+        dtype=dtype,
+        precision=precision,
+        force_fp32_for_softmax=force_fp32_for_softmax,
+    )
     if not deterministic and dropout_rate > 0.0:
         keep_prob = 1.0 - dropout_rate
         assert dropout_rng is not None, "dropout needs dropout_rng"
@@ -137,7 +149,7 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 def _gelu_and_slope(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    inner = _SQRT_2_OVER_PI * (x + _CUBIC * x ** 3)
+    inner = _SQRT_2_OVER_PI * (x + _CUBIC * x**3)
     t = jnp.tanh(inner)
     cdf = 0.5 * (1.0 + t)
     slope = cdf + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _CUBIC * x * x)

@@ -97,10 +97,12 @@ def prefix_beam_search(
     # prefix -> (log P(prefix, ends in blank), log P(prefix, ends in its last token))
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg_inf)}
     for frame in log_probs:
-        candidates = [v for v in range(frame.shape[0])
-                      if v != blank_id and frame[v] >= token_prune_logprob]
+        candidates = [
+            v for v in range(frame.shape[0]) if v != blank_id and frame[v] >= token_prune_logprob
+        ]
         next_beams: dict[tuple[int, ...], list[float]] = collections.defaultdict(
-            lambda: [neg_inf, neg_inf])
+            lambda: [neg_inf, neg_inf]
+        )
         for prefix, (p_blank, p_token) in beams.items():
             p_total = _logaddexp(p_blank, p_token)
             entry = next_beams[prefix]
@@ -125,5 +127,7 @@ def beam_search_batch(
     """Best labelling of each utterance of float [B, T, V] ``logits`` by prefix beam search."""
     logits, paddings = np.asarray(logits), np.asarray(paddings)
     num_frames = (paddings < 0.5).sum(axis=1)
-    return [prefix_beam_search(x, int(n), beam_width, blank_id)[0][0]
-            for x, n in zip(logits, num_frames)]
+    return [
+        prefix_beam_search(x, int(n), beam_width, blank_id)[0][0]
+        for x, n in zip(logits, num_frames)
+    ]

@@ -35,8 +35,7 @@ class ErrorCounts:
         """Adds the edit distances of the pairs ``(references[i], hypotheses[i])``."""
         references, hypotheses = list(references), list(hypotheses)
         if len(references) != len(hypotheses):
-            raise ValueError(
-                f"{len(references)} references but {len(hypotheses)} hypotheses")
+            raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
         if not references:
             return
         words = jiwer.process_words(references, hypotheses)
@@ -48,8 +47,9 @@ class ErrorCounts:
         self.utterances += len(references)
 
     def __add__(self, other: ErrorCounts) -> ErrorCounts:
-        return ErrorCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
-                                                   dataclasses.astuple(other))))
+        return ErrorCounts(
+            *(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other)))
+        )
 
     @property
     def wer(self) -> float:

@@ -47,7 +47,7 @@ Language = Literal["en", "fr", "de"]
 
 APOSTROPHES = "’‘ʼ´`′"
 HYPHENS = "‐‑"
-PUNCTUATION = ".,;:!?¿¡\"“”„‟«»‹›()[]{}<>/\\|_–—―…·•*~\u00a0\t\n\r"
+PUNCTUATION = '.,;:!?¿¡"“”„‟«»‹›()[]{}<>/\\|_–—―…·•*~\u00a0\t\n\r'
 
 _LIGATURES = {"æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"}
 _GERMAN_UMLAUTS = {"ä": "ae", "ö": "oe", "ü": "ue"}
@@ -121,7 +121,8 @@ def normalize(
     if dropped and on_unknown == "error":
         raise ValueError(
             f"unknown symbols {''.join(dropped)!r} in transcript {text!r}; "
-            "use on_unknown='drop' or 'report' to remove them")
+            "use on_unknown='drop' or 'report' to remove them"
+        )
     cleaned = _STRAY_MARKS.sub(" ", "".join(out))
     return Normalized(_SPACES.sub(" ", cleaned).strip(), "".join(dropped))
 
@@ -157,8 +158,9 @@ class CharTokenizer:
             if self.on_unknown == "report":
                 new = sorted(set(result.dropped) - set(self.dropped))
                 if new:
-                    logger.warning("dropping unknown symbols %r (first seen in %r)",
-                                   "".join(new), text)
+                    logger.warning(
+                        "dropping unknown symbols %r (first seen in %r)", "".join(new), text
+                    )
             self.dropped.update(result.dropped)
         return result.text
 

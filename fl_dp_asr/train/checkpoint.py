@@ -72,9 +72,15 @@ class Checkpointer:
         ckpt.close()
     """
 
-    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
-                 best_metric: str | None = None, best_mode: str = "min",
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        max_to_keep: int = 3,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         if best_mode not in ("min", "max"):
@@ -96,28 +102,41 @@ class Checkpointer:
             # given none) and ranks last: kept only while among the most recent.
             worst = math.inf if best_mode == "min" else -math.inf
             best_fn = lambda metrics: metrics.get(best_metric, worst)  # noqa: E731
-            policies.append(checkpoint_managers.BestN(
-                get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
-                keep_checkpoints_without_metrics=False))
+            policies.append(
+                checkpoint_managers.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         # read_only is ours (save refuses; nothing is created, cleaned or deleted): orbax's
         # own flag only logs notices a user cannot act on when a seed model is loaded.
         options = ocp.CheckpointManagerOptions(
-            create=not read_only, best_fn=best_fn, best_mode=best_mode,
+            create=not read_only,
+            best_fn=best_fn,
+            best_mode=best_mode,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        self._saving: int | None = None   # the step of the last save started
-        self._failed = False              # a failed save was reported
+        self._saving: int | None = None  # the step of the last save started
+        self._failed = False  # a failed save was reported
 
     def _remove_incomplete(self) -> None:
         for name in incomplete_checkpoints(self.directory):
             path = os.path.join(self.directory, name)
-            logger.warning("removing incomplete checkpoint %s (an unfinished save, "
-                           "e.g. interrupted by a crash)", path)
+            logger.warning(
+                "removing incomplete checkpoint %s (an unfinished save, "
+                "e.g. interrupted by a crash)",
+                path,
+            )
             shutil.rmtree(path)
 
-    def save(self, step: int, state: PyTree, meta: dict[str, Any],
-             metric: float | None = None) -> None:
+    def save(
+        self, step: int, state: PyTree, meta: dict[str, Any], metric: float | None = None
+    ) -> None:
         """Starts saving ``state`` and the JSON-serializable ``meta`` as ``step``.
 
         ``metric`` is required to rank the checkpoint when ``best_metric`` is set (it is
@@ -134,16 +153,20 @@ class Checkpointer:
         metrics = None
         if self.best_metric is not None:
             metrics = {} if metric is None else {self.best_metric: float(metric)}
-        self._wait_for_saves()   # raises the failure of the save in flight, if any
+        self._wait_for_saves()  # raises the failure of the save in flight, if any
         self._saving = int(step)
         with self._failing():
             # A directory the step cannot be made in (read-only, full, gone) fails here, at
             # once: in orbax's background threads its waiters hang for minutes at exit.
             check_writable(self.directory)
             self._manager.save(
-                int(step), metrics=metrics, force=True,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        meta=ocp.args.JsonSave(dict(meta))))
+                int(step),
+                metrics=metrics,
+                force=True,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+                ),
+            )
 
     @contextlib.contextmanager
     def _failing(self):
@@ -156,7 +179,8 @@ class Checkpointer:
                 f"saving checkpoint {self._saving} to {self.directory} failed "
                 f"({type(error).__name__}: {error}). The last complete checkpoint there "
                 f"({self.latest_step()}) stays loadable: free space or make the directory "
-                "writable, then run the same command to resume from it.") from error
+                "writable, then run the same command to resume from it."
+            ) from error
 
     def restore(self, step: int, abstract_state: PyTree | None = None) -> tuple[PyTree, dict]:
         """``(state, meta)`` of ``step``.
@@ -165,16 +189,23 @@ class Checkpointer:
         giving the structure, dtypes and placement; None restores the saved tree as is.
         """
         if step not in self.all_steps():
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in "
-                                    f"{self.directory}; complete steps: {self.all_steps()}")
-        state_args = (ocp.args.StandardRestore() if abstract_state is None
-                      else ocp.args.StandardRestore(abstract_state))
-        restored = self._manager.restore(int(step), args=ocp.args.Composite(
-            state=state_args, meta=ocp.args.JsonRestore()))
+            raise FileNotFoundError(
+                f"no complete checkpoint for step {step} in "
+                f"{self.directory}; complete steps: {self.all_steps()}"
+            )
+        state_args = (
+            ocp.args.StandardRestore()
+            if abstract_state is None
+            else ocp.args.StandardRestore(abstract_state)
+        )
+        restored = self._manager.restore(
+            int(step), args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
+        )
         return restored["state"], dict(restored["meta"])
 
-    def restore_latest(self, abstract_state: PyTree | None = None
-                       ) -> tuple[int, PyTree, dict] | None:
+    def restore_latest(
+        self, abstract_state: PyTree | None = None
+    ) -> tuple[int, PyTree, dict] | None:
         """``(step, state, meta)`` of the latest complete checkpoint, or None if there is none."""
         step = self.latest_step()
         if step is None:
@@ -190,8 +221,11 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         """Complete checkpoint steps, ascending (waits for nothing)."""
-        return sorted(s for s in self._manager.all_steps()
-                      if os.path.exists(os.path.join(self.directory, str(s), COMMIT_MARKER)))
+        return sorted(
+            s
+            for s in self._manager.all_steps()
+            if os.path.exists(os.path.join(self.directory, str(s), COMMIT_MARKER))
+        )
 
     def latest_step(self) -> int | None:
         """The latest complete step, or None."""
@@ -219,7 +253,7 @@ class Checkpointer:
             with self._failing():
                 self._manager.close()
         except CheckpointSaveError:
-            self._manager.close()   # the first call raised the failed save before releasing
+            self._manager.close()  # the first call raised the failed save before releasing
             if not reported:
                 raise
 
@@ -254,8 +288,9 @@ def checkpoint_directory(directory: str | os.PathLike) -> str:
     return nested if os.path.isdir(nested) else os.fspath(directory)
 
 
-def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
-                          ) -> tuple[ModelConfig, PyTree, int]:
+def load_model_checkpoint(
+    directory: str | os.PathLike, step: int | None = None
+) -> tuple[ModelConfig, PyTree, int]:
     """``(model_config, params, step)`` from a trainer checkpoint, opened read-only.
 
     ``directory`` is a trainer's work directory or its ``checkpoints/`` directory.
@@ -274,16 +309,22 @@ def load_model_checkpoint(directory: str | os.PathLike, step: int | None = None
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             unfinished = incomplete_checkpoints(checkpointer.directory)
-            found = (f"only unfinished saves: {', '.join(unfinished)}" if unfinished
-                     else "no step directory")
+            found = (
+                f"only unfinished saves: {', '.join(unfinished)}"
+                if unfinished
+                else "no step directory"
+            )
             raise FileNotFoundError(
                 f"no complete checkpoint in {checkpointer.directory} ({found}); give a "
-                f"trainer's work directory or its {CHECKPOINTS_SUBDIR}/ directory")
+                f"trainer's work directory or its {CHECKPOINTS_SUBDIR}/ directory"
+            )
         state, meta = checkpointer.restore(step)
     finally:
         checkpointer.close()
     if "model_config" not in meta or "params" not in state:
-        raise ValueError(f"checkpoint {checkpointer.directory}/{step} lacks meta['model_config'] "
-                         "or state['params']; was it written by a fl_dp_asr trainer?")
+        raise ValueError(
+            f"checkpoint {checkpointer.directory}/{step} lacks meta['model_config'] "
+            "or state['params']; was it written by a fl_dp_asr trainer?"
+        )
     # The federated trainer saves the blocks stacked (its round layout): the model's own.
     return ModelConfig.from_dict(meta["model_config"]), unstack_blocks(state["params"]), step

@@ -91,20 +91,23 @@ def unknown_field_message(argv: Sequence[str], error: LookupError | AttributeErr
         path = arg.lstrip("-").partition("=")[0]
         parts = path.split(".")
         if arg.startswith("-") and parts[0] == "config" and field in parts[1:]:
-            known = ".".join(parts[1:parts.index(field, 1) + 1])
+            known = ".".join(parts[1 : parts.index(field, 1) + 1])
             return f"{arg}: {config_file(argv)} has no field {known}. {suggestion}"
     return f"the config has no field {field!r}. {suggestion}"
 
 
-def parse_flags(argv: Sequence[str], prog: str,
-                flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+def parse_flags(
+    argv: Sequence[str], prog: str, flag_values: flags.FlagValues = flags.FLAGS
+) -> list[str]:
     """Parses ``argv`` into ``flag_values`` (``absl.app.run``'s ``flags_parser``); exits with
     status 2 and one line on a mistake (see the module docstring)."""
     try:
         path = config_file(argv)
         if path and not os.path.isfile(path):
-            raise ValueError(f"--config {path}: no such file (experiment configs are Python "
-                             "files with get_config(), e.g. in experiments/configs/)")
+            raise ValueError(
+                f"--config {path}: no such file (experiment configs are Python "
+                "files with get_config(), e.g. in experiments/configs/)"
+            )
         remaining = flag_values(argv)
         nan = next(nan_fields(flag_values["config"].value), None)
         if nan:
@@ -138,7 +141,7 @@ def remove_if_empty(directory: str) -> None:
 
 
 def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
-    workdir = cast(str, flags.FLAGS["workdir"].value)    # a required flag
+    workdir = cast(str, flags.FLAGS["workdir"].value)  # a required flag
     created = not os.path.exists(workdir)
     try:
         return main(argv)
@@ -151,8 +154,11 @@ def _run(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
             print(f"{prog}: interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
         config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
-        fail(prog, config_path_message(str(error) or type(error).__name__, config),
-             status=1 if isinstance(error, RUN_ERRORS) else 2)
+        fail(
+            prog,
+            config_path_message(str(error) or type(error).__name__, config),
+            status=1 if isinstance(error, RUN_ERRORS) else 2,
+        )
 
 
 CACHE_ENV = "FL_DP_ASR_XLA_CACHE"
@@ -165,6 +171,7 @@ CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_
 def compilation_cache_settings() -> tuple[str | None, float]:
     """This process's ``(cache directory, min compile seconds)`` (:data:`CACHE_OPTIONS`)."""
     import jax  # pylint: disable=import-outside-toplevel
+
     return tuple(getattr(jax.config, name) for name in CACHE_OPTIONS)
 
 
@@ -172,8 +179,8 @@ def set_compilation_cache(directory: str | None, min_compile_seconds: float = 1.
     """Points JAX's persistent compilation cache at ``directory`` (None: no cache) from the
     next compilation on: JAX reads the directory once, so its cache is reset too."""
     import jax  # pylint: disable=import-outside-toplevel
-    from jax.experimental.compilation_cache import (  # pylint: disable=import-outside-toplevel
-        compilation_cache)
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+
     for name, value in zip(CACHE_OPTIONS, (directory, min_compile_seconds)):
         jax.config.update(name, value)
     compilation_cache.reset_cache()
@@ -213,5 +220,6 @@ def run_main(main: Callable[[list[str]], Any], prog: str) -> None:
     """
     use_compilation_cache()
     flags.DEFINE_bool("debug", False, "show the traceback of an error instead of one line")
-    app.run(functools.partial(_run, main, prog),
-            flags_parser=functools.partial(parse_flags, prog=prog))
+    app.run(
+        functools.partial(_run, main, prog), flags_parser=functools.partial(parse_flags, prog=prog)
+    )

@@ -61,8 +61,9 @@ class MetricWriter:
         if not self.enabled:
             return
         flat = flatten(metrics)
-        record = {"step": int(step)} | {k: (v if math.isfinite(v) else str(v))
-                                        for k, v in flat.items()}
+        record = {"step": int(step)} | {
+            k: (v if math.isfinite(v) else str(v)) for k, v in flat.items()
+        }
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for name, value in flat.items():

@@ -52,15 +52,19 @@ class Data(NamedTuple):
             in memory (evaluated many times).
         buckets: padded lengths fitted to ``train``.
     """
+
     train: federated.FederatedDataset
     eval: federated.FederatedDataset
     eval_batches: list[dict[str, Any]]
     buckets: federated.LengthBuckets
 
 
-def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
-              eval_batch_size: int,
-              check_train: Callable[[federated.FederatedDataset], Any] | None = None) -> Data:
+def load_data(
+    data: ml_collections.ConfigDict,
+    tokenizer: CharTokenizer,
+    eval_batch_size: int,
+    check_train: Callable[[federated.FederatedDataset], Any] | None = None,
+) -> Data:
     """The training and held-out splits of the ``data`` config section.
 
     The corpus is ``data.manual_dir`` (:func:`corpus_dir`: the synthetic corpus is generated
@@ -87,29 +91,41 @@ def load_data(data: ml_collections.ConfigDict, tokenizer: CharTokenizer,
 
     train_set = distributed.chief_first(lambda: load(data.train_config, data.train_split))
     if data.min_seconds is not None or data.max_seconds is not None:
-        train_set = train_set.filter(min_seconds=data.min_seconds or 0.0,
-                                     max_seconds=data.max_seconds or math.inf)
+        train_set = train_set.filter(
+            min_seconds=data.min_seconds or 0.0, max_seconds=data.max_seconds or math.inf
+        )
     if check_train is not None:
         check_train(train_set)
     eval_set = distributed.chief_first(lambda: load(data.eval_config, data.eval_split))
     overlap = set(train_set.users) & set(eval_set.users)
     if overlap:
-        raise ValueError(f"evaluation speakers also in training: {sorted(overlap)[:5]} "
-                         f"(config.data.eval_config={data.eval_config!r}, "
-                         f"eval_split={data.eval_split!r})")
+        raise ValueError(
+            f"evaluation speakers also in training: {sorted(overlap)[:5]} "
+            f"(config.data.eval_config={data.eval_config!r}, "
+            f"eval_split={data.eval_split!r})"
+        )
     buckets = federated.LengthBuckets.for_dataset(train_set, tokenizer.encode, data.num_buckets)
-    eval_buckets = federated.LengthBuckets.for_dataset(eval_set, tokenizer.encode,
-                                                       data.num_buckets)
-    eval_batches = list(federated.iterate_batches(
-        eval_set, batch_size=eval_batch_size, tokenize=tokenizer.encode, buckets=eval_buckets))
+    eval_buckets = federated.LengthBuckets.for_dataset(eval_set, tokenizer.encode, data.num_buckets)
+    eval_batches = list(
+        federated.iterate_batches(
+            eval_set, batch_size=eval_batch_size, tokenize=tokenizer.encode, buckets=eval_buckets
+        )
+    )
     return Data(train_set, eval_set, eval_batches, buckets)
 
 
-def _load_split(data: ml_collections.ConfigDict, manual_dir: str | None, config: str,
-                split: str) -> federated.FederatedDataset:
-    return builders.load_federated(data.name, config, split, manual_dir=manual_dir,
-                                   data_dir=data.data_dir, progress=False,
-                                   skip_bad_files=data.skip_bad_files)
+def _load_split(
+    data: ml_collections.ConfigDict, manual_dir: str | None, config: str, split: str
+) -> federated.FederatedDataset:
+    return builders.load_federated(
+        data.name,
+        config,
+        split,
+        manual_dir=manual_dir,
+        data_dir=data.data_dir,
+        progress=False,
+        skip_bad_files=data.skip_bad_files,
+    )
 
 
 def prepare_data(data: ml_collections.ConfigDict) -> None:
@@ -122,8 +138,10 @@ def prepare_data(data: ml_collections.ConfigDict) -> None:
         LayoutError: as :func:`corpus_dir`.
     """
     manual_dir = corpus_dir(data)
-    for config, split in ((data.train_config, data.train_split),
-                          (data.eval_config, data.eval_split)):
+    for config, split in (
+        (data.train_config, data.train_split),
+        (data.eval_config, data.eval_split),
+    ):
         _load_split(data, manual_dir, config, split)
 
 
@@ -149,12 +167,17 @@ def corpus_dir(data: ml_collections.ConfigDict) -> str | None:
     elif not manual_dir.is_dir():
         builder = builders.BUILDERS.get(data.name)
         layout = builder.MANUAL_DOWNLOAD_INSTRUCTIONS if builder else ""
-        synthetic_hint = (f" (the synthetic corpus is generated only in config.data.synthetic_dir"
-                          f"={data.synthetic_dir!r})" if data.synthetic_dir else "")
+        synthetic_hint = (
+            f" (the synthetic corpus is generated only in config.data.synthetic_dir"
+            f"={data.synthetic_dir!r})"
+            if data.synthetic_dir
+            else ""
+        )
         raise LayoutError(
             f"config.data.manual_dir={data.manual_dir!r} is not a directory{synthetic_hint}: "
             f"point it at the {data.name} corpus, or set it empty to use only the dataset "
-            f"prepared in config.data.data_dir={data.data_dir!r}. {layout}")
+            f"prepared in config.data.data_dir={data.data_dir!r}. {layout}"
+        )
     return str(manual_dir)
 
 
@@ -169,8 +192,9 @@ def model_config_from(model: ml_collections.ConfigDict) -> ModelConfig:
     return get_model_config(model.size, **overrides)
 
 
-def load_seed_model(init_checkpoint: str | None, model: ml_collections.ConfigDict,
-                    key: jax.Array) -> tuple[ModelConfig, PyTree, str]:
+def load_seed_model(
+    init_checkpoint: str | None, model: ml_collections.ConfigDict, key: jax.Array
+) -> tuple[ModelConfig, PyTree, str]:
     """Model config, parameters and where they came from: ``init_checkpoint`` (a trainer's
     checkpoint directory) if set, else fresh parameters of ``model`` drawn with ``key``.
 
@@ -183,7 +207,8 @@ def load_seed_model(init_checkpoint: str | None, model: ml_collections.ConfigDic
         raise FileNotFoundError(
             f"config.init_checkpoint={init_checkpoint!r} is not a directory; train the seed "
             "model first (experiments/train_central.py), or train from scratch with "
-            "--config.init_checkpoint= (empty).")
+            "--config.init_checkpoint= (empty)."
+        )
     model_config, params, step = load_model_checkpoint(init_checkpoint)
     return model_config, params, f"{init_checkpoint} (step {step})"
 
@@ -192,22 +217,32 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> op
     """Linear warm-up to ``opt.learning_rate``, then cosine decay to ``end_fraction`` of it."""
     warmup = min(opt.warmup_steps, max(num_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt.learning_rate, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=opt.learning_rate * opt.end_fraction)
+        init_value=0.0,
+        peak_value=opt.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=opt.learning_rate * opt.end_fraction,
+    )
 
 
-def optimizer_from_config(opt: ml_collections.ConfigDict, num_steps: int
-                          ) -> optax.GradientTransformation:
+def optimizer_from_config(
+    opt: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
     """The central optimizer: ``opt.name`` ``"lars"`` (the paper's) or ``"adam"`` (AdamW),
     on :func:`learning_rate_schedule`, after global gradient clipping to
     ``opt.grad_clip_norm`` unless it is None."""
     schedule = learning_rate_schedule(opt, num_steps)
     if opt.name == "lars":
-        base = optax.lars(schedule, weight_decay=opt.weight_decay, momentum=opt.momentum,
-                          trust_coefficient=opt.trust_coefficient)
+        base = optax.lars(
+            schedule,
+            weight_decay=opt.weight_decay,
+            momentum=opt.momentum,
+            trust_coefficient=opt.trust_coefficient,
+        )
     elif opt.name == "adam":
-        base = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay)
+        base = optax.adamw(
+            schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
+        )
     else:
         raise ValueError(f"config.optimizer.name={opt.name!r}: use 'lars' or 'adam'")
     if opt.grad_clip_norm is None:
@@ -215,14 +250,17 @@ def optimizer_from_config(opt: ml_collections.ConfigDict, num_steps: int
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
 
 
-def server_optimizer_from_config(cfg: ml_collections.ConfigDict
-                                 ) -> optax.GradientTransformation:
+def server_optimizer_from_config(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The FL server optimizer of the ``server`` section (:mod:`fl_dp_asr.fl.server`) on
     the round's layout of the ASR parameters (``asr.PARAM_LAYOUT``)."""
-    return server.make_server_optimizer(cfg.optimizer, cfg.learning_rate,
-                                        decay_begin=cfg.decay_begin,
-                                        decay_every=cfg.decay_every, decay_rate=cfg.decay_rate,
-                                        layout=asr.PARAM_LAYOUT)
+    return server.make_server_optimizer(
+        cfg.optimizer,
+        cfg.learning_rate,
+        decay_begin=cfg.decay_begin,
+        decay_every=cfg.decay_every,
+        decay_rate=cfg.decay_rate,
+        layout=asr.PARAM_LAYOUT,
+    )
 
 
 # ------------------------------------------------------------------ the run
@@ -242,8 +280,9 @@ class StopSignals:
         self.received = signal.Signals(signum).name
 
     def __enter__(self) -> StopSignals:
-        self._previous = {s: signal.signal(s, self._handle)
-                          for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)
+        }
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -253,9 +292,11 @@ class StopSignals:
 
 def chief_print(enabled: bool) -> Callable[[str], None]:
     """``print`` (flushed) on the process that reports (process 0), a no-op elsewhere."""
+
     def log(message: str) -> None:
         if enabled:
             print(message, flush=True)
+
     return log
 
 

@@ -63,7 +63,7 @@ def test_hand_made_module_counts_loops_branches_and_collectives():
     dot = 2 * 8 * 8 * 8
     assert cost.loops == (("w", 5),)
     assert cost.unknown_loops == ()
-    assert cost.flops == 5 * dot + dot      # the loop's dot 5 times, the heavier branch once
+    assert cost.flops == 5 * dot + dot  # the loop's dot 5 times, the heavier branch once
     by_name = {c.name: c for c in cost.collectives}
     assert by_name["ar"] == hlo.Collective("all-reduce", "ar", 32 * 32 * 4, 5, 1)
     assert by_name["sum"] == hlo.Collective("all-reduce", "sum", 8 * 8 * 4, 1, 0)
@@ -84,12 +84,19 @@ def test_compiled_scan_of_vmapped_matmuls_counts_every_trip():
             def step(w, _):
                 g = jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w) ** 2))(w)
                 return w - 0.1 * g, None
+
             return jax.lax.scan(step, w, None, length=steps)[0]
+
         return jax.vmap(one_client)(w, x).sum(0)
 
-    compiled = jax.jit(train).lower(
-        jax.ShapeDtypeStruct((clients, dim_in, dim_out), jnp.float32),
-        jax.ShapeDtypeStruct((clients, batch, dim_in), jnp.float32)).compile()
+    compiled = (
+        jax.jit(train)
+        .lower(
+            jax.ShapeDtypeStruct((clients, dim_in, dim_out), jnp.float32),
+            jax.ShapeDtypeStruct((clients, batch, dim_in), jnp.float32),
+        )
+        .compile()
+    )
     cost = hlo.analyze(compiled.as_text())
     assert cost.flops == clients * steps * 2 * (2 * batch * dim_in * dim_out)
     assert [trips for _, trips in cost.loops] == [steps]
@@ -151,7 +158,7 @@ def test_a_loop_over_stacked_blocks_is_charged_one_block_per_trip():
     block's bytes per trip, not the whole stack's (scanned blocks would count 36× too much)."""
     cost = hlo.analyze(SLICING_LOOP)
     block, index = 256 * 4, 4
-    slice_fusion = block + index + block          # reads a block and the index, writes a block
-    update_fusion = block + index + block         # reads the block, writes it into the stack
-    counter = 3 * 4                               # i + 1 on s32 scalars
+    slice_fusion = block + index + block  # reads a block and the index, writes a block
+    update_fusion = block + index + block  # reads the block, writes it into the stack
+    counter = 3 * 4  # i + 1 on s32 scalars
     assert cost.hbm_bytes == 36 * (slice_fusion + update_fusion + counter)

@@ -7,15 +7,17 @@ import jax
 import ml_collections
 import pytest
 
-from experiments import plan as plan_lib
 from experiments import fl_setup
+from experiments import plan as plan_lib
 from experiments.configs import fl_dp
 from fl_dp_asr.aot import hlo, targets
 from fl_dp_asr.train import utils
 
-needs_libtpu = pytest.mark.skipif(not targets.tpu_compiler_available(),
-                                  reason="libtpu is not installed (make install puts it in "
-                                         ".tpu-compiler/ where the registry has it)")
+needs_libtpu = pytest.mark.skipif(
+    not targets.tpu_compiler_available(),
+    reason="libtpu is not installed (make install puts it in "
+    ".tpu-compiler/ where the registry has it)",
+)
 
 
 def tiny_config(**fl) -> ml_collections.ConfigDict:
@@ -23,8 +25,15 @@ def tiny_config(**fl) -> ml_collections.ConfigDict:
     1 s utterance, a fixed cohort of 16, no padding cuts."""
     config = fl_dp.get_config("demo")
     config.model.num_blocks = 1
-    config.fl.update(sampling="fixed", cohort_size=16, local_steps=1, local_batch_size=1,
-                     cut_row_levels=1, cut_length_levels=1, **fl)
+    config.fl.update(
+        sampling="fixed",
+        cohort_size=16,
+        local_steps=1,
+        local_batch_size=1,
+        cut_row_levels=1,
+        cut_length_levels=1,
+        **fl,
+    )
     config.dp.target_cohort = None
     return config
 
@@ -33,8 +42,9 @@ def test_making_the_round_step_moves_nothing_to_a_device():
     config = tiny_config()
     model_config = utils.model_config_from(config.model)
     with jax.transfer_guard_host_to_device("disallow"):
-        parts = fl_setup.make_round_step(config, model_config, fl_setup.dp_config(config),
-                                         16.0, None)
+        parts = fl_setup.make_round_step(
+            config, model_config, fl_setup.dp_config(config), 16.0, None
+        )
     assert isinstance(parts.round_step.noise_stddev, float)
 
 
@@ -52,8 +62,9 @@ def test_the_round_step_compiles_for_a_multi_host_slice_and_fits(compiled_for_sl
     assert targets.num_hosts(planner.devices) == 4
     assert compiled.peak_bytes < targets.CHIPS["v5e"].hbm_bytes
     assert compiled.cost.flops > 0 and compiled.cost.unknown_loops == ()
-    text, problems = plan_lib.report(planner, compiled, [compiled], 20,
-                                     plan_lib.parameter_bytes(planner.config))
+    text, problems = plan_lib.report(
+        planner, compiled, [compiled], 20, plan_lib.parameter_bytes(planner.config)
+    )
     assert problems == []
     assert "| 1 ← |" in text and "| fits |" in text and "4 hosts" in text
     assert "roofline bound per round" in text
@@ -72,8 +83,13 @@ def test_a_parameter_sized_collective_in_a_loop_is_a_problem(compiled_for_slice)
     planner, compiled = compiled_for_slice
     looped = hlo.Collective("all-gather", "ag", 10 * 2**20, 16, 1)
     cost = dataclasses.replace(compiled.cost, collectives=compiled.cost.collectives + (looped,))
-    _, problems = plan_lib.report(planner, dataclasses.replace(compiled, cost=cost),
-                                  [compiled], 20, plan_lib.parameter_bytes(planner.config))
+    _, problems = plan_lib.report(
+        planner,
+        dataclasses.replace(compiled, cost=cost),
+        [compiled],
+        20,
+        plan_lib.parameter_bytes(planner.config),
+    )
     assert len(problems) == 1 and "inside a loop" in problems[0]
 
 
@@ -81,25 +97,38 @@ class FakePlanner:
     """Memory per chip = 1 GiB + 3 GiB per client of the chunk; counts compilations."""
 
     def __init__(self, hbm_gib: float):
-        self.target = targets.Target("fake", targets.Chip("fake", "tpu", int(hbm_gib * 2**30),
-                                                          1e12, 1e9, "test"), 1, "")
+        self.target = targets.Target(
+            "fake", targets.Chip("fake", "tpu", int(hbm_gib * 2**30), 1e12, 1e9, "test"), 1, ""
+        )
         self.compiled: list[int] = []
 
     def compile(self, chunk: int) -> plan_lib.Compiled:
         self.compiled.append(chunk)
-        memory = type("Memory", (), dict(
-            argument_size_in_bytes=2**30, temp_size_in_bytes=3 * chunk * 2**30,
-            output_size_in_bytes=0, alias_size_in_bytes=0, generated_code_size_in_bytes=0))
+        memory = type(
+            "Memory",
+            (),
+            dict(
+                argument_size_in_bytes=2**30,
+                temp_size_in_bytes=3 * chunk * 2**30,
+                output_size_in_bytes=0,
+                alias_size_in_bytes=0,
+                generated_code_size_in_bytes=0,
+            ),
+        )
         return plan_lib.Compiled(chunk, memory, hlo.HloCost(0, 0, (), (), ()), 0.0, 0, chunk)
 
 
-@pytest.mark.parametrize("hbm_gib, clients, best, compiled", [
-    (16, 64, 4, [1, 2, 4]),          # 1 + 3·4 = 13 ≤ 16 < 25
-    (100, 8, 8, [1, 2, 8]),          # capped by the clients per chip
-    (3, 8, None, [1]),               # not even one client fits
-    (5, 8, 1, [1, 2])])
+@pytest.mark.parametrize(
+    "hbm_gib, clients, best, compiled",
+    [
+        (16, 64, 4, [1, 2, 4]),  # 1 + 3·4 = 13 ≤ 16 < 25
+        (100, 8, 8, [1, 2, 8]),  # capped by the clients per chip
+        (3, 8, None, [1]),  # not even one client fits
+        (5, 8, 1, [1, 2]),
+    ],
+)
 def test_largest_chunk_compiles_few_programs(hbm_gib, clients, best, compiled):
     planner = FakePlanner(hbm_gib)
-    found, tried = plan_lib.largest_chunk(planner, clients, log=lambda message: None)
+    found, _ = plan_lib.largest_chunk(planner, clients, log=lambda message: None)
     assert (found and found.chunk) == best
     assert planner.compiled == compiled

@@ -18,14 +18,18 @@ def test_dry_run_measures_every_section(tmp_path, monkeypatch):
     report = device_check.main(["--dry-run", "--no-write", "--profile", "--out", str(out)])
     captions = [caption for caption, _ in report.tables]
     assert [c.split(",")[0].split(" (")[0] for c in captions] == [
-        "One client's local step", "Round step", "Profile of the vectorized round", "Round step"]
+        "One client's local step",
+        "Round step",
+        "Profile of the vectorized round",
+        "Round step",
+    ]
     for caption, table in report.tables:
         rows = table.splitlines()[2:]
         assert rows, caption
         assert all("out of memory" not in row for row in rows)
     paper_round = report.tables[1][1].splitlines()[2:]
     assert "largest that fits" in paper_round[0] and "sequential" in paper_round[1]
-    assert "round MFU" in report.tables[1][1] and "n/a" in paper_round[0]   # CPU: no peak
+    assert "round MFU" in report.tables[1][1] and "n/a" in paper_round[0]  # CPU: no peak
     top_ops = report.tables[2][1].splitlines()[2:]
     assert all(float(row.split("|")[2]) > 0 for row in top_ops)
     assert any("parameters created on the device" in n for n in report.notes)
@@ -36,19 +40,24 @@ def test_dry_run_measures_every_section(tmp_path, monkeypatch):
 def test_a_section_past_the_budget_is_skipped_with_a_note(monkeypatch):
     ran = []
     monkeypatch.setattr(device_check, "section_local_step", lambda *a: ran.append("local"))
-    report = device_check.run(device_check.DRY_RUN, budget_s=-1.0,
-                              only=["local step", "paper round"])
+    report = device_check.run(
+        device_check.DRY_RUN, budget_s=-1.0, only=["local step", "paper round"]
+    )
     assert ran == []
     assert [n.split(":")[0] for n in report.notes if "SKIPPED" in n] == [
-        "section 'local step' SKIPPED", "section 'paper round' SKIPPED"]
+        "section 'local step' SKIPPED",
+        "section 'paper round' SKIPPED",
+    ]
 
 
 def test_rows_past_the_budget_are_skipped_within_a_section(monkeypatch):
     """The budget is checked before every row: a section that started in time does not run
     past it (nothing more is compiled)."""
+
     def slow_init(*args):
         time.sleep(0.3)
         return 1.0
+
     monkeypatch.setattr(device_check, "init_seconds", slow_init)
     monkeypatch.setattr(device_check, "local_step", lambda *a, **k: pytest.fail("compiled"))
     report = device_check.run(device_check.DRY_RUN, budget_s=0.2, only=["local step"])
@@ -61,8 +70,16 @@ def test_an_executor_past_the_budget_is_not_compiled():
     asked, rows = [], []
     plan = device_check.DRY_RUN
     one_round = device_check.compare_executors(
-        "tiny", plan.task_args("tiny"), 4, (4, 2), plan.round_shape, 1, rows.append,
-        search=True, over_budget=lambda what: asked.append(what) or True)
+        "tiny",
+        plan.task_args("tiny"),
+        4,
+        (4, 2),
+        plan.round_shape,
+        1,
+        rows.append,
+        search=True,
+        over_budget=lambda what: asked.append(what) or True,
+    )
     assert one_round is None and rows == []
     assert asked == ["round tiny/4, vectorized chunk 4"]
 
@@ -93,6 +110,7 @@ def test_largest_fitting_falls_back_to_the_next_smaller_chunk():
         if chunk > 4:
             oom(chunk)
         return f"ran {chunk}"
+
     chunk, result, notes = device_check.largest_fitting((1, 16, 4, 8), attempt)
     assert (chunk, result) == (4, "ran 4")
     assert [n.split(":")[0] for n in notes] == ["16", "8"]
@@ -104,12 +122,20 @@ def test_largest_fitting_says_when_nothing_fits_and_passes_other_errors_through(
 
     def broken(chunk):
         raise ValueError("shapes do not match")
+
     with pytest.raises(ValueError, match="shapes"):
         device_check.largest_fitting((1, 2), broken)
 
 
-@pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989.0),
-                                        ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
-                                        ("TPU v5 lite", 197.0), ("cpu", None)])
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("TPU v5 lite", 197.0),
+        ("cpu", None),
+    ],
+)
 def test_peak_by_device_kind(kind, peak):
     assert device_check.peak_tflops(kind) == peak

@@ -9,5 +9,11 @@ from fl_dp_asr.data import FederatedDataset, load_federated
 
 @pytest.fixture(scope="session")
 def cv_train(tiny_corpus, tfds_dir) -> FederatedDataset:
-    return load_federated("common_voice_local", "en", "train", manual_dir=tiny_corpus,
-                          data_dir=tfds_dir, progress=False)
+    return load_federated(
+        "common_voice_local",
+        "en",
+        "train",
+        manual_dir=tiny_corpus,
+        data_dir=tfds_dir,
+        progress=False,
+    )

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 import soundfile
 
-from fl_dp_asr.data import (CorruptAudioError, EmptyTranscriptError, LayoutError, SchemaError,
-                            UnsupportedCharactersError, get_builder, layouts, load_split, prepare)
+from fl_dp_asr.data import (
+    CorruptAudioError,
+    EmptyTranscriptError,
+    LayoutError,
+    SchemaError,
+    UnsupportedCharactersError,
+    get_builder,
+    layouts,
+    load_split,
+    prepare,
+)
 
 
 def _text(value) -> str:
@@ -24,8 +33,9 @@ def _by_id(source) -> dict[str, dict]:
 
 
 def test_librispeech_reads_back_exact_audio_and_text(tiny_corpus, tfds_dir):
-    source = load_split("librispeech_local", "train-clean-100", manual_dir=tiny_corpus,
-                        data_dir=tfds_dir)
+    source = load_split(
+        "librispeech_local", "train-clean-100", manual_dir=tiny_corpus, data_dir=tfds_dir
+    )
     records = list(layouts.iter_librispeech(tiny_corpus, "train-clean-100"))
     examples = _by_id(source)
     assert sorted(examples) == sorted(r.utterance_id for r in records)
@@ -54,15 +64,18 @@ def test_common_voice_reads_back_resampled_audio(cv_train, tiny_corpus):
         np.testing.assert_array_equal(audio, layouts.read_audio_16k(record.audio_path))
         assert abs(len(audio) - len(decoded) / 3) <= 1
         assert cv_train.transcripts[row] == record.raw_transcript.lower().rstrip(".!?").replace(
-            ",", "")
+            ",", ""
+        )
 
 
 def test_builds_without_tensorflow_and_reuses_the_build(tiny_corpus, tmp_path):
-    script = ("import sys\nfrom fl_dp_asr.data import load_split\n"
-              f"s = load_split('common_voice_local', 'en', 'dev', manual_dir={str(tiny_corpus)!r},"
-              f" data_dir={str(tmp_path)!r})\n"
-              "assert len(s) > 0 and s[0]['audio'].dtype.name == 'int16'\n"
-              "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
+    script = (
+        "import sys\nfrom fl_dp_asr.data import load_split\n"
+        f"s = load_split('common_voice_local', 'en', 'dev', manual_dir={str(tiny_corpus)!r},"
+        f" data_dir={str(tmp_path)!r})\n"
+        "assert len(s) > 0 and s[0]['audio'].dtype.name == 'int16'\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     builder = get_builder("common_voice_local", "en", data_dir=tmp_path)
     assert builder.is_prepared()
@@ -90,11 +103,17 @@ def test_corrupt_flac_fails_the_build_and_leaves_nothing(tiny_corpus, tmp_path):
         load_split("librispeech_local", "dev-clean", manual_dir=root, data_dir=tmp_path / "tfds")
     assert error.value.path == str(bad)
     assert _no_dataset_left(tmp_path / "tfds")
-    assert not get_builder("librispeech_local", "dev-clean",
-                           data_dir=tmp_path / "tfds").is_prepared()
+    assert not get_builder(
+        "librispeech_local", "dev-clean", data_dir=tmp_path / "tfds"
+    ).is_prepared()
 
-    source = load_split("librispeech_local", "dev-clean", manual_dir=root,
-                        data_dir=tmp_path / "tfds", skip_bad_files=True)
+    source = load_split(
+        "librispeech_local",
+        "dev-clean",
+        manual_dir=root,
+        data_dir=tmp_path / "tfds",
+        skip_bad_files=True,
+    )
     assert len(source) == 1
     builder = get_builder("librispeech_local", "dev-clean", data_dir=tmp_path / "tfds")
     metadata = builder.info.metadata
@@ -102,8 +121,9 @@ def test_corrupt_flac_fails_the_build_and_leaves_nothing(tiny_corpus, tmp_path):
     assert bad.name in metadata["skipped_files"][0]
 
 
-@pytest.mark.parametrize("text, error_type", [("", EmptyTranscriptError),
-                                              ("ROOM 101", UnsupportedCharactersError)])
+@pytest.mark.parametrize(
+    "text, error_type", [("", EmptyTranscriptError), ("ROOM 101", UnsupportedCharactersError)]
+)
 def test_bad_transcript_names_file_and_line(tiny_corpus, tmp_path, text, error_type):
     root = _librispeech_copy(tiny_corpus, tmp_path)
     index = sorted(root.glob("LibriSpeech/dev-clean/*/*/*.trans.txt"))[-1]
@@ -123,33 +143,54 @@ def test_missing_tsv_column(tiny_corpus, tmp_path):
     tsv = language_dir / "dev.tsv"
     rows = [line.split("\t") for line in tsv.read_text().splitlines()]
     column = rows[0].index("sentence")
-    tsv.write_text("".join("\t".join(r[:column] + r[column + 1:]) + "\n" for r in rows))
+    tsv.write_text("".join("\t".join(r[:column] + r[column + 1 :]) + "\n" for r in rows))
     with pytest.raises(SchemaError, match=r"dev\.tsv:1: header lacks column\(s\) \['sentence'\]"):
-        load_split("common_voice_local", "en", "dev", manual_dir=tmp_path / "cv",
-                   data_dir=tmp_path / "tfds")
+        load_split(
+            "common_voice_local",
+            "en",
+            "dev",
+            manual_dir=tmp_path / "cv",
+            data_dir=tmp_path / "tfds",
+        )
 
 
 def test_missing_directory_names_the_layout(tmp_path):
     with pytest.raises(LayoutError, match=r"<speaker>-<chapter>\.trans\.txt"):
-        load_split("librispeech_local", "dev-clean", manual_dir=tmp_path / "nowhere",
-                   data_dir=tmp_path / "tfds")
+        load_split(
+            "librispeech_local",
+            "dev-clean",
+            manual_dir=tmp_path / "nowhere",
+            data_dir=tmp_path / "tfds",
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(LayoutError, match=r"clips"):
-        load_split("common_voice_local", "en", "train", manual_dir=tmp_path / "empty",
-                   data_dir=tmp_path / "tfds")
+        load_split(
+            "common_voice_local",
+            "en",
+            "train",
+            manual_dir=tmp_path / "empty",
+            data_dir=tmp_path / "tfds",
+        )
     with pytest.raises(ValueError, match="unknown config"):
         get_builder("common_voice_local", "xx")
 
 
 def test_changed_corpus_is_rebuilt(tiny_corpus, tmp_path):
     root = _librispeech_copy(tiny_corpus, tmp_path)
-    assert len(load_split("librispeech_local", "dev-clean", manual_dir=root,
-                          data_dir=tmp_path / "tfds")) == 2
+    assert (
+        len(
+            load_split(
+                "librispeech_local", "dev-clean", manual_dir=root, data_dir=tmp_path / "tfds"
+            )
+        )
+        == 2
+    )
     index = sorted(root.glob("LibriSpeech/dev-clean/*/*/*.trans.txt"))[0]
     first = index.read_text().splitlines()[0]
     index.write_text(index.read_text().replace(first, first.split(" ")[0] + " HELLO THERE"))
-    source = load_split("librispeech_local", "dev-clean", manual_dir=root,
-                        data_dir=tmp_path / "tfds")
+    source = load_split(
+        "librispeech_local", "dev-clean", manual_dir=root, data_dir=tmp_path / "tfds"
+    )
     assert b"hello there" in [source[i]["transcript"] for i in range(len(source))]
     builder = prepare("librispeech_local", "dev-clean", manual_dir=None, data_dir=tmp_path / "tfds")
     assert builder.is_prepared()

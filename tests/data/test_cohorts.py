@@ -14,8 +14,9 @@ def dataset():
 
 
 def stream(dataset, sampler, **kwargs):
-    return CohortStream(dataset, sampler, tokenize, BUCKETS, local_steps=2, batch_size=2,
-                        seed=0, **kwargs)
+    return CohortStream(
+        dataset, sampler, tokenize, BUCKETS, local_steps=2, batch_size=2, seed=0, **kwargs
+    )
 
 
 def test_a_block_packs_the_sampled_users_first_largest_first_then_padding(dataset):
@@ -23,9 +24,18 @@ def test_a_block_packs_the_sampled_users_first_largest_first_then_padding(datase
     cohorts = stream(dataset, sampler, client_multiple=4)
     assert cohorts.num_slots == 4
     users = [dataset.users[i] for i in sampler.sample(5)]
-    expected = pack_cohort(dataset, users, tokenize=tokenize, local_steps=2, batch_size=2,
-                           buckets=BUCKETS, seed=0, round_index=5, num_clients=4,
-                           largest_first=True)
+    expected = pack_cohort(
+        dataset,
+        users,
+        tokenize=tokenize,
+        local_steps=2,
+        batch_size=2,
+        buckets=BUCKETS,
+        seed=0,
+        round_index=5,
+        num_clients=4,
+        largest_first=True,
+    )
     block = cohorts.block(5)
     np.testing.assert_array_equal(block["client_mask"], [1, 1, 0, 0])
     for name in block["batches"]:
@@ -52,8 +62,16 @@ def test_a_process_packs_only_its_slots(dataset):
 
 def test_largest_first_packs_users_by_steps_rows_and_length(dataset):
     """Neighbouring slots (trained together by the vectorized executor) need similar cuts."""
-    kwargs = dict(tokenize=tokenize, local_steps=3, batch_size=2, buckets=BUCKETS, seed=0,
-                  round_index=0, max_local_epochs=1, num_clients=5)
+    kwargs = dict(
+        tokenize=tokenize,
+        local_steps=3,
+        batch_size=2,
+        buckets=BUCKETS,
+        seed=0,
+        round_index=0,
+        max_local_epochs=1,
+        num_clients=5,
+    )
     users = ["alice", None, "bob", "carol"]
     block = pack_cohort(dataset, users, largest_first=True, **kwargs)
     # carol: 7 utterances → 3 full steps; bob: 2 → 1 step of 2 rows; alice: 1 → 1 step of 1.

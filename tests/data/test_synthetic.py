@@ -10,9 +10,18 @@ import pytest
 import soundfile
 
 from fl_dp_asr.data import DataError, layouts
-from fl_dp_asr.data.synthetic import (HELD_OUT_WORDS, CorpusConfig, SplitSpec, generate_corpus,
-                                      heavy_tailed_counts, number_words, plan_corpus, render,
-                                      sized_config, tiny_config)
+from fl_dp_asr.data.synthetic import (
+    HELD_OUT_WORDS,
+    CorpusConfig,
+    SplitSpec,
+    generate_corpus,
+    heavy_tailed_counts,
+    number_words,
+    plan_corpus,
+    render,
+    sized_config,
+    tiny_config,
+)
 from fl_dp_asr.text import normalize
 
 
@@ -21,14 +30,17 @@ def test_librispeech_layout_reads_back(tiny_corpus):
     speakers = layouts.read_librispeech_speakers(tiny_corpus / "LibriSpeech" / "SPEAKERS.TXT")
     for split in tiny_config().librispeech:
         records = list(layouts.iter_librispeech(tiny_corpus, split.name))
-        assert len(records) == split.utterances == manifest["splits"][
-            f"librispeech/{split.name}"]["utterances"]
-        assert {r.user_id for r in records} <= {s for s, i in speakers.items()
-                                                if i.subset == split.name}
+        assert (
+            len(records)
+            == split.utterances
+            == manifest["splits"][f"librispeech/{split.name}"]["utterances"]
+        )
+        assert {r.user_id for r in records} <= {
+            s for s, i in speakers.items() if i.subset == split.name
+        }
         for record in records:
             speaker, chapter, _ = record.utterance_id.split("-")
-            assert record.audio_path.parts[-3:] == (speaker, chapter,
-                                                    f"{record.utterance_id}.flac")
+            assert record.audio_path.parts[-3:] == (speaker, chapter, f"{record.utterance_id}.flac")
             assert record.raw_transcript == record.raw_transcript.upper() != ""
             info = soundfile.info(str(record.audio_path))
             assert (info.samplerate, info.channels, info.format) == (16_000, 1, "FLAC")
@@ -52,10 +64,14 @@ def test_common_voice_layout_reads_back(tiny_corpus):
 
 
 def test_speakers_disjoint_across_splits_and_parts(tiny_corpus):
-    groups = [{r.user_id for r in layouts.iter_librispeech(tiny_corpus, s.name)}
-              for s in tiny_config().librispeech]
-    groups += [{r.user_id for r in layouts.iter_common_voice(tiny_corpus, "en", s.name)}
-               for s in tiny_config().common_voice]
+    groups = [
+        {r.user_id for r in layouts.iter_librispeech(tiny_corpus, s.name)}
+        for s in tiny_config().librispeech
+    ]
+    groups += [
+        {r.user_id for r in layouts.iter_common_voice(tiny_corpus, "en", s.name)}
+        for s in tiny_config().common_voice
+    ]
     assert sum(len(g) for g in groups) == len(set().union(*groups))
 
 
@@ -78,9 +94,13 @@ def test_default_plan_held_out_words_and_text():
     plan = plan_corpus(CorpusConfig())
     held_out = set().union(*HELD_OUT_WORDS.values())
     train_clips = {row["path"] for row in plan.cv_rows["train"]}
-    train_words = {w for job in plan.jobs for w in job.text.split()
-                   if "/train-clean-100/" in job.relative_path
-                   or job.relative_path.rsplit("/", 1)[1] in train_clips}
+    train_words = {
+        w
+        for job in plan.jobs
+        for w in job.text.split()
+        if "/train-clean-100/" in job.relative_path
+        or job.relative_path.rsplit("/", 1)[1] in train_clips
+    }
     other_words = {w for job in plan.jobs for w in job.text.split()} - train_words
     assert not train_words & held_out
     assert other_words & held_out
@@ -88,7 +108,8 @@ def test_default_plan_held_out_words_and_text():
         for row in rows:
             assert normalize(row["sentence"]).dropped == ""
     assert {job.voice.accent for job in plan.jobs if job.sample_rate == 16_000}.isdisjoint(
-        {"en-gb-scotland", "en-029"})
+        {"en-gb-scotland", "en-029"}
+    )
 
 
 def test_heavy_tailed_counts():

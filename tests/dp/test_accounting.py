@@ -27,55 +27,69 @@ def test_single_full_round_matches_analytic_gaussian_pld(z):
     # One round with q = 1 (cohort == population, Poisson) is the plain Gaussian
     # mechanism; the PLD accountant must agree with dp_accounting's exact analytic
     # Gaussian ε (Balle & Wang 2018) to within 1 %.
-    got = accounting.epsilon(z, cohort_size=100, population=100, rounds=1, delta=DELTA,
-                             sampling="poisson", accountant="pld").epsilon
+    got = accounting.epsilon(
+        z,
+        cohort_size=100,
+        population=100,
+        rounds=1,
+        delta=DELTA,
+        sampling="poisson",
+        accountant="pld",
+    ).epsilon
     exact = dp_accounting.get_epsilon_gaussian(z, DELTA)
     assert got == pytest.approx(exact, rel=0.01)
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
 def test_more_rounds_cost_more_epsilon(sampling):
-    eps = [accounting.epsilon(1.0, 10, 1000, t, DELTA, sampling).epsilon
-           for t in (10, 100, 1000)]
+    eps = [accounting.epsilon(1.0, 10, 1000, t, DELTA, sampling).epsilon for t in (10, 100, 1000)]
     assert eps[0] < eps[1] < eps[2]
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
 def test_more_noise_costs_less_epsilon(sampling):
-    eps = [accounting.epsilon(z, 10, 1000, 100, DELTA, sampling).epsilon
-           for z in (0.7, 1.0, 2.0)]
+    eps = [accounting.epsilon(z, 10, 1000, 100, DELTA, sampling).epsilon for z in (0.7, 1.0, 2.0)]
     assert eps[0] > eps[1] > eps[2]
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
 def test_bigger_population_costs_less_epsilon(sampling):
-    eps = [accounting.epsilon(1.0, 10, k, 100, DELTA, sampling).epsilon
-           for k in (100, 1000, 10_000)]
+    eps = [
+        accounting.epsilon(1.0, 10, k, 100, DELTA, sampling).epsilon for k in (100, 1000, 10_000)
+    ]
     assert eps[0] > eps[1] > eps[2]
 
 
 @pytest.mark.parametrize("z,q_population", [(0.8, 1000), (1.5, 200), (3.0, 50)])
 def test_pld_is_no_looser_than_rdp_on_poisson(z, q_population):
-    kwargs = dict(noise_multiplier=z, cohort_size=10, population=q_population, rounds=50,
-                  delta=DELTA, sampling="poisson")
-    assert (accounting.epsilon(**kwargs, accountant="pld").epsilon
-            <= accounting.epsilon(**kwargs, accountant="rdp").epsilon)
+    kwargs = dict(
+        noise_multiplier=z,
+        cohort_size=10,
+        population=q_population,
+        rounds=50,
+        delta=DELTA,
+        sampling="poisson",
+    )
+    assert (
+        accounting.epsilon(**kwargs, accountant="pld").epsilon
+        <= accounting.epsilon(**kwargs, accountant="rdp").epsilon
+    )
 
 
 # PLD is slow for small noise multipliers: its round trip uses a setting needing z ≈ 1.7.
 CALIBRATION = dict(cohort_size=10, population=100, rounds=10, delta=DELTA)
 
 
-@pytest.mark.parametrize("sampling,accountant",
-                         [("poisson", "rdp"), ("fixed", "rdp"), ("poisson", "pld")])
+@pytest.mark.parametrize(
+    "sampling,accountant", [("poisson", "rdp"), ("fixed", "rdp"), ("poisson", "pld")]
+)
 def test_calibrate_then_epsilon_round_trips(sampling, accountant):
     target = 1.0
-    z = accounting.calibrate_noise(target, **CALIBRATION, sampling=sampling,
-                                   accountant=accountant)
-    eps_at = accounting.epsilon(z, **CALIBRATION, sampling=sampling,
-                                accountant=accountant).epsilon
-    eps_below = accounting.epsilon(z - 1e-3, **CALIBRATION, sampling=sampling,
-                                   accountant=accountant).epsilon
+    z = accounting.calibrate_noise(target, **CALIBRATION, sampling=sampling, accountant=accountant)
+    eps_at = accounting.epsilon(z, **CALIBRATION, sampling=sampling, accountant=accountant).epsilon
+    eps_below = accounting.epsilon(
+        z - 1e-3, **CALIBRATION, sampling=sampling, accountant=accountant
+    ).epsilon
     assert eps_at <= target < eps_below  # the smallest z meeting the target, to 1e-3
     assert eps_at == pytest.approx(target, rel=1e-2)
     if accountant == "pld":
@@ -115,10 +129,12 @@ def test_dp_accounting_replace_one_gaussian_is_normalised_by_sensitivity():
     # fails, dp_accounting changed: make_dp_event must stop dividing by the sensitivity.
     event = dp_accounting.GaussianDpEvent(1.0)
     replace_one = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
     add_remove = rdp.RdpAccountant()
-    assert (replace_one.compose(event).get_epsilon(DELTA)
-            == pytest.approx(add_remove.compose(event).get_epsilon(DELTA)))
+    assert replace_one.compose(event).get_epsilon(DELTA) == pytest.approx(
+        add_remove.compose(event).get_epsilon(DELTA)
+    )
 
 
 def test_fixed_full_cohort_is_gaussian_with_replace_one_sensitivity():
@@ -129,24 +145,28 @@ def test_fixed_full_cohort_is_gaussian_with_replace_one_sensitivity():
     assert fixed == pytest.approx(gaussian)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(noise_multiplier=0.0), "noise_multiplier.*0.0"),
-    (dict(noise_multiplier=-1.0), "noise_multiplier.*-1.0"),
-    (dict(noise_multiplier=math.inf), "noise_multiplier.*inf"),
-    (dict(delta=0.0), "delta.*0.0"),
-    (dict(delta=1.0), "delta.*1.0"),
-    (dict(rounds=0), "rounds.*0"),
-    (dict(rounds=2.5), "rounds.*2.5"),
-    (dict(rounds=True), "rounds.*True"),
-    (dict(cohort_size=0), "cohort_size.*0"),
-    (dict(cohort_size=2000), r"cohort_size \(2000\).*population \(1000\)"),
-    (dict(population=1000.5), "population.*1000.5"),
-    (dict(sampling="uniform"), "sampling.*uniform"),
-    (dict(accountant="moments"), "accountant.*moments"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(noise_multiplier=0.0), "noise_multiplier.*0.0"),
+        (dict(noise_multiplier=-1.0), "noise_multiplier.*-1.0"),
+        (dict(noise_multiplier=math.inf), "noise_multiplier.*inf"),
+        (dict(delta=0.0), "delta.*0.0"),
+        (dict(delta=1.0), "delta.*1.0"),
+        (dict(rounds=0), "rounds.*0"),
+        (dict(rounds=2.5), "rounds.*2.5"),
+        (dict(rounds=True), "rounds.*True"),
+        (dict(cohort_size=0), "cohort_size.*0"),
+        (dict(cohort_size=2000), r"cohort_size \(2000\).*population \(1000\)"),
+        (dict(population=1000.5), "population.*1000.5"),
+        (dict(sampling="uniform"), "sampling.*uniform"),
+        (dict(accountant="moments"), "accountant.*moments"),
+    ],
+)
 def test_invalid_arguments_name_the_argument_and_value(kwargs, message):
-    args = dict(noise_multiplier=1.0, cohort_size=10, population=1000, rounds=10,
-                delta=DELTA) | kwargs
+    args = (
+        dict(noise_multiplier=1.0, cohort_size=10, population=1000, rounds=10, delta=DELTA) | kwargs
+    )
     with pytest.raises(ValueError, match=message):
         accounting.epsilon(**args)
 
@@ -176,15 +196,19 @@ def test_pld_cost_estimate_is_the_size_of_the_grid_dp_accounting_composes():
     # Pins the private dp_accounting attributes pld_cost relies on (dp-accounting<0.7).
     z, q, rounds = 0.8, 0.05, 50
     composed = privacy_loss_distribution.from_gaussian_mechanism(
-        z, sampling_prob=q, value_discretization_interval=1e-4).self_compose(rounds)
+        z, sampling_prob=q, value_discretization_interval=1e-4
+    ).self_compose(rounds)
     cells = composed._pmf_remove.size + composed._pmf_add.size
     assert accounting.pld_cost(z, q, rounds).cells == pytest.approx(cells, rel=0.2)
 
 
-@pytest.mark.parametrize("z,q,rounds", [
-    (0.05, 16 / 300, 20),     # measured: 47 s and 2.6 GB; the old guard (z >= 0.05) let it run
-    (0.2, 16 / 300, 2000),    # measured: 1.5 GB; a z-only guard cannot see T
-])
+@pytest.mark.parametrize(
+    "z,q,rounds",
+    [
+        (0.05, 16 / 300, 20),  # measured: 47 s and 2.6 GB; the old guard (z >= 0.05) let it run
+        (0.2, 16 / 300, 2000),  # measured: 1.5 GB; a z-only guard cannot see T
+    ],
+)
 def test_pld_is_refused_where_it_would_take_gigabytes(z, q, rounds):
     cost = accounting.pld_cost(z, q, rounds)
     assert not cost.feasible and cost.gigabytes > 1
@@ -204,15 +228,21 @@ def test_pld_runs_at_the_papers_smallest_extrapolated_noise():
 def test_pld_calibration_refuses_instead_of_running_away():
     # Regression: this ran 14 minutes and grew to 15 GB (RDP: z = 0.0332 in seconds). Run in
     # a child with 3 GB of address space and a minute, so a regression cannot eat the machine.
-    code = ("from fl_dp_asr.dp import accounting\n"
-            "try:\n"
-            "    accounting.calibrate_noise(1e4, 16, 300, 20, 1e-6, accountant='pld')\n"
-            "except accounting.PldRefusedError as error:\n"
-            "    print(error)\n")
+    code = (
+        "from fl_dp_asr.dp import accounting\n"
+        "try:\n"
+        "    accounting.calibrate_noise(1e4, 16, 300, 20, 1e-6, accountant='pld')\n"
+        "except accounting.PldRefusedError as error:\n"
+        "    print(error)\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)),
-        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RDP's answer z=0.033" in result.stdout and "accountant='rdp'" in result.stdout
 
@@ -248,8 +278,7 @@ def test_extrapolation_validates_its_arguments():
 def test_paper_high_population_setting_gives_headline_epsilon():
     # σ_DP = 3e-6, S' = 204,800 of K' = 69.5M (q' ≈ 0.0029), T = 2000, δ = 1e-9: RDP
     # gives the paper's headline ε = 7.2 (our reading of its setting).
-    e = accounting.extrapolate(3e-6, 1024, 204_800, 69_500_000, 2000, 1e-9,
-                               accountants=["rdp"])
+    e = accounting.extrapolate(3e-6, 1024, 204_800, 69_500_000, 2000, 1e-9, accountants=["rdp"])
     assert round(e.epsilon_rdp, 1) == 7.2
 
 
@@ -257,7 +286,7 @@ def test_paper_high_population_setting_gives_headline_epsilon():
 def test_max_rounds_within_is_exact_at_the_boundary(sampling, rounds):
     acc = accounting.RunAccountant(sampling, 10, 1000, 1.0, DELTA)
     budget = acc.epsilon(rounds)
-    assert acc.max_rounds_within(budget) == rounds     # ε(T) == budget is allowed
+    assert acc.max_rounds_within(budget) == rounds  # ε(T) == budget is allowed
     t = acc.max_rounds_within(budget * 1.01)
     assert acc.epsilon(t) <= budget * 1.01 < acc.epsilon(t + 1)
 

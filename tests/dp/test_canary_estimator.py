@@ -12,7 +12,7 @@ from scipy import optimize, stats
 from fl_dp_asr.dp import canaries
 
 DELTA = 1e-5
-K = 200            # inserted canaries, and as many held out
+K = 200  # inserted canaries, and as many held out
 ROUNDS = 80
 
 
@@ -37,8 +37,10 @@ def two_gaussians_epsilon(inserted, heldout, delta):
     p, q = stats.norm.pdf(grid, m1, s1), stats.norm.pdf(grid, m0, s0)
 
     def excess(eps):
-        hockey = max(np.sum(np.maximum(0, p - math.exp(eps) * q)),
-                     np.sum(np.maximum(0, q - math.exp(eps) * p)))
+        hockey = max(
+            np.sum(np.maximum(0, p - math.exp(eps) * q)),
+            np.sum(np.maximum(0, q - math.exp(eps) * p)),
+        )
         return hockey * (grid[1] - grid[0]) - delta
 
     return optimize.brentq(excess, 0.0, 200.0)
@@ -65,7 +67,7 @@ def test_interval_holds_its_coverage_when_the_spreads_differ():
     equal-variance normal-theory interval covered the standardized difference 91 % of the
     time; the moments' delta method keeps 95 %."""
     rng = np.random.default_rng(2)
-    truth = canaries.pooled_fit(*all_iterates_scores(rng, 8.0, size=200_000)).mu   # population μ
+    truth = canaries.pooled_fit(*all_iterates_scores(rng, 8.0, size=200_000)).mu  # population μ
     fits = [canaries.pooled_fit(*all_iterates_scores(rng, 8.0)) for _ in range(600)]
     coverage = np.mean([f.low <= truth <= f.high for f in fits])
     assert coverage >= 0.93, coverage
@@ -73,7 +75,8 @@ def test_interval_holds_its_coverage_when_the_spreads_differ():
 
 @pytest.mark.parametrize("mu, exceeded", [(0.5, 0.1), (4.0, 0.9)])
 def test_all_iterates_pooled_fit_stays_below_the_mechanism_where_the_papers_exceeds_it(
-        mu, exceeded):
+    mu, exceeded
+):
     """Why one pooled spread (the docstring of estimate_epsilon): on the maximum over rounds
     of a μ-GDP mechanism, a Gaussian per group gives an ε above the mechanism's own (which
     no statistic of it can reach) in a fraction of runs (at μ = 4, no noise to speak of:
@@ -92,10 +95,15 @@ def test_detectable_epsilon_is_what_the_audit_flags_half_the_time():
     for power in (0.5, 0.95):
         eps = canaries.detectable_epsilon(K, K, 0.52, DELTA, power=power)
         mu = canaries.gdp_mu(eps, DELTA)
-        flagged = np.mean([canaries.gdp_epsilon(canaries.pooled_fit(
-            *final_model_scores(rng, mu)).low, DELTA) > 0.52 for _ in range(400)])
+        flagged = np.mean(
+            [
+                canaries.gdp_epsilon(canaries.pooled_fit(*final_model_scores(rng, mu)).low, DELTA)
+                > 0.52
+                for _ in range(400)
+            ]
+        )
         assert abs(flagged - power) < 0.05, (power, eps, flagged)
-    assert canaries.detectable_epsilon(4 * K, 4 * K, 0.52, DELTA) < eps   # more canaries
+    assert canaries.detectable_epsilon(4 * K, 4 * K, 0.52, DELTA) < eps  # more canaries
     assert canaries.detectable_epsilon(2, 2, 0.52, DELTA, power=0.95) == math.inf
 
 

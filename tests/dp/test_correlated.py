@@ -25,8 +25,7 @@ ROUNDS, SEPARATION = 12, 4
 
 
 def blt(rounds=ROUNDS, separation=SEPARATION):
-    return CorrelatedNoise("blt", rounds, separation, buf_decay=BLT_DECAY,
-                           output_scale=BLT_SCALE)
+    return CorrelatedNoise("blt", rounds, separation, buf_decay=BLT_DECAY, output_scale=BLT_SCALE)
 
 
 def banded(rounds=ROUNDS, separation=SEPARATION):
@@ -45,8 +44,10 @@ def expected_strategy(mechanism) -> np.ndarray:
     return np.array([[coefs[i - j] if i >= j else 0.0 for j in range(n)] for i in range(n)])
 
 
-PARAMS = {"encoder": {"kernel": jnp.zeros((50, 40)), "bias": jnp.zeros(40)},
-          "blocks": [jnp.zeros((3, 8, 10), jnp.bfloat16), jnp.zeros((7,))]}
+PARAMS = {
+    "encoder": {"kernel": jnp.zeros((50, 40)), "bias": jnp.zeros(40)},
+    "blocks": [jnp.zeros((3, 8, 10), jnp.bfloat16), jnp.zeros((7,))],
+}
 
 
 def run_rounds(mechanism, params, stddev, key, rounds=None):
@@ -56,9 +57,9 @@ def run_rounds(mechanism, params, stddev, key, rounds=None):
     @jax.jit
     def simulate(key):
         def step(state, t):
-            noise, state = mechanism.next_noise(state, jax.random.fold_in(key, t), stddev,
-                                                params)
+            noise, state = mechanism.next_noise(state, jax.random.fold_in(key, t), stddev, params)
             return state, jnp.concatenate([x.ravel() for x in jax.tree.leaves(noise)])
+
         return jax.lax.scan(step, mechanism.init_state(params), jnp.arange(rounds))[1]
 
     return np.asarray(simulate(key), np.float64)
@@ -71,7 +72,7 @@ def covariance_z_scores(samples: np.ndarray, covariance: np.ndarray) -> np.ndarr
     """
     d = samples.shape[1]
     empirical = samples @ samples.T / d
-    variance = np.outer(np.diag(covariance), np.diag(covariance)) + covariance ** 2
+    variance = np.outer(np.diag(covariance), np.diag(covariance)) + covariance**2
     return (empirical - covariance) / np.sqrt(variance / d)
 
 
@@ -81,12 +82,13 @@ def test_noise_over_the_rounds_has_the_covariance_of_the_strategy(make):
     params = {"a": jnp.zeros((200, 100)), "b": [jnp.zeros((60, 50)), jnp.zeros(2000)]}
     samples = run_rounds(mechanism, params, stddev, jax.random.key(3))
     c_inv = np.linalg.inv(expected_strategy(mechanism))
-    np.testing.assert_allclose(mechanism.strategy_matrix(), expected_strategy(mechanism),
-                               rtol=1e-6, atol=1e-9)
-    scores = covariance_z_scores(samples, stddev ** 2 * c_inv @ c_inv.T)
+    np.testing.assert_allclose(
+        mechanism.strategy_matrix(), expected_strategy(mechanism), rtol=1e-6, atol=1e-9
+    )
+    scores = covariance_z_scores(samples, stddev**2 * c_inv @ c_inv.T)
     assert np.abs(scores).max() < 5.0, np.abs(scores).max()
     # The test has power: independent noise of the same per-round variance is rejected.
-    independent = np.diag(np.diag(stddev ** 2 * c_inv @ c_inv.T))
+    independent = np.diag(np.diag(stddev**2 * c_inv @ c_inv.T))
     assert np.abs(covariance_z_scores(samples, independent)).max() > 20.0
 
 
@@ -131,8 +133,9 @@ def test_noise_is_deterministic_given_the_keys_jit_able_and_resumable(make):
     state = mechanism.init_state(PARAMS)
     for t, key in enumerate(keys):
         noise, state = step(state, key, jnp.float32(0.5), PARAMS)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-                     noise, eager[t])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), noise, eager[t]
+        )
         assert noise["encoder"]["kernel"].dtype == jnp.float32
     # Resume from a host copy of the state after round 2 (what a checkpoint holds).
     restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), states[2])
@@ -145,8 +148,9 @@ def test_noise_is_deterministic_given_the_keys_jit_able_and_resumable(make):
 
 def test_zero_stddev_adds_nothing_and_keeps_a_unit_variance_state():
     mechanism = blt()
-    noise, state = mechanism.next_noise(mechanism.init_state(PARAMS), jax.random.key(0),
-                                        0.0, PARAMS)
+    noise, state = mechanism.next_noise(
+        mechanism.init_state(PARAMS), jax.random.key(0), 0.0, PARAMS
+    )
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(noise))
     assert np.std(np.asarray(state["encoder"]["kernel"][0])) == pytest.approx(1.0, abs=0.1)
 
@@ -154,12 +158,16 @@ def test_zero_stddev_adds_nothing_and_keeps_a_unit_variance_state():
 # --------------------------------------------------------------------------------------
 # Accounting
 # --------------------------------------------------------------------------------------
-def direct_epsilon(coefs: np.ndarray, rounds: int, separation: int, z: float, delta: float,
-                   accountant) -> float:
+def direct_epsilon(
+    coefs: np.ndarray, rounds: int, separation: int, z: float, delta: float, accountant
+) -> float:
     """ε from jax_privacy's min-separation sensitivity and dp_accounting, written out."""
     with jax.enable_x64():
-        squared = float(toeplitz.minsep_sensitivity_squared(
-            jnp.asarray(coefs, jnp.float64), min_sep=separation, n=rounds))
+        squared = float(
+            toeplitz.minsep_sensitivity_squared(
+                jnp.asarray(coefs, jnp.float64), min_sep=separation, n=rounds
+            )
+        )
     event = dp_accounting.GaussianDpEvent(z / math.sqrt(squared))
     return accountant.compose(event).get_epsilon(delta)
 
@@ -168,21 +176,26 @@ def direct_epsilon(coefs: np.ndarray, rounds: int, separation: int, z: float, de
 def test_epsilon_matches_jax_privacy_sensitivity_and_dp_accounting(accountant):
     mechanism, z, delta = blt(), 3.0, 1e-6
     with jax.enable_x64():
-        coefs = np.asarray(buffered_toeplitz.BufferedToeplitz.build(   # float32 values
-            mechanism.buf_decay, mechanism.output_scale, dtype=jnp.float64
-        ).toeplitz_coefs(ROUNDS))
-    new = (dp_accounting.rdp.RdpAccountant if accountant == "rdp"
-           else dp_accounting.pld.PLDAccountant)
+        coefs = np.asarray(
+            buffered_toeplitz.BufferedToeplitz.build(  # float32 values
+                mechanism.buf_decay, mechanism.output_scale, dtype=jnp.float64
+            ).toeplitz_coefs(ROUNDS)
+        )
+    new = (
+        dp_accounting.rdp.RdpAccountant if accountant == "rdp" else dp_accounting.pld.PLDAccountant
+    )
     guarantee = mechanism.epsilon(z, delta, accountant=accountant)
     assert guarantee.epsilon == pytest.approx(
-        direct_epsilon(coefs, ROUNDS, SEPARATION, z, delta, new()), rel=1e-9)
+        direct_epsilon(coefs, ROUNDS, SEPARATION, z, delta, new()), rel=1e-9
+    )
     assert guarantee.max_participations == 3 and guarantee.rounds == ROUNDS
     assert "zero-out-one-user" in str(guarantee)
     assert "no sampling amplification" in str(guarantee)
     # Fewer rounds released: the prefix's sensitivity, never more ε.
     prefix = mechanism.epsilon(z, delta, rounds=5, accountant=accountant)
     assert prefix.epsilon == pytest.approx(
-        direct_epsilon(coefs[:5], 5, SEPARATION, z, delta, new()), rel=1e-9)
+        direct_epsilon(coefs[:5], 5, SEPARATION, z, delta, new()), rel=1e-9
+    )
     assert prefix.epsilon < guarantee.epsilon
 
 
@@ -192,8 +205,9 @@ def test_banded_epsilon_is_jax_privacy_bandmf_event_without_amplification():
     coefs = np.asarray(BANDED_COEFS) / np.linalg.norm(BANDED_COEFS)
     mechanism = CorrelatedNoise("banded_toeplitz", ROUNDS, SEPARATION, coefs=coefs)
     assert mechanism.sensitivity() == pytest.approx(math.sqrt(ROUNDS / SEPARATION), rel=1e-6)
-    event = jp_accounting.amplified_bandmf_event(2.0, ROUNDS, num_bands=SEPARATION,
-                                                 sampling_prob=1.0)
+    event = jp_accounting.amplified_bandmf_event(
+        2.0, ROUNDS, num_bands=SEPARATION, sampling_prob=1.0
+    )
     expected = dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(1e-6)
     assert mechanism.epsilon(2.0, 1e-6).epsilon == pytest.approx(expected, rel=1e-5)
 
@@ -223,10 +237,11 @@ def test_independent_noise_with_min_separation_is_sqrt_k_sensitivity():
     """bands=1 is the Gaussian mechanism every round without amplification."""
     mechanism = CorrelatedNoise("banded_toeplitz", 10, 3, bands=1).optimize()
     assert mechanism.coefs == (1.0,) and mechanism.num_buffers == 0
-    assert mechanism.sensitivity() == pytest.approx(2.0)      # k = ⌈10/3⌉ = 4
+    assert mechanism.sensitivity() == pytest.approx(2.0)  # k = ⌈10/3⌉ = 4
     gaussian = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.5), 4)
     assert mechanism.epsilon(1.5, 1e-5).epsilon == pytest.approx(
-        dp_accounting.rdp.RdpAccountant().compose(gaussian).get_epsilon(1e-5), rel=1e-6)
+        dp_accounting.rdp.RdpAccountant().compose(gaussian).get_epsilon(1e-5), rel=1e-6
+    )
 
 
 def test_the_zero_out_relation_has_clip_norm_sensitivity():
@@ -236,23 +251,32 @@ def test_the_zero_out_relation_has_clip_norm_sensitivity():
 # --------------------------------------------------------------------------------------
 # The value
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(kind="tree", rounds=4, min_separation=2), "kind"),
-    (dict(kind="blt", rounds=0, min_separation=1), "rounds"),
-    (dict(kind="blt", rounds=4, min_separation=5), "min_separation"),
-    (dict(kind="blt", rounds=4, min_separation=2, bands=2), "bands"),
-    (dict(kind="blt", rounds=4, min_separation=2, buf_decay=(0.5,)), "output_scale"),
-    (dict(kind="blt", rounds=4, min_separation=2, buf_decay=(1.5,), output_scale=(0.1,)),
-     "buf_decay"),
-    (dict(kind="blt", rounds=4, min_separation=2, buf_decay=(0.5,), output_scale=(-0.3,)),
-     "non-increasing"),
-    (dict(kind="blt", rounds=4, min_separation=2, max_buffers=16), "max_buffers"),
-    (dict(kind="banded_toeplitz", rounds=8, min_separation=2, bands=3), "bands"),
-    (dict(kind="banded_toeplitz", rounds=8, min_separation=2, coefs=(1.0,)), "coefs"),
-    (dict(kind="banded_toeplitz", rounds=8, min_separation=2, coefs=(0.5, 0.9)),
-     "non-increasing"),
-    (dict(kind="banded_toeplitz", rounds=8, min_separation=2, error="median"), "error"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(kind="tree", rounds=4, min_separation=2), "kind"),
+        (dict(kind="blt", rounds=0, min_separation=1), "rounds"),
+        (dict(kind="blt", rounds=4, min_separation=5), "min_separation"),
+        (dict(kind="blt", rounds=4, min_separation=2, bands=2), "bands"),
+        (dict(kind="blt", rounds=4, min_separation=2, buf_decay=(0.5,)), "output_scale"),
+        (
+            dict(kind="blt", rounds=4, min_separation=2, buf_decay=(1.5,), output_scale=(0.1,)),
+            "buf_decay",
+        ),
+        (
+            dict(kind="blt", rounds=4, min_separation=2, buf_decay=(0.5,), output_scale=(-0.3,)),
+            "non-increasing",
+        ),
+        (dict(kind="blt", rounds=4, min_separation=2, max_buffers=16), "max_buffers"),
+        (dict(kind="banded_toeplitz", rounds=8, min_separation=2, bands=3), "bands"),
+        (dict(kind="banded_toeplitz", rounds=8, min_separation=2, coefs=(1.0,)), "coefs"),
+        (
+            dict(kind="banded_toeplitz", rounds=8, min_separation=2, coefs=(0.5, 0.9)),
+            "non-increasing",
+        ),
+        (dict(kind="banded_toeplitz", rounds=8, min_separation=2, error="median"), "error"),
+    ],
+)
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CorrelatedNoise(**kwargs)
@@ -265,11 +289,17 @@ def test_value_round_trips_through_json_fields_and_is_hashable():
     assert mechanism.buf_decay == tuple(float(np.float32(v)) for v in BLT_DECAY)
 
 
-@pytest.mark.parametrize("mechanism", [
-    CorrelatedNoise("banded_toeplitz", 12, 4),                 # ~4 s
-    pytest.param(CorrelatedNoise("blt", 12, 4, max_buffers=1),  # ~10 s (0, then 1 buffer)
-                 marks=pytest.mark.slow),
-], ids=["banded_toeplitz", "blt"])
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        CorrelatedNoise("banded_toeplitz", 12, 4),  # ~4 s
+        pytest.param(
+            CorrelatedNoise("blt", 12, 4, max_buffers=1),  # ~10 s (0, then 1 buffer)
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["banded_toeplitz", "blt"],
+)
 def test_optimized_strategies_are_valid_and_have_the_claimed_covariance(mechanism):
     strategy = mechanism.optimize()
     assert strategy.optimized and not mechanism.optimized
@@ -285,6 +315,7 @@ def test_optimized_strategies_are_valid_and_have_the_claimed_covariance(mechanis
 
 def test_the_mechanism_refuses_samplers_without_min_separation():
     from fl_dp_asr.fl import samplers
+
     mechanism = blt()
     with pytest.raises(ValueError, match="does not guarantee: use the 'cyclic' sampler"):
         mechanism.check_sampler(samplers.PoissonSampler(100, 10))
@@ -300,6 +331,7 @@ def test_docstring_examples_run():
 
 def test_state_and_mechanism_checkpoint_with_orbax_and_resume_bit_identically(tmp_path):
     from fl_dp_asr.train.checkpoint import Checkpointer
+
     mechanism = blt()
     step = jax.jit(mechanism.next_noise)
     keys = [jax.random.fold_in(jax.random.key(7), t) for t in range(4)]
@@ -315,8 +347,9 @@ def test_state_and_mechanism_checkpoint_with_orbax_and_resume_bit_identically(tm
         uninterrupted.append(noise)
 
     reader = Checkpointer(tmp_path / "ckpt", read_only=True)
-    restored, meta = reader.restore(2, {"noise_state": jax.eval_shape(
-        mechanism.init_state, PARAMS)})
+    restored, meta = reader.restore(
+        2, {"noise_state": jax.eval_shape(mechanism.init_state, PARAMS)}
+    )
     reader.close()
     resumed = CorrelatedNoise.from_dict(meta["mechanism"])
     assert resumed == mechanism

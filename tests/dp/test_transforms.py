@@ -44,8 +44,9 @@ def test_global_clip_bounds_every_delta(deltas):
     clipped, stats = jax.vmap(lambda d: apply(clip, d))(deltas)
     norms = jax.vmap(optax.tree_utils.tree_norm)(clipped)
     assert float(jnp.max(norms)) <= 0.5 * (1 + 1e-6)
-    np.testing.assert_allclose(stats.global_norm, jax.vmap(optax.tree_utils.tree_norm)(deltas),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        stats.global_norm, jax.vmap(optax.tree_utils.tree_norm)(deltas), rtol=1e-5
+    )
     assert set(np.unique(stats.clipped)) == {0.0, 1.0}
 
 
@@ -74,11 +75,14 @@ def test_by_dim_bounds_are_proportional_to_sqrt_size():
     assert max(ratio.values()) == pytest.approx(min(ratio.values()))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: transforms.clip_by_global_norm(1.0),
-    lambda: transforms.clip_per_layer(1.0, "uniform"),
-    lambda: transforms.rescale_per_layer(1.0, "uniform"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: transforms.clip_by_global_norm(1.0),
+        lambda: transforms.clip_per_layer(1.0, "uniform"),
+        lambda: transforms.rescale_per_layer(1.0, "uniform"),
+    ],
+)
 def test_delta_inside_the_bound_is_unchanged(make):
     delta = {"a": jnp.array([0.1, -0.2]), "b": jnp.array([[0.05, 0.0]])}  # every layer < 1/√2
     clipped, stats = apply(make(), delta)
@@ -104,8 +108,7 @@ def test_grouped_layers_share_one_bound():
     def group(path):  # one layer per top-level key
         return jax.tree_util.keystr(path[:1])
 
-    delta = {"block": {"w": jnp.full((2,), 3.0), "b": jnp.full((2,), 4.0)},
-             "head": jnp.zeros(3)}
+    delta = {"block": {"w": jnp.full((2,), 3.0), "b": jnp.full((2,), 4.0)}, "head": jnp.zeros(3)}
     clip = transforms.clip_per_layer(math.sqrt(2.0), "uniform", layer_fn=group)
     clipped, stats = apply(clip, delta)
     assert set(stats.layer_norms) == {"['block']", "['head']"}
@@ -117,8 +120,9 @@ def test_grouped_layers_share_one_bound():
 
 
 def test_layers_are_named_by_slash_paths():
-    sizes = transforms.layer_sizes({"block_00": {"mlp": {"kernel": jnp.zeros((2, 3))}},
-                                    "head": [jnp.zeros(4)]})
+    sizes = transforms.layer_sizes(
+        {"block_00": {"mlp": {"kernel": jnp.zeros((2, 3))}}, "head": [jnp.zeros(4)]}
+    )
     assert sizes == {"block_00/mlp/kernel": 6, "head/0": 4}
 
 
@@ -130,12 +134,17 @@ def test_explicit_bounds_by_name_or_as_a_pytree_clip_each_layer_to_its_bound():
         clipped, _ = apply(transforms.clip_per_layer(1.0, allocation), delta)
         assert float(jnp.linalg.norm(clipped["a"])) == pytest.approx(0.6)
         assert float(jnp.linalg.norm(clipped["nested"]["b"])) == pytest.approx(0.8)
+
     def group(path):  # "nested" = one layer
         return jax.tree_util.keystr(path[:1], simple=True)
 
     with pytest.raises(ValueError, match="different bounds"):
-        transforms.layer_bounds(1.0, {"a": 0.6, "nested": {"b": 0.8, "c": 0.0}},
-                                {"a": 0, "nested": {"b": 0, "c": 0}}, group)
+        transforms.layer_bounds(
+            1.0,
+            {"a": 0.6, "nested": {"b": 0.8, "c": 0.0}},
+            {"a": 0, "nested": {"b": 0, "c": 0}},
+            group,
+        )
 
 
 def test_explicit_bounds_must_match_clip_norm_and_layers():
@@ -148,7 +157,7 @@ def test_explicit_bounds_must_match_clip_norm_and_layers():
     with pytest.raises(ValueError, match="bound of layer 'b'"):
         apply(transforms.clip_per_layer(1.0, {"a": 1.0, "b": float("nan")}), delta)
     with pytest.raises(ValueError, match="'random' is not an allocation"):
-        transforms.clip_per_layer(1.0, "random")    # when the transform is made
+        transforms.clip_per_layer(1.0, "random")  # when the transform is made
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="clip_norm"):
             transforms.clip_per_layer(bad)
@@ -184,13 +193,15 @@ def test_rescaling_and_adaptive_clipping_of_a_layer_whose_squares_overflow():
     clipped, _, bits = adaptive.clip(HUGE, bounds)
     assert float(jnp.linalg.norm(clipped["huge"])) == pytest.approx(0.6, rel=1e-6)
     assert (float(bits["huge"]), float(bits["small"])) == (0.0, 1.0)
-    assert float(adaptive.total_bound({"a": jnp.float32(3e20), "b": jnp.float32(4e20)})
-                 ) == pytest.approx(5e20, rel=1e-6)
+    assert float(
+        adaptive.total_bound({"a": jnp.float32(3e20), "b": jnp.float32(4e20)})
+    ) == pytest.approx(5e20, rel=1e-6)
 
 
 def test_norms_of_nan_and_inf_layers_stay_nan_and_inf():
-    norms = transforms.layer_norms({"nan": jnp.array([np.nan, 1.0]),
-                                    "inf": jnp.array([-np.inf, 1.0]), "zero": jnp.zeros(3)})
+    norms = transforms.layer_norms(
+        {"nan": jnp.array([np.nan, 1.0]), "inf": jnp.array([-np.inf, 1.0]), "zero": jnp.zeros(3)}
+    )
     assert np.isnan(norms["nan"]) and norms["inf"] == np.inf and norms["zero"] == 0.0
 
 
@@ -232,7 +243,8 @@ def test_per_layer_clipping_matches_optax_per_example_layer_norm_clip(deltas, al
     clipped, _ = jax.vmap(lambda d: apply(clip, d))(deltas)
     leaves = jax.tree.leaves(deltas)
     sums, num_clipped = optax.transforms.per_example_layer_norm_clip(
-        leaves, 2.0, uniform=allocation == "uniform")
+        leaves, 2.0, uniform=allocation == "uniform"
+    )
     for ours, theirs in zip(jax.tree.leaves(clipped), sums):
         np.testing.assert_allclose(jnp.sum(ours, axis=0), theirs, rtol=2e-4, atol=1e-6)
     bounds = transforms.layer_bounds(2.0, allocation, one(deltas))
@@ -240,7 +252,7 @@ def test_per_layer_clipping_matches_optax_per_example_layer_norm_clip(deltas, al
     names = list(transforms.layer_sizes(one(deltas)))
     ours_clipped = [int(jnp.sum(layer_norms[n] > bounds[n])) for n in names]
     assert ours_clipped == [int(n) for n in num_clipped]
-    assert sum(ours_clipped) > 100   # the comparison covers clipped and unclipped layers
+    assert sum(ours_clipped) > 100  # the comparison covers clipped and unclipped layers
 
 
 def test_clipping_is_vmap_and_jit_safe(deltas):
@@ -278,8 +290,9 @@ def test_transforms_in_a_plain_optax_loop():
     np.testing.assert_allclose(params["w"], true_w, atol=0.02)
     # The chain's state holds the statistics of the last gradient the clipping saw.
     assert float(optax.tree_utils.tree_get(state, "global_norm")) == pytest.approx(
-        float(optax.tree_utils.tree_norm(grads)), rel=1e-5)
-    assert 0 < clipped_steps < 300   # large early gradients were clipped, late ones not
+        float(optax.tree_utils.tree_norm(grads)), rel=1e-5
+    )
+    assert 0 < clipped_steps < 300  # large early gradients were clipped, late ones not
 
 
 def test_docstring_examples_run():

@@ -11,8 +11,11 @@ from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import get_model_config, stack_blocks
 from fl_dp_asr.train.checkpoint import Checkpointer, load_model_checkpoint
 
-UNROLLED = {"block_00": {"w": np.ones(2, np.float32)}, "block_01": {"w": np.zeros(2, np.float32)},
-            "head": {"w": np.ones(1, np.float32)}}
+UNROLLED = {
+    "block_00": {"w": np.ones(2, np.float32)},
+    "block_01": {"w": np.zeros(2, np.float32)},
+    "head": {"w": np.ones(1, np.float32)},
+}
 META = {"model_config": get_model_config("tiny").to_dict()}
 
 
@@ -33,18 +36,20 @@ def test_a_stacked_checkpoint_loads_in_the_models_own_layout(tmp_path):
 def test_resuming_an_unrolled_server_state_names_the_directory_and_the_way_out(tmp_path):
     checkpoints = write(tmp_path, UNROLLED)
     state = round_lib.ServerState(stack_blocks(UNROLLED), {}, jnp.zeros((), jnp.int32))
-    with pytest.raises(fl_progress.OldLayoutError, match="unrolled.*init_checkpoint="):
+    with pytest.raises(fl_progress.OldLayoutError, match=r"unrolled.*init_checkpoint="):
         fl_progress.restore_latest(checkpoints, state)
     checkpoints.close()
 
 
-def test_resuming_a_server_state_of_another_config_names_the_directory_and_the_way_out(
-        tmp_path):
+def test_resuming_a_server_state_of_another_config_names_the_directory_and_the_way_out(tmp_path):
     params = stack_blocks(UNROLLED)
     checkpoints = write(tmp_path, params)
-    state = round_lib.ServerState({**params, "head": {"w": jnp.ones(3)}}, {},
-                                  jnp.zeros((), jnp.int32))
-    with pytest.raises(fl_progress.CheckpointMismatchError,
-                       match=f"{tmp_path} \\(round 3\\) .*another config.*new work directory"):
+    state = round_lib.ServerState(
+        {**params, "head": {"w": jnp.ones(3)}}, {}, jnp.zeros((), jnp.int32)
+    )
+    with pytest.raises(
+        fl_progress.CheckpointMismatchError,
+        match=f"{tmp_path} \\(round 3\\) .*another config.*new work directory",
+    ):
         fl_progress.restore_latest(checkpoints, state)
     checkpoints.close()

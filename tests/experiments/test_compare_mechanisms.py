@@ -13,10 +13,9 @@ ROUNDS, TARGET, DELTA = 4, 50.0, 1e-6
 def test_each_setting_spends_the_target_epsilon(mechanism, sampling):
     z = compare.noise_multiplier(mechanism, sampling, TARGET, ROUNDS, DELTA)
     if sampling == "poisson":
-        epsilon = accounting.epsilon(z, compare.COHORT, compare.POPULATION, ROUNDS,
-                                     DELTA).epsilon
+        epsilon = accounting.epsilon(z, compare.COHORT, compare.POPULATION, ROUNDS, DELTA).epsilon
     else:
-        kind, extra = (("blt", {}) if mechanism == "blt" else ("banded_toeplitz", {"bands": 1}))
+        kind, extra = ("blt", {}) if mechanism == "blt" else ("banded_toeplitz", {"bands": 1})
         epsilon = CorrelatedNoise(kind, ROUNDS, ROUNDS, **extra).epsilon(z, DELTA).epsilon
     assert 0.9 * TARGET <= float(epsilon) <= TARGET * (1 + 1e-6)
 

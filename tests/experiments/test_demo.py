@@ -24,7 +24,7 @@ def tiny_central_config(corpus, tfds_dir, steps=2):
 
 def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
     central_config = tiny_central_config(tiny_corpus, tfds_dir)
-    central_config.model.num_blocks = 2      # the FL stage fine-tunes this seed model
+    central_config.model.num_blocks = 2  # the FL stage fine-tunes this seed model
     fl = small_config(tiny_corpus, tfds_dir, 2)
     fl.fl.sampling = "poisson"
     fl.dp.noise_multiplier = None
@@ -32,9 +32,11 @@ def test_demo_smoke(tiny_corpus, tfds_dir, tmp_path):
     fl.dp.pld = True
     fl.dp.target_cohort = 20
     fl.dp.target_population = 30
-    demo_fl = fl_dp.get_config("demo").fl     # the demo's padding cuts, end to end
-    fl.fl.cut_row_levels, fl.fl.cut_length_levels = (demo_fl.cut_row_levels,
-                                                      demo_fl.cut_length_levels)
+    demo_fl = fl_dp.get_config("demo").fl  # the demo's padding cuts, end to end
+    fl.fl.cut_row_levels, fl.fl.cut_length_levels = (
+        demo_fl.cut_row_levels,
+        demo_fl.cut_length_levels,
+    )
 
     text = demo.run(str(tmp_path), central_config, fl)
 

@@ -26,19 +26,22 @@ def tiny_fl(corpus, tfds_dir):
     return config
 
 
-def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp_path,
-                                                      monkeypatch, capsys):
+def test_quick_study_runs_every_cell_once_and_reports(
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch, capsys
+):
     # One σ level keeps it to three compiled round steps (no DP, global, per layer).
     study = dataclasses.replace(design.QUICK, sigmas=(0.03,), cohort=2, seed_steps=2)
-    recipes = cell_run.Recipes(functools.partial(tiny_central_config, tiny_corpus, tfds_dir),
-                               functools.partial(tiny_fl, tiny_corpus, tfds_dir))
+    recipes = cell_run.Recipes(
+        functools.partial(tiny_central_config, tiny_corpus, tfds_dir),
+        functools.partial(tiny_fl, tiny_corpus, tfds_dir),
+    )
     stages = list(design.STAGES)
     # Two worker processes (this one and a spawned one) share the cells.
     results = schedule.run_study(study, stages, str(tmp_path / "study"), recipes, workers=2)
 
     cells = {(r["method"], r["sigma_dp"]) for r in results}
     assert cells == {("no DP", 0.0), ("global", 0.03), ("per-layer by dim", 0.03)}
-    assert len(results) == len(cells) + 1     # + the longer no-DP curve
+    assert len(results) == len(cells) + 1  # + the longer no-DP curve
     assert [r["rounds"] for r in results if r["rounds"]] == [study.curve_rounds]
     noisy = [r for r in results if r["sigma_dp"] > 0]
     assert all(r["noise_multiplier"] == pytest.approx(2 * 0.03) for r in noisy)
@@ -53,8 +56,12 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
     for module in ("block_00/attention/query", "output"):
         assert f"| {module} |" in text
     figures = tmp_path / "docs" / "replication"
-    for name in ("cer_vs_epsilon.png", "curves.png", "delta_norms_global.png",
-                 "clip_bounds_per-layer_by_dim.png"):
+    for name in (
+        "cer_vs_epsilon.png",
+        "curves.png",
+        "delta_norms_global.png",
+        "clip_bounds_per-layer_by_dim.png",
+    ):
         assert (figures / name).stat().st_size > 1000
 
     claims = sorted(p.name for p in (tmp_path / "study" / "claims").iterdir())
@@ -65,21 +72,31 @@ def test_quick_study_runs_every_cell_once_and_reports(tiny_corpus, tfds_dir, tmp
     monkeypatch.setattr(replicate, "QUICK", study)
     monkeypatch.setattr(replicate, "Recipes", lambda: recipes)
     workdir = tmp_path / "study"
-    command = ["--quick", "--workdir", str(workdir), "--workers", "1",
-               "--seed-checkpoint", str(tmp_path / "no_demo_seed")]
+    command = [
+        "--quick",
+        "--workdir",
+        str(workdir),
+        "--workers",
+        "1",
+        "--seed-checkpoint",
+        str(tmp_path / "no_demo_seed"),
+    ]
     replicate.main(command)
     one_shot = (workdir / "replication.md").read_text()
     rerun = next(c for c in design.study_cells(study, stages) if c.method == "global")
     shutil.rmtree(cell_run.cell_dir(str(workdir), rerun, study))
     capsys.readouterr()
     replicate.main([*command, "--report"])
-    assert (f"report: 3 of 4 cells done; missing (run them with --cell ID):\n"
-            f"{design.cell_id(rerun, study)}\n") in capsys.readouterr().out
+    assert (
+        f"report: 3 of 4 cells done; missing (run them with --cell ID):\n"
+        f"{design.cell_id(rerun, study)}\n"
+    ) in capsys.readouterr().out
     replicate.main([*command, "--cell", design.cell_id(rerun, study)])
     replicate.main([*command, "--report"])
     assert "report: 4 of 4 cells done\n" in capsys.readouterr().out
-    assert (without_wall_time((workdir / "replication.md").read_text())
-            == without_wall_time(one_shot))
+    assert without_wall_time((workdir / "replication.md").read_text()) == without_wall_time(
+        one_shot
+    )
     # A second call reads every cell back instead of training it again.
     monkeypatch.setattr(cell_run.train_fl, "train", lambda *a: pytest.fail("retrained"))
     again = schedule.run_study(study, stages, str(tmp_path / "study"), recipes)
@@ -96,10 +113,13 @@ def test_list_cells_prints_each_cell_id_and_what_it_runs(capsys):
     lines = capsys.readouterr().out.splitlines()
     cells = design.study_cells(design.QUICK, list(design.STAGES))
     assert [line.split("\t")[0] for line in lines] == [
-        design.cell_id(cell, design.QUICK) for cell in cells]
+        design.cell_id(cell, design.QUICK) for cell in cells
+    ]
     assert len(set(lines)) == len(lines) == 6
-    assert lines[1] == ("global__s0.03__seed0__S16__d4__lamb__T2\tglobal, σ_DP = 0.03, seed 0, "
-                        "cohort 16, 4 blocks, LAMB server, 2 rounds")
+    assert lines[1] == (
+        "global__s0.03__seed0__S16__d4__lamb__T2\tglobal, σ_DP = 0.03, seed 0, "
+        "cohort 16, 4 blocks, LAMB server, 2 rounds"
+    )
     assert lines[2].startswith("no_DP__s0__seed0__S16__d4__lamb__T4\tno DP, seed 0, ")
 
 
@@ -108,9 +128,11 @@ def test_an_unknown_cell_is_a_clear_error_listing_the_valid_ids(capsys, tmp_path
         replicate.main(["--quick", "--workdir", str(tmp_path), "--cell", "global__s9"])
     err = capsys.readouterr().err
     assert "unknown cell 'global__s9'; the 6 cells of these stages (--list-cells) are:" in err
-    assert all(design.cell_id(cell, design.QUICK) in err
-               for cell in design.study_cells(design.QUICK, list(design.STAGES)))
-    assert not any(tmp_path.iterdir())          # nothing ran
+    assert all(
+        design.cell_id(cell, design.QUICK) in err
+        for cell in design.study_cells(design.QUICK, list(design.STAGES))
+    )
+    assert not any(tmp_path.iterdir())  # nothing ran
     with pytest.raises(SystemExit, match="no cell of these stages is done in"):
         replicate.main(["--quick", "--workdir", str(tmp_path), "--report"])
 
@@ -118,7 +140,7 @@ def test_an_unknown_cell_is_a_clear_error_listing_the_valid_ids(capsys, tmp_path
 def test_the_data_is_prepared_once_before_the_workers_start(tmp_path, monkeypatch):
     events = []
 
-    class Process:     # a spawned worker
+    class Process:  # a spawned worker
         exitcode = 0
 
         def __init__(self, target, args):
@@ -131,10 +153,14 @@ def test_the_data_is_prepared_once_before_the_workers_start(tmp_path, monkeypatc
             pass
 
     monkeypatch.setattr(cell_run, "seed_checkpoint", lambda *a: None)
-    monkeypatch.setattr(schedule.utils, "prepare_data",
-                        lambda data: events.append(("data", data.manual_dir)))
-    monkeypatch.setattr(schedule.multiprocessing, "get_context",
-                        lambda method: types.SimpleNamespace(Process=Process))
+    monkeypatch.setattr(
+        schedule.utils, "prepare_data", lambda data: events.append(("data", data.manual_dir))
+    )
+    monkeypatch.setattr(
+        schedule.multiprocessing,
+        "get_context",
+        lambda method: types.SimpleNamespace(Process=Process),
+    )
     monkeypatch.setattr(schedule, "_work", lambda *a: events.append("work"))
     recipes, cell = cell_run.Recipes(), design.Cell("no DP", 0.0)
     corpus = recipes.fl().data.manual_dir
@@ -152,11 +178,14 @@ def test_the_data_is_prepared_once_before_the_workers_start(tmp_path, monkeypatc
 
 
 def test_a_worker_does_not_compile_what_another_is_compiling():
-    cold, same_program, other = (design.Cell("global", 0.1), design.Cell("global", 0.01),
-                                 design.Cell("per-layer by dim", 0.1))
+    cold, same_program, other = (
+        design.Cell("global", 0.1),
+        design.Cell("global", 0.01),
+        design.Cell("per-layer by dim", 0.1),
+    )
     # cold's round step is compiling in another worker: run another program first ...
     assert schedule.next_cell([same_program, other], [], [cold]) == other
-    assert schedule.next_cell([same_program], [], [cold]) is None        # ... or wait
+    assert schedule.next_cell([same_program], [], [cold]) is None  # ... or wait
     # once one cell of that program is done, the cache has it: any number can run
     warm = design.Cell("global", 0.0, seed=1)
     assert schedule.next_cell([same_program, other], [warm], [cold]) == same_program
@@ -173,11 +202,14 @@ def test_a_cell_stopped_by_a_signal_is_not_cached(tmp_path, monkeypatch):
 
 def test_wall_time_counts_overlapping_cells_once(tmp_path):
     def result(method, ended, seconds):
-        return {**dataclasses.asdict(design.Cell(method, 0.0)), "ended": ended,
-                "seconds": seconds}
+        return {**dataclasses.asdict(design.Cell(method, 0.0)), "ended": ended, "seconds": seconds}
+
     # two workers: [0, 10] and [5, 20] overlap, then [30, 31] after a pause
-    results = [result("global", 10.0, 10.0), result("no DP", 20.0, 15.0),
-               result("per-layer by dim", 31.0, 1.0)]
+    results = [
+        result("global", 10.0, 10.0),
+        result("no DP", 20.0, 15.0),
+        result("per-layer by dim", 31.0, 1.0),
+    ]
     assert report_lib.wall_seconds(results, str(tmp_path), design.QUICK) == 21.0
 
 
@@ -210,12 +242,14 @@ def test_deep_sigmas_flag_sets_the_deep_stages_levels(monkeypatch, capsys):
 
 def test_hand_written_analysis_survives_regeneration(tmp_path):
     out = str(tmp_path / "replication.md")
-    generated = "\n".join(["# Study", "", report_lib.ANALYSIS_BEGIN, report_lib.ANALYSIS_END,
-                           "", "table v1", ""])
+    generated = "\n".join(
+        ["# Study", "", report_lib.ANALYSIS_BEGIN, report_lib.ANALYSIS_END, "", "table v1", ""]
+    )
     report_lib.write_markdown(generated, out, None)
     with open(out, encoding="utf-8") as f:
-        edited = f.read().replace(report_lib.ANALYSIS_END, "Per-layer wins.\n"
-                                  + report_lib.ANALYSIS_END)
+        edited = f.read().replace(
+            report_lib.ANALYSIS_END, "Per-layer wins.\n" + report_lib.ANALYSIS_END
+        )
     with open(out, "w", encoding="utf-8") as f:
         f.write(edited)
     report_lib.write_markdown(generated.replace("v1", "v2"), out, None)
@@ -229,14 +263,15 @@ def test_hand_written_analysis_survives_regeneration(tmp_path):
 def test_adaptive_rows_keep_the_delta_noise_within_six_percent(sigma_dp, num_bounds):
     cohort = 16
     z = sigma_dp * cohort
-    dp = DPConfig(clipping="global", clip_norm=0.01, sigma_dp=sigma_dp,
-                  target_unclipped_quantile=0.5)
+    dp = DPConfig(
+        clipping="global", clip_norm=0.01, sigma_dp=sigma_dp, target_unclipped_quantile=0.5
+    )
     stddev = cell_run.count_stddev_for_ratio(dp, cohort, num_bounds)
     dp = dataclasses.replace(dp, clipped_count_stddev=stddev)
     _, z_delta, z_count = dp.noise_multipliers(cohort, num_bounds)
     assert z_count >= cell_run.COUNT_NOISE_RATIO * z * (1 - 1e-9)
     assert z <= z_delta <= 1.061 * z
-    assert stddev >= cohort / 20        # never below the default
+    assert stddev >= cohort / 20  # never below the default
 
 
 def fake_run(tmp_path, method, depth, seed, cer, snr, sigma_dp=0.1):
@@ -248,9 +283,20 @@ def fake_run(tmp_path, method, depth, seed, cer, snr, sigma_dp=0.1):
         record[f"{tables.SIGNAL}{module}/kernel"] = ratio * 1e-3
         record[f"{tables.NOISE}{module}/kernel"] = 1e-3
     (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    return dict(method=method, depth=depth, seed=seed, sigma_dp=0.0 if method == "no DP"
-                else sigma_dp, server="lamb", cohort=16, rounds=None, final_cer=cer,
-                final_wer=2 * cer, seed_cer=0.5, seed_wer=0.9, workdir=str(workdir))
+    return dict(
+        method=method,
+        depth=depth,
+        seed=seed,
+        sigma_dp=0.0 if method == "no DP" else sigma_dp,
+        server="lamb",
+        cohort=16,
+        rounds=None,
+        final_cer=cer,
+        final_wer=2 * cer,
+        seed_cer=0.5,
+        seed_wer=0.9,
+        workdir=str(workdir),
+    )
 
 
 def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
@@ -263,23 +309,27 @@ def test_depth_table_reports_the_gap_and_the_layer_snr_spread(tmp_path):
     table = tables.depth_table(results, study, 0.1)
 
     row = next(line for line in table.splitlines() if line.startswith("| 8 |"))
-    assert "| -5.5 |" in row                     # 35.0 − 40.5 CER points
+    assert "| -5.5 |" in row  # 35.0 − 40.5 CER points
     assert "0.1 – 2 (20×)" in row and "0.3 – 0.4 (1.3×)" in row
-    assert "| 4 |" not in table                  # a depth with no runs has no row
+    assert "| 4 |" not in table  # a depth with no runs has no row
 
 
 def test_signal_noise_table_keeps_two_significant_digits_of_small_ratios():
-    leaves = ("output/kernel", "norm/scale", "bias_only/bias")   # the table's rows: modules
+    leaves = ("output/kernel", "norm/scale", "bias_only/bias")  # the table's rows: modules
     record = {f"{tables.DELTA}{leaf}": 0.1 for leaf in leaves}  # with a delta norm
-    record |= {f"{tables.SIGNAL}output/kernel": 2.2e-4, f"{tables.NOISE}output/kernel": 0.1,
-               f"{tables.SIGNAL}norm/scale": 3e-4, f"{tables.NOISE}norm/scale": 1e-3,
-               f"{tables.SIGNAL}bias_only/bias": 1e-4}
+    record |= {
+        f"{tables.SIGNAL}output/kernel": 2.2e-4,
+        f"{tables.NOISE}output/kernel": 0.1,
+        f"{tables.SIGNAL}norm/scale": 3e-4,
+        f"{tables.NOISE}norm/scale": 1e-3,
+        f"{tables.SIGNAL}bias_only/bias": 1e-4,
+    }
 
     table = tables.signal_noise_table({"global": [record]})
 
-    assert "**0.0022**" in table                 # not rounded to 0.00
-    assert "**0.30**" in table                   # trailing zero kept
-    assert "**∞**" in table                      # a module without noise
+    assert "**0.0022**" in table  # not rounded to 0.00
+    assert "**0.30**" in table  # trailing zero kept
+    assert "**∞**" in table  # a module without noise
 
 
 def test_deep_stage_matches_the_papers_noise_per_coordinate():
@@ -288,7 +338,7 @@ def test_deep_stage_matches_the_papers_noise_per_coordinate():
     paper, *high = design.deep_sigmas(study, 2)
     assert high == [study.top, pytest.approx(3 * study.top)]
     assert design.PAPER_NOISE_PER_COORD[0] == pytest.approx(0.16, abs=5e-4)
-    assert paper * params ** 0.5 == pytest.approx(0.16, rel=0.03)   # 2 digits
+    assert paper * params**0.5 == pytest.approx(0.16, rel=0.03)  # 2 digits
     cells = design.deep_cells(study)
     methods = study.deep_methods
     # no DP once per seed, every other row at all 3 levels; seed 0's cells come first, the
@@ -297,7 +347,9 @@ def test_deep_stage_matches_the_papers_noise_per_coordinate():
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)
     assert {c.sigma_dp for c in cells if c.method == "global"} == {paper, *high}
     assert [c.sigma_dp for c in cells if c.method == "global" and c.seed == 0] == [
-        *reversed(high), paper]
+        *reversed(high),
+        paper,
+    ]
     assert {c.depth for c in cells} == {2}
 
 
@@ -305,8 +357,11 @@ def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
     study = dataclasses.replace(design.FULL, deep_depths=(2,), seeds=1, deep_high=(0.1,))
     paper, top = design.deep_sigmas(study, 2)
     results = [fake_run(tmp_path, "no DP", 2, 0, 0.30, {})]
-    results += [fake_run(tmp_path, m, 2, 0, cer, {"a": 0.1, "b": 2.0}, sigma)
-                for m in study.deep_methods[1:] for sigma, cer in ((paper, 0.31), (top, 0.4))]
+    results += [
+        fake_run(tmp_path, m, 2, 0, cer, {"a": 0.1, "b": 2.0}, sigma)
+        for m in study.deep_methods[1:]
+        for sigma, cer in ((paper, 0.31), (top, 0.4))
+    ]
     out = tmp_path / "replication.md"
     out.write_text("# Study\n\nanalysis\n\n## Methods × σ_DP\n\ngrid\n")
 
@@ -317,16 +372,19 @@ def test_deep_section_is_rewritten_alone_and_survives_a_full_report(tmp_path):
     assert "analysis" in text and "grid" in text and block in text
     assert f"σ_DP = {paper:g} (σ_DP·√D = 0.16)" in block
     assert "| global | CER 31.0 · WER 62.0 (n=1) | CER 40.0 · WER 80.0 (n=1) |" in block
-    assert "| 0.1 | 82 | 110 |" in block         # σ_DP·√D at 2 and 4 blocks
-    assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block   # 2 digits
+    assert "| 0.1 | 82 | 110 |" in block  # σ_DP·√D at 2 and 4 blocks
+    assert "| per-layer by dim | 0.1 – 2 (20×) | 0.1 – 2 (20×) |" in block  # 2 digits
     assert "| paper (D = 255.8 M) |" in block and "| 1e-05 |" in block
     # a report without deep results keeps the section (and the GPU preset's); a second
     # splice replaces it
     device = f"{report_lib.DEVICE_BEGIN}\nGPU plan\n{report_lib.DEVICE_END}"
     out.write_text(out.read_text() + "\n" + device + "\n")
-    report_lib.write_markdown(f"# New\n\n{report_lib.DEEP_BEGIN}\n{report_lib.DEEP_END}\n\n"
-                              f"{report_lib.DEVICE_BEGIN}\n{report_lib.DEVICE_END}\n", str(out),
-                              None)
+    report_lib.write_markdown(
+        f"# New\n\n{report_lib.DEEP_BEGIN}\n{report_lib.DEEP_END}\n\n"
+        f"{report_lib.DEVICE_BEGIN}\n{report_lib.DEVICE_END}\n",
+        str(out),
+        None,
+    )
     assert block in out.read_text() and "# New" in out.read_text() and device in out.read_text()
     results[0]["final_cer"] = 0.2
     report_lib.write_deep_section(results, study, str(out))

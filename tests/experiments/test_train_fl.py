@@ -14,13 +14,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import train_fl
-from experiments import fl_progress, fl_setup
-from experiments import fl_setup
+from experiments import fl_progress, fl_setup, train_fl
 from experiments.configs import fl_dp
 from fl_dp_asr.data import builders
 from fl_dp_asr.dp import accounting
-from fl_dp_asr.fl import round as round_lib, samplers
+from fl_dp_asr.fl import round as round_lib
+from fl_dp_asr.fl import samplers
 from fl_dp_asr.train import utils
 from fl_dp_asr.train.checkpoint import Checkpointer
 from fl_dp_asr.train.metrics import read_jsonl
@@ -32,7 +31,7 @@ def small_config(corpus, tfds_dir, rounds):
     """The demo FL config shrunk to the tiny corpus (3 training users), from scratch."""
     c = fl_dp.get_config("demo")
     c.init_checkpoint = None
-    c.model.num_blocks = 2              # the tiny model's width, half its depth: faster rounds
+    c.model.num_blocks = 2  # the tiny model's width, half its depth: faster rounds
     c.progress_bar = False
     c.data.manual_dir = str(corpus)
     c.data.data_dir = str(tfds_dir)
@@ -72,8 +71,9 @@ def uninterrupted(tiny_corpus, tfds_dir, tmp_path_factory):
     return workdir, summary
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_corpus, tfds_dir,
-                                                          tmp_path):
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(
+    uninterrupted, tiny_corpus, tfds_dir, tmp_path
+):
     workdir, summary = uninterrupted
     assert summary["rounds"] == 3 and summary["epsilon_rdp"] > 0
     train_fl.train(small_config(tiny_corpus, tfds_dir, 1), str(tmp_path))  # "stopped" after 1
@@ -83,13 +83,15 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, tiny_co
     step_b, state_b = final_state(tmp_path)
     assert step_a == step_b == 3
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-    steps = [r["step"] for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
-             if "train/loss" in r]
+    steps = [
+        r["step"] for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "train/loss" in r
+    ]
     assert steps == [1, 2, 3]  # one consistent history in the metrics file
 
 
-def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny_corpus,
-                                                             tfds_dir, tmp_path):
+def test_runs_that_differ_only_in_noise_reuse_one_round_step(
+    uninterrupted, tiny_corpus, tfds_dir, tmp_path
+):
     """A shared cache: the second run reuses the first's jitted step with its own noise,
     and ends exactly where the same run with a step of its own ends."""
     round_steps = {}
@@ -104,9 +106,11 @@ def test_runs_that_differ_only_in_noise_reuse_one_round_step(uninterrupted, tiny
     jax.tree.map(np.testing.assert_array_equal, reused, final_state(tmp_path / "own")[1])
     # and the noise is the run's own: z = 2 moves the params elsewhere than z = 0.5
     other = final_state(uninterrupted[0])[1]
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reused["params"]),
-                                                        jax.tree.leaves(other["params"])))
-    config.fl.local_learning_rate = 0.1     # another program: its own entry
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(reused["params"]), jax.tree.leaves(other["params"]))
+    )
+    config.fl.local_learning_rate = 0.1  # another program: its own entry
     train_fl.train(config, str(tmp_path / "other"), round_steps)
     assert len(round_steps) == 2
 
@@ -130,8 +134,7 @@ def adaptive_config(tiny_corpus, tfds_dir, rounds):
     return c
 
 
-def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, tfds_dir,
-                                                    tmp_path):
+def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, tfds_dir, tmp_path):
     train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(tmp_path))
     crashed = os.path.join(tmp_path, "checkpoints", "3")  # a save cut off by a crash
     os.makedirs(os.path.join(crashed, "state"))
@@ -139,8 +142,9 @@ def test_incomplete_checkpoint_is_ignored_on_resume(uninterrupted, tiny_corpus, 
         f.write("garbage")
     summary = train_fl.train(small_config(tiny_corpus, tfds_dir, 3), str(tmp_path))
     assert summary["rounds"] == 3
-    jax.tree.map(np.testing.assert_array_equal, final_state(uninterrupted[0])[1],
-                 final_state(tmp_path)[1])
+    jax.tree.map(
+        np.testing.assert_array_equal, final_state(uninterrupted[0])[1], final_state(tmp_path)[1]
+    )
 
 
 def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkeypatch):
@@ -167,19 +171,26 @@ def test_sigterm_saves_and_stops_cleanly(tiny_corpus, tfds_dir, tmp_path, monkey
         assert reported["final_eval_round"] is None and reported["seed_wer"] is not None
 
 
-@pytest.mark.parametrize("signal_name, rounds, saved_round", [
-    ("SIGINT", 2, 1),    # a checkpoint round in the middle of the run
-    ("SIGTERM", 2, 2),   # the last round, whose checkpoint is always written
-])
+@pytest.mark.parametrize(
+    "signal_name, rounds, saved_round",
+    [
+        ("SIGINT", 2, 1),  # a checkpoint round in the middle of the run
+        ("SIGTERM", 2, 2),  # the last round, whose checkpoint is always written
+    ],
+)
 def test_signal_during_an_async_checkpoint_save_saves_and_exits_cleanly(
-        tiny_corpus, tfds_dir, tmp_path, monkeypatch, capsys, signal_name, rounds, saved_round):
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch, capsys, signal_name, rounds, saved_round
+):
     """The signal lands while round ``saved_round``'s checkpoint is still being written (its
     commit is held until the trainer waits for it), and a SIGINT lands during that wait."""
     committed = threading.Event()
     committed.set()
     hold_commit = ocp.AsyncOptions(post_finalization_callback=lambda: committed.wait(120))
-    monkeypatch.setattr(ocp, "CheckpointManagerOptions", functools.partial(
-        ocp.CheckpointManagerOptions, async_options=hold_commit))
+    monkeypatch.setattr(
+        ocp,
+        "CheckpointManagerOptions",
+        functools.partial(ocp.CheckpointManagerOptions, async_options=hold_commit),
+    )
     save, wait = Checkpointer.save, Checkpointer.wait
 
     def save_then_signal(self, step, *args, **kwargs):
@@ -210,7 +221,7 @@ def test_signal_during_an_async_checkpoint_save_saves_and_exits_cleanly(
 
 def test_a_refused_round_saves_the_state_before_it_and_raises(tiny_corpus, tfds_dir, tmp_path):
     config = small_config(tiny_corpus, tfds_dir, 3)
-    config.server.learning_rate = float("nan")   # the first update makes params NaN
+    config.server.learning_rate = float("nan")  # the first update makes params NaN
     with pytest.raises(round_lib.NonFiniteParamsError, match="round 0"):
         train_fl.train(config, str(tmp_path))
     step, state = final_state(tmp_path)
@@ -229,15 +240,20 @@ def test_privacy_budget_stops_training_before_it_is_exceeded(tiny_corpus, tfds_d
     assert over.epsilon > 2.0
 
 
-@pytest.mark.parametrize("noise_multiplier, rounds, pld_runs", [(1.0, 20, True),
-                                                                 (0.2, 2000, False)])
-def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multiplier, rounds,
-                                                                    pld_runs):
+@pytest.mark.parametrize(
+    "noise_multiplier, rounds, pld_runs", [(1.0, 20, True), (0.2, 2000, False)]
+)
+def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(
+    noise_multiplier, rounds, pld_runs
+):
     # z = 0.2, q = 16/300, T = 2000: PLD would take 1.5 GB (PldRefusedError; a z-only check
     # lets it through), so the run's ε_PLD is left empty (README) instead of failing the run.
     sampler = samplers.make_sampler("poisson", 300, 16)
-    run = types.SimpleNamespace(accountant=sampler.accountant(noise_multiplier, 1e-6),
-                                privacy={}, sigma_dp=noise_multiplier / 16)
+    run = types.SimpleNamespace(
+        accountant=sampler.accountant(noise_multiplier, 1e-6),
+        privacy={},
+        sigma_dp=noise_multiplier / 16,
+    )
     dp = fl_dp.get_config("demo").dp
     dp.pld, dp.target_cohort = True, None
     metrics = fl_setup.privacy_metrics(run, rounds, dp)
@@ -247,12 +263,16 @@ def test_privacy_metrics_leave_pld_empty_where_it_would_be_refused(noise_multipl
         assert 0 < metrics["epsilon_pld"] <= metrics["epsilon_rdp"]
 
 
-def test_the_progress_bar_shows_the_epsilon_spent_after_every_round(tiny_corpus, tfds_dir,
-                                                                    tmp_path, monkeypatch):
+def test_the_progress_bar_shows_the_epsilon_spent_after_every_round(
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch
+):
     """Round 1 is not evaluated (eval.every = 2), its ε is shown all the same."""
     shown = []
-    monkeypatch.setattr(train_fl.tqdm.tqdm, "set_postfix",
-                        lambda self, fields=None, **more: shown.append(dict(fields or {}, **more)))
+    monkeypatch.setattr(
+        train_fl.tqdm.tqdm,
+        "set_postfix",
+        lambda self, fields=None, **more: shown.append(dict(fields or {}, **more)),
+    )
     config = small_config(tiny_corpus, tfds_dir, 2)
     config.progress_bar = True
     summary = train_fl.train(config, str(tmp_path))
@@ -264,24 +284,34 @@ def test_the_progress_bar_shows_the_epsilon_spent_after_every_round(tiny_corpus,
 
 def test_the_bar_shows_the_extrapolated_epsilon_or_none_without_noise():
     sampler = samplers.make_sampler("fixed", 300, 16)
-    run = types.SimpleNamespace(accountant=sampler.accountant(1.0, 1e-6), privacy={},
-                                sigma_dp=1.0 / 16, sampler=sampler)
+    run = types.SimpleNamespace(
+        accountant=sampler.accountant(1.0, 1e-6), privacy={}, sigma_dp=1.0 / 16, sampler=sampler
+    )
     dp = fl_dp.get_config("demo").dp
     dp.target_cohort, dp.target_population, dp.delta = 1024, 100_000, 1e-6
     extrapolated = accounting.extrapolate(1.0 / 16, 16, 1024, 100_000, 3, 1e-6, ["rdp"])
     progress = fl_progress.Progress(3, last_eval={"wer": 0.5})
     fields = fl_progress.bar_fields({"clients_per_second": 2.0}, progress, run, dp)
-    assert fields == {"clients_s": "2.0", "wer": "0.500",
-                      "eps": f"{extrapolated.epsilon_rdp:.3g}"}
+    assert fields == {"clients_s": "2.0", "wer": "0.500", "eps": f"{extrapolated.epsilon_rdp:.3g}"}
     no_noise = types.SimpleNamespace(**{**vars(run), "accountant": None})
     assert "eps" not in fl_progress.bar_fields({"clients_per_second": 2.0}, progress, no_noise, dp)
 
 
 def run_train_fl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "experiments.train_fl",
-         "--config", "experiments/configs/fl_dp.py:demo", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "experiments.train_fl",
+            "--config",
+            "experiments/configs/fl_dp.py:demo",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
@@ -289,34 +319,44 @@ def test_unknown_config_key_is_one_line_and_creates_nothing(tmp_path):
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "train_fl: error: --config.fl.cohort_sise=4: experiments/configs/fl_dp.py has no "
-        'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n')
+        'field fl.cohort_sise. Did you mean "cohort_size" instead of "cohort_sise"?\n'
+    )
     assert not (tmp_path / "run").exists()
 
 
-def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, tfds_dir,
-                                                                 tmp_path):
+def test_config_error_found_after_loading_data_leaves_no_work_dir(tiny_corpus, tfds_dir, tmp_path):
     result = run_train_fl(
-        "--workdir", str(tmp_path / "run"), "--config.init_checkpoint=",
-        f"--config.data.manual_dir={tiny_corpus}", f"--config.data.data_dir={tfds_dir}",
-        "--config.fl.cohort_size=10")
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.init_checkpoint=",
+        f"--config.data.manual_dir={tiny_corpus}",
+        f"--config.data.data_dir={tfds_dir}",
+        "--config.fl.cohort_size=10",
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
         "train_fl: error: config.fl.cohort_size=10 must be in [1, population=3] (the number of "
-        "training users).")
+        "training users)."
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("fl.cohort_size", 0, "config.fl.cohort_size=0 must be >= 1"),
-    ("fl.sampling", "posson", "config.fl.sampling='posson'"),
-    ("fl.executor", "threads", "config.fl.executor='threads'"),
-    ("dp.allocation", "bydim", "dp.allocation='bydim'.*did you mean 'by_dim'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("fl.cohort_size", 0, "config.fl.cohort_size=0 must be >= 1"),
+        ("fl.sampling", "posson", "config.fl.sampling='posson'"),
+        ("fl.executor", "threads", "config.fl.executor='threads'"),
+        ("dp.allocation", "bydim", "dp.allocation='bydim'.*did you mean 'by_dim'"),
+    ],
+)
 def test_config_mistakes_that_need_no_data_stop_before_the_data_is_prepared(
-        tiny_corpus, tfds_dir, tmp_path, monkeypatch, field, value, message):
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch, field, value, message
+):
     def no_data(*args, **kwargs):
         raise AssertionError("the data was prepared before the config was checked")
+
     monkeypatch.setattr(utils, "load_data", no_data)
     config = small_config(tiny_corpus, tfds_dir, 1)
     section, name = field.split(".")
@@ -327,7 +367,8 @@ def test_config_mistakes_that_need_no_data_stop_before_the_data_is_prepared(
 
 @pytest.mark.parametrize("canaries, population", [(0, 3), (3, 6)])
 def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_known(
-        tiny_corpus, tfds_dir, tmp_path, monkeypatch, canaries, population):
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch, canaries, population
+):
     """Checked right after the training split, before the held-out split and the seed model,
     against the run's population: the users and the canary clients."""
     loaded, load_federated = [], builders.load_federated
@@ -338,24 +379,30 @@ def test_a_cohort_larger_than_the_population_stops_once_the_training_users_are_k
 
     def no_seed_model(*args):
         raise AssertionError("the seed model was loaded before the cohort size was checked")
+
     monkeypatch.setattr(builders, "load_federated", record)
     monkeypatch.setattr(utils, "load_seed_model", no_seed_model)
     config = small_config(tiny_corpus, tfds_dir, 1)
     config.fl.cohort_size = 10
     config.audit.canaries = canaries
-    with pytest.raises(ValueError,
-                       match=rf"cohort_size=10 must be in \[1, population={population}\]") as error:
+    with pytest.raises(
+        ValueError, match=rf"cohort_size=10 must be in \[1, population={population}\]"
+    ) as error:
         train_fl.train(config, str(tmp_path))
     assert ("3 training users + 3 canary clients" in str(error.value)) == (canaries > 0)
     assert loaded == ["train"]
 
 
-def test_too_little_clipped_count_noise_names_the_command_line_flag(tiny_corpus, tfds_dir,
-                                                                    tmp_path):
+def test_too_little_clipped_count_noise_names_the_command_line_flag(
+    tiny_corpus, tfds_dir, tmp_path
+):
     config = adaptive_config(tiny_corpus, tfds_dir, 1)
-    config.dp.clipped_count_stddev = 0.1     # z_b = 2·0.1/√5 = 0.089 < z = 0.5
-    with pytest.raises(ValueError, match=r"z_b = 2σ_b/√H = 0.0894.*H = 5 bounds.* raise "
-                                         r"--config.dp.clipped_count_stddev"):
+    config.dp.clipped_count_stddev = 0.1  # z_b = 2·0.1/√5 = 0.089 < z = 0.5
+    with pytest.raises(
+        ValueError,
+        match=r"z_b = 2σ_b/√H = 0.0894.*H = 5 bounds.* raise "
+        r"--config.dp.clipped_count_stddev",
+    ):
         train_fl.train(config, str(tmp_path))
 
 
@@ -377,7 +424,7 @@ def test_bad_multi_process_settings_are_clear_errors():
         with pytest.raises(ValueError, match="coordinator_address"):
             train_fl.join_processes(config)
     config.distributed.num_processes = 1
-    assert train_fl.join_processes(config) is False   # one process: nothing to join
+    assert train_fl.join_processes(config) is False  # one process: nothing to join
 
 
 def test_auto_executor_uses_every_device_and_explicit_ones_say_when_they_do_not(caplog):
@@ -406,11 +453,20 @@ def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
     import types
 
     from fl_dp_asr.data import LengthBuckets
+
     config = fl_dp.get_config("demo")
     config.model.num_blocks = 1
-    config.fl.update(sampling="fixed", cohort_size=4, local_steps=1, local_batch_size=1,
-                     cut_row_levels=1, cut_length_levels=1, chunk_size=None)
-    data = types.SimpleNamespace(buckets=LengthBuckets((16_000,), (16,)),
-                                 train=types.SimpleNamespace(num_users=8))
+    config.fl.update(
+        sampling="fixed",
+        cohort_size=4,
+        local_steps=1,
+        local_batch_size=1,
+        cut_row_levels=1,
+        cut_length_levels=1,
+        chunk_size=None,
+    )
+    data = types.SimpleNamespace(
+        buckets=LengthBuckets((16_000,), (16,)), train=types.SimpleNamespace(num_users=8)
+    )
     with pytest.raises(RuntimeError, match="even with one client per device"):
         fl_setup.automatic_chunk(config, data, lambda message: None, memory_limit=1024)

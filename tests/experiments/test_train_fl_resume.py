@@ -15,8 +15,7 @@ from fl_dp_asr.train.metrics import read_jsonl
 from tests.experiments.test_train_fl import adaptive_config, final_state, small_config
 
 
-def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tfds_dir,
-                                                                 tmp_path):
+def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tfds_dir, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 2), str(whole))
     train_fl.train(adaptive_config(tiny_corpus, tfds_dir, 1), str(parts))
@@ -24,17 +23,19 @@ def test_adaptive_bounds_are_checkpointed_and_resume_bit_for_bit(tiny_corpus, tf
     (step_a, state_a), (step_b, state_b) = final_state(whole), final_state(parts)
     assert step_a == step_b == 2
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-    records = [r for r in read_jsonl(os.path.join(whole, "metrics.jsonl"))
-               if "train/clip_norm" in r]
+    records = [
+        r for r in read_jsonl(os.path.join(whole, "metrics.jsonl")) if "train/clip_norm" in r
+    ]
     prefix = "train/layer_clip_norms/"
     modules = {"block_00", "block_01", "final_norm", "front_end", "output"}
-    assert set(state_a["clip_bounds"]) == modules        # dp.layers="module": one per module
-    assert {k[len(prefix):] for k in records[-1] if k.startswith(prefix)} == modules
-    assert len({r["train/clip_norm"] for r in records}) == 2     # the bounds moved
+    assert set(state_a["clip_bounds"]) == modules  # dp.layers="module": one per module
+    assert {k[len(prefix) :] for k in records[-1] if k.startswith(prefix)} == modules
+    assert len({r["train/clip_norm"] for r in records}) == 2  # the bounds moved
 
 
 def test_a_failed_save_stops_the_run_and_the_resumed_run_equals_an_uninterrupted_one(
-        tiny_corpus, tfds_dir, tmp_path, monkeypatch):
+    tiny_corpus, tfds_dir, tmp_path, monkeypatch
+):
     """The checkpoint directory turns read-only after round 1's save: round 2's save stops
     the run naming the directory; the same command then resumes from round 1."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"
@@ -48,9 +49,13 @@ def test_a_failed_save_stops_the_run_and_the_resumed_run_equals_an_uninterrupted
 
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "check_writable", read_only_after_one_save)
-        with pytest.raises(checkpoint.CheckpointSaveError, match=(
+        with pytest.raises(
+            checkpoint.CheckpointSaveError,
+            match=(
                 f"saving checkpoint 2 to {parts / 'checkpoints'} failed .*Read-only file "
-                r"system.* last complete checkpoint there \(1\) stays loadable")):
+                r"system.* last complete checkpoint there \(1\) stays loadable"
+            ),
+        ):
             train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(parts))
     assert final_state(parts)[0] == 1
     summary = train_fl.train(small_config(tiny_corpus, tfds_dir, 2), str(parts))

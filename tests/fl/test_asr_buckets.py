@@ -7,11 +7,12 @@ import pytest
 
 from fl_dp_asr.data import PaddingBuckets
 from fl_dp_asr.dp import DPConfig
-from fl_dp_asr.fl import client, executors, round as round_lib, server
+from fl_dp_asr.fl import client, executors, server
+from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.models import PARAM_LAYOUT, init_params, make_loss_fn, stack_blocks
 from tests.models import test_model
 
-CONFIG = test_model.CONFIG.replace(num_blocks=1)   # one block: three compiles stay short
+CONFIG = test_model.CONFIG.replace(num_blocks=1)  # one block: three compiles stay short
 ROWS, STEPS, MAX_SAMPLES, MAX_LABELS = 3, 2, 12_800, 24
 
 
@@ -28,20 +29,36 @@ def ragged_cohort(seed=0):
     audio *= np.arange(MAX_SAMPLES) < audio_lengths[..., None]
     labels = rng.integers(1, 28, shape + (MAX_LABELS,), dtype=np.int32)
     labels *= np.arange(MAX_LABELS) < label_lengths[..., None]
-    return {"batches": {"audio": audio, "audio_lengths": audio_lengths, "labels": labels,
-                        "label_lengths": label_lengths, "mask": mask},
-            "step_mask": (rows > 0).astype(np.float32), "client_mask": np.ones(4, np.float32)}
+    return {
+        "batches": {
+            "audio": audio,
+            "audio_lengths": audio_lengths,
+            "labels": labels,
+            "label_lengths": label_lengths,
+            "mask": mask,
+        },
+        "step_mask": (rows > 0).astype(np.float32),
+        "client_mask": np.ones(4, np.float32),
+    }
 
 
 def new_params(executor, buckets, block):
-    update = client.make_client_update(make_loss_fn(CONFIG, train=True),
-                                       client.local_sgd(0.05, 1.0), buckets)
+    update = client.make_client_update(
+        make_loss_fn(CONFIG, train=True), client.local_sgd(0.05, 1.0), buckets
+    )
     opt = server.make_server_optimizer("sgd", 1.0)
-    step = round_lib.make_round_step(update, opt, DPConfig("per_layer", 1.0, "uniform"), 4,
-                                     executors.make(executor, chunk_size=2), PARAM_LAYOUT)
+    step = round_lib.make_round_step(
+        update,
+        opt,
+        DPConfig("per_layer", 1.0, "uniform"),
+        4,
+        executors.make(executor, chunk_size=2),
+        PARAM_LAYOUT,
+    )
     params = stack_blocks(init_params(CONFIG, jax.random.key(0)))
-    state, metrics = step(round_lib.init_server_state(params, opt, layout=PARAM_LAYOUT), block,
-                          jax.random.key(1))
+    state, metrics = step(
+        round_lib.init_server_state(params, opt, layout=PARAM_LAYOUT), block, jax.random.key(1)
+    )
     return jax.tree.map(np.asarray, (state.params, metrics))
 
 
@@ -58,8 +75,11 @@ def test_cut_padding_changes_no_number(executor, uncut):
     one_step = jax.tree.map(lambda x: x[0, 0], block["batches"])
     assert buckets.grid(one_step) == (2, 2)
     levels = jax.vmap(jax.vmap(buckets.levels))(block["batches"])
-    assert len({tuple(v) for v in np.asarray(levels).reshape(-1, 2)}) > 1   # several cuts run
+    assert len({tuple(v) for v in np.asarray(levels).reshape(-1, 2)}) > 1  # several cuts run
     params, metrics = new_params(executor, buckets, block)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 (params, metrics), uncut)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        (params, metrics),
+        uncut,
+    )
     assert float(metrics["clients"]) == 4.0 and float(metrics["local_steps"]) == 1.75

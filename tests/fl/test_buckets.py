@@ -24,7 +24,7 @@ class RowBuckets:
         return jnp.sum(jnp.asarray(self.sizes) < rows, keepdims=True).astype(jnp.int32)
 
     def cut(self, batch, levels):
-        return {name: value[:self.sizes[levels[0]]] for name, value in batch.items()}
+        return {name: value[: self.sizes[levels[0]]] for name, value in batch.items()}
 
 
 def rows_weighted_loss(params, batch, key):
@@ -65,7 +65,7 @@ def test_run_cuts_each_step_to_its_own_smallest_cell():
     params = toy_task.init_params(jax.random.key(0))
     key = jax.random.key(1)
     got = jax.jit(update(RowBuckets()).run)(params, jax.tree.map(lambda x: x[0], block), key)
-    assert_close(got, by_hand(params, block, 0, key, [1, 4]))     # 3 real rows: the 4-row cut
+    assert_close(got, by_hand(params, block, 0, key, [1, 4]))  # 3 real rows: the 4-row cut
     uncut = by_hand(params, block, 0, key, [4, 4])
     assert not np.allclose(got[0]["out"]["w"], uncut[0]["out"]["w"], rtol=1e-3)
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from fl_dp_asr.dp import DPConfig
-from fl_dp_asr.fl import client, distributed, executors, round as round_lib, server
+from fl_dp_asr.fl import client, distributed, executors, server
+from fl_dp_asr.fl import round as round_lib
 from tests import processes
 from tests.fl import toy_task
 
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 2
-COHORT, CHUNK = 7, 2          # 7 real clients in 8 slots (4 devices × chunk 2)
+COHORT, CHUNK = 7, 2  # 7 real clients in 8 slots (4 devices × chunk 2)
 NOISE_PARAMS = 20_000
 
 
@@ -33,14 +34,15 @@ def rounds(mesh=None, executor="vectorized"):
     for name, local_lr in (("train", 0.1), ("noise", 0.0)):
         update = client.make_client_update(toy_task.loss_fn, client.local_sgd(local_lr, 1.0))
         step = round_lib.make_round_step(
-            update, opt, dp, COHORT, executors.make(executor, chunk_size=CHUNK, mesh=mesh))
+            update, opt, dp, COHORT, executors.make(executor, chunk_size=CHUNK, mesh=mesh)
+        )
         slots = 8
         block = toy_task.make_cohort(slots, real_clients=COHORT, seed=5)
         state = round_lib.init_server_state(jax.device_put(params), opt)  # fresh: donated
         key = jax.random.key(11)
         if mesh is not None:
             mine = distributed.process_client_indices(slots, mesh)
-            local = jax.tree.map(lambda x: x[mine], block)    # only this process's clients
+            local = jax.tree.map(lambda x: x[mine], block)  # only this process's clients
             block = distributed.global_cohort(local, mesh, slots)
             state, key = distributed.replicate((state, key), mesh)
         state, metrics = step(state, block, key)
@@ -73,14 +75,16 @@ WORKER = textwrap.dedent("""
 def two_processes(tmp_path_factory):
     port = processes.free_port()
     stdouts = processes.run_python(
-        [["-c", WORKER, str(rank), str(port), str(NUM_PROCESSES)]
-         for rank in range(NUM_PROCESSES)],
-        tmp_path_factory.mktemp("workers"), DEVICES_PER_PROCESS, timeout=240)
+        [["-c", WORKER, str(rank), str(port), str(NUM_PROCESSES)] for rank in range(NUM_PROCESSES)],
+        tmp_path_factory.mktemp("workers"),
+        DEVICES_PER_PROCESS,
+        timeout=240,
+    )
     outputs = []
     for rank, out in enumerate(stdouts):
         lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
         assert lines, f"process {rank} printed no result"
-        outputs.append(json.loads(lines[-1][len("RESULT "):]))
+        outputs.append(json.loads(lines[-1][len("RESULT ") :]))
     return outputs
 
 
@@ -90,8 +94,7 @@ def one_process():
 
 
 def assert_trees_close(a, b, **tol):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol),
-                 a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
 
 
 def test_each_process_holds_its_own_clients(two_processes):
@@ -107,7 +110,8 @@ def test_a_process_started_with_another_config_is_refused_by_all(two_processes):
         assert out["info"]["refused"] == (
             "the processes of this run were started with different configs or code: "
             "config.rounds: 10 on process 0, 11 on process 1. Start every process with the "
-            "same config and the same installed code.")
+            "same config and the same installed code."
+        )
 
 
 def test_two_process_round_equals_one_process_round(two_processes, one_process):
@@ -118,7 +122,7 @@ def test_two_process_round_equals_one_process_round(two_processes, one_process):
 
 def test_noise_is_added_once_across_processes(two_processes, one_process):
     """Same noise as one process (not √(processes × devices) times more)."""
-    expected_std = 2.0 * 0.5 / COHORT   # z·C on the sum, divided by S by server SGD lr 1
+    expected_std = 2.0 * 0.5 / COHORT  # z·C on the sum, divided by S by server SGD lr 1
     noise = [np.asarray(out["rounds"]["noise"]["params"]["unused"]) for out in two_processes]
     single = np.asarray(one_process["noise"]["params"]["unused"])
     assert np.std(single) == pytest.approx(expected_std, rel=0.05)

@@ -15,7 +15,8 @@ import pytest
 
 from fl_dp_asr.dp import DPConfig, transforms
 from fl_dp_asr.dp.canaries import OVERSHOOT, Canaries
-from fl_dp_asr.fl import audit, client, round as round_lib, samplers, server
+from fl_dp_asr.fl import audit, client, server
+from fl_dp_asr.fl import round as round_lib
 from tests import processes
 from tests.fl import toy_task
 from tests.fl.test_round import fresh_params
@@ -24,9 +25,11 @@ CANARIES = Canaries(inserted=3, heldout=2, seed=7)
 COHORT, CLIP = 4, 0.5
 
 
-OPTIMIZERS = {"sgd": server.make_server_optimizer("sgd", 1.0),
-              "adam": server.make_server_optimizer("adam", 0.01),
-              "lamb": server.make_server_optimizer("lamb", 0.01)}
+OPTIMIZERS = {
+    "sgd": server.make_server_optimizer("sgd", 1.0),
+    "adam": server.make_server_optimizer("adam", 0.01),
+    "lamb": server.make_server_optimizer("lamb", 0.01),
+}
 OPT = OPTIMIZERS["sgd"]
 
 
@@ -34,8 +37,7 @@ OPT = OPTIMIZERS["sgd"]
 def round_step(dp, canaries, optimizer="sgd"):
     """One compiled step per setting (the noise std is its argument)."""
     update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1, 1.0))
-    return round_lib.make_round_step(update, OPTIMIZERS[optimizer], dp, COHORT,
-                                     canaries=canaries)
+    return round_lib.make_round_step(update, OPTIMIZERS[optimizer], dp, COHORT, canaries=canaries)
 
 
 def one_round(dp, canaries=None, mask=None, noise=True):
@@ -54,8 +56,10 @@ def one_round(dp, canaries=None, mask=None, noise=True):
 
 
 # rescale_per_layer clips a canary as per_layer does (every layer over its bound).
-DPS = {"global": DPConfig("global", CLIP, noise_multiplier=1.0),
-       "per_layer": DPConfig("per_layer", CLIP, "by_dim", noise_multiplier=1.0)}
+DPS = {
+    "global": DPConfig("global", CLIP, noise_multiplier=1.0),
+    "per_layer": DPConfig("per_layer", CLIP, "by_dim", noise_multiplier=1.0),
+}
 
 
 def rounds_with_and_without_the_audit(optimizer, rounds=3):
@@ -105,9 +109,15 @@ def test_without_sampled_canaries_adam_and_lamb_are_bit_identical_under_default_
                 for one, other in zip(plain, audited)]
         print(json.dumps(differences))
     """)
-    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(xla_flags=""),
-                         cwd=processes.REPO, check=True, capture_output=True, text=True,
-                         timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=processes.python_env(xla_flags=""),
+        cwd=processes.REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     differences = json.loads(out.strip().splitlines()[-1])
     assert differences == {"adam": [0.0] * 3, "lamb": [0.0] * 3}
 
@@ -121,11 +131,15 @@ def test_a_sampled_canary_enters_the_sum_once_clipped_to_the_bound(clipping):
     _, metrics, total = one_round(dp, CANARIES, mask=[0, 1, 0], noise=False)
     added = jax.tree.map(np.subtract, total, without)
     sent = jax.tree.map(np.asarray, CANARIES.update(1, added, dp))
-    jax.tree.map(lambda a, s: np.testing.assert_allclose(a, s / OVERSHOOT, rtol=1e-3,
-                                                         atol=1e-6), added, sent)
-    bounds = ({"global": CLIP} if clipping == "global" else dp.initial_clip_bounds(added))
-    norms = ({"global": transforms.l2_norm(jax.tree.leaves(added))} if clipping == "global"
-             else transforms.layer_norms(added))
+    jax.tree.map(
+        lambda a, s: np.testing.assert_allclose(a, s / OVERSHOOT, rtol=1e-3, atol=1e-6), added, sent
+    )
+    bounds = {"global": CLIP} if clipping == "global" else dp.initial_clip_bounds(added)
+    norms = (
+        {"global": transforms.l2_norm(jax.tree.leaves(added))}
+        if clipping == "global"
+        else transforms.layer_norms(added)
+    )
     for name, bound in bounds.items():
         np.testing.assert_allclose(float(norms[name]), bound, rtol=1e-4)
     cosines = np.asarray(metrics["canary_cosines"])
@@ -138,25 +152,35 @@ def test_two_sampled_canaries_add_up_before_the_noise():
     _, _, both = one_round(dp, CANARIES, mask=[1, 0, 1])
     _, _, first = one_round(dp, CANARIES, mask=[1, 0, 0])
     _, _, last = one_round(dp, CANARIES, mask=[0, 0, 1])
-    jax.tree.map(lambda b, f, l, n: np.testing.assert_allclose(b - n, (f - n) + (l - n),
-                                                               atol=2e-6),
-                 both, first, last, none)
+    jax.tree.map(
+        lambda b, f, e, n: np.testing.assert_allclose(b - n, (f - n) + (e - n), atol=2e-6),
+        both,
+        first,
+        last,
+        none,
+    )
 
 
-@pytest.mark.parametrize("dp, message", [
-    (DPConfig("none"), "needs clipping"),
-    (DPConfig("global", CLIP, target_unclipped_quantile=0.5), "fixed clip bounds"),
-])
+@pytest.mark.parametrize(
+    "dp, message",
+    [
+        (DPConfig("none"), "needs clipping"),
+        (DPConfig("global", CLIP, target_unclipped_quantile=0.5), "fixed clip bounds"),
+    ],
+)
 def test_canaries_without_a_fixed_bound_are_refused(dp, message):
     with pytest.raises(ValueError, match=message):
         one_round(dp, CANARIES, mask=[0, 0, 0])
 
 
-@pytest.mark.parametrize("canaries, mask, message", [
-    (CANARIES, None, "needs the cohort block entry 'canary_mask'"),
-    (CANARIES, [1, 0], r"float32 \[3\]"),
-    (None, [1, 0, 0], "made without canaries"),
-])
+@pytest.mark.parametrize(
+    "canaries, mask, message",
+    [
+        (CANARIES, None, "needs the cohort block entry 'canary_mask'"),
+        (CANARIES, [1, 0], r"float32 \[3\]"),
+        (None, [1, 0, 0], "made without canaries"),
+    ],
+)
 def test_a_block_whose_mask_does_not_fit_the_step_is_refused(canaries, mask, message):
     with pytest.raises(ValueError, match=message):
         one_round(DPS["global"], canaries, mask=mask)
@@ -174,15 +198,19 @@ def test_canaries_are_users_of_the_run_sampler():
         ids = cohorts.sampler.sample(r)
         np.testing.assert_array_equal(np.flatnonzero(mask) + 20, ids[ids >= 20])
         drawn += mask.sum()
-    assert 0.3 < drawn / (30 * 5) < 0.5     # q = 10 / 25
+    assert 0.3 < drawn / (30 * 5) < 0.5  # q = 10 / 25
 
 
 def test_a_round_is_drawn_once_for_its_users_and_its_canary_mask():
     cohorts = audit.canary_sampler("poisson", 20, Canaries(5, 2), cohort_size=10, seed=1)
     expected = {r: cohorts.sampler.sample(r) for r in range(3)}
     draws = []
-    counting = lambda r: draws.append(r) or expected[r]
-    object.__setattr__(cohorts.sampler, "sample", counting)   # the cache wraps it from now on
+
+    def counting(r):
+        draws.append(r)
+        return expected[r]
+
+    object.__setattr__(cohorts.sampler, "sample", counting)  # the cache wraps it from now on
     cohorts.__post_init__()
     for r in range(3):
         cohorts.sample(r)
@@ -194,12 +222,13 @@ def test_the_all_iterates_trail_keeps_the_maximum_and_survives_json():
     trail = audit.AuditTrail.start(CANARIES)
     trail.add(np.array([0.1, -0.2, 0.3, 0.0, 0.05], np.float32))
     trail.add(np.array([0.2, -0.3, 0.1, 0.0, 0.01], np.float32))
-    np.testing.assert_array_equal(trail.max_cosines,
-                                  np.float32([0.2, -0.2, 0.3, 0.0, 0.05]).astype(np.float64))
+    np.testing.assert_array_equal(
+        trail.max_cosines, np.float32([0.2, -0.2, 0.3, 0.0, 0.05]).astype(np.float64)
+    )
     meta = trail.to_meta(CANARIES)
     back = audit.AuditTrail.from_meta(meta, CANARIES, "ckpt")
     np.testing.assert_array_equal(back.max_cosines, trail.max_cosines)
-    with pytest.raises(ValueError, match="audit.seed"):
+    with pytest.raises(ValueError, match=r"audit\.seed"):
         audit.AuditTrail.from_meta(meta, Canaries(3, 2, seed=8), "ckpt")
     with pytest.raises(ValueError, match="canaries None"):
         audit.AuditTrail.from_meta(None, CANARIES, "ckpt")

@@ -15,7 +15,8 @@ import pytest
 
 from fl_dp_asr.dp import DPConfig
 from fl_dp_asr.dp.correlated import CorrelatedNoise
-from fl_dp_asr.fl import client, executors, round as round_lib, server
+from fl_dp_asr.fl import client, executors, server
+from fl_dp_asr.fl import round as round_lib
 from fl_dp_asr.train.checkpoint import Checkpointer
 from tests import processes
 from tests.fl import toy_task
@@ -23,10 +24,12 @@ from tests.fl.test_round import fresh_params
 
 ROUNDS, COORDS, CLIP, Z, COHORT = 6, 20_000, 0.5, 2.0, 4
 MECHANISMS = {
-    "blt": CorrelatedNoise("blt", rounds=ROUNDS, min_separation=2,
-                           buf_decay=(0.9, 0.5), output_scale=(0.2, 0.1)),
-    "banded_toeplitz": CorrelatedNoise("banded_toeplitz", rounds=ROUNDS, min_separation=3,
-                                       coefs=(1.0, 0.5, 0.25)),
+    "blt": CorrelatedNoise(
+        "blt", rounds=ROUNDS, min_separation=2, buf_decay=(0.9, 0.5), output_scale=(0.2, 0.1)
+    ),
+    "banded_toeplitz": CorrelatedNoise(
+        "banded_toeplitz", rounds=ROUNDS, min_separation=3, coefs=(1.0, 0.5, 0.25)
+    ),
 }
 
 
@@ -39,8 +42,9 @@ def correlated_step(mechanism, executor="vectorized"):
     DPConfig (one compilation per setting)."""
     dp = DPConfig("global", CLIP, noise_multiplier=Z, correlated_noise=mechanism)
     update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.0, 1.0))
-    return round_lib.make_round_step(update, OPT, dp, COHORT,
-                                     executors.make(executor, chunk_size=2)), dp
+    return round_lib.make_round_step(
+        update, OPT, dp, COHORT, executors.make(executor, chunk_size=2)
+    ), dp
 
 
 def noise_rounds(mechanism, executor="vectorized", rounds=ROUNDS, state=None, start=0):
@@ -66,9 +70,9 @@ def test_the_noise_over_rounds_has_the_covariance_of_the_strategy(kind):
     empirical = noise @ noise.T / COORDS
     # Std of an entry of the sample covariance of Gaussians: √((Σ_ii Σ_jj + Σ_ij²) / N).
     diag = np.diag(expected)
-    stderr = np.sqrt((np.outer(diag, diag) + expected ** 2) / COORDS)
+    stderr = np.sqrt((np.outer(diag, diag) + expected**2) / COORDS)
     np.testing.assert_array_less(np.abs(empirical - expected), 5 * stderr)
-    assert np.abs(expected[1:, :-1]).max() > 10 * stderr.max()   # correlations are tested
+    assert np.abs(expected[1:, :-1]).max() > 10 * stderr.max()  # correlations are tested
     assert not np.allclose(empirical, np.diag(np.diag(empirical)), atol=5 * stderr.max())
 
 
@@ -95,9 +99,15 @@ def test_correlated_noise_is_added_once_with_eight_devices():
         noise, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
         print(json.dumps(noise[:, :5].tolist()))
     """)
-    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(devices=8),
-                         cwd=processes.REPO, check=True, capture_output=True, text=True,
-                         timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=processes.python_env(devices=8),
+        cwd=processes.REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     eight = np.array(json.loads(out.strip().splitlines()[-1]))
     one, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
     np.testing.assert_allclose(eight, one[:, :5], rtol=1e-5, atol=1e-6)
@@ -109,8 +119,11 @@ def test_a_state_without_the_noise_state_is_refused():
     opt = server.make_server_optimizer("sgd", 1.0)
     step = round_lib.make_round_step(update, opt, dp, COHORT)
     with pytest.raises(ValueError, match="lacks a correlated-noise state"):
-        step(round_lib.init_server_state(fresh_params(), opt), toy_task.make_cohort(COHORT),
-             jax.random.key(0))
+        step(
+            round_lib.init_server_state(fresh_params(), opt),
+            toy_task.make_cohort(COHORT),
+            jax.random.key(0),
+        )
 
 
 def test_a_noise_state_of_other_shapes_is_refused():
@@ -121,15 +134,23 @@ def test_a_noise_state_of_other_shapes_is_refused():
     step = round_lib.make_round_step(update, opt, dp, COHORT)
     state = round_lib.init_server_state(fresh_params(10), opt, dp)
     other = round_lib.init_server_state(fresh_params(COORDS), opt, dp).noise_state
-    with pytest.raises(ValueError, match=r"noise state at .*unused.* is float32\[2, 20000\], "
-                                         r"but .* keeps float32\[2, 10\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"noise state at .*unused.* is float32\[2, 20000\], "
+        r"but .* keeps float32\[2, 10\]",
+    ):
         step(state._replace(noise_state=other), toy_task.make_cohort(COHORT), jax.random.key(0))
 
 
 def test_correlated_noise_with_adaptive_clipping_is_refused():
     with pytest.raises(ValueError, match="adaptive clipping"):
-        DPConfig("global", CLIP, noise_multiplier=Z, target_unclipped_quantile=0.5,
-                 correlated_noise=MECHANISMS["blt"])
+        DPConfig(
+            "global",
+            CLIP,
+            noise_multiplier=Z,
+            target_unclipped_quantile=0.5,
+            correlated_noise=MECHANISMS["blt"],
+        )
 
 
 def test_every_executor_adds_the_same_correlated_noise():
@@ -141,20 +162,26 @@ def test_every_executor_adds_the_same_correlated_noise():
 def test_a_round_past_the_strategys_rounds_is_refused():
     """Round n + 1 would add noise the accountant never covered: the step refuses a state
     that has applied the n rounds (an explicit read of its round count, allowed under a
-    transfer guard); its program (run under a trace, where the host cannot read the round count) keeps the
-    state and flags the round, which check_round raises."""
+    transfer guard); its program (run under a trace, where the host cannot read the round
+    count) keeps the state and flags the round, which check_round raises."""
     mechanism = MECHANISMS["banded_toeplitz"]
-    _, state = noise_rounds(mechanism)                   # rounds 1..n are applied
+    _, state = noise_rounds(mechanism)  # rounds 1..n are applied
     step, _ = correlated_step(mechanism)
     block, key = jax.device_put(toy_task.make_cohort(COHORT)), jax.random.key(0)
-    with pytest.raises(round_lib.PastNoiseHorizonError,
-                       match=f"has applied {ROUNDS} rounds: .* covers {ROUNDS} rounds"), \
-            jax.transfer_guard("disallow"):
+    with (
+        pytest.raises(
+            round_lib.PastNoiseHorizonError,
+            match=f"has applied {ROUNDS} rounds: .* covers {ROUNDS} rounds",
+        ),
+        jax.transfer_guard("disallow"),
+    ):
         step(state, block, key)
     assert int(state.round) == ROUNDS
     kept, metrics = jax.jit(lambda *args: step(*args))(state, block, key)
     jax.tree.map(np.testing.assert_array_equal, kept, state)
     assert float(metrics["past_noise_horizon"]) == 1.0
-    with pytest.raises(round_lib.PastNoiseHorizonError,
-                       match=f"round {ROUNDS}: .* covers {ROUNDS} rounds.* not applied"):
+    with pytest.raises(
+        round_lib.PastNoiseHorizonError,
+        match=f"round {ROUNDS}: .* covers {ROUNDS} rounds.* not applied",
+    ):
         round_lib.check_round(metrics, ROUNDS)

@@ -55,8 +55,11 @@ def test_the_accountant_is_the_one_of_the_sampler(name):
     z, rounds, delta = 1.3, 40, 1e-5
     expected = accounting.epsilon(z, 20, 500, rounds, delta, name).epsilon
     assert sampler.accountant(z, delta).epsilon(rounds) == expected
-    relation = (dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE if name == "poisson"
-                else dp_accounting.NeighboringRelation.REPLACE_ONE)
+    relation = (
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        if name == "poisson"
+        else dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
     rdp = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
     assert rdp.compose(sampler.dp_event(z, rounds)).get_epsilon(delta) == pytest.approx(expected)
 
@@ -70,7 +73,8 @@ def test_the_gaussian_event_is_noise_std_over_the_sensitivity(name):
     gaussian = event.event
     stddev = dp.noise_stddev(sampler.expected_size)
     assert gaussian.noise_multiplier == pytest.approx(
-        stddev / dp.sensitivity(sampler.neighboring_relation))
+        stddev / dp.sensitivity(sampler.neighboring_relation)
+    )
     assert gaussian.noise_multiplier == (1.6 if name == "poisson" else 0.8)
 
 

@@ -18,7 +18,7 @@ def test_no_user_ever_takes_part_twice_within_min_separation(seed):
     population = int(rng.integers(separation, 400))
     cohort = int(rng.integers(1, population // separation + 1))
     sampler = samplers.CyclicSampler(population, cohort, seed=seed, min_separation=separation)
-    last_round = np.full(population, -10 ** 9)
+    last_round = np.full(population, -(10**9))
     seen = np.zeros(population, bool)
     for t in range(300):
         users = sampler.sample(t)
@@ -27,7 +27,7 @@ def test_no_user_ever_takes_part_twice_within_min_separation(seed):
         assert np.all(t - last_round[users] >= separation), (separation, t)
         last_round[users] = t
         seen[users] = True
-    if cohort * 300 >= 20 * population:     # every group member drawn eventually
+    if cohort * 300 >= 20 * population:  # every group member drawn eventually
         assert seen.all()
 
 
@@ -41,8 +41,9 @@ def test_groups_partition_the_population_and_draws_are_reproducible():
         assert set(sampler.sample(t)) <= set(groups[t % 4].tolist())
     again = samplers.CyclicSampler(103, 5, seed=3, min_separation=4)
     np.testing.assert_array_equal(again.sample(9), sampler.sample(9))
-    assert not np.array_equal(samplers.CyclicSampler(103, 5, seed=4, min_separation=4)
-                              .sample(9), sampler.sample(9))
+    assert not np.array_equal(
+        samplers.CyclicSampler(103, 5, seed=4, min_separation=4).sample(9), sampler.sample(9)
+    )
     assert sampler.num_slots(4) == 8 and sampler.expected_size == 5.0
     assert sampler.neighboring_relation == accounting.ZERO_OUT_ONE_USER
 
@@ -69,17 +70,21 @@ def test_the_cyclic_sampler_owns_the_correlated_accounting():
     gaussian = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 3)
     rdp = dp_accounting.rdp.RdpAccountant()
     assert rdp.compose(sampler.dp_event(2.0, 12)).get_epsilon(1e-6) == pytest.approx(
-        dp_accounting.rdp.RdpAccountant().compose(gaussian).get_epsilon(1e-6), rel=1e-6)
+        dp_accounting.rdp.RdpAccountant().compose(gaussian).get_epsilon(1e-6), rel=1e-6
+    )
     with pytest.raises(ValueError, match="below the mechanism's"):
         samplers.CyclicSampler(1000, 20, min_separation=2).accountant(2.0, 1e-6, mechanism)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: accounting.epsilon(1.0, 10, 100, 5, 1e-6, sampling="cyclic"),
-    lambda: accounting.make_dp_event(1.0, 10, 100, 5, sampling="cyclic"),
-    lambda: accounting.calibrate_noise(2.0, 10, 100, 5, 1e-6, sampling="cyclic"),
-    lambda: accounting.RunAccountant("cyclic", 10, 100, 1.0, 1e-6),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: accounting.epsilon(1.0, 10, 100, 5, 1e-6, sampling="cyclic"),
+        lambda: accounting.make_dp_event(1.0, 10, 100, 5, sampling="cyclic"),
+        lambda: accounting.calibrate_noise(2.0, 10, 100, 5, 1e-6, sampling="cyclic"),
+        lambda: accounting.RunAccountant("cyclic", 10, 100, 1.0, 1e-6),
+    ],
+)
 def test_amplification_accounting_refuses_min_separation_participation(call):
     with pytest.raises(ValueError, match="no amplification-by-sampling analysis"):
         call()

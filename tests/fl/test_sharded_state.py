@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fl_dp_asr.dp import DPConfig
-from fl_dp_asr.fl import client, executors, round as round_lib, server
+from fl_dp_asr.fl import client, executors, server
+from fl_dp_asr.fl import round as round_lib
 from tests import processes
 from tests.fl import toy_task
 
@@ -50,11 +51,17 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_server_state_gives_the_replicated_numbers():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=processes.python_env(devices=8),
-                         cwd=processes.REPO, check=True, capture_output=True, text=True,
-                         timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=processes.python_env(devices=8),
+        cwd=processes.REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["split"] >= 10     # params, both LAMB moments and the BLT buffers
+    assert result["split"] >= 10  # params, both LAMB moments and the BLT buffers
     assert len(result["sharded"]) == len(result["replicated"])
     for sharded, replicated in zip(result["sharded"], result["replicated"]):
         np.testing.assert_allclose(sharded, replicated, rtol=2e-6, atol=1e-7)
@@ -62,8 +69,9 @@ def test_sharded_server_state_gives_the_replicated_numbers():
 
 def test_shardings_split_the_first_divisible_dimension():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1] * 1), ("clients",))
-    state = round_lib.ServerState({"w": jax.ShapeDtypeStruct((3, 4), np.float32)}, (),
-                                  jax.ShapeDtypeStruct((), np.int32))
+    state = round_lib.ServerState(
+        {"w": jax.ShapeDtypeStruct((3, 4), np.float32)}, (), jax.ShapeDtypeStruct((), np.int32)
+    )
     shardings = round_lib.server_state_shardings(state, mesh)
     assert shardings.params["w"].spec == jax.sharding.PartitionSpec("clients")
     assert shardings.round.spec == jax.sharding.PartitionSpec()
@@ -74,6 +82,11 @@ def test_shardings_split_the_first_divisible_dimension():
 def test_sharding_the_state_needs_a_mesh():
     update = client.make_client_update(toy_task.loss_fn, client.local_sgd(0.1, 1.0))
     with pytest.raises(ValueError, match="sharded executor"):
-        round_lib.make_round_step(update, server.make_server_optimizer("sgd", 1.0),
-                                  DPConfig("global", 1.0, noise_multiplier=0.0), 4,
-                                  executors.vectorized(2), shard_server_state=True)
+        round_lib.make_round_step(
+            update,
+            server.make_server_optimizer("sgd", 1.0),
+            DPConfig("global", 1.0, noise_multiplier=0.0),
+            4,
+            executors.vectorized(2),
+            shard_server_state=True,
+        )

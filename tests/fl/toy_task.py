@@ -12,8 +12,10 @@ FEATURES, HIDDEN = 8, 16
 def init_params(key: jax.Array) -> dict:
     k1, k2 = jax.random.split(key)
     return {
-        "hidden": {"w": jax.random.normal(k1, (FEATURES, HIDDEN)) / np.sqrt(FEATURES),
-                   "b": jnp.zeros(HIDDEN)},
+        "hidden": {
+            "w": jax.random.normal(k1, (FEATURES, HIDDEN)) / np.sqrt(FEATURES),
+            "b": jnp.zeros(HIDDEN),
+        },
         "out": {"w": jax.random.normal(k2, (HIDDEN, 1)) / np.sqrt(HIDDEN), "b": jnp.zeros(1)},
     }
 
@@ -29,8 +31,14 @@ def loss_fn(params, batch, key):
     return loss, {"num_utterances": count}
 
 
-def make_cohort(num_clients: int, local_steps: int = 3, batch: int = 4, seed: int = 0,
-                real_clients: int | None = None, steps_per_client=None) -> dict:
+def make_cohort(
+    num_clients: int,
+    local_steps: int = 3,
+    batch: int = 4,
+    seed: int = 0,
+    real_clients: int | None = None,
+    steps_per_client=None,
+) -> dict:
     """Random client blocks ``[clients, local_steps, batch, ...]`` with masks.
 
     Clients share a linear target up to a client-specific perturbation (non-IID).
@@ -46,7 +54,7 @@ def make_cohort(num_clients: int, local_steps: int = 3, batch: int = 4, seed: in
     client_mask = (np.arange(num_clients) < real).astype(np.float32)
     if steps_per_client is None:
         steps_per_client = np.full(num_clients, local_steps)
-    step_mask = (np.arange(local_steps)[None] < np.asarray(steps_per_client)[:, None])
+    step_mask = np.arange(local_steps)[None] < np.asarray(steps_per_client)[:, None]
     step_mask = (step_mask * client_mask[:, None]).astype(np.float32)
     mask = np.broadcast_to(step_mask[:, :, None], (num_clients, local_steps, batch))
     return {

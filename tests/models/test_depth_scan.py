@@ -16,19 +16,43 @@ from fl_dp_asr.models.encoder import DROPOUT_SITES, block_keys
 from tests import processes
 from tests.models.test_model import make_batch
 
-GOLDEN = get_model_config("tiny", num_blocks=3, model_dim=64, mlp_dim=128, conv_channels=128,
-                          layer_drop_rate=0.3, dropout_rate=0.2, attention_dropout_rate=0.2)
+GOLDEN = get_model_config(
+    "tiny",
+    num_blocks=3,
+    model_dim=64,
+    mlp_dim=128,
+    conv_channels=128,
+    layer_drop_rate=0.3,
+    dropout_rate=0.2,
+    attention_dropout_rate=0.2,
+)
 
 # Loss and per-module gradient norms of GOLDEN (init key 1, batch below) computed by the
 # unrolled model (one flax module call per block, commit 5d7d55d): dropout, attention
 # dropout, CAPE and layer-drop draw the same keys when the blocks are scanned.
 UNROLLED = {
-    0: (56.741302490234375, {"block_00": 57.216942, "block_01": 43.665695, "block_02": 0.0,
-                             "final_norm": 9.479597, "front_end": 22.583111,
-                             "output": 49.267395}),
-    1: (51.22702407836914, {"block_00": 0.0, "block_01": 53.467403, "block_02": 0.0,
-                            "final_norm": 8.991751, "front_end": 15.997778,
-                            "output": 41.211685}),
+    0: (
+        56.741302490234375,
+        {
+            "block_00": 57.216942,
+            "block_01": 43.665695,
+            "block_02": 0.0,
+            "final_norm": 9.479597,
+            "front_end": 22.583111,
+            "output": 49.267395,
+        },
+    ),
+    1: (
+        51.22702407836914,
+        {
+            "block_00": 0.0,
+            "block_01": 53.467403,
+            "block_02": 0.0,
+            "final_norm": 8.991751,
+            "front_end": 15.997778,
+            "output": 41.211685,
+        },
+    ),
 }
 UNROLLED_EVAL_LOGIT_SUM = -435.3383483886719
 UNROLLED_INIT_SUM = 428.14691162109375
@@ -39,21 +63,30 @@ INIT_SUM_UNDER_TEST_FLAGS = pytest.approx(UNROLLED_INIT_SUM, rel=1e-6)
 
 
 def test_init_is_the_unrolled_models_bit_for_bit_under_default_flags():
-    script = ("import jax, jax.numpy as jnp\n"
-              "from fl_dp_asr.models import init_params\n"
-              "from tests.models.test_depth_scan import GOLDEN\n"
-              "params = init_params(GOLDEN, jax.random.key(1))\n"
-              "print(repr(float(sum(jnp.sum(x) for x in jax.tree.leaves(params)))))")
-    out = subprocess.run([sys.executable, "-c", script], env=processes.python_env(xla_flags=""),
-                         cwd=processes.REPO, check=True, capture_output=True, text=True,
-                         timeout=300).stdout
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from fl_dp_asr.models import init_params\n"
+        "from tests.models.test_depth_scan import GOLDEN\n"
+        "params = init_params(GOLDEN, jax.random.key(1))\n"
+        "print(repr(float(sum(jnp.sum(x) for x in jax.tree.leaves(params)))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=processes.python_env(xla_flags=""),
+        cwd=processes.REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     assert float(out.split()[-1]) == UNROLLED_INIT_SUM
 
 
 @pytest.mark.parametrize("remat_policy", [None, "dots"])
 def test_scanned_blocks_give_the_numbers_of_the_unrolled_model(remat_policy):
-    config = (GOLDEN if remat_policy is None
-              else GOLDEN.replace(remat=True, remat_policy=remat_policy))
+    config = (
+        GOLDEN if remat_policy is None else GOLDEN.replace(remat=True, remat_policy=remat_policy)
+    )
     params = init_params(config, jax.random.key(1))
     assert float(sum(jnp.sum(x) for x in jax.tree.leaves(params))) == INIT_SUM_UNDER_TEST_FLAGS
     batch = make_batch(["hello world", "yes", ""], [12_000, 7_000, 0])
@@ -62,7 +95,7 @@ def test_scanned_blocks_give_the_numbers_of_the_unrolled_model(remat_policy):
         (got, _), grads = value_and_grad(params, batch, jax.random.key(seed))
         np.testing.assert_allclose(float(got), loss, rtol=1e-6)
         for module, norm in norms.items():
-            got_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads[module]))))
+            got_norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads[module]))))
             np.testing.assert_allclose(got_norm, norm, rtol=1e-5, atol=1e-6, err_msg=module)
     logits, _ = predict_logits(params, batch["audio"], batch["audio_lengths"], config)
     np.testing.assert_allclose(float(jnp.sum(logits)), UNROLLED_EVAL_LOGIT_SUM, rtol=1e-6)
@@ -77,8 +110,9 @@ def test_block_keys_are_the_keys_flax_gives_each_unrolled_block():
         for j, site in enumerate(DROPOUT_SITES):
             want = LazyRng.create(rng, f"block_{i:02d}", site, 1).as_jax_rng()
             np.testing.assert_array_equal(data(keys[i, j]), data(want))
-        np.testing.assert_array_equal(data(drop_keys[i]),
-                                      data(LazyRng.create(rng, i + 1).as_jax_rng()))
+        np.testing.assert_array_equal(
+            data(drop_keys[i]), data(LazyRng.create(rng, i + 1).as_jax_rng())
+        )
 
 
 def _loss_program_chars(num_blocks: int, **overrides) -> int:
@@ -106,15 +140,19 @@ def test_layer_drop_skips_the_block_with_a_cond_inside_the_scan():
     assert "cond" in {e.primitive.name for e in scans[0].params["jaxpr"].eqns}
     # Every block dropped: the encoder is the front end, final norm and output alone.
     everything_dropped = config.replace(layer_drop_rate=1.0 - 1e-9)
-    zero_blocks = config.replace(num_blocks=0, layer_drop_rate=0.0, dropout_rate=0.0,
-                                 attention_dropout_rate=0.0)
-    loss = make_loss_fn(everything_dropped.replace(dropout_rate=0.0,
-                                                   attention_dropout_rate=0.0), train=True)
+    zero_blocks = config.replace(
+        num_blocks=0, layer_drop_rate=0.0, dropout_rate=0.0, attention_dropout_rate=0.0
+    )
+    loss = make_loss_fn(
+        everything_dropped.replace(dropout_rate=0.0, attention_dropout_rate=0.0), train=True
+    )
     no_blocks = {k: v for k, v in params.items() if not k.startswith("block_")}
     key = jax.random.key(3)
-    np.testing.assert_allclose(float(loss(params, batch, key)[0]),
-                               float(make_loss_fn(zero_blocks, train=True)(no_blocks, batch,
-                                                                           key)[0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(loss(params, batch, key)[0]),
+        float(make_loss_fn(zero_blocks, train=True)(no_blocks, batch, key)[0]),
+        rtol=1e-6,
+    )
 
 
 def test_per_layer_clipping_names_every_blocks_layers():

@@ -12,19 +12,23 @@ def test_row_bits_are_prefix_stable_in_rows_and_time():
     key = jax.random.key(7)
     full = np.asarray(row_bits(key, (5, 40, 6)))
     np.testing.assert_array_equal(np.asarray(row_bits(key, (3, 17, 6))), full[:3, :17])
-    np.testing.assert_array_equal(np.asarray(row_bits(key, (2, 40))), np.asarray(
-        row_bits(key, (4, 90)))[:2, :40])
+    np.testing.assert_array_equal(
+        np.asarray(row_bits(key, (2, 40))), np.asarray(row_bits(key, (4, 90)))[:2, :40]
+    )
     assert not np.array_equal(full, np.asarray(row_bits(jax.random.key(8), (5, 40, 6))))
 
 
 def test_row_bernoulli_keeps_the_asked_fraction_independently():
     keep = np.asarray(row_bernoulli(jax.random.key(0), 0.9, (8, 500, 64)))
     assert keep.dtype == bool
-    assert keep.mean() == pytest.approx(0.9, abs=0.003)          # 256 k draws: σ ≈ 0.0006
+    assert keep.mean() == pytest.approx(0.9, abs=0.003)  # 256 k draws: σ ≈ 0.0006
     # Neighbours in time, in features and across rows are uncorrelated (|r| ≲ 3σ ≈ 0.006).
     flat = keep.astype(np.float64)
-    for a, b in [(flat[:, 1:], flat[:, :-1]), (flat[..., 1:], flat[..., :-1]),
-                 (flat[1:], flat[:-1])]:
+    for a, b in [
+        (flat[:, 1:], flat[:, :-1]),
+        (flat[..., 1:], flat[..., :-1]),
+        (flat[1:], flat[:-1]),
+    ]:
         assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
     assert not np.asarray(row_bernoulli(jax.random.key(0), 0.0, (2, 3))).any()
     assert np.asarray(row_bernoulli(jax.random.key(0), 1.0, (2, 3))).all()

@@ -6,14 +6,21 @@ import numpy as np
 import optax
 import pytest
 
-from fl_dp_asr.models import (abstract_params, count_params, get_model_config, init_params,
-                              make_loss_fn, predict_logits)
+from fl_dp_asr.models import (
+    abstract_params,
+    count_params,
+    get_model_config,
+    init_params,
+    make_loss_fn,
+    predict_logits,
+)
 from fl_dp_asr.models.encoder import cape_positions
 from fl_dp_asr.text import CharTokenizer
 
 # Small enough to compile in a few seconds on 2 CPU cores.
-CONFIG = get_model_config("tiny", num_blocks=2, model_dim=64, mlp_dim=128, conv_channels=128,
-                          layer_drop_rate=0.2)
+CONFIG = get_model_config(
+    "tiny", num_blocks=2, model_dim=64, mlp_dim=128, conv_channels=128, layer_drop_rate=0.2
+)
 
 
 def make_batch(texts, lengths, max_samples=12_000, max_label=24, seed=0):
@@ -30,7 +37,7 @@ def make_batch(texts, lengths, max_samples=12_000, max_label=24, seed=0):
     for i, (text, n) in enumerate(zip(texts, lengths)):
         batch["audio"][i, :n] = rng.normal(size=n) * 3000
         ids = tok.encode(text)
-        batch["labels"][i, :len(ids)] = ids
+        batch["labels"][i, : len(ids)] = ids
         batch["label_lengths"][i] = len(ids)
     return batch
 
@@ -73,8 +80,9 @@ def test_loss_is_mean_over_real_utterances_and_ignores_padding(params, train_val
     noisy["labels"][2, :5] = 3
     (loss2, _), grads2 = train_value_and_grad(params, noisy, key)
     assert float(loss2) == float(loss)
-    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(grads),
-                                                           jax.tree.leaves(grads2)))
+    assert all(
+        bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2))
+    )
     assert float(optax.tree.norm(grads)) > 0
 
 
@@ -92,7 +100,8 @@ def test_train_is_random_eval_is_deterministic(params, train_value_and_grad):
     assert float(a) != float(b)
     evaluate = jax.jit(make_loss_fn(CONFIG, train=False))
     assert float(evaluate(params, batch, jax.random.key(3))[0]) == float(
-        evaluate(params, batch, jax.random.key(4))[0])
+        evaluate(params, batch, jax.random.key(4))[0]
+    )
 
 
 def test_vmap_over_clients_matches_per_client_calls(params, train_value_and_grad):
@@ -103,7 +112,8 @@ def test_vmap_over_clients_matches_per_client_calls(params, train_value_and_grad
     keys = jax.random.split(jax.random.key(5), 2)
     value_and_grad = jax.value_and_grad(make_loss_fn(CONFIG, train=True), has_aux=True)
     (losses, aux), grads = jax.jit(jax.vmap(value_and_grad, in_axes=(None, 0, 0)))(
-        params, stacked, keys)
+        params, stacked, keys
+    )
     (loss, _), grad = train_value_and_grad(params, two, keys[1])
     assert aux["num_utterances"].tolist() == [2.0, 2.0]
     np.testing.assert_allclose(losses[1], loss, rtol=1e-5)
@@ -113,8 +123,9 @@ def test_vmap_over_clients_matches_per_client_calls(params, train_value_and_grad
 
 def test_logits_do_not_depend_on_padding_length(params):
     batch = make_batch(["hello"], [10_000])
-    short, short_pad = predict_logits(params, batch["audio"][:, :10_000], batch["audio_lengths"],
-                                      CONFIG)
+    short, short_pad = predict_logits(
+        params, batch["audio"][:, :10_000], batch["audio_lengths"], CONFIG
+    )
     long, long_pad = predict_logits(params, batch["audio"], batch["audio_lengths"], CONFIG)
     frames = int((1 - short_pad).sum())
     assert frames == int((1 - long_pad).sum()) == 21  # ⌈61 / 3⌉ frames of 30 ms
@@ -130,7 +141,8 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(params):
     assert loss16.dtype == jnp.float32 and jnp.isfinite(loss16)
     np.testing.assert_allclose(loss16, loss32, rtol=0.05)
     assert {x.dtype for x in jax.tree.leaves(init_params(config16, jax.random.key(0)))} == {
-        jnp.dtype("float32")}
+        jnp.dtype("float32")
+    }
 
 
 def test_cape_positions_centred_in_seconds_and_augmented_within_bounds():
@@ -159,26 +171,39 @@ def test_front_end_matmul_equals_the_strided_convolution():
 
     x = jax.random.normal(jax.random.key(0), (2, 50, 80))
     kernel = jax.random.normal(jax.random.key(1), (7, 80, 32))
-    expected = lax.conv_general_dilated(x, kernel, (3,), [(3, 3)],
-                                        dimension_numbers=("NWC", "WIO", "NWC"))
+    expected = lax.conv_general_dilated(
+        x, kernel, (3,), [(3, 3)], dimension_numbers=("NWC", "WIO", "NWC")
+    )
     got = strided_conv1d_as_matmul(x, kernel, (3,), [(3, 3)])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_does_not_count_spurious_ctc_spaces_as_errors(monkeypatch):
     from fl_dp_asr.models import asr
+
     tokenizer = CharTokenizer()
     reference = tokenizer.encode("the cat sat")
-    hypothesis = tokenizer.encode("  the  cat sat ")         # CTC word separators in runs
+    hypothesis = tokenizer.encode("  the  cat sat ")  # CTC word separators in runs
     ids = np.zeros((1, 32), np.int32)
-    ids[0, :len(hypothesis)] = hypothesis
+    ids[0, : len(hypothesis)] = hypothesis
     labels = np.zeros((1, 16), np.int32)
-    labels[0, :len(reference)] = reference
-    monkeypatch.setattr(asr, "_eval_step", lambda params, batch, config: {
-        "ids": ids, "lengths": np.array([len(hypothesis)]), "loss_sum": 0.0, "nll_sum": 0.0,
-        "num_tokens": 1.0})
-    batch = {"mask": np.ones(1, np.float32), "labels": labels,
-             "label_lengths": np.array([len(reference)])}
+    labels[0, : len(reference)] = reference
+    monkeypatch.setattr(
+        asr,
+        "_eval_step",
+        lambda params, batch, config: {
+            "ids": ids,
+            "lengths": np.array([len(hypothesis)]),
+            "loss_sum": 0.0,
+            "nll_sum": 0.0,
+            "num_tokens": 1.0,
+        },
+    )
+    batch = {
+        "mask": np.ones(1, np.float32),
+        "labels": labels,
+        "label_lengths": np.array([len(reference)]),
+    }
     result = asr.evaluate(None, CONFIG, [batch], max_examples=1)
     assert result["cer"] == 0.0 and result["wer"] == 0.0
     assert result["examples"] == [("the cat sat", "the cat sat")]

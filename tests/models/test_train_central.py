@@ -43,23 +43,36 @@ def test_trains_checkpoints_and_resumes_exactly(tiny_corpus, tfds_dir, tmp_path)
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "2", tmp_path / "b" / "checkpoints" / "2")
     train_central.train(config, str(tmp_path / "b"))
-    finals = [Checkpointer(tmp_path / run / "checkpoints", read_only=True).restore(4)[0]
-              for run in ("a", "b")]
+    finals = [
+        Checkpointer(tmp_path / run / "checkpoints", read_only=True).restore(4)[0]
+        for run in ("a", "b")
+    ]
     for x, y in zip(*(jax.tree.leaves(f) for f in finals)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_command_line_mistake_is_one_line_with_status_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.train_central", "--config",
-         "experiments/configs/central.py:demo", "--workdir", str(tmp_path / "run"),
-         "--config.train.num_stepz=3"],
+        [
+            sys.executable,
+            "-m",
+            "experiments.train_central",
+            "--config",
+            "experiments/configs/central.py:demo",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.train.num_stepz=3",
+        ],
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "train_central: error: --config.train.num_stepz=3: experiments/configs/central.py "
-        'has no field train.num_stepz. Did you mean "num_steps" instead of "num_stepz"?\n')
+        'has no field train.num_stepz. Did you mean "num_steps" instead of "num_stepz"?\n'
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -67,13 +80,28 @@ def test_a_missing_corpus_directory_stops_with_the_layout_error_and_creates_noth
     """The demo generates the synthetic corpus only in config.data.synthetic_dir."""
     nowhere = tmp_path / "nonexistent"
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.train_central", "--config",
-         "experiments/configs/central.py:demo", "--workdir", str(tmp_path / "run"),
-         f"--config.data.manual_dir={nowhere}", f"--config.data.data_dir={tmp_path / 'tfds'}"],
+        [
+            sys.executable,
+            "-m",
+            "experiments.train_central",
+            "--config",
+            "experiments/configs/central.py:demo",
+            "--workdir",
+            str(tmp_path / "run"),
+            f"--config.data.manual_dir={nowhere}",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+        ],
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     error = result.stderr.splitlines()[-1]
-    assert error.startswith(f"train_central: error: config.data.manual_dir='{nowhere}' is not a "
-                            "directory") and "Traceback" not in result.stderr
+    assert (
+        error.startswith(
+            f"train_central: error: config.data.manual_dir='{nowhere}' is not a directory"
+        )
+        and "Traceback" not in result.stderr
+    )
     assert not nowhere.exists() and not (tmp_path / "run").exists()

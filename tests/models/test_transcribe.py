@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from fl_dp_asr.cli import transcribe
 from fl_dp_asr.audio.io import AudioFileError, load_audio
+from fl_dp_asr.cli import transcribe
 from fl_dp_asr.data import CorruptAudioError, layouts
 from fl_dp_asr.models import init_params, transcribe_batch
 from fl_dp_asr.text import normalize
@@ -39,7 +39,7 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
 def _truncated_mp3(path):
     """An MP3 cut in half: libmpg123 decodes the first half without an error."""
     soundfile.write(path, _tone(2.0, 16_000, 1), 16_000)
-    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert len(soundfile.read(path)[0]) > 0
     return path
 
@@ -75,7 +75,7 @@ def test_cli_decodes_wav_flac_mp3_with_the_checkpointed_model(tmp_path, capsys):
     for path, line in zip(paths, lines):  # the same text as decoding the array directly
         audio = load_audio(path)
         padded = np.zeros((1, 16_000), np.int16)
-        padded[0, :len(audio)] = audio
+        padded[0, : len(audio)] = audio
         expected = transcribe_batch(restored, padded, np.array([len(audio)]), config)[0]
         assert line.split("\t")[1] == normalize(expected).text
 
@@ -85,8 +85,11 @@ def workdir(tmp_path_factory):
     """A trainer work directory: the checkpoint in ``checkpoints/``."""
     work = tmp_path_factory.mktemp("work")
     with Checkpointer(work / "checkpoints") as ckpt:
-        ckpt.save(3, {"params": init_params(CONFIG, jax.random.key(0))},
-                  {"model_config": CONFIG.to_dict()})
+        ckpt.save(
+            3,
+            {"params": init_params(CONFIG, jax.random.key(0))},
+            {"model_config": CONFIG.to_dict()},
+        )
     return work
 
 
@@ -94,8 +97,8 @@ def test_cli_transcribes_the_good_files_and_reports_each_bad_one(workdir, tmp_pa
     good = tmp_path / "good.wav"
     soundfile.write(good, _tone(0.9, 16_000, 1), 16_000)
     empty, short = tmp_path / "empty.wav", tmp_path / "short.wav"
-    soundfile.write(empty, np.zeros((0, 1)), 16_000)            # a header, no samples
-    soundfile.write(short, _tone(0.004, 16_000, 1), 16_000)     # 4 ms < one 25 ms frame
+    soundfile.write(empty, np.zeros((0, 1)), 16_000)  # a header, no samples
+    soundfile.write(short, _tone(0.004, 16_000, 1), 16_000)  # 4 ms < one 25 ms frame
     garbage = tmp_path / "garbage.flac"
     garbage.write_bytes(b"fLaC" + b"\x00" * 64)
     files = [tmp_path / "missing.wav", empty, good, short, garbage]
@@ -106,9 +109,9 @@ def test_cli_transcribes_the_good_files_and_reports_each_bad_one(workdir, tmp_pa
     assert errors[:3] + errors[4:] == [
         f"error: {files[0]}: no such file",
         f"error: {empty}: unreadable or corrupt audio (no audio samples)",
-        f"error: {short}: too short to transcribe (4 ms; the model needs at least one 25 ms "
-        "frame)",
-        "error: 4 of 5 files could not be transcribed"]
+        f"error: {short}: too short to transcribe (4 ms; the model needs at least one 25 ms frame)",
+        "error: 4 of 5 files could not be transcribed",
+    ]
     assert errors[3].startswith(f"error: {garbage}: unreadable or corrupt audio (")  # libsndfile
 
 
@@ -120,8 +123,11 @@ def test_cli_rejects_a_truncated_mp3_and_a_directory(workdir, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     errors = err.splitlines()
-    assert re.fullmatch(rf"error: {cut}: unreadable or corrupt audio \(truncated: [\d.]+ s "
-                        r"decode of the [\d.]+ s its header declares\)", errors[0])
+    assert re.fullmatch(
+        rf"error: {cut}: unreadable or corrupt audio \(truncated: [\d.]+ s "
+        r"decode of the [\d.]+ s its header declares\)",
+        errors[0],
+    )
     assert errors[1] == f"error: {folder}: is a directory, not an audio file"
 
 
@@ -131,7 +137,8 @@ def test_cli_rejects_a_beam_width_below_one_naming_the_flag(tmp_path, capsys, wi
         transcribe.main(["--checkpoint", str(tmp_path), "--beam-width", width, "a.wav"])
     assert exit_info.value.code == 2
     assert f"argument --beam-width: expected an integer >= 1, got '{width}'" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_cli_prints_single_spaced_text(workdir, tmp_path, capsys, monkeypatch):
@@ -148,11 +155,12 @@ def test_cli_accepts_the_work_dir_and_says_which_steps_exist(workdir, tmp_path, 
     soundfile.write(audio, _tone(0.9, 16_000, 1), 16_000)
     assert transcribe.main(["--checkpoint", str(workdir), "--step", "7", str(audio)]) == 1
     assert "no complete checkpoint for step 7" in capsys.readouterr().err
-    (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)   # a save cut off by a crash
+    (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)  # a save cut off by a crash
     assert transcribe.main(["--checkpoint", str(tmp_path / "run"), str(audio)]) == 1
     assert capsys.readouterr().err == (
         f"error: no complete checkpoint in {tmp_path}/run/checkpoints (only unfinished saves: "
-        "5); give a trainer's work directory or its checkpoints/ directory\n")
+        "5); give a trainer's work directory or its checkpoints/ directory\n"
+    )
     (tmp_path / "empty").mkdir()
     assert transcribe.main(["--checkpoint", str(tmp_path / "empty"), str(audio)]) == 1
     assert "(no step directory)" in capsys.readouterr().err

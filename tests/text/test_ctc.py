@@ -25,9 +25,9 @@ def test_greedy_matches_python_reference_with_padding():
     paddings = (np.arange(17)[None, :] >= frames[:, None]).astype(np.float32)
     ids, lengths = greedy_decode(jnp.asarray(logits), jnp.asarray(paddings))
     for b in range(5):
-        expected = _collapse(logits[b, :frames[b]].argmax(-1))
-        assert tuple(np.asarray(ids[b, :lengths[b]])) == expected
-        assert not np.asarray(ids[b, lengths[b]:]).any()
+        expected = _collapse(logits[b, : frames[b]].argmax(-1))
+        assert tuple(np.asarray(ids[b, : lengths[b]])) == expected
+        assert not np.asarray(ids[b, lengths[b] :]).any()
 
 
 def _best_labelling_brute_force(log_probs):
@@ -57,5 +57,5 @@ def test_beam_beats_greedy_when_alignments_merge():
     assert int(lengths[0]) == 0
     (best, score), (second, _) = prefix_beam_search(log_probs, beam_width=4)[:2]
     assert best == (1,) and second == ()
-    assert np.isclose(np.exp(score), 1 - 0.55 ** 3 - 0.45 * 0.55 * 0.45)
+    assert np.isclose(np.exp(score), 1 - 0.55**3 - 0.45 * 0.55 * 0.45)
     assert beam_search_batch(log_probs[None], np.zeros((1, 3)), beam_width=4) == [(1,)]

@@ -36,7 +36,7 @@ def test_counts_accumulate_across_batches():
     total = ErrorCounts()
     for i in range(0, len(refs), 7):
         part = ErrorCounts()
-        part.add(refs[i:i + 7], hyps[i:i + 7])
+        part.add(refs[i : i + 7], hyps[i : i + 7])
         total = total + part
     assert total.utterances == len(refs)
     assert total.wer == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)

@@ -14,8 +14,10 @@ from fl_dp_asr.train.checkpoint import COMMIT_MARKER, Checkpointer
 def _state(seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "params": {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
-                   "norm": jnp.asarray(rng.normal(size=5), jnp.bfloat16)},
+        "params": {
+            "dense": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
+            "norm": jnp.asarray(rng.normal(size=5), jnp.bfloat16),
+        },
         "opt_state": {"count": jnp.int32(seed), "mu": jnp.asarray(rng.normal(size=(3, 4)))},
         "rng": jax.random.key_data(jax.random.key(seed)),
     }
@@ -46,7 +48,7 @@ def test_round_trip_is_bit_exact(tmp_path):
         with pytest.raises(ValueError, match="already exists"):
             ckpt.save(7, state, meta)
     with Checkpointer(tmp_path / "work") as reopened:  # a new process resuming
-        restored, _ = reopened.restore(7)                # no target: the saved tree as is
+        restored, _ = reopened.restore(7)  # no target: the saved tree as is
         _assert_bit_exact(restored, state)
         with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 8"):
             reopened.restore(8)
@@ -69,7 +71,7 @@ def test_incomplete_checkpoints_are_ignored(tmp_path):
         assert step == 2 and meta == {"step": 2}
         _assert_bit_exact(state, _state(2))
         assert sorted(os.listdir(work)) == ["1", "2"]  # the leftovers were removed
-        ckpt.save(3, _state(3), {"step": 3})            # so the step can be written again
+        ckpt.save(3, _state(3), {"step": 3})  # so the step can be written again
         ckpt.wait()
         assert ckpt.latest_step() == 3
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from fl_dp_asr.train.checkpoint import CheckpointSaveError, Checkpointer
+from fl_dp_asr.train.checkpoint import Checkpointer, CheckpointSaveError
 
 
 def _state(seed):
@@ -43,14 +43,18 @@ def test_a_save_into_a_lost_directory_fails_at_once_naming_it(tmp_path):
     ckpt.wait()
     work.rename(away)
     work.write_text("not a directory")
-    with pytest.raises(CheckpointSaveError, match=(
+    with pytest.raises(
+        CheckpointSaveError,
+        match=(
             f"saving checkpoint 2 to {work} failed .*Not a directory.* "
-            "then run the same command to resume")):
+            "then run the same command to resume"
+        ),
+    ):
         ckpt.save(2, _state(2), {"round": 2})
-    ckpt.close()                                   # reported once, then released
+    ckpt.close()  # reported once, then released
     work.unlink()
     away.rename(work)
-    with Checkpointer(work) as reopened:           # the resumed run: round 1, then 2 again
+    with Checkpointer(work) as reopened:  # the resumed run: round 1, then 2 again
         step, state, meta = reopened.restore_latest()
         assert step == 1 and meta == {"round": 1} and int(state["round"]) == 1
         reopened.save(2, _state(2), {"round": 2})
@@ -58,8 +62,7 @@ def test_a_save_into_a_lost_directory_fails_at_once_naming_it(tmp_path):
         assert reopened.all_steps() == [1, 2]
 
 
-def test_a_save_that_fails_in_the_background_is_raised_by_the_next_call(tmp_path,
-                                                                        monkeypatch):
+def test_a_save_that_fails_in_the_background_is_raised_by_the_next_call(tmp_path, monkeypatch):
     """The disk fills during an asynchronous save: the next wait (or save) raises it,
     naming the directory; the last complete checkpoint stays loadable."""
     ckpt = Checkpointer(tmp_path, best_metric="wer")
@@ -69,12 +72,16 @@ def test_a_save_that_fails_in_the_background_is_raised_by_the_next_call(tmp_path
     def write_text(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
-    with monkeypatch.context() as patch:   # orbax's metadata and JSON writes
+    with monkeypatch.context() as patch:  # orbax's metadata and JSON writes
         patch.setattr(epath.Path, "write_text", write_text)
         ckpt.save(2, _state(2), {"round": 2})
-        with pytest.raises(CheckpointSaveError, match=(
+        with pytest.raises(
+            CheckpointSaveError,
+            match=(
                 f"saving checkpoint 2 to {tmp_path} failed .*No space left on device.* "
-                r"last complete checkpoint there \(1\) stays loadable")):
+                r"last complete checkpoint there \(1\) stays loadable"
+            ),
+        ):
             ckpt.wait()
         ckpt.close()
     with Checkpointer(tmp_path, read_only=True) as reader:

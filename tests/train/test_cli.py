@@ -18,29 +18,43 @@ def parse(*args: str) -> list[str]:
     """``cli.parse_flags`` on ``train_fl --config CONFIG --workdir w *args`` (own FlagValues)."""
     argv = ["train_fl", *args]
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values,
-                                    sys_argv=argv)
+    config_flags.DEFINE_config_file(
+        "config", None, "config", flag_values=flag_values, sys_argv=argv
+    )
     flags.DEFINE_string("workdir", None, "work dir", flag_values=flag_values)
     flags.DEFINE_bool("debug", False, "tracebacks", flag_values=flag_values)
     return cli.parse_flags(argv, "train_fl", flag_values)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", CONFIG, "--config.fl.cohort_sise=4"],
-     f'--config.fl.cohort_sise=4: {CONFIG} has no field fl.cohort_sise. Did you mean '
-     '"cohort_size" instead of "cohort_sise"?'),
-    (["--config", CONFIG, "--config.fll.cohort_size=4"],
-     f'--config.fll.cohort_size=4: {CONFIG} has no field fll. Did you mean "fl" instead of '
-     '"fll"?'),
-    (["--config=configs/missing.py", "--config.fl.cohort_size=4"],
-     "--config configs/missing.py: no such file (experiment configs are Python files with "
-     "get_config(), e.g. in experiments/configs/)"),
-    (["--config", CONFIG, "--config.dp.sigma_dp=nan"],
-     "config.dp.sigma_dp=nan is not a number: "
-     "give it a finite value (--config.dp.sigma_dp=...)"),
-    (["--config", CONFIG, "--config.fl.cohort_size=abc"],
-     "flag --config.fl.cohort_size=abc: invalid literal for int() with base 10: 'abc'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--config", CONFIG, "--config.fl.cohort_sise=4"],
+            f"--config.fl.cohort_sise=4: {CONFIG} has no field fl.cohort_sise. Did you mean "
+            '"cohort_size" instead of "cohort_sise"?',
+        ),
+        (
+            ["--config", CONFIG, "--config.fll.cohort_size=4"],
+            f'--config.fll.cohort_size=4: {CONFIG} has no field fll. Did you mean "fl" instead of '
+            '"fll"?',
+        ),
+        (
+            ["--config=configs/missing.py", "--config.fl.cohort_size=4"],
+            "--config configs/missing.py: no such file (experiment configs are Python files with "
+            "get_config(), e.g. in experiments/configs/)",
+        ),
+        (
+            ["--config", CONFIG, "--config.dp.sigma_dp=nan"],
+            "config.dp.sigma_dp=nan is not a number: "
+            "give it a finite value (--config.dp.sigma_dp=...)",
+        ),
+        (
+            ["--config", CONFIG, "--config.fl.cohort_size=abc"],
+            "flag --config.fl.cohort_size=abc: invalid literal for int() with base 10: 'abc'",
+        ),
+    ],
+)
 def test_mistakes_are_one_line_with_status_2(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         parse(*args, "--workdir", "w")
@@ -58,20 +72,26 @@ def test_good_flags_parse():
 
 
 def test_a_quoted_traceback_becomes_its_last_line():
-    message = ("flag --config=c.py: Error whilst parsing config file:\n\n"
-               "Traceback (most recent call last):\n  File \"c.py\", line 3\n"
-               "ValueError: rounds must be positive\n")
-    assert cli.one_line(message) == ("flag --config=c.py: Error whilst parsing config file: "
-                                     "ValueError: rounds must be positive")
+    message = (
+        "flag --config=c.py: Error whilst parsing config file:\n\n"
+        'Traceback (most recent call last):\n  File "c.py", line 3\n'
+        "ValueError: rounds must be positive\n"
+    )
+    assert cli.one_line(message) == (
+        "flag --config=c.py: Error whilst parsing config file: ValueError: rounds must be positive"
+    )
 
 
 def test_library_field_names_become_config_paths():
     from experiments.configs import fl_dp
+
     config = fl_dp.get_config("demo")
     assert cli.config_path_message("dp.sigma_dp must be finite and >= 0, got -1.0", config) == (
-        "config.dp.sigma_dp must be finite and >= 0, got -1.0")
+        "config.dp.sigma_dp must be finite and >= 0, got -1.0"
+    )
     assert cli.config_path_message("dp.clipping='x': choose one of ...", config).startswith(
-        "config.dp.clipping='x'")
+        "config.dp.clipping='x'"
+    )
     for untouched in ("rounds must be >= 1", "a.wav: no such file", "numpy.float is gone"):
         assert cli.config_path_message(untouched, config) == untouched
 
@@ -84,7 +104,8 @@ def restore_jax_cache_settings():
 
 
 def test_the_compilation_cache_goes_where_the_environment_says(
-        monkeypatch, tmp_path, restore_jax_cache_settings):
+    monkeypatch, tmp_path, restore_jax_cache_settings
+):
     monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "xla"))
     assert cli.use_compilation_cache() == str(tmp_path / "xla")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
@@ -98,13 +119,14 @@ def test_the_compilation_cache_is_off_when_asked(monkeypatch, restore_jax_cache_
     assert jax.config.jax_compilation_cache_dir == before
 
 
-def test_a_cache_jax_already_has_is_kept_else_the_default(monkeypatch, tmp_path,
-                                                          restore_jax_cache_settings):
+def test_a_cache_jax_already_has_is_kept_else_the_default(
+    monkeypatch, tmp_path, restore_jax_cache_settings
+):
     monkeypatch.delenv(cli.CACHE_ENV, raising=False)
     cli.set_compilation_cache(str(tmp_path / "jax_own"), 0.0)
     kept = cli.use_compilation_cache(default=str(tmp_path / "default"))
     assert kept == str(tmp_path / "jax_own")
-    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0   # left as it is
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0  # left as it is
     cli.set_compilation_cache(None)
     assert cli.use_compilation_cache(default="~/xla_here") == os.path.expanduser("~/xla_here")
     assert cli.DEFAULT_CACHE.startswith("~")

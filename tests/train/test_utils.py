@@ -43,8 +43,7 @@ def test_write_json_leaves_no_temporary_file(tmp_path):
 
 def test_model_overrides_apply_and_none_keeps_the_size():
     model = central.get_config("demo").model
-    assert utils.model_config_from(model) == utils.model_config_from(
-        fl_dp.get_config("demo").model)
+    assert utils.model_config_from(model) == utils.model_config_from(fl_dp.get_config("demo").model)
     model.num_blocks = 1
     assert utils.model_config_from(model).num_blocks == 1
 
@@ -62,7 +61,7 @@ def test_the_dp_section_holds_the_dp_config_fields():
     dp = fl_setup.dp_config(fl_dp.get_config())
     assert dp == DPConfig("per_layer", 0.01, "uniform", sigma_dp=3e-6)
     names = {f.name for f in dataclasses.fields(DPConfig)} - {"correlated_noise"}
-    assert names <= set(fl_dp.get_config().dp.keys())   # correlated noise: dp.mechanism
+    assert names <= set(fl_dp.get_config().dp.keys())  # correlated noise: dp.mechanism
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -72,6 +71,7 @@ def test_load_data_passes_skip_bad_files_to_the_builders(monkeypatch, tmp_path, 
     def fake_load_federated(name, config, split, **kwargs):
         seen.append(kwargs["skip_bad_files"])
         raise LookupError("stop here: the call was made")
+
     monkeypatch.setattr(builders, "load_federated", fake_load_federated)
     data = fl_dp.get_config("demo").data
     data.manual_dir = str(tmp_path)
@@ -83,8 +83,10 @@ def test_load_data_passes_skip_bad_files_to_the_builders(monkeypatch, tmp_path, 
 
 def test_a_named_corpus_directory_that_is_missing_is_a_layout_error(monkeypatch, tmp_path):
     """The demo config generates the synthetic corpus on demand, but only where it lives."""
+
     def no_generation(*args, **kwargs):
         raise AssertionError("a corpus was generated into the named directory")
+
     monkeypatch.setattr(synthetic, "generate_corpus", no_generation)
     data = central.get_config("demo").data
     data.manual_dir, data.data_dir = str(tmp_path / "nowhere"), str(tmp_path / "tfds")
@@ -94,13 +96,13 @@ def test_a_named_corpus_directory_that_is_missing_is_a_layout_error(monkeypatch,
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_the_synthetic_corpus_is_generated_where_the_config_says_it_lives(monkeypatch,
-                                                                          tmp_path):
+def test_the_synthetic_corpus_is_generated_where_the_config_says_it_lives(monkeypatch, tmp_path):
     generated = []
 
     def fake_generate(out_dir, corpus_config):
         generated.append(out_dir)
         raise LookupError("stop here: the corpus would be generated")
+
     monkeypatch.setattr(synthetic, "generate_corpus", fake_generate)
     data = central.get_config("demo").data
     data.manual_dir = data.synthetic_dir = str(tmp_path / "synthetic")
@@ -115,12 +117,14 @@ def test_load_data_checks_the_training_split_before_the_held_out_split(monkeypat
     def fake_load_federated(name, config, split, **kwargs):
         loaded.append(split)
         return split
+
     monkeypatch.setattr(builders, "load_federated", fake_load_federated)
     data = fl_dp.get_config("demo").data
     data.manual_dir = str(tmp_path)
 
     def refuse(train):
         raise ValueError(f"refused {train}")
+
     with pytest.raises(ValueError, match="refused train"):
         utils.load_data(data, CharTokenizer(), 8, check_train=refuse)
     assert loaded == ["train"]
