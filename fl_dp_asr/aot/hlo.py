@@ -204,12 +204,18 @@ def _dims(type_: str) -> tuple[int, ...]:
 
 
 def _flops(instruction: _Instruction, types: dict[str, str]) -> float:
-    """2 · output elements · contraction size of a dot or convolution; else 0."""
+    """2 · output elements · contraction size of a dot, a convolution or a cuBLAS GEMM (a
+    GPU program's dots); else 0."""
     out = math.prod(_dims(instruction.type))
     if instruction.op == "dot":
         lhs = _dims(types.get(instruction.operands[0], ""))
         found = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", instruction.attributes)
         contracted = [int(d) for d in found.group(1).split(",") if d] if found else []
+        return 2.0 * out * math.prod(lhs[d] for d in contracted if d < len(lhs))
+    if instruction.op == "custom-call" and "cublas" in instruction.attributes:
+        lhs = _dims(types.get(instruction.operands[0], ""))
+        found = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
+        contracted = [int(d) for d in re.findall(r"\d+", found.group(1))] if found else []
         return 2.0 * out * math.prod(lhs[d] for d in contracted if d < len(lhs))
     if instruction.op == "convolution":
         kernel = _dims(types.get(instruction.operands[1], ""))
@@ -217,21 +223,66 @@ def _flops(instruction: _Instruction, types: dict[str, str]) -> float:
         if not kernel or not labels or "o" not in labels.group(1):
             return 0.0
         taps = math.prod(kernel) / kernel[labels.group(1).index("o")]
-        return 2.0 * out * taps * _dilated_share(instruction.attributes)
+        return 2.0 * out * taps * _window_share(instruction, types)
     return 0.0
 
 
-def _dilated_share(attributes: str) -> float:
-    """The share of a convolution window's taps that meet real input: with ``lhs_dilate=d``
-    a window of size w meets ⌈w/d⌉ inputs (TPU writes a batched matmul with per-example
-    weights, e.g. vmapped clients, as a base-dilated convolution over the batch)."""
-    size = re.search(r"size=([0-9x]+)", attributes)
-    dilate = re.search(r"lhs_dilate=([0-9x]+)", attributes)
-    if not size or not dilate:
+def _window_share(instruction: _Instruction, types: dict[str, str]) -> float:
+    """The share of a convolution's (output position, window tap) pairs that meet a real
+    input element, not padding or a hole of ``lhs_dilate``: TPU writes a matmul with a
+    split dimension (the heads) or per-example weights (vmapped clients) as a padded or
+    base-dilated convolution whose naive count is several times the work."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", instruction.attributes)
+    window = re.search(r"window=\{([^}]*)\}", instruction.attributes)
+    if not labels or not window:
         return 1.0
-    sizes = [int(v) for v in size.group(1).split("x")]
-    dilations = [int(v) for v in dilate.group(1).split("x")]
-    return math.prod(-(-w // d) / w for w, d in zip(sizes, dilations))
+    lhs_labels, _, out_labels = labels.groups()
+    lhs, out = _dims(types.get(instruction.operands[0], "")), _dims(instruction.type)
+    fields = dict(item.split("=", 1) for item in window.group(1).split())
+    sizes = [int(v) for v in fields.get("size", "").split("x") if v]
+
+    def field(name: str, default: str) -> list[str]:
+        return fields.get(name, "x".join([default] * len(sizes))).split("x")
+
+    pads = [tuple(int(v) for v in pad.split("_")) for pad in field("pad", "0_0")]
+    strides = [int(v) for v in field("stride", "1")]
+    lhs_dilations = [int(v) for v in field("lhs_dilate", "1")]
+    rhs_dilations = [int(v) for v in field("rhs_dilate", "1")]
+    share = 1.0
+    for d, width in enumerate(sizes):
+        if str(d) not in lhs_labels or str(d) not in out_labels:
+            return 1.0
+        n, o = lhs[lhs_labels.index(str(d))], out[out_labels.index(str(d))]
+        share *= _valid_taps(
+            n, o, width, pads[d][0], strides[d], lhs_dilations[d], rhs_dilations[d]
+        ) / (o * width)
+    return share
+
+
+@functools.lru_cache(maxsize=None)
+def _valid_taps(
+    size: int,
+    outputs: int,
+    width: int,
+    pad_low: int,
+    stride: int,
+    lhs_dilation: int,
+    rhs_dilation: int,
+) -> int:
+    """(output, tap) pairs of one spatial dimension that land on one of the ``size`` input
+    elements (at multiples of ``lhs_dilation`` after ``pad_low`` padding)."""
+    last = (size - 1) * lhs_dilation
+    if lhs_dilation == 1 and rhs_dilation == 1:
+        return sum(
+            max(0, min(width, last + 1 + pad_low - o * stride) - max(0, pad_low - o * stride))
+            for o in range(outputs)
+        )
+    return sum(
+        1
+        for o in range(outputs)
+        for k in range(width)
+        if 0 <= (p := o * stride + k * rhs_dilation - pad_low) <= last and p % lhs_dilation == 0
+    )
 
 
 def _called(instruction: _Instruction, key: str) -> list[str]:
