@@ -259,7 +259,7 @@ def _window_share(instruction: _Instruction, types: dict[str, str]) -> float:
     return share
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _valid_taps(
     size: int,
     outputs: int,

@@ -67,7 +67,7 @@ def test_the_round_step_compiles_for_a_multi_host_slice_and_fits(compiled_for_sl
     )
     assert problems == []
     assert "| 1 ← |" in text and "| fits |" in text and "4 hosts" in text
-    assert "roofline bound per round" in text
+    assert "lower bound per round" in text and "MFU upper bound" in text
 
 
 @needs_libtpu
