@@ -1,7 +1,8 @@
 r"""Empirical privacy vs σ_DP: canary clients on a cheap federated task.
 
     python -m experiments.audit_sweep [--sigmas 0,0.05,0.1,0.2,0.5,1] [--rounds 100]
-        [--dims 10000] [--canaries 300] [--out docs/audit_sweep.png] [--readme README.md]
+        [--dims 10000] [--canaries 300] [--out docs/audit_sweep.png]
+        [--readme docs/guides/canaries.md]
 
 The task: federated linear regression (a D-dimensional kernel and a bias; every user has its
 own target near a shared one, so deltas are non-IID) trained by the simulator's own round
@@ -10,9 +11,9 @@ canary clients, the Gaussian noise once on the sum, a FedAvg server (SGD, lr 1) 
 T rounds at every σ_DP of the sweep (one compiled step: σ_DP is its argument). Each run
 reports ε_accounted (RDP, the sampler's own analysis over the K + k users) and both empirical
 estimates (:mod:`fl_dp_asr.fl.audit`). Writes the plot to ``--out``, prints a markdown table
-and, with ``--readme``, puts it between the ``audit_sweep:begin/end`` markers. The default
-sweep took about 8 minutes on 2 shared CPU cores (the canaries dominate: k + m = 600 model-sized
-draws per round).
+and, with ``--readme``, puts it between that page's ``audit_sweep:begin/end`` markers. The
+default sweep took about 8 minutes on 2 shared CPU cores (the canaries dominate: k + m = 600
+model-sized draws per round).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import pathlib
 import sys
 import time
@@ -53,6 +54,7 @@ from fl_dp_asr.models import asr
 from fl_dp_asr.train import utils
 
 GIB = 2**30
+NO_TRITON_GEMM = "--xla_gpu_enable_triton_gemm=false"
 # A collective inside a loop moving at least this share of the parameters' bytes is one that
 # gathers or reduces parameters per client or per local step: refused.
 PARAMETER_SIZED = 0.1
@@ -457,6 +459,18 @@ def plan(
     """The plan's markdown report and its problems (module docstring)."""
     fl_setup.check_config(config)
     target = targets.target(topology)
+    note = ""
+    if target.chip.platform == "cuda" and "triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+        # Deviceless, XLA:GPU cannot autotune (no GPU to time kernels on) and its Triton GEMM
+        # emitter then rejects the default tiling of some dots (the front end's weight
+        # gradient): cuBLAS does the GEMMs instead.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NO_TRITON_GEMM}".strip()
+        note = (
+            f"\n- Compiled with `XLA_FLAGS={NO_TRITON_GEMM}`: without a GPU there is no "
+            "autotuning, and XLA's Triton GEMM emitter refuses the default tiling of the "
+            "front end's weight gradient (`Couldn't find output tile sizes`); cuBLAS runs "
+            "the GEMMs instead. A compile on a real GPU autotunes (not verified here).\n"
+        )
     devices = targets.abstract_devices(target)
     planner = Planner(
         config, target, devices, seconds, population or default_population(config), hlo_dir=hlo_dir
@@ -468,7 +482,8 @@ def plan(
     else:
         best = planner.compile(chunk)
         tried = [best]
-    return report(planner, best, tried, config.fl.rounds, parameter_bytes(config))
+    text, problems = report(planner, best, tried, config.fl.rounds, parameter_bytes(config))
+    return text + note, problems
 
 
 def parameter_bytes(config: ml_collections.ConfigDict) -> int:
