@@ -37,6 +37,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -96,12 +97,17 @@ class Compiled:
     compile_s: float
     hlo_chars: int
     num_slots: int = 0  # client slots of the round (real and padding)
+    refused: str = ""  # the compiler's out-of-memory message (then memory is None)
+    required_bytes: int = 0  # what that message says the temporaries need
 
     @property
     def peak_bytes(self) -> int:
         """What the program holds on a chip at its peak: arguments + temporaries + outputs
-        not aliased to arguments + code."""
+        not aliased to arguments + code (a program the compiler refused: what it said the
+        temporaries need)."""
         m = self.memory
+        if m is None:
+            return self.required_bytes
         return (
             m.argument_size_in_bytes
             + m.temp_size_in_bytes
@@ -166,7 +172,12 @@ class Planner:
         lowered = parts.round_step.lower(state, block, abstract.key(mesh))
         # A compile-only target's program cannot be read back from JAX's cache: skip it.
         with _no_compilation_cache() if self.target.topology else contextlib.nullcontext():
-            compiled = lowered.compile()
+            try:
+                compiled = lowered.compile()
+            except Exception as error:  # XlaRuntimeError; the compiler's own HBM check
+                if "RESOURCE_EXHAUSTED" not in str(error):
+                    raise
+                return refused(chunk, str(error), time.perf_counter() - start, shape.num_slots)
         seconds = time.perf_counter() - start
         text = compiled.as_text()
         if self.hlo_dir:
@@ -222,7 +233,25 @@ def _with(
 
 
 def fits(compiled: Compiled, chip: targets.Chip) -> bool:
-    return compiled.peak_bytes <= chip.hbm_bytes
+    return not compiled.refused and compiled.peak_bytes <= chip.hbm_bytes
+
+
+def refused(chunk: int, message: str, seconds: float, num_slots: int) -> Compiled:
+    """A program the compiler refused for the chip's memory (``RESOURCE_EXHAUSTED``, e.g.
+    TPU's "the total memory required for HLO temporaries (36.66G) exceeds available HBM")."""
+    found = re.search(r"\(([\d.]+)G\) exceeds", message)
+    required = int(float(found.group(1)) * GIB) if found else 0
+    first = message.strip().splitlines()[0][:300]
+    return Compiled(
+        chunk,
+        None,
+        hlo.HloCost(0.0, 0.0, (), (), ()),
+        seconds,
+        0,
+        num_slots,
+        refused=first,
+        required_bytes=required,
+    )
 
 
 def largest_chunk(
@@ -311,7 +340,9 @@ def report(
     cost = best.cost
     shape = planner.round_shape(_num_slots(planner, best.chunk))
     problems = []
-    if not fits(best, chip):
+    if best.refused:
+        problems.append(f"does not fit at chunk {best.chunk}: the compiler says {best.refused}")
+    elif not fits(best, chip):
         problems.append(
             f"does not fit: {_gib(best.peak_bytes)} GiB per chip at chunk "
             f"{best.chunk}, the chip has {_gib(chip.hbm_bytes)} GiB"
@@ -351,9 +382,16 @@ def report(
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in tried:
-        mm = c.memory
+        mm, mark = c.memory, f"{c.chunk}{' ←' if c is best else ''}"
+        if mm is None:  # refused by the compiler
+            lines.append(
+                f"| {mark} | {c.num_slots // target.num_chips} | | "
+                f"{_gib(c.required_bytes)} (compiler) | | | | | does not fit | | "
+                f"{c.compile_s:.0f} |"
+            )
+            continue
         lines.append(
-            f"| {c.chunk}{' ←' if c is best else ''} | {c.num_slots // target.num_chips} | "
+            f"| {mark} | {c.num_slots // target.num_chips} | "
             f"{_gib(mm.argument_size_in_bytes)} | "
             f"{_gib(mm.temp_size_in_bytes)} | {_gib(mm.output_size_in_bytes)} | "
             f"{_gib(mm.alias_size_in_bytes)} | {_gib(mm.generated_code_size_in_bytes)} | "

@@ -146,7 +146,7 @@ def _tpu_topology(kind: str, chips: int) -> str:
             raise ValueError(f"a {kind} pod has at most 256 chips, not {chips}.")
         return f"{kind}:{2 ** (exponent // 2)}x{2 ** (exponent - exponent // 2)}"
     dims = [2 ** (exponent // 3 + (i < exponent % 3)) for i in range(3)]
-    return f"{kind}:{'x'.join(str(d) for d in sorted(dims))}"
+    return f"{kind}:{'x'.join(str(d) for d in sorted(dims, key=lambda d: (d == 1, d)))}"
 
 
 def target(name: str) -> Target:

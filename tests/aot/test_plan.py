@@ -93,6 +93,24 @@ def test_a_parameter_sized_collective_in_a_loop_is_a_problem(compiled_for_slice)
     assert len(problems) == 1 and "inside a loop" in problems[0]
 
 
+@needs_libtpu
+def test_a_program_the_compiler_refuses_for_memory_does_not_fit(compiled_for_slice):
+    planner, _ = compiled_for_slice
+    message = (
+        "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the "
+        "total memory required for HLO temporaries (36.66G) exceeds available HBM "
+        "(15.75G)."
+    )
+    oom = plan_lib.refused(2, message, 3.0, 32)
+    assert oom.peak_bytes == int(36.66 * 2**30)
+    assert not plan_lib.fits(oom, planner.target.chip)
+    text, problems = plan_lib.report(
+        planner, oom, [oom], 20, plan_lib.parameter_bytes(planner.config)
+    )
+    assert "36.66 (compiler)" in text and "does not fit" in text
+    assert len(problems) == 1 and "the compiler says RESOURCE_EXHAUSTED" in problems[0]
+
+
 class FakePlanner:
     """Memory per chip = 1 GiB + 3 GiB per client of the chunk; counts compilations."""
 
