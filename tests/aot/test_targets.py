@@ -45,10 +45,3 @@ def test_gpu_target_config_carries_the_chip_memory():
     text = targets.gpu_target_config("h100")
     assert f"device_memory_size: {targets.CHIPS['h100'].hbm_bytes}" in text
     assert 'device_description_str: "NVIDIA H100 80GB HBM3"' in text
-
-
-@pytest.mark.skipif(not targets.tpu_compiler_available(), reason="libtpu is not installed")
-def test_a_multi_host_slice_has_compile_only_devices_on_every_host():
-    devices = targets.abstract_devices(targets.target("v5e-16"))
-    assert len(devices) == 16 and targets.num_hosts(devices) == 4
-    assert devices[0].device_kind == "TPU v5 lite"
