@@ -239,8 +239,11 @@ def fits(compiled: Compiled, chip: targets.Chip) -> bool:
 def refused(chunk: int, message: str, seconds: float, num_slots: int) -> Compiled:
     """A program the compiler refused for the chip's memory (``RESOURCE_EXHAUSTED``, e.g.
     TPU's "the total memory required for HLO temporaries (36.66G) exceeds available HBM")."""
-    found = re.search(r"\(([\d.]+)G\) exceeds", message)
-    required = int(float(found.group(1)) * GIB) if found else 0
+    found = re.search(r"\(([\d.]+)([GM])\) exceeds", message) or re.search(
+        r"([\d.]+)([GM])i?B?\b", message
+    )
+    scale = GIB if found and found.group(2) == "G" else 2**20
+    required = int(float(found.group(1)) * scale) if found else 0
     first = message.strip().splitlines()[0][:300]
     return Compiled(
         chunk,
@@ -398,6 +401,9 @@ def report(
             f"{_gib(c.peak_bytes)} | {'fits' if fits(c, chip) else 'does not fit'} | "
             f"{roofline_seconds(c.cost, chip):.3g} | {c.compile_s:.0f} |"
         )
+    lines += [
+        f"- Chunk {c.chunk}: refused by the compiler: {c.refused}" for c in tried if c.refused
+    ]
     fastest = min(
         (c for c in tried if fits(c, chip)),
         default=best,
