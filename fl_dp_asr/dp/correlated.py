@@ -229,8 +229,13 @@ class CorrelatedNoise:
     def optimize(self) -> CorrelatedNoise:
         """This mechanism with its strategy's parameters set (optimized by jax_privacy for
         (n, b) if they were not given; cached per value). Store :meth:`to_dict` of the
-        result to rebuild the same mechanism later without optimizing."""
-        return self if self.optimized else _optimize(self)
+        result to rebuild the same mechanism later without optimizing. Called inside a
+        trace (``jax.eval_shape`` of a server state, a jitted step), the optimization still
+        runs eagerly: its parameters are numbers, not traced values."""
+        if self.optimized:
+            return self
+        with jax.ensure_compile_time_eval():
+            return _optimize(self)
 
     def strategy_coefs(self, rounds: int | None = None) -> np.ndarray:
         """C's first ``rounds`` (default n) Toeplitz coefficients, float64 from the float32

@@ -358,3 +358,20 @@ def test_state_and_mechanism_checkpoint_with_orbax_and_resume_bit_identically(tm
     for key, expected in zip(keys[2:], uninterrupted):
         noise, state = step(state, key, jnp.float32(0.4), PARAMS)
         jax.tree.map(np.testing.assert_array_equal, noise, expected)
+
+
+def test_a_strategy_optimized_inside_a_trace_runs_eagerly():
+    """fl-dp-asr-plan shapes the server state with jax.eval_shape before anything optimized
+    the strategy: its optimization must not see traced values."""
+    import jax
+
+    from fl_dp_asr.dp import DPConfig
+    from fl_dp_asr.fl import round as round_lib, server
+
+    mechanism = CorrelatedNoise("banded_toeplitz", rounds=20, min_separation=3, bands=3)
+    dp = DPConfig("global", 1.0, noise_multiplier=1.0, correlated_noise=mechanism)
+    state = jax.eval_shape(
+        lambda p: round_lib.init_server_state(p, server.make_server_optimizer("sgd", 1.0), dp),
+        {"w": jax.ShapeDtypeStruct((4,), "float32")},
+    )
+    assert [x.shape for x in jax.tree.leaves(state.noise_state)] == [(2, 4)]
