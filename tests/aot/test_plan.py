@@ -9,8 +9,9 @@ import jax
 import ml_collections
 import pytest
 
-from experiments import fl_setup
+from experiments import fl_round_step, fl_setup
 from experiments import plan as plan_lib
+from experiments import planner as planning
 from experiments.configs import fl_dp
 from fl_dp_asr.aot import hlo, targets
 from fl_dp_asr.train import utils
@@ -45,7 +46,7 @@ def test_making_the_round_step_moves_nothing_to_a_device():
     config = tiny_config()
     model_config = utils.model_config_from(config.model)
     with jax.transfer_guard_host_to_device("disallow"):
-        parts = fl_setup.make_round_step(
+        parts = fl_round_step.make_round_step(
             config, model_config, fl_setup.dp_config(config), 16.0, None
         )
     assert isinstance(parts.round_step.noise_stddev, float)
@@ -56,14 +57,15 @@ def test_making_the_round_step_moves_nothing_to_a_device():
 SLICE_SCRIPT = """
 import dataclasses, json
 from experiments import plan as plan_lib
+from experiments import planner as planning
 from fl_dp_asr.aot import targets
 from tests.aot.test_plan import tiny_config
 target = targets.target("v5e-16")
 devices = targets.abstract_devices(target)
-planner = plan_lib.Planner(tiny_config(), target, devices, 1.0, 64)
+planner = planning.Planner(tiny_config(), target, devices, 1.0, 64)
 compiled = planner.compile(1)
 text, problems = plan_lib.report(planner, compiled, [compiled], 20,
-                                 plan_lib.parameter_bytes(planner.config))
+                                 planning.parameter_bytes(planner.config))
 print(json.dumps({"hosts": targets.num_hosts(devices), "devices": len(devices),
                   "kind": devices[0].device_kind, "peak_bytes": compiled.peak_bytes,
                   "flops": compiled.cost.flops, "unknown_loops": compiled.cost.unknown_loops,
@@ -102,7 +104,7 @@ def test_the_round_step_compiles_for_a_multi_host_slice_and_fits(compiled_for_sl
 
 @needs_libtpu
 def test_exactly_one_parameter_sized_all_reduce_per_round(compiled_for_slice):
-    params_bytes = plan_lib.parameter_bytes(tiny_config())
+    params_bytes = planning.parameter_bytes(tiny_config())
     large = [c for c in compiled_for_slice["collectives"] if c[2] >= params_bytes / 2]
     assert [(op, per_round, depth) for op, _, _, per_round, depth in large] == [
         ("all-reduce", 1, 0)
@@ -114,13 +116,13 @@ class FakeDevice:
         self.process_index = process_index
 
 
-def fake_planner() -> plan_lib.Planner:
+def fake_planner() -> planning.Planner:
     """A planner for v5e-16 whose devices only say their host (reports need no compiler)."""
     devices = [FakeDevice(i // 4) for i in range(16)]
-    return plan_lib.Planner(tiny_config(), targets.target("v5e-16"), devices, 1.0, 64)
+    return planning.Planner(tiny_config(), targets.target("v5e-16"), devices, 1.0, 64)
 
 
-def fake_compiled(chunk: int, collectives=()) -> plan_lib.Compiled:
+def fake_compiled(chunk: int, collectives=()) -> planning.Compiled:
     memory = type(
         "Memory",
         (),
@@ -132,7 +134,7 @@ def fake_compiled(chunk: int, collectives=()) -> plan_lib.Compiled:
             generated_code_size_in_bytes=0,
         ),
     )
-    return plan_lib.Compiled(
+    return planning.Compiled(
         chunk, memory, hlo.HloCost(1e9, 1e9, tuple(collectives), (), ()), 1.0, 0, 16
     )
 
@@ -145,7 +147,7 @@ def test_a_parameter_sized_collective_in_a_loop_is_a_problem():
         fake_compiled(1, [looped]),
         [fake_compiled(1)],
         20,
-        plan_lib.parameter_bytes(planner.config),
+        planning.parameter_bytes(planner.config),
     )
     assert len(problems) == 1 and "inside a loop" in problems[0]
 
@@ -157,11 +159,11 @@ def test_a_program_the_compiler_refuses_for_memory_does_not_fit():
         "total memory required for HLO temporaries (36.66G) exceeds available HBM "
         "(15.75G)."
     )
-    oom = plan_lib.refused(2, message, 3.0, 32)
+    oom = planning.refused(2, message, 3.0, 32)
     assert oom.peak_bytes == int(36.66 * 2**30)
-    assert not plan_lib.fits(oom, planner.target.chip)
+    assert not planning.fits(oom, planner.target.chip)
     text, problems = plan_lib.report(
-        planner, oom, [oom], 20, plan_lib.parameter_bytes(planner.config)
+        planner, oom, [oom], 20, planning.parameter_bytes(planner.config)
     )
     assert "36.66 (compiler)" in text and "does not fit" in text
     assert len(problems) == 1 and "the compiler says RESOURCE_EXHAUSTED" in problems[0]
@@ -176,7 +178,7 @@ class FakePlanner:
         )
         self.compiled: list[int] = []
 
-    def compile(self, chunk: int) -> plan_lib.Compiled:
+    def compile(self, chunk: int) -> planning.Compiled:
         self.compiled.append(chunk)
         memory = type(
             "Memory",
@@ -189,7 +191,7 @@ class FakePlanner:
                 generated_code_size_in_bytes=0,
             ),
         )
-        return plan_lib.Compiled(chunk, memory, hlo.HloCost(0, 0, (), (), ()), 0.0, 0, chunk)
+        return planning.Compiled(chunk, memory, hlo.HloCost(0, 0, (), (), ()), 0.0, 0, chunk)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +205,6 @@ class FakePlanner:
 )
 def test_largest_chunk_compiles_few_programs(hbm_gib, clients, best, compiled):
     planner = FakePlanner(hbm_gib)
-    found, _ = plan_lib.largest_chunk(planner, clients, log=lambda message: None)
+    found, _ = planning.largest_chunk(planner, clients, log=lambda message: None)
     assert (found and found.chunk) == best
     assert planner.compiled == compiled

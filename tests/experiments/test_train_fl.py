@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import fl_progress, fl_setup, train_fl
+from experiments import fl_progress, fl_round_step, fl_setup, train_fl
 from experiments.configs import fl_dp
 from fl_dp_asr.data import builders
 from fl_dp_asr.dp import accounting
@@ -430,11 +430,11 @@ def test_bad_multi_process_settings_are_clear_errors():
 def test_auto_executor_uses_every_device_and_explicit_ones_say_when_they_do_not(caplog):
     config = fl_dp.get_config("demo")
     assert config.fl.executor == "auto"
-    assert fl_setup.executor_name(config, 1) == "vectorized"
-    assert fl_setup.executor_name(config, 8) == "sharded"
+    assert fl_round_step.executor_name(config, 1) == "vectorized"
+    assert fl_round_step.executor_name(config, 8) == "sharded"
     config.fl.executor = "vectorized"
     with caplog.at_level("WARNING"):
-        assert fl_setup.executor_name(config, 8) == "vectorized"
+        assert fl_round_step.executor_name(config, 8) == "vectorized"
     assert "trains on 1 of the 8 devices" in caplog.text
     assert "--config.fl.executor=auto" in caplog.text
 
@@ -443,7 +443,7 @@ def test_automatic_chunk_on_a_device_without_memory_limit_is_the_cpu_default():
     config = fl_dp.get_config("paper")
     assert config.fl.chunk_size is None
     messages = []
-    assert fl_setup.automatic_chunk(config, None, messages.append) == fl_setup.CPU_CHUNK
+    assert fl_round_step.automatic_chunk(config, None, messages.append) == fl_round_step.CPU_CHUNK
     assert "reports no memory limit" in messages[0]
 
 
@@ -469,4 +469,4 @@ def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
         buckets=LengthBuckets((16_000,), (16,)), train=types.SimpleNamespace(num_users=8)
     )
     with pytest.raises(RuntimeError, match="even with one client per device"):
-        fl_setup.automatic_chunk(config, data, lambda message: None, memory_limit=1024)
+        fl_round_step.automatic_chunk(config, data, lambda message: None, memory_limit=1024)
