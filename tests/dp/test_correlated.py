@@ -366,7 +366,8 @@ def test_a_strategy_optimized_inside_a_trace_runs_eagerly():
     import jax
 
     from fl_dp_asr.dp import DPConfig
-    from fl_dp_asr.fl import round as round_lib, server
+    from fl_dp_asr.fl import round as round_lib
+    from fl_dp_asr.fl import server
 
     mechanism = CorrelatedNoise("banded_toeplitz", rounds=20, min_separation=3, bands=3)
     dp = DPConfig("global", 1.0, noise_multiplier=1.0, correlated_noise=mechanism)
