@@ -453,18 +453,10 @@ def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
     import types
 
     from fl_dp_asr.data import LengthBuckets
+    from tests.aot.test_plan import tiny_config
 
-    config = fl_dp.get_config("demo")
-    config.model.num_blocks = 1
-    config.fl.update(
-        sampling="fixed",
-        cohort_size=4,
-        local_steps=1,
-        local_batch_size=1,
-        cut_row_levels=1,
-        cut_length_levels=1,
-        chunk_size=None,
-    )
+    config = tiny_config()
+    config.fl.update(cohort_size=4, chunk_size=None)
     data = types.SimpleNamespace(
         buckets=LengthBuckets((16_000,), (16,)), train=types.SimpleNamespace(num_users=8)
     )
