@@ -162,14 +162,7 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     Use it for the server state and the round key. PRNG key arrays are supported.
     """
     sharding = NamedSharding(mesh, PartitionSpec())
-
-    def put(x):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-            data = replicate(jax.random.key_data(x), mesh)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
-
-    return jax.tree.map(put, tree)
+    return place(tree, jax.tree.map(lambda _: sharding, tree))
 
 
 def place(tree: PyTree, shardings: PyTree) -> PyTree:
