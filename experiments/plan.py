@@ -6,7 +6,7 @@ r"""Plan a run for a TPU slice or GPU box from the compiler alone: ``fl-dp-asr-p
     JAX_PLATFORMS=cpu fl-dp-asr-plan --config experiments/configs/fl_dp.py:paper \
         --topology h100x8                       # needs the CUDA plugin, not a GPU
 
-Builds the trainer's **real** round step for the config (:func:`experiments.train_fl.
+Builds the trainer's **real** round step for the config (:func:`experiments.fl_round_step.
 make_round_step`: model, local training, clipping, noise, server optimizer, canaries,
 adaptive clipping, DP-FTRL) on the target's compile-only devices
 (:mod:`fl_dp_asr.aot.targets`), sharded over all of them, compiles it with the target's own
@@ -20,8 +20,9 @@ compiler (libtpu, XLA:GPU) and prints, as markdown:
 * the collectives of the optimized program and their bytes per round; a parameter-sized
   collective inside a loop (per client or per step) is an error;
 * model FLOPs per round, the compiled program's loop-aware FLOPs and memory traffic
-  (:mod:`fl_dp_asr.aot.hlo`), and from them a roofline lower bound on the round's time at
-  the chip's peak and bandwidth, hence an upper bound on MFU.
+  (:mod:`fl_dp_asr.aot.hlo`), and from them a lower bound on the round's time (compiled
+  FLOPs at the chip's peak), a roofline estimate (with the traffic at its bandwidth) and an
+  upper bound on MFU (model / compiled FLOPs).
 
 Everything is the compiler's view, not a run: nothing is measured on a device.
 
@@ -32,7 +33,6 @@ flag or config field.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -50,11 +50,10 @@ from experiments.planner import (
     default_population,
     fits,
     largest_chunk,
-    num_slots_at,
     parameter_bytes,
+    parameter_shapes,
 )
 from fl_dp_asr.aot import hlo, targets
-from fl_dp_asr.models import asr
 from fl_dp_asr.train import utils
 
 NO_TRITON_GEMM = "--xla_gpu_enable_triton_gemm=false"
@@ -82,8 +81,7 @@ def model_flops_per_chip(
     """6 · parameters · encoder frames of the round's local training per chip, every slot
     real (the usual MFU numerator: forward + backward, no attention term)."""
     model_config = utils.model_config_from(config.model)
-    params = jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0)))
-    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    num_params = sum(x.size for x in parameter_shapes(config))
     frames = (
         shape.num_slots
         / num_chips
@@ -106,7 +104,7 @@ def report(
     """The markdown report and the list of problems (empty: the plan holds)."""
     target, chip = planner.target, planner.target.chip
     cost = best.cost
-    shape = planner.round_shape(num_slots_at(planner, best.chunk))
+    shape = planner.round_shape(best.num_slots)
     problems = []
     if best.refused:
         problems.append(f"does not fit at chunk {best.chunk}: the compiler says {best.refused}")

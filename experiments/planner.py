@@ -141,16 +141,16 @@ class Planner:
                     raise
                 return refused(chunk, str(error), time.perf_counter() - start, shape.num_slots)
         seconds = time.perf_counter() - start
-        text = compiled.as_text()
+        text, memory = compiled.as_text(), compiled.memory_analysis()
         if self.hlo_dir:
             pathlib.Path(self.hlo_dir).mkdir(parents=True, exist_ok=True)
             (pathlib.Path(self.hlo_dir) / f"chunk{chunk}.hlo.txt").write_text(text)
             (pathlib.Path(self.hlo_dir) / f"chunk{chunk}.memory.txt").write_text(
-                f"{compiled.memory_analysis()}\nslots {shape.num_slots}\ncompile_s {seconds}\n"
+                f"{memory}\nslots {shape.num_slots}\ncompile_s {seconds}\n"
             )
         return Compiled(
             chunk,
-            compiled.memory_analysis(),
+            memory,
             hlo.analyze(text),
             seconds,
             len(text),
@@ -280,8 +280,12 @@ def default_population(config: ml_collections.ConfigDict) -> int:
     return 100 * cohort
 
 
+def parameter_shapes(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]:
+    """The model's parameters (``config.model``), as shapes: nothing is allocated."""
+    model_config = utils.model_config_from(config.model)
+    return jax.tree.leaves(jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0))))
+
+
 def parameter_bytes(config: ml_collections.ConfigDict) -> int:
     """Bytes of the model's parameters."""
-    model_config = utils.model_config_from(config.model)
-    params = jax.eval_shape(lambda: asr.init_params(model_config, jax.random.key(0)))
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    return sum(x.size * x.dtype.itemsize for x in parameter_shapes(config))

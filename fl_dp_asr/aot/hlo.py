@@ -208,15 +208,9 @@ def _flops(instruction: _Instruction, types: dict[str, str]) -> float:
     GPU program's dots); else 0."""
     out = math.prod(_dims(instruction.type))
     if instruction.op == "dot":
-        lhs = _dims(types.get(instruction.operands[0], ""))
-        found = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", instruction.attributes)
-        contracted = [int(d) for d in found.group(1).split(",") if d] if found else []
-        return 2.0 * out * math.prod(lhs[d] for d in contracted if d < len(lhs))
+        return _matmul_flops(instruction, types, out, r"lhs_contracting_dims=\{([0-9,]*)\}")
     if instruction.op == "custom-call" and "cublas" in instruction.attributes:
-        lhs = _dims(types.get(instruction.operands[0], ""))
-        found = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
-        contracted = [int(d) for d in re.findall(r"\d+", found.group(1))] if found else []
-        return 2.0 * out * math.prod(lhs[d] for d in contracted if d < len(lhs))
+        return _matmul_flops(instruction, types, out, r'"lhs_contracting_dimensions":\[([^\]]*)\]')
     if instruction.op == "convolution":
         kernel = _dims(types.get(instruction.operands[1], ""))
         labels = re.search(r"dim_labels=[^_]*_([^-]*)->", instruction.attributes)
@@ -225,6 +219,17 @@ def _flops(instruction: _Instruction, types: dict[str, str]) -> float:
         taps = math.prod(kernel) / kernel[labels.group(1).index("o")]
         return 2.0 * out * taps * _window_share(instruction, types)
     return 0.0
+
+
+def _matmul_flops(
+    instruction: _Instruction, types: dict[str, str], out: int, contracting: str
+) -> float:
+    """2 · output elements · the lhs dimensions the attribute matched by ``contracting``
+    names (a dot's ``lhs_contracting_dims``, a cuBLAS call's backend config)."""
+    lhs = _dims(types.get(instruction.operands[0], ""))
+    found = re.search(contracting, instruction.attributes)
+    contracted = [int(d) for d in re.findall(r"\d+", found.group(1))] if found else []
+    return 2.0 * out * math.prod(lhs[d] for d in contracted if d < len(lhs))
 
 
 def _window_share(instruction: _Instruction, types: dict[str, str]) -> float:
