@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := espeak-ng sox
 TPU_COMPILER := .tpu-compiler
-LIBTPU := libtpu==0.0.52
+# The libtpu that the installed jax pins for jax[tpu] (0.0.42.* for jax 0.10.2): a newer libtpu's
+# compiler emits HLO that this jaxlib cannot read back (libtpu 0.0.52 failed on v5p and v6e with
+# "RET_CHECK ... async-update instruction should have 1 operands but sees 3").
+LIBTPU = $(shell $(PY) -c 'import importlib.metadata as m; print(next(r.split(";")[0].replace(" ", "") for r in m.requires("jax") if r.startswith("libtpu")))')
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps lint test demo bench docs clean
@@ -23,8 +26,8 @@ system-deps:
 # libtpu, the TPU compiler of `fl-dp-asr-plan` (no TPU needed), outside the venv: JAX programs
 # here then never try to start a TPU backend. Where it cannot be installed, the TPU plan
 # tests skip and say why; nothing else needs it.
-$(TPU_COMPILER)/.stamp: | $(STAMP)
-	@$(PY) -m pip install -q --target $(TPU_COMPILER) '$(LIBTPU)' && touch $@ \
+$(TPU_COMPILER)/.stamp: $(STAMP)
+	@rm -rf $(TPU_COMPILER) && $(PY) -m pip install -q --target $(TPU_COMPILER) '$(LIBTPU)' && touch $@ \
 	  || echo "note: $(LIBTPU) could not be installed; the TPU plan tests will skip"
 
 $(STAMP): setup.cfg pyproject.toml
