@@ -23,11 +23,14 @@ from fl_dp_asr.data.federated import FederatedDataset
 
 #: Histogram bins of utterances per user: [1], [2], [3, 5], [6, 10], ... (upper bounds).
 _BIN_EDGES = (1, 2, 5, 10, 20, 50, 100, 1000)
+#: Utterance ids of inserted canary utterances start with this (fl_dp_asr.memorization).
+CANARY_PREFIX = "canary-"
 
 
 def summarize(dataset: FederatedDataset) -> dict[str, Any]:
     """Users, utterances, hours, users by gender, per-user quantiles and the
-    utterances-per-user histogram."""
+    utterances-per-user histogram; with inserted canary utterances (ids starting
+    :data:`CANARY_PREFIX`) also ``canary_utterances`` and ``canary_users``."""
     counts = dataset.user_num_utterances()
     seconds = dataset.durations()
     lower = 1
@@ -44,6 +47,19 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
         if upper == np.inf or counts.size == 0 or upper >= counts.max():
             break
         lower = int(upper) + 1
+    canaries = [
+        row
+        for row, utterance in enumerate(dataset.utterance_ids)
+        if utterance.startswith(CANARY_PREFIX)
+    ]
+    canary_counts = (
+        {
+            "canary_utterances": len(canaries),
+            "canary_users": len({dataset.user_of_row[row] for row in canaries}),
+        }
+        if canaries
+        else {}
+    )
     return {
         "users": dataset.num_users,
         "utterances": len(dataset),
@@ -62,6 +78,7 @@ def summarize(dataset: FederatedDataset) -> dict[str, Any]:
             for q, p in (("min", 0), ("median", 50), ("max", 100))
         },
         "histogram": histogram,
+        **canary_counts,
     }
 
 
@@ -78,8 +95,13 @@ def format_summary(title: str, summary: dict[str, Any]) -> str:
         f"max {seconds['max']:.2f}",
         "  users by gender: "
         + ", ".join(f"{gender} {n}" for gender, n in summary["users_by_gender"].items()),
-        "  users by utterance count:",
     ]
+    if summary.get("canary_utterances"):
+        lines.append(
+            f"  canary utterances: {summary['canary_utterances']} in "
+            f"{summary['canary_users']} users"
+        )
+    lines.append("  users by utterance count:")
     width = max((len(label) for label, _ in summary["histogram"]), default=1)
     top = max((n for _, n in summary["histogram"]), default=1) or 1
     for label, n in summary["histogram"]:

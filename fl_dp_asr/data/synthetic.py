@@ -573,28 +573,38 @@ def espeak(text: str, voice: Voice) -> np.ndarray:
     return audio * 32768.0
 
 
+def channel(audio: np.ndarray, voice: Voice, sample_rate: int, seed: int) -> np.ndarray:
+    """espeak-ng output (float32 [samples] at 22,050 Hz, int16 scale) through ``voice``'s
+    channel: resampled to ``sample_rate`` Hz, low-passed, white noise at ``voice.snr_db``
+    (from ``seed``); int16 [samples']."""
+    divisor = np.gcd(sample_rate, ESPEAK_RATE)
+    audio = scipy.signal.resample_poly(audio, sample_rate // divisor, ESPEAK_RATE // divisor)
+    if voice.lowpass_hz:
+        sos = scipy.signal.butter(2, voice.lowpass_hz, fs=sample_rate, output="sos")
+        audio = scipy.signal.sosfilt(sos, audio)
+    rng = np.random.default_rng(seed)
+    rms = float(np.sqrt(np.mean(audio**2))) or 1.0
+    audio = audio + rng.normal(0.0, rms * 10 ** (-voice.snr_db / 20), audio.shape)
+    return np.clip(np.rint(audio), -32768, 32767).astype(np.int16)
+
+
 def render(job: Job) -> np.ndarray:
     """The int16 waveform of ``job`` at ``job.sample_rate`` (resample, channel, noise)."""
-    audio = espeak(job.text, job.voice)
-    divisor = np.gcd(job.sample_rate, ESPEAK_RATE)
-    audio = scipy.signal.resample_poly(audio, job.sample_rate // divisor, ESPEAK_RATE // divisor)
-    if job.voice.lowpass_hz:
-        sos = scipy.signal.butter(2, job.voice.lowpass_hz, fs=job.sample_rate, output="sos")
-        audio = scipy.signal.sosfilt(sos, audio)
-    rng = np.random.default_rng(job.seed)
-    rms = float(np.sqrt(np.mean(audio**2))) or 1.0
-    audio = audio + rng.normal(0.0, rms * 10 ** (-job.voice.snr_db / 20), audio.shape)
-    return np.clip(np.rint(audio), -32768, 32767).astype(np.int16)
+    return channel(espeak(job.text, job.voice), job.voice, job.sample_rate, job.seed)
+
+
+def write_clip(path: str | pathlib.Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Writes int16 ``audio`` as the corpus does: FLAC for a ``.flac`` path, else MP3."""
+    if pathlib.Path(path).suffix == ".flac":
+        soundfile.write(str(path), audio, sample_rate, format="FLAC")
+    else:  # Variable bitrate, low quality: ~35 kbit/s, and 30 % faster to encode than the default.
+        soundfile.write(str(path), audio, sample_rate, format="MP3", compression_level=0.9)
 
 
 def _synthesize(args: tuple[Job, str]) -> tuple[str, float]:
     job, root = args
     audio = render(job)
-    path = pathlib.Path(root) / job.relative_path
-    if path.suffix == ".flac":
-        soundfile.write(str(path), audio, job.sample_rate, format="FLAC")
-    else:  # Variable bitrate, low quality: ~35 kbit/s, and 30 % faster to encode than the default.
-        soundfile.write(str(path), audio, job.sample_rate, format="MP3", compression_level=0.9)
+    write_clip(pathlib.Path(root) / job.relative_path, audio, job.sample_rate)
     return job.relative_path, len(audio) / job.sample_rate
 
 
