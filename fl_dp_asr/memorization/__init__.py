@@ -1,0 +1,1 @@
+"""Canary utterances in users' data and how much a trained model remembers of them."""
