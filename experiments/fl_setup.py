@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import optax
 
-from experiments import fl_round_step
+from experiments import canary_utterances, fl_round_step
 from fl_dp_asr.data import CohortStream
 from fl_dp_asr.dp import DPConfig, accounting, adaptive, correlated
 from fl_dp_asr.dp.canaries import Canaries
@@ -121,6 +121,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.fl.cohort_size={config.fl.cohort_size} must be >= 1.")
     if config.fl.executor not in EXECUTORS:
         raise ValueError(f"config.fl.executor={config.fl.executor!r}: choose one of {EXECUTORS}.")
+    canary_utterances.spec_of(config)  # the memorization audit's settings
     if make_canaries(config) is not None and config.distributed.num_processes != 1:
         raise ValueError(
             "config.audit.canaries needs a single-process run (config.distributed.num_processes=1)."

@@ -33,6 +33,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import canary_utterances
 from fl_dp_asr.data import federated, prefetch
 from fl_dp_asr.models import asr
 from fl_dp_asr.models.config import ModelConfig
@@ -135,6 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- 1. data --------------------------------------------------------------------------
     data = utils.load_data(config.data, tokenizer, config.eval.batch_size)
+    data, utterance_audit = canary_utterances.insert(config, data, tokenizer, workdir)
     print(
         f"train: {len(data.train)} utterances, {data.train.num_users} speakers, "
         f"{data.train.hours:.2f} h; eval: {len(data.eval)} utterances, {data.eval.num_users} "
@@ -159,6 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         _, state, _ = restored
         source = f"{checkpoints.directory} step {int(state['step'])}"
     step = int(state["step"])
+    canary_utterances.check_model(utterance_audit, model_config)
     print(
         f"model: {asr.count_params(state['params']) / 1e6:.2f} M parameters, from {source}",
         flush=True,
@@ -174,7 +177,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer = MetricWriter(workdir, resume_step=step)
     start = window_start = time.time()
     budget_s = 60 * config.train.max_minutes if config.train.max_minutes else float("inf")
-    result, window = None, []
+    result, window, memorized = None, [], {}
+
+    def memorization() -> dict[str, float]:
+        """The canary utterances measured on the current model ({}: no audit)."""
+        if utterance_audit is None:
+            return {}
+        found = canary_utterances.record(
+            utterance_audit, state["params"], model_config, workdir, step
+        )
+        writer.write(step, {"memorization": found})
+        return found
+
     batches = training_batches(data.train, config, tokenizer.encode, data.buckets, step)
     with prefetch.Prefetcher(batches, buffer_size=3) as batch_stream:
         while step < num_steps:
@@ -196,6 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if utils.itstime(step, config.eval.every, num_steps) or out_of_time:
                 result = evaluate(state["params"], model_config, data.eval_batches, step)
                 writer.write(step, {"eval": result, "elapsed_minutes": (time.time() - start) / 60})
+                memorized = memorization()
                 if utils.itstime(step, config.checkpoint.every, num_steps) or out_of_time:
                     save(checkpoints, step, state, model_config, config, result)
             if out_of_time:
@@ -208,6 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if result is None:  # nothing left to train: evaluate what was restored
         result = evaluate(state["params"], model_config, data.eval_batches, step)
         writer.write(step, {"eval": result, "elapsed_minutes": (time.time() - start) / 60})
+        memorized = memorization()
     checkpoints.close()
     writer.close()
     summary = {
@@ -215,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "dev_wer": result["wer"],
         "dev_cer": result["cer"],
         "minutes": (time.time() - start) / 60,
-    }
+    } | canary_utterances.summary_fields(memorized if utterance_audit else None)
     print(json.dumps(summary), flush=True)
     return summary
 

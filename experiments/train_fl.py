@@ -10,7 +10,10 @@ scratch. SIGINT/SIGTERM save a checkpoint and exit cleanly. Metrics go to
 
 With ``config.audit.canaries = k`` (> 0) k canary clients take part as users and the run
 ends with two empirical ε next to the accountant's (``fl_dp_asr.fl.audit``; README,
-"Empirical privacy: canary clients").
+"Empirical privacy: canary clients"). With ``config.audit.utterances.per_repeat = n`` (> 0)
+sped-up canary utterances are inserted into chosen users' data and the model's memorization
+of them is measured at every evaluation (``experiments.canary_utterances``; README,
+"Memorization audit").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import tqdm
 from absl import logging as absl_logging
 
+from experiments import canary_utterances
 from experiments.fl_progress import (
     Progress,
     apply_round,
@@ -127,7 +131,11 @@ def train(
         config.eval.batch_size,
         check_train=lambda train: make_sampler(config, train.num_users),
     )
+    data, utterance_audit = canary_utterances.insert(
+        config, data, tokenizer, workdir if chief else None, log
+    )
     run = build_run(config, data, tokenizer, multi_process, round_steps)
+    canary_utterances.check_model(utterance_audit, run.model_config)
     num_rounds = rounds_within_budget(config, run, log)
 
     # ---- 3. resume: newest checkpoint of this workdir, else the seed model ---------------
@@ -142,9 +150,22 @@ def train(
     elif multi_process:
         state = distributed.replicate(state, run.mesh)
     writer = MetricWriter(workdir, resume_step=progress.completed, enabled=chief)
+
+    def memorization() -> dict[str, float]:
+        """The canary utterances measured on the current model (chief only; {}: no audit)."""
+        if utterance_audit is None or not chief:
+            return {}
+        params = distributed.to_host(state.params) if run.mesh is not None else state.params
+        found = canary_utterances.record(
+            utterance_audit, params, run.model_config, workdir, progress.completed, log
+        )
+        writer.write(progress.completed, {"memorization": found})
+        return found
+
     if progress.seed_eval is None:
         seed_eval = evaluate(state, run, data, config, 0)
         writer.write(0, {"eval": seed_eval})
+        memorization()
         progress.seed_eval = {k: seed_eval[k] for k in ("wer", "cer", "loss")}
         progress.last_eval = dict(progress.seed_eval)
 
@@ -158,6 +179,7 @@ def train(
         disable=not (config.progress_bar and chief),
     )
     cohorts = run.stream.blocks(progress.completed, num_rounds)
+    memorized: dict[str, float] = {}  # the canary utterances after the last evaluated round
     if run.canary_cohorts is not None:
         cohorts = run.canary_cohorts.with_masks(cohorts)
         initial = jax.tree.map(np.array, asr.stack_blocks(run.seed_params))  # θ_0 (host)
@@ -174,7 +196,7 @@ def train(
                         progress.audit_trail.add(metrics.pop("canary_cosines"))
                     progress.completed = r + 1
                     writer.write(progress.completed, {"train": metrics})
-                    wer = None
+                    wer, memorized = None, {}
                     if utils.itstime(progress.completed, config.eval.every, num_rounds):
                         progress.last_eval = evaluate(state, run, data, config, progress.completed)
                         writer.write(progress.completed, {"eval": progress.last_eval})
@@ -185,6 +207,7 @@ def train(
                             "cer": progress.last_eval["cer"],
                         }
                         progress.best_wer = min(progress.best_wer, wer)
+                        memorized = memorization()
                     if utils.itstime(progress.completed, config.checkpoint.every, num_rounds):
                         save(checkpoints, state, progress, run, config, wer)
                     bar.update(1)
@@ -192,6 +215,8 @@ def train(
                     # All processes of a multi-process run stop (and save) at the same round.
                     if distributed.any_process(stop.received is not None):
                         raise StopRequested(stop.received or "a signal to another process")
+            if not memorized:  # the last round was not evaluated: measure it
+                memorized = memorization()
             if run.canaries is not None and progress.completed > 0:
                 progress.audit = audit_estimates(initial, state, run, progress, config, log)
                 writer.write(progress.completed, {"audit": progress.audit})
@@ -234,6 +259,7 @@ def train(
                 writer.close()
 
     summary = run_summary(workdir, config, run, progress, data)
+    summary |= canary_utterances.summary_fields(memorized if utterance_audit else None)
     if chief:
         utils.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

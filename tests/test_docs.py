@@ -35,6 +35,13 @@ REFERENCE = {
     "fl_dp_asr.audio.features": ["log_mel"],
     "fl_dp_asr.text.metrics": ["ErrorCounts"],
     "fl_dp_asr.train.checkpoint": ["Checkpointer"],
+    "fl_dp_asr.memorization.utterances": ["UtteranceCanarySpec", "make_canaries", "insert"],
+    "fl_dp_asr.memorization.measure": [
+        "score_utterances",
+        "exposure",
+        "extrapolated_exposure",
+        "membership_auc",
+    ],
 }
 
 

@@ -78,6 +78,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.train.log_every = 200
     c.train.sort_window = 8  # batches sorted by length within 8-batch windows
 
+    # Canary utterances in the training data (README "Memorization audit"; off: per_repeat 0).
+    c.audit = ml_collections.ConfigDict({"utterances": common.utterance_canaries()})
     c.eval = ml_collections.ConfigDict({"every": 5_000, "batch_size": 64})
     c.checkpoint = ml_collections.ConfigDict({"every": 5_000, "keep": 3})  # keep: last K (+ best)
     if variant == "demo":

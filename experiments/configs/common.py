@@ -72,6 +72,7 @@ def data(
     c.eval_config, c.eval_split = eval_config, eval_split
     c.min_seconds = optional(float)  # drop shorter training utterances
     c.max_seconds = optional(float)  # drop longer training utterances
+    c.max_users = optional(int)  # keep the first N training users (sorted ids; None: all)
     c.num_buckets = num_buckets  # padded lengths per dimension (recompilations)
     return c
 
@@ -82,4 +83,25 @@ def model(size: str) -> ml_collections.ConfigDict:
     c.size = size
     for name, kind in MODEL_OVERRIDES.items():  # e.g. --config.model.dtype=bfloat16
         c[name] = optional(kind)
+    return c
+
+
+def utterance_canaries() -> ml_collections.ConfigDict:
+    """The ``audit.utterances`` section: the memorization audit's canary utterances (README
+    "Memorization audit"; fields of ``fl_dp_asr.memorization.UtteranceCanarySpec`` plus the
+    measurement's). Off while ``per_repeat`` is 0."""
+    c = ml_collections.ConfigDict()
+    c.per_repeat = 0  # n canaries inserted per repetition count (0: off)
+    c.repeats = (1, 4, 16)  # r: copies of a canary in its user's data
+    c.users = optional(int)  # k users holding them, dealt round robin (None: one per canary)
+    c.heldout = optional(int)  # never-inserted canaries of the same kind (None: as many)
+    c.kind = "letters"  # random letters, or "syllables" (consonant-vowel pseudo-words)
+    c.words = 2  # words per canary text
+    c.letters = 4  # characters per word
+    # Tempo factor of the canary speech (pitch kept). The paper's 4x is too fast for this
+    # char-level CTC model's 30 ms frames (fl_dp_asr/memorization/utterances.py).
+    c.speedup = 2.0
+    c.seed = 0  # fixes texts, voice, users and noise
+    c.candidates = 1000  # M: exposure ranks a canary's loss among M texts of its format
+    c.beam_width = 8  # prefix beam search of the beam CER/WER
     return c

@@ -131,6 +131,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.audit.canaries = 0  # k inserted canary clients (>= 2 when on)
     c.audit.heldout = common.optional(int)  # m directions never inserted (None: k)
     c.audit.seed = 0  # fixes the canaries' directions
+    # Canary utterances (README "Memorization audit"): sped-up random texts inserted r times
+    # into k users' data; their CER/exposure/AUC measured at every evaluation. Off: per_repeat 0.
+    c.audit.utterances = common.utterance_canaries()
 
     c.eval = ml_collections.ConfigDict({"every": 100, "batch_size": 64})
     c.checkpoint = ml_collections.ConfigDict({"every": 50, "keep": 3})  # keep: last K (+ best)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 from jax_privacy import auditing
 
 from fl_dp_asr.models.asr import predict_logits
@@ -60,6 +61,7 @@ SCORE_FIELDS = (
     "beam_exact",
     "loss",
     "exposure",
+    "exposure_fit",
     "infeasible",
 )
 
@@ -297,6 +299,7 @@ def _row(
     }
     if with_exposure:
         row["exposure"] = exposure(nll, group_nll[1:])
+        row["exposure_fit"] = extrapolated_exposure(nll, group_nll[1:])
     return row
 
 
@@ -308,7 +311,7 @@ def _row(
 def exposure(canary_loss: float, candidate_losses: np.ndarray | Sequence[float]) -> float:
     """Exposure of a canary (Carlini et al. 2019, "The Secret Sharer", arXiv 1802.08232).
 
-    exposure = log2 |R| − log2 rank, R = the canary and its M − 1 candidates (|R| = M),
+    exposure = log2 M − log2 rank over the canary and its M − 1 candidates,
     rank 1 = the lowest loss. Ties count half: rank = 1 + #(candidates with a lower loss)
     + ½ #(candidates with the same loss), so exposure lies in [0, log2 M]: log2 M when the
     canary's loss is the lowest, 0 when it is the highest, log2(M / (1 + (M−1)/2)) when all
@@ -331,6 +334,40 @@ def exposure(canary_loss: float, candidate_losses: np.ndarray | Sequence[float])
         raise ValueError(f"exposure of NaN losses (canary {canary_loss}, candidates {losses})")
     rank = 1.0 + np.sum(losses < canary_loss) + 0.5 * np.sum(losses == canary_loss)
     return float(math.log2(losses.size + 1) - math.log2(rank))
+
+
+def extrapolated_exposure(
+    canary_loss: float, candidate_losses: np.ndarray | Sequence[float]
+) -> float:
+    """Exposure extrapolated beyond the M candidates (Carlini et al. 2019, section 4.3):
+    −log2 P(candidate loss ≤ canary loss) under a skew-normal fitted to the candidates'
+    losses (``scipy.stats.skewnorm``).
+
+    The rank exposure (:func:`exposure`) cannot exceed log2 M: once the model hears enough
+    of a canary to rank its text first among M random texts of its format — the seed model
+    already does for most spelled-letter canaries at M = 1000 — it saturates for inserted
+    and held-out canaries alike. The fitted tail keeps telling them apart: it is the
+    number of random texts (in bits) the canary's loss beats, had there been that many.
+
+    Args:
+        canary_loss: the canary's loss (nats).
+        candidate_losses: the M − 1 >= 3 candidates' losses, same units.
+
+    Returns:
+        Bits (>= 0).
+
+    >>> round(extrapolated_exposure(0.0, np.random.default_rng(0).normal(10, 1, 999)), 1)
+    68.2
+    """
+    losses = np.asarray(candidate_losses, np.float64).reshape(-1)
+    if losses.size < 3 or math.isnan(canary_loss) or np.isnan(losses).any():
+        raise ValueError(
+            f"the fitted exposure needs >= 3 finite candidate losses, got {losses.size} "
+            f"(canary {canary_loss})"
+        )
+    shape, loc, scale = scipy.stats.skewnorm.fit(losses)
+    log_p = scipy.stats.skewnorm.logcdf(canary_loss, shape, loc, scale)
+    return float(max(-log_p / math.log(2.0), 0.0))
 
 
 def _auditor(inserted_losses, heldout_losses) -> tuple[auditing.CanaryScoreAuditor, int]:
@@ -470,6 +507,11 @@ def format_line(summary: Mapping[str, float]) -> str:
             text += (
                 f", exposure {summary[p + 'exposure_inserted']:.1f} vs "
                 f"{summary[p + 'exposure_heldout']:.1f}"
+            )
+        if p + "exposure_fit_inserted" in summary:
+            text += (
+                f" (fitted {summary[p + 'exposure_fit_inserted']:.1f} vs "
+                f"{summary[p + 'exposure_fit_heldout']:.1f})"
             )
         parts.append(text + f", AUC {summary[p + 'auc']:.2f}")
     return "memorization: " + "; ".join(parts)

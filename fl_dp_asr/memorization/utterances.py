@@ -1,4 +1,4 @@
-"""Canary utterances: random pseudo-word texts, spoken by espeak-ng, sped up, put into users' data.
+"""Canary utterances: random texts spoken by espeak-ng, sped up, put into users' data.
 
 The memorization audit of Wang, Thakkar, Mathews (arXiv 2310.11739, after Carlini et al.'s
 Secret Sharer, arXiv 1802.08232): canaries are utterances of random text that ordinary speech
@@ -6,9 +6,14 @@ does not teach the model; each *inserted* canary is added ``r`` times to one cho
 user's data, *held-out* canaries of the same kind are never inserted. After training, a model
 that transcribes the inserted ones much better than the held-out ones has memorized them.
 
-* Text (:func:`random_texts`): ``words`` pseudo-words of ``syllables`` consonant-vowel
-  syllables each (``"bako miru"``), never a word of the corpus vocabulary; every text has the
-  same length (``words · (2 · syllables + 1) − 1`` characters).
+* Text (:func:`random_texts`): ``words`` words of ``letters`` characters each, never a word
+  of the corpus vocabulary: random letters (``kind="letters"``, ``"qzbe vkxi"``: espeak-ng
+  spells what it cannot pronounce, so the audio of a word is a run of letter names) or
+  consonant-vowel syllables (``kind="syllables"``, ``"bako miru"``: pronounceable pseudo-words).
+  Every text has the same length (``words · (letters + 1) − 1`` characters). Letters are the
+  default: the demo's seed model, which never heard a canary, transcribes pseudo-words at
+  2x with ~45 % CER but random letters with ~70 % (measured on 4 canaries): the held-out
+  canaries' CER is the ceiling of what memorization can show.
 * Audio (:func:`synthesize`): one canary voice per call of :func:`make_canaries` (a
   :class:`~fl_dp_asr.data.synthetic.Voice` drawn from the seed like a speaker of the corpus
   part whose format is asked: LibriSpeech for ``flac``, Common Voice for ``mp3``; its speed
@@ -52,6 +57,8 @@ from fl_dp_asr.text.tokenizer import CharTokenizer
 #: Letters of the pseudo-words: consonants espeak-ng says one way, the five vowels.
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TEXT_KINDS = ("letters", "syllables")
 #: espeak-ng rate of the canary voice before the speed-up (words per minute; the corpus
 #: speakers read at 120-200).
 BASE_WPM = 160
@@ -80,8 +87,10 @@ class UtteranceCanarySpec:
         users: k, training users that receive the inserted canaries, dealt round robin
             (canary i goes to chosen user i mod k); None: one user per inserted canary.
         heldout: canaries drawn the same way but never inserted; None: as many as inserted.
-        words: pseudo-words per canary text.
-        syllables: consonant-vowel syllables per pseudo-word.
+        kind: ``"letters"`` (random letters a-z) or ``"syllables"`` (consonant-vowel
+            pseudo-words).
+        words: words per canary text.
+        letters: characters per word (even for ``"syllables"``).
         speedup: tempo factor (> 1) of the canary speech over :data:`BASE_WPM`.
         seed: fixes texts, voice, users and noise.
     """
@@ -90,14 +99,15 @@ class UtteranceCanarySpec:
     repeats: tuple[int, ...] = (1, 4, 16)
     users: int | None = None
     heldout: int | None = None
+    kind: str = "letters"
     words: int = 2
-    syllables: int = 2
-    # Measured (seed 0: voice en-gb+f3 for flac, en-gb-x-gbclan+f2 for mp3) on the 24
-    # default texts of 9 characters: 0.80-1.30 s at 1x (7-11 characters/s, 0.2 s of it edge
-    # silence); at 2x 0.39-0.74 s = 13.1-24.6 frames of 30 ms for 9 CTC labels, >= 1.46x
-    # what CTC needs. At 3x the shortest is 0.26 s = 8.6 frames < 9 labels, and at the
-    # paper's 4x (28-47 characters/s) 0.19 s = 6.4 frames: the char-level CTC model (33
-    # frames/s) could not emit such a canary at all, whatever it memorized.
+    letters: int = 4
+    # Measured (seed 0: voice en-gb+f3 for flac, en-gb-x-gbclan+f2 for mp3) on the 24 default
+    # texts of 9 characters (random letters): at 2x 7-21 characters/s, >= 1.43x the frames of
+    # 30 ms CTC needs; at 3x the fastest has 0.93x (flac), at the paper's 4x 0.69x
+    # (19-43 characters/s): the char-level CTC model (33 frames/s) could not emit such a
+    # canary at all, whatever it memorized. (Pseudo-words, kind="syllables": 13-25 frames
+    # for 9 labels at 2x, 6.4 frames at 4x.)
     speedup: float = 2.0
     seed: int = 0
 
@@ -135,9 +145,16 @@ class UtteranceCanarySpec:
                 f"{_FIELD}.speedup={self.speedup} must be > 1: canaries are sped up so that "
                 "ordinary speech does not teach the model to transcribe them"
             )
-        if self.words < 1 or self.syllables < 1:
+        if self.kind not in TEXT_KINDS:
+            raise ValueError(f"{_FIELD}.kind={self.kind!r}: choose one of {TEXT_KINDS}")
+        if self.words < 1 or self.letters < 1:
             raise ValueError(
-                f"{_FIELD}.words={self.words} and {_FIELD}.syllables={self.syllables} must be >= 1"
+                f"{_FIELD}.words={self.words} and {_FIELD}.letters={self.letters} must be >= 1"
+            )
+        if self.kind == "syllables" and self.letters % 2:
+            raise ValueError(
+                f"{_FIELD}.letters={self.letters} must be even for kind='syllables' "
+                "(consonant-vowel pairs)"
             )
         if self.heldout is not None and self.heldout < 0:
             raise ValueError(f"{_FIELD}.heldout={self.heldout} must be >= 0 (or None)")
@@ -202,11 +219,12 @@ class UtteranceCanary:
 def random_texts(
     spec: UtteranceCanarySpec, rng: np.random.Generator, count: int, exclude: set[str]
 ) -> list[str]:
-    """``count`` distinct texts of ``spec.words`` pseudo-words (``spec.syllables`` syllables
-    of :data:`CONSONANTS` then :data:`VOWELS` each), none with a word in ``exclude``.
+    """``count`` distinct texts of ``spec.words`` words of ``spec.letters`` characters (random
+    :data:`LETTERS`, or :data:`CONSONANTS`-then-:data:`VOWELS` syllables: ``spec.kind``), none
+    with a word in ``exclude``.
 
     Args:
-        spec: the text format (``words``, ``syllables``).
+        spec: the text format (``kind``, ``words``, ``letters``).
         rng: draws the texts (the same generator state gives the same texts).
         count: how many.
         exclude: words no text may contain (the corpus vocabulary).
@@ -215,26 +233,38 @@ def random_texts(
         ValueError: the format has too few distinct texts for ``count``.
 
     >>> random_texts(UtteranceCanarySpec(), np.random.default_rng(0), 2, set())
+    ['wqnh ibba', 'evqx npzs']
+    >>> random_texts(UtteranceCanarySpec(kind="syllables"), np.random.default_rng(0), 2, set())
     ['tepa naga', 'fito ruvo']
     """
-    capacity = (len(CONSONANTS) * len(VOWELS)) ** (spec.words * spec.syllables)
+    syllables = spec.kind == "syllables"
+    units = spec.letters // 2 if syllables else spec.letters
+    per_unit = len(CONSONANTS) * len(VOWELS) if syllables else len(LETTERS)
+    capacity = per_unit ** (spec.words * units)
     if count > capacity // 2:
         raise ValueError(
-            f"{count} canary texts of {spec.words} word(s) of {spec.syllables} syllable(s) "
-            f"would be too many of the {capacity} possible: raise {_FIELD}.words or "
-            f"{_FIELD}.syllables"
+            f"{count} canary texts of {spec.words} word(s) of {spec.letters} letters "
+            f"({spec.kind}) would be too many of the {capacity} possible: raise "
+            f"{_FIELD}.words or {_FIELD}.letters"
         )
+
+    def draw_word(row: np.ndarray, other: np.ndarray) -> str:
+        if syllables:
+            return "".join(CONSONANTS[c] + VOWELS[v] for c, v in zip(row, other))
+        return "".join(LETTERS[c] for c in row)
+
     texts: list[str] = []
     seen: set[str] = set()
     for _ in range(100 * count + 1000):
         if len(texts) == count:
             break
-        consonants = rng.integers(len(CONSONANTS), size=(spec.words, spec.syllables))
-        vowels = rng.integers(len(VOWELS), size=(spec.words, spec.syllables))
-        words = [
-            "".join(CONSONANTS[c] + VOWELS[v] for c, v in zip(cs, vs))
-            for cs, vs in zip(consonants, vowels)
-        ]
+        if syllables:
+            first = rng.integers(len(CONSONANTS), size=(spec.words, units))
+            second = rng.integers(len(VOWELS), size=(spec.words, units))
+        else:
+            first = rng.integers(len(LETTERS), size=(spec.words, units))
+            second = first
+        words = [draw_word(a, b) for a, b in zip(first, second)]
         text = " ".join(words)
         if text not in seen and not exclude.intersection(words):
             seen.add(text)
@@ -242,7 +272,7 @@ def random_texts(
     if len(texts) < count:
         raise ValueError(
             f"drew only {len(texts)} of {count} canary texts outside the corpus vocabulary: "
-            f"raise {_FIELD}.words or {_FIELD}.syllables"
+            f"raise {_FIELD}.words or {_FIELD}.letters"
         )
     return texts
 
@@ -533,7 +563,7 @@ def check_transcribable(
             f"{len(short)} of {len(canaries)} canary utterances are too fast for the model to "
             f"transcribe at all: {'; '.join(short[:3])}{' ...' if len(short) > 3 else ''}. "
             f"Lower {_FIELD}.speedup (or shorten the texts: {_FIELD}.words, "
-            f"{_FIELD}.syllables)."
+            f"{_FIELD}.letters)."
         )
 
 

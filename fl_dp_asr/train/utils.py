@@ -46,7 +46,8 @@ class Data(NamedTuple):
     """The splits of a run.
 
     Attributes:
-        train: training utterances grouped by user (filtered by ``data.min/max_seconds``).
+        train: training utterances grouped by user (filtered by ``data.min/max_seconds``,
+            the first ``data.max_users`` users).
         eval: held-out utterances (speakers disjoint from ``train``).
         eval_batches: ``eval`` as batches ``[eval.batch_size, ...]`` sorted by length, kept
             in memory (evaluated many times).
@@ -94,6 +95,10 @@ def load_data(
         train_set = train_set.filter(
             min_seconds=data.min_seconds or 0.0, max_seconds=data.max_seconds or math.inf
         )
+    if data.max_users is not None:
+        if not data.max_users >= 1:
+            raise ValueError(f"config.data.max_users={data.max_users} must be >= 1 (or None).")
+        train_set = train_set.subset_users(train_set.users[: data.max_users])
     if check_train is not None:
         check_train(train_set)
     eval_set = distributed.chief_first(lambda: load(data.eval_config, data.eval_split))
