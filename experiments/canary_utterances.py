@@ -152,11 +152,16 @@ def record(
     log: Log = print,
 ) -> dict[str, float]:
     """Measures the canaries after ``step`` rounds (or steps); writes
-    ``<workdir>/memorization/per_canary.json`` (atomically) and logs one line. Returns the
-    summary (for ``metrics.jsonl`` under ``memorization``)."""
+    ``<workdir>/memorization/per_canary.json`` and ``memorization.png`` (atomically) and logs
+    one line. Returns the summary (for ``metrics.jsonl`` under ``memorization``)."""
     rows, summary = audit.measure(params, model_config)
     utils.write_json(
         os.path.join(workdir, DIRECTORY, "per_canary.json"), {"step": step, "canaries": rows}
+    )
+    measure.plot(
+        {f"step {step}": summary},
+        {f"step {step}": rows},
+        os.path.join(workdir, DIRECTORY, "memorization.png"),
     )
     log(f"[{step}] {measure.format_line(summary)}")
     return summary

@@ -16,6 +16,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(processes.CACHE_M
 import jax
 import pytest
 
+from fl_dp_asr.data import FederatedDataset, load_federated
 from fl_dp_asr.data.synthetic import generate_corpus, tiny_config
 
 
@@ -52,3 +53,30 @@ def tiny_corpus(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def cv_train(tiny_corpus, tfds_dir) -> FederatedDataset:
+    """The tiny corpus's Common Voice layout (mp3) as a federated training split: 3 users,
+    8 utterances."""
+    return load_federated(
+        "common_voice_local",
+        "en",
+        "train",
+        manual_dir=tiny_corpus,
+        data_dir=tfds_dir,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def ls_train(tiny_corpus, tfds_dir) -> FederatedDataset:
+    """The tiny corpus's LibriSpeech layout (flac) as a federated training split: 2
+    speakers, 5 utterances."""
+    return load_federated(
+        "librispeech_local",
+        "train-clean-100",
+        manual_dir=tiny_corpus,
+        data_dir=tfds_dir,
+        progress=False,
+    )

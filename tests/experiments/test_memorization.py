@@ -137,6 +137,7 @@ def test_quick_study_runs_and_reports(tiny_corpus, tfds_dir, tmp_path):
     for name, summary in results.items():
         run = summary["workdir"]
         found = read_json(os.path.join(run, "memorization", "per_canary.json"))
+        assert os.path.getsize(os.path.join(run, "memorization", "memorization.png")) > 10_000
         assert len(found["canaries"]) == 6  # 3 inserted (r = 1, 4, 16) + 3 held out
         manifest = read_json(os.path.join(run, "memorization", "canaries.json"))
         assert sorted(c["repeats"] for c in manifest) == [0, 0, 0, 1, 4, 16]
