@@ -91,9 +91,10 @@ CPU_CHUNK = 16  # config.fl.chunk_size=None on a device without a memory limit (
 def automatic_chunk(
     config: ml_collections.ConfigDict, data: utils.Data, log: Log, memory_limit: int | None = None
 ) -> int:
-    """``config.fl.chunk_size=None``: the largest power-of-two chunk whose round step fits
-    each device, found by compiling it for the longest bucket of the data
-    (``fl-dp-asr-plan``'s search, :func:`experiments.planner.largest_chunk`).
+    """``config.fl.chunk_size=None``: a power-of-two chunk whose round step fits each device,
+    found by compiling it for the longest bucket of the data (``fl-dp-asr-plan``'s search,
+    :func:`experiments.planner.largest_chunk`): of the chunks that fit, the one with the
+    least compiled work (:func:`least_work`).
 
     ``memory_limit``: bytes per device (default: the device's ``bytes_limit``; a device
     that reports none, a CPU, gets :data:`CPU_CHUNK`).
@@ -138,8 +139,29 @@ def automatic_chunk(
             f"{memory_limit / 2**30:.2f} GiB): use more devices, --config.model.remat=True, "
             "smaller local batches (fl.local_batch_size) or --config.fl.shard_server_state."
         )
-    log(
-        f"config.fl.chunk_size=None: chunk {best.chunk} ({best.peak_bytes / 2**30:.2f} GiB of "
-        f"{memory_limit / 2**30:.2f} GiB per {kind})."
+    chosen = least_work(best, tried, chip)
+    padding = (
+        ""
+        if chosen is best
+        else f"; chunk {best.chunk} also fits but pads the round to {best.num_slots} slots "
+        f"({best.cost.flops / chosen.cost.flops:.2f}x the compiled FLOPs)"
     )
-    return best.chunk
+    log(
+        f"config.fl.chunk_size=None: chunk {chosen.chunk} ({chosen.peak_bytes / 2**30:.2f} GiB "
+        f"of {memory_limit / 2**30:.2f} GiB per {kind}{padding})."
+    )
+    return chosen.chunk
+
+
+def least_work(best, tried, chip):
+    """Of the compiled chunks that fit ``chip``, the one with the fewest compiled FLOPs per
+    round (a larger chunk can pad the round with more client slots: the slots are a multiple
+    of chunk × devices), the largest among those within 1 % of it; ``best`` (the largest that
+    fits) when no FLOPs were counted."""
+    from experiments import planner as planning
+
+    fitting = [c for c in tried if planning.fits(c, chip) and c.cost.flops > 0]
+    if not fitting:
+        return best
+    least = min(c.cost.flops for c in fitting)
+    return max((c for c in fitting if c.cost.flops <= 1.01 * least), key=lambda c: c.chunk)

@@ -66,8 +66,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # "auto": sharded over every device when there are several, else vectorized; or
     # "vectorized", "sharded", "sequential" (fl_dp_asr.fl.executors)
     c.fl.executor = "auto"
-    # Clients per vmap (per device). None: the largest that fits the device's memory, found
-    # at start-up by compiling the round step (fl-dp-asr-plan's search; 16 on a CPU).
+    # Clients per vmap (per device). None: of the chunks that fit the device's memory, the
+    # one with the least compiled work per round, found at start-up by compiling the round
+    # step (fl-dp-asr-plan's search; 16 on a CPU).
     c.fl.chunk_size = common.optional(int)
     # Split the server state (params, optimizer moments, DP-FTRL buffers) over the devices
     # instead of replicating it (ZeRO; needs several devices): for models whose state crowds

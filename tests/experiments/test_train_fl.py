@@ -462,3 +462,19 @@ def test_automatic_chunk_refuses_a_device_too_small_for_one_client():
     )
     with pytest.raises(RuntimeError, match="even with one client per device"):
         fl_round_step.automatic_chunk(config, data, lambda message: None, memory_limit=1024)
+
+
+def test_automatic_chunk_prefers_the_least_compiled_work_over_the_largest_chunk():
+    from experiments import planner
+    from fl_dp_asr.aot import hlo, targets
+
+    def compiled(chunk, gib, flops, slots):
+        cost = hlo.HloCost(flops, 0.0, (), (), ())
+        return planner.Compiled(chunk, None, cost, 0.0, 0, slots, required_bytes=gib * 2**30)
+
+    chip = targets.Chip("chip", "tpu", 16 * 2**30, 1.0, 1.0, "test")
+    one, two, four = compiled(1, 8, 1.000, 5), compiled(2, 12, 1.005, 6), compiled(4, 15, 1.6, 8)
+    too_big = compiled(8, 20, 0.5, 8)
+    # chunk 4 pads 5 clients per chip to 8: chunk 2 is as cheap as chunk 1 and larger.
+    assert fl_round_step.least_work(four, [one, two, four, too_big], chip) is two
+    assert fl_round_step.least_work(four, [compiled(4, 15, 0.0, 8)], chip).chunk == 4
