@@ -549,7 +549,8 @@ def plot(
     left.set_xticks(np.arange(len(groups)), groups)
     left.set(ylabel="canary CER (%, greedy)", title="CER: inserted r times vs held-out")
     left.grid(alpha=0.3, axis="y")
-    left.legend()
+    left.set_ylim(0, 165)  # room for the legend above the bars
+    left.legend(fontsize="small", ncol=2, loc="upper center")
 
     for label, rows in per_canary.items():
         inserted = [row["loss"] for row in rows if int(row["repeats"]) > 0]
@@ -563,7 +564,7 @@ def plot(
         title="loss-threshold membership attack",
     )
     right.grid(alpha=0.3)
-    right.legend()
+    right.legend(fontsize="small", loc="lower right")
 
     figure.tight_layout()
     path = os.fspath(path)
