@@ -96,6 +96,32 @@ def unknown_field_message(argv: Sequence[str], error: LookupError | AttributeErr
     return f"the config has no field {field!r}. {suggestion}"
 
 
+def without_none_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``--config.<field>=None`` flags, and those fields.
+
+    ml_collections parses an override with the field's type (``int("None")`` fails for an
+    optional int such as ``dp.target_cohort``), so "off" could not be said on the command
+    line; :func:`parse_flags` sets these fields to None after the rest is parsed."""
+    kept, fields = [], []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if name.startswith("--config.") and equals and value == "None":
+            fields.append(name.removeprefix("--config."))
+        else:
+            kept.append(arg)
+    return kept, fields
+
+
+def set_none(config: config_dict.ConfigDict, field: str) -> None:
+    """Sets the dotted ``field`` of ``config`` to None (KeyError: no such field)."""
+    *sections, name = field.split(".")
+    for section in sections:
+        config = config[section]
+    if name not in config:
+        raise KeyError(name)
+    config[name] = None
+
+
 def parse_flags(
     argv: Sequence[str], prog: str, flag_values: flags.FlagValues = flags.FLAGS
 ) -> list[str]:
@@ -108,7 +134,10 @@ def parse_flags(
                 f"--config {path}: no such file (experiment configs are Python "
                 "files with get_config(), e.g. in experiments/configs/)"
             )
-        remaining = flag_values(argv)
+        parsed, to_none = without_none_overrides(argv)
+        remaining = flag_values(parsed)
+        for field in to_none:
+            set_none(flag_values["config"].value, field)
         nan = next(nan_fields(flag_values["config"].value), None)
         if nan:
             raise ValueError(f"{nan}=nan is not a number: give it a finite value (--{nan}=...)")

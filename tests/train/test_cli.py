@@ -71,6 +71,24 @@ def test_good_flags_parse():
     assert parse("--config", CONFIG, "--workdir", "w", "--config.fl.cohort_size=4") == ["train_fl"]
 
 
+def test_an_optional_field_can_be_set_to_none():
+    flag_values = flags.FlagValues()
+    argv = ["train_fl", "--config", CONFIG, "--workdir", "w", "--config.dp.target_cohort=None"]
+    config_flags.DEFINE_config_file(
+        "config", None, "config", flag_values=flag_values, sys_argv=argv
+    )
+    flags.DEFINE_string("workdir", None, "work dir", flag_values=flag_values)
+    flags.DEFINE_bool("debug", False, "tracebacks", flag_values=flag_values)
+    cli.parse_flags(argv, "train_fl", flag_values)
+    assert flag_values["config"].value.dp.target_cohort is None
+
+
+def test_none_for_a_missing_field_names_it(capsys):
+    with pytest.raises(SystemExit):
+        parse("--config", CONFIG, "--workdir", "w", "--config.dp.target_cohrt=None")
+    assert "has no field dp.target_cohrt" in capsys.readouterr().err
+
+
 def test_a_quoted_traceback_becomes_its_last_line():
     message = (
         "flag --config=c.py: Error whilst parsing config file:\n\n"
