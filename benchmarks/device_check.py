@@ -15,9 +15,10 @@ bounded by the budget plus the one compilation and run that was under way):
    ``remat`` per block, layer-drop off so every step does the same work): the time to
    create its parameters (one jitted function on the device), then one client's SGD step
    (CTC loss, gradient, per-step clip, update) on 15 × 8 s = 120 s of audio (the paper's
-   ~120 s batches) and on 8 × 8 s utterances. Time, model TFLOP/s (6 · params · frames)
-   and MFU against the device's dense bf16 peak (:data:`PEAK_BF16_TFLOPS`), also with the
-   remat recompute counted (8 · params · frames).
+   ~120 s batches) and on 8 × 8 s utterances. Time, model TFLOP/s (6 · params · frames,
+   :func:`fl_dp_asr.aot.targets.model_flops`) and MFU against the device's dense bf16 peak
+   (its chip's in :data:`fl_dp_asr.aot.targets.CHIPS`), also with the remat recompute
+   counted (8 · params · frames).
 3. **paper round**: the round step of the paper model, cohort 16, every client 10 local
    steps of 8 × 8 s: the largest vectorized chunk that fits (16, 8, 4, 2, 1 in turn; an
    out-of-memory compile or run moves to the next), vectorized vs sequential, with the
@@ -56,25 +57,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import common
+from fl_dp_asr.aot import targets
 
-# Dense (no sparsity) bf16 tensor peaks, TFLOP/s, from the vendors' datasheets. Matched
-# against ``jax.devices()[0].device_kind`` in order: the first substring found wins.
-PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),
-    ("GH200", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("A10G", 70.0),
-    ("TPU v6 lite", 918.0),
-    ("TPU v5 lite", 197.0),
-    ("TPU v5p", 459.0),
-    ("TPU v5", 459.0),
-    ("TPU v4", 275.0),
-)
 PAPER_OVERRIDES = dict(remat=True, layer_drop_rate=0.0)  # dtype bfloat16 is the paper's
 # In the order they run: the paper model's measurements (the reason for a lent device)
 # right after the quick tests, so a run cut short still has them.
@@ -160,11 +144,10 @@ DRY_RUN = Plan(
 
 
 def peak_tflops(device_kind: str) -> float | None:
-    """Dense bf16 peak (TFLOP/s) of a device kind, or None when unknown (e.g. a CPU)."""
-    for name, peak in PEAK_BF16_TFLOPS:
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
+    """Dense bf16 peak (TFLOP/s) of a device kind (its chip in
+    :data:`fl_dp_asr.aot.targets.CHIPS`), or None when unknown (e.g. a CPU)."""
+    chip = targets.chip_of_device_kind(device_kind)
+    return chip.peak_flops / 1e12 if chip else None
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -251,12 +234,6 @@ def local_step(
     return {"compile_s": compile_s, "step_s": seconds_per_step}
 
 
-def model_flops(params: int, frames: float, passes: int = 6) -> float:
-    """The usual MFU numerator: ``passes`` · parameters · encoder frames. 6 = forward +
-    backward (no attention term); 8 counts the forward pass that remat recomputes."""
-    return float(passes) * params * frames
-
-
 def init_seconds(size: str, model_overrides: dict[str, Any]) -> float:
     """Seconds to create a model's parameters on the device: one jitted function, first
     call (compile included), until the arrays are ready."""
@@ -316,7 +293,7 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
                 remat_policy=policy,
             )
             frames = utterances * seconds / config.frame_seconds
-            flops = model_flops(num_params, frames)
+            flops = targets.model_flops(num_params, frames)
             tflops = flops / r["step_s"] / 1e12
             add_row(
                 [
@@ -327,7 +304,7 @@ def section_local_step(plan: Plan, rec: Recorder, peak: float | None) -> None:
                     flops / 1e12,
                     tflops,
                     _mfu(flops, r["step_s"], peak),
-                    _mfu(model_flops(num_params, frames, 8), r["step_s"], peak)
+                    _mfu(targets.model_flops(num_params, frames, 8), r["step_s"], peak)
                     if config.remat
                     else "(no remat)",
                 ]
@@ -446,8 +423,8 @@ def section_paper_round(
     s = plan.round_shape
     config, params = common.asr_task(plan.round_size, **plan.task_args(plan.round_size))[:2]
     frames = round_frames(s, plan.round_cohort, config.frame_seconds)
-    flops = model_flops(asr.count_params(params), frames)
-    remat_flops = model_flops(asr.count_params(params), frames, 8) if config.remat else None
+    flops = targets.model_flops(asr.count_params(params), frames)
+    remat_flops = targets.model_flops(asr.count_params(params), frames, 8) if config.remat else None
     add_row = rec.table(
         f"Round step, {plan.round_size} model, cohort {plan.round_cohort}: every client "
         f"{s.local_steps} local steps × {s.batch_size} utterances of "

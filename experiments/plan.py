@@ -79,7 +79,8 @@ def model_flops_per_chip(
     config: ml_collections.ConfigDict, shape: RoundShape, num_chips: int
 ) -> float:
     """6 · parameters · encoder frames of the round's local training per chip, every slot
-    real (the usual MFU numerator: forward + backward, no attention term)."""
+    real (the usual MFU numerator, :func:`fl_dp_asr.aot.targets.model_flops`: forward +
+    backward, no attention term)."""
     model_config = utils.model_config_from(config.model)
     num_params = sum(x.size for x in parameter_shapes(config))
     frames = (
@@ -90,7 +91,7 @@ def model_flops_per_chip(
         * shape.seconds
         / model_config.frame_seconds
     )
-    return 6.0 * num_params * frames
+    return targets.model_flops(num_params, frames)
 
 
 def roofline_seconds(cost: hlo.HloCost, chip: targets.Chip) -> float:

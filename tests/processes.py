@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The tests' programs are compiled far more often than they run: without LLVM's
@@ -29,6 +31,36 @@ def python_env(devices: int = 1, xla_flags: str = TEST_XLA_FLAGS) -> dict[str, s
         JAX_COMPILATION_CACHE_DIR=str(COMPILATION_CACHE),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(CACHE_MIN_COMPILE_SECONDS),
     )
+
+
+def run_json(
+    script: str, devices: int = 8, timeout: float = 300, xla_flags: str = TEST_XLA_FLAGS
+) -> Any:
+    """Runs ``python -c script`` in the repository with ``devices`` CPU devices and
+    ``xla_flags`` (:func:`python_env`); returns the JSON its last stdout line prints.
+
+    Fails with the exit code and stderr tail when the script fails, and with the stdout
+    tail when its last line is not JSON.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=python_env(devices, xla_flags),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"the script (devices={devices}) exited {result.returncode}:\n{result.stderr[-3000:]}"
+    )
+    lines = result.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as error:
+        raise AssertionError(
+            f"the script's last stdout line is not JSON ({error}):\n"
+            f"{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        ) from error
 
 
 def free_port() -> int:

@@ -8,7 +8,9 @@ maps the name to the topology libtpu / the CUDA plugin describe (``v5e:16x16``,
 topology that nothing can run on, but everything can be compiled for.
 
 Chip figures (HBM per chip, dense bf16 peak, HBM bandwidth) are the vendors' datasheets
-(:data:`CHIPS`, each with its source); they feed the plan's "fits" and roofline columns.
+(:data:`CHIPS`, each with its source); they feed the plan's "fits" and roofline columns and
+the device check's MFU (:func:`chip_of_device_kind` finds a running device's chip). The
+MFU numerator of both is :func:`model_flops`.
 
 Requirements: TPU targets need ``libtpu`` (``pip install libtpu``; ``make install`` adds it
 where the registry has it); GPU targets need the CUDA plugin (``pip install
@@ -38,6 +40,8 @@ class Chip:
         peak_flops: dense bf16 peak (FLOP/s).
         hbm_bandwidth: bytes/s.
         source: where the figures come from.
+        device_kinds: substrings of ``jax.Device.device_kind`` (case-insensitive) that name
+            this chip, for :func:`chip_of_device_kind`.
     """
 
     name: str
@@ -46,6 +50,7 @@ class Chip:
     peak_flops: float
     hbm_bandwidth: float
     source: str
+    device_kinds: tuple[str, ...] = ()
 
 
 CHIPS: dict[str, Chip] = {
@@ -56,6 +61,7 @@ CHIPS: dict[str, Chip] = {
         275e12,
         1228e9,
         "cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 1,228 GB/s, 275 TFLOP/s bf16)",
+        ("TPU v4",),
     ),
     "v5e": Chip(
         "TPU v5e",
@@ -64,6 +70,7 @@ CHIPS: dict[str, Chip] = {
         197e12,
         819e9,
         "cloud.google.com/tpu/docs/v5e (16 GB HBM2, 819 GB/s, 197 TFLOP/s bf16)",
+        ("TPU v5 lite",),
     ),
     "v5p": Chip(
         "TPU v5p",
@@ -72,6 +79,7 @@ CHIPS: dict[str, Chip] = {
         459e12,
         2765e9,
         "cloud.google.com/tpu/docs/v5p (95 GB HBM2e, 2,765 GB/s, 459 TFLOP/s bf16)",
+        ("TPU v5p", "TPU v5"),
     ),
     "v6e": Chip(
         "TPU v6e",
@@ -80,6 +88,7 @@ CHIPS: dict[str, Chip] = {
         918e12,
         1640e9,
         "cloud.google.com/tpu/docs/v6e (32 GB HBM, 1,640 GB/s, 918 TFLOP/s bf16)",
+        ("TPU v6 lite",),
     ),
     "h100": Chip(
         "NVIDIA H100 SXM 80GB",
@@ -88,6 +97,7 @@ CHIPS: dict[str, Chip] = {
         989e12,
         3.35e12,
         "NVIDIA H100 datasheet (80 GB HBM3, 3.35 TB/s, 989 TFLOP/s dense bf16)",
+        ("H100",),
     ),
     "h200": Chip(
         "NVIDIA H200 141GB",
@@ -96,6 +106,7 @@ CHIPS: dict[str, Chip] = {
         989e12,
         4.8e12,
         "NVIDIA H200 datasheet (141 GB HBM3e, 4.8 TB/s, 989 TFLOP/s dense bf16)",
+        ("H200",),
     ),
     "a100": Chip(
         "NVIDIA A100 SXM 80GB",
@@ -104,6 +115,67 @@ CHIPS: dict[str, Chip] = {
         312e12,
         2.039e12,
         "NVIDIA A100 datasheet (80 GB HBM2e, 2,039 GB/s, 312 TFLOP/s dense bf16)",
+        ("A100",),
+    ),
+    # Chips the device check meets (a lent or rented GPU), not plan targets.
+    "h100-pcie": Chip(
+        "NVIDIA H100 PCIe 80GB",
+        "cuda",
+        80 * GIB,
+        756e12,
+        2.0e12,
+        "NVIDIA H100 datasheet, PCIe column (80 GB HBM2e, 2 TB/s, 1,513 TFLOP/s bf16 with "
+        "sparsity: 756 dense)",
+        ("H100 PCIe",),
+    ),
+    "gh200": Chip(
+        "NVIDIA GH200 96GB",
+        "cuda",
+        96 * GIB,
+        989e12,
+        4.0e12,
+        "NVIDIA GH200 Grace Hopper Superchip datasheet (96 GB HBM3, 4 TB/s, 989 TFLOP/s "
+        "dense bf16: the H100's)",
+        ("GH200",),
+    ),
+    "b200": Chip(
+        "NVIDIA B200 (HGX)",
+        "cuda",
+        180 * GIB,
+        2250e12,
+        8.0e12,
+        "NVIDIA HGX B200 datasheet (180 GB HBM3e per GPU, 8 TB/s, 4.5 PFLOP/s bf16 with "
+        "sparsity: 2,250 TFLOP/s dense)",
+        ("B200",),
+    ),
+    "l40s": Chip(
+        "NVIDIA L40S",
+        "cuda",
+        48 * GIB,
+        362e12,
+        864e9,
+        "NVIDIA L40S datasheet (48 GB GDDR6, 864 GB/s, 362.05 TFLOP/s dense bf16, 733 with "
+        "sparsity)",
+        ("L40S",),
+    ),
+    "l4": Chip(
+        "NVIDIA L4",
+        "cuda",
+        24 * GIB,
+        121e12,
+        300e9,
+        "NVIDIA L4 datasheet (24 GB GDDR6, 300 GB/s, 242 TFLOP/s bf16 with sparsity: 121 dense)",
+        ("L4",),
+    ),
+    "a10g": Chip(
+        "NVIDIA A10G",
+        "cuda",
+        24 * GIB,
+        70e12,
+        600e9,
+        "AWS EC2 G5 / NVIDIA A10G specifications (24 GB GDDR6, 600 GB/s, 70 TFLOP/s dense "
+        "bf16 tensor; the A10's 125 does not apply)",
+        ("A10G",),
     ),
 }
 # Cloud TPU names v4 and v5p slices by TensorCores (two per chip), v5e and v6e by chips.
@@ -116,6 +188,28 @@ _GPU_FACTS = {
     "h200": (132, 128, 233472, 232448, 52428800, 1.98, 9, "NVIDIA H200 141GB HBM3e"),
     "a100": (108, 64, 167936, 166912, 41943040, 1.41, 8, "NVIDIA A100-SXM4-80GB"),
 }
+
+
+def chip_of_device_kind(device_kind: str) -> Chip | None:
+    """The chip of a ``jax.Device.device_kind`` such as ``"NVIDIA H100 80GB HBM3"``.
+
+    The chip with the longest of its :attr:`Chip.device_kinds` found in the kind,
+    case-insensitively: ``"H100 PCIe"`` wins over ``"H100"``, ``"TPU v5 lite"`` over
+    ``"TPU v5"``. None when no chip's is found (e.g. a CPU).
+    """
+    kind = device_kind.lower()
+    best: tuple[int, Chip | None] = (0, None)
+    for chip in CHIPS.values():
+        for sub in chip.device_kinds:
+            if sub.lower() in kind and len(sub) > best[0]:
+                best = (len(sub), chip)
+    return best[1]
+
+
+def model_flops(num_params: int, frames: float, passes: int = 6) -> float:
+    """The usual MFU numerator: ``passes`` · parameters · encoder frames. 6 = forward +
+    backward (no attention term); 8 counts the forward pass that remat recomputes."""
+    return float(passes) * num_params * frames
 
 
 @dataclasses.dataclass(frozen=True)

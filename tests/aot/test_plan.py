@@ -1,10 +1,6 @@
 """fl-dp-asr-plan: the trainer's round step built without devices, compiled for a TPU slice
 of several hosts (libtpu's compile-only devices), sized and checked."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import ml_collections
 import pytest
@@ -78,16 +74,7 @@ print(json.dumps({"hosts": targets.num_hosts(devices), "devices": len(devices),
 def compiled_for_slice() -> dict:
     """The tiny round step compiled at chunk 1 for v5e-16 (16 chips on 4 hosts), in a
     subprocess: its report and costs."""
-    out = subprocess.run(
-        [sys.executable, "-c", SLICE_SCRIPT],
-        env=processes.python_env(),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return processes.run_json(SLICE_SCRIPT, devices=1, timeout=600)
 
 
 @needs_libtpu

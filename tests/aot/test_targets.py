@@ -41,6 +41,15 @@ def test_bad_names_are_refused_with_the_reason(name, message):
         targets.target(name)
 
 
+def test_every_device_kind_finds_its_own_chip():
+    for chip in targets.CHIPS.values():
+        for kind in chip.device_kinds:
+            assert targets.chip_of_device_kind(f"vendor {kind.upper()} 80GB") is chip, kind
+    assert targets.chip_of_device_kind("NVIDIA H100 PCIe") is targets.CHIPS["h100-pcie"]
+    assert targets.chip_of_device_kind("NVIDIA L40S") is targets.CHIPS["l40s"]
+    assert targets.chip_of_device_kind("cpu") is None
+
+
 def test_gpu_target_config_carries_the_chip_memory():
     text = targets.gpu_target_config("h100")
     assert f"device_memory_size: {targets.CHIPS['h100'].hbm_bytes}" in text

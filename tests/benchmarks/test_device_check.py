@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from benchmarks import common, device_check
+from fl_dp_asr.aot import targets
 from fl_dp_asr.models.config import get_model_config
 
 
@@ -98,7 +99,7 @@ def test_round_model_flops_count_every_real_step_of_every_client():
     shape = device_check.Plan().round_shape
     frames = device_check.round_frames(shape, 16, 0.03)
     assert frames == 16 * 10 * 8 * 8.0 / 0.03
-    assert device_check.model_flops(10, frames) == 6 * 10 * frames
+    assert targets.model_flops(10, frames) == 6 * 10 * frames
 
 
 def oom(chunk):
@@ -133,7 +134,17 @@ def test_largest_fitting_says_when_nothing_fits_and_passes_other_errors_through(
         ("NVIDIA H100 80GB HBM3", 989.0),
         ("NVIDIA H100 PCIe", 756.0),
         ("NVIDIA H200", 989.0),
+        ("NVIDIA GH200 480GB", 989.0),
+        ("NVIDIA B200", 2250.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA A10G", 70.0),
+        ("TPU v4", 275.0),
         ("TPU v5 lite", 197.0),
+        ("TPU v5p", 459.0),
+        ("TPU v5", 459.0),
+        ("TPU v6 lite", 918.0),
         ("cpu", None),
     ],
 )

@@ -1,10 +1,7 @@
 """Adaptive clipping inside the round step: tracking, sensitivity, noise, once per round."""
 
 import functools
-import json
 import math
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -185,16 +182,7 @@ def test_both_noises_are_added_once_with_eight_devices():
         noise, xi = noise_round("sharded")
         print(json.dumps({"std": float(np.std(noise)), "head": noise[:5].tolist(), "xi": xi}))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=processes.python_env(devices=8),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    eight = json.loads(out.strip().splitlines()[-1])
+    eight = processes.run_json(script)
     one, xi = noise_round()
     assert eight["std"] == pytest.approx(float(np.std(one)), rel=1e-5)
     np.testing.assert_allclose(eight["head"], one[:5], rtol=1e-5)

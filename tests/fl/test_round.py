@@ -1,8 +1,5 @@
 """The round step: one shared suite for the three executors, DP properties, memory."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -205,16 +202,7 @@ def test_noise_is_added_once_with_eight_devices():
         noise = noise_round("sharded")
         print(json.dumps({"std": float(np.std(noise)), "head": noise[:5].tolist()}))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=processes.python_env(devices=8),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    eight = json.loads(out.strip().splitlines()[-1])
+    eight = processes.run_json(script)
     one = noise_round()
     assert eight["std"] == pytest.approx(float(np.std(one)), rel=1e-5)
     np.testing.assert_allclose(eight["head"], one[:5], rtol=1e-5)

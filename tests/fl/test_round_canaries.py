@@ -4,9 +4,6 @@ canary enters the sum once, clipped to the bound (globally or per layer), before
 the noise; the cosine metric sees it."""
 
 import functools
-import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -109,16 +106,7 @@ def test_without_sampled_canaries_adam_and_lamb_are_bit_identical_under_default_
                 for one, other in zip(plain, audited)]
         print(json.dumps(differences))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=processes.python_env(xla_flags=""),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    differences = json.loads(out.strip().splitlines()[-1])
+    differences = processes.run_json(script, devices=1, xla_flags="")
     assert differences == {"adam": [0.0] * 3, "lamb": [0.0] * 3}
 
 

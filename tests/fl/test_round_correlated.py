@@ -4,9 +4,6 @@ cross-device sum, its state in the server state, checkpointed and resumed bit-id
 round past the strategy's n rounds is refused."""
 
 import functools
-import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -99,16 +96,7 @@ def test_correlated_noise_is_added_once_with_eight_devices():
         noise, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
         print(json.dumps(noise[:, :5].tolist()))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=processes.python_env(devices=8),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    eight = np.array(json.loads(out.strip().splitlines()[-1]))
+    eight = np.array(processes.run_json(script))
     one, _ = noise_rounds(MECHANISMS["banded_toeplitz"], "sharded", rounds=3)
     np.testing.assert_allclose(eight, one[:, :5], rtol=1e-5, atol=1e-6)
 

@@ -1,9 +1,6 @@
 """The server state split over the devices (ZeRO): the same numbers as the replicated state,
 with every device holding its part (8 fake CPU devices, subprocess)."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -51,16 +48,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_server_state_gives_the_replicated_numbers():
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=processes.python_env(devices=8),
-        cwd=processes.REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    result = processes.run_json(SCRIPT)
     assert result["split"] >= 10  # params, both LAMB moments and the BLT buffers
     assert len(result["sharded"]) == len(result["replicated"])
     for sharded, replicated in zip(result["sharded"], result["replicated"]):
