@@ -70,8 +70,11 @@ def _gib(value: float) -> str:
 
 
 def _seconds(value: float) -> str:
+    """``3.46 s``, ``57.7 min``, ``1.1 h``."""
     if value >= 3600:
         return f"{value / 3600:.1f} h"
+    if value >= 600:
+        return f"{value / 60:.1f} min"
     return f"{value:.3g} s"
 
 
