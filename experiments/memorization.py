@@ -77,7 +77,7 @@ class Study:
     local_steps: int = 5
     sigmas: tuple[float, ...] = (1e-2, 1e-1)
     methods: tuple[str, ...] = ("global", "per-layer by dim")
-    per_repeat: int = 2
+    per_repeat: int = 8
     users: int | None = None
     candidates: int = 1000
     central_steps: int = 100
