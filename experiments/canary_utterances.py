@@ -25,11 +25,12 @@ from fl_dp_asr.memorization import measure, utterances
 from fl_dp_asr.models.config import ModelConfig
 from fl_dp_asr.text.tokenizer import CharTokenizer
 from fl_dp_asr.train import utils
+from fl_dp_asr.train.metrics import MetricWriter
 
 PyTree = Any
 Log = Callable[[str], None]
 #: The audio format each builder's corpus layout stores (the canaries go through its codec).
-AUDIO_FORMATS = {"librispeech_local": "flac", "common_voice_local": "mp3"}
+BUILDER_FORMATS = {"librispeech_local": "flac", "common_voice_local": "mp3"}
 DIRECTORY = "memorization"  # <workdir>/memorization: canaries.json, per_canary.json, plot
 
 
@@ -39,17 +40,17 @@ def spec_of(config: ml_collections.ConfigDict) -> utterances.UtteranceCanarySpec
     Raises:
         ValueError: a field the spec rejects, named ``config.audit.utterances.<field>``.
     """
-    section_ = config.audit.utterances
-    if section_.per_repeat == 0:
+    fields = config.audit.utterances
+    if fields.per_repeat == 0:
         return None
     names = {f.name for f in dataclasses.fields(utterances.UtteranceCanarySpec)}
-    values = {k: section_[k] for k in names}
+    values = {k: fields[k] for k in names}
     values["repeats"] = tuple(int(r) for r in values["repeats"])
     spec = utterances.UtteranceCanarySpec(**values)
     spec.check()
-    if not section_.candidates >= 2:
+    if not fields.candidates >= 2:
         raise ValueError(
-            f"config.audit.utterances.candidates={section_.candidates}: the exposure ranks a "
+            f"config.audit.utterances.candidates={fields.candidates}: the exposure ranks a "
             "canary among M >= 2 texts (e.g. 1000)."
         )
     return spec
@@ -105,19 +106,20 @@ def insert(
     if spec is None:
         return data, None
     train = data.train
-    audio_format = AUDIO_FORMATS.get(config.data.name)
+    audio_format = BUILDER_FORMATS.get(config.data.name)
     if audio_format is None:
         raise ValueError(
             f"config.audit.utterances: canary utterances are synthesized in the corpus's "
-            f"audio format, known for {sorted(AUDIO_FORMATS)}, not config.data.name="
+            f"audio format, known for {sorted(BUILDER_FORMATS)}, not config.data.name="
             f"{config.data.name!r}."
         )
-    spec.check(train.num_users)
-    canaries = utterances.make_canaries(spec, train, audio_format=audio_format)
-    exclude = set(" ".join(train.transcripts).split())
+    vocabulary = utterances.corpus_vocabulary(train)
+    canaries = utterances.make_canaries(
+        spec, train, audio_format=audio_format, vocabulary=vocabulary
+    )
     rng = np.random.default_rng([spec.seed, 1])  # the candidates: apart from the canaries
     candidates = [
-        utterances.random_texts(spec, rng, config.audit.utterances.candidates - 1, exclude)
+        utterances.random_texts(spec, rng, config.audit.utterances.candidates - 1, vocabulary)
         for _ in canaries
     ]
     if workdir is not None:
@@ -149,12 +151,15 @@ def record(
     model_config: ModelConfig,
     workdir: str,
     step: int,
+    writer: MetricWriter,
     log: Log = print,
 ) -> dict[str, float]:
     """Measures the canaries after ``step`` rounds (or steps); writes
-    ``<workdir>/memorization/per_canary.json`` and ``memorization.png`` (atomically) and logs
-    one line. Returns the summary (for ``metrics.jsonl`` under ``memorization``)."""
+    ``<workdir>/memorization/per_canary.json`` and ``memorization.png`` (atomically), the
+    summary to ``writer`` (``metrics.jsonl`` under ``memorization``) and one log line.
+    Returns the summary."""
     rows, summary = audit.measure(params, model_config)
+    writer.write(step, {"memorization": summary})
     utils.write_json(
         os.path.join(workdir, DIRECTORY, "per_canary.json"), {"step": step, "canaries": rows}
     )
@@ -167,9 +172,9 @@ def record(
     return summary
 
 
-def summary_fields(summary: Mapping[str, float] | None) -> dict[str, float]:
-    """``summary.json``'s ``memorization_*`` fields ({} without the audit)."""
-    return {} if summary is None else {f"memorization_{k}": v for k, v in summary.items()}
+def summary_fields(summary: Mapping[str, float]) -> dict[str, float]:
+    """``summary.json``'s ``memorization_*`` fields of a :func:`record` summary ({}: none)."""
+    return {f"memorization_{k}": v for k, v in summary.items()}
 
 
 def plot(runs: Mapping[str, str], path: str) -> None:

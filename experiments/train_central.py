@@ -183,11 +183,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         """The canary utterances measured on the current model ({}: no audit)."""
         if utterance_audit is None:
             return {}
-        found = canary_utterances.record(
-            utterance_audit, state["params"], model_config, workdir, step
+        return canary_utterances.record(
+            utterance_audit, state["params"], model_config, workdir, step, writer
         )
-        writer.write(step, {"memorization": found})
-        return found
 
     batches = training_batches(data.train, config, tokenizer.encode, data.buckets, step)
     with prefetch.Prefetcher(batches, buffer_size=3) as batch_stream:
@@ -231,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "dev_wer": result["wer"],
         "dev_cer": result["cer"],
         "minutes": (time.time() - start) / 60,
-    } | canary_utterances.summary_fields(memorized if utterance_audit else None)
+    } | canary_utterances.summary_fields(memorized)
     print(json.dumps(summary), flush=True)
     return summary
 

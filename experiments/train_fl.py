@@ -156,11 +156,9 @@ def train(
         if utterance_audit is None or not chief:
             return {}
         params = distributed.to_host(state.params) if run.mesh is not None else state.params
-        found = canary_utterances.record(
-            utterance_audit, params, run.model_config, workdir, progress.completed, log
+        return canary_utterances.record(
+            utterance_audit, params, run.model_config, workdir, progress.completed, writer, log
         )
-        writer.write(progress.completed, {"memorization": found})
-        return found
 
     if progress.seed_eval is None:
         seed_eval = evaluate(state, run, data, config, 0)
@@ -196,7 +194,7 @@ def train(
                         progress.audit_trail.add(metrics.pop("canary_cosines"))
                     progress.completed = r + 1
                     writer.write(progress.completed, {"train": metrics})
-                    wer, memorized = None, {}
+                    wer = None
                     if utils.itstime(progress.completed, config.eval.every, num_rounds):
                         progress.last_eval = evaluate(state, run, data, config, progress.completed)
                         writer.write(progress.completed, {"eval": progress.last_eval})
@@ -215,7 +213,7 @@ def train(
                     # All processes of a multi-process run stop (and save) at the same round.
                     if distributed.any_process(stop.received is not None):
                         raise StopRequested(stop.received or "a signal to another process")
-            if not memorized:  # the last round was not evaluated: measure it
+            if not memorized:  # no round was run (the last one is always evaluated)
                 memorized = memorization()
             if run.canaries is not None and progress.completed > 0:
                 progress.audit = audit_estimates(initial, state, run, progress, config, log)
@@ -259,7 +257,7 @@ def train(
                 writer.close()
 
     summary = run_summary(workdir, config, run, progress, data)
-    summary |= canary_utterances.summary_fields(memorized if utterance_audit else None)
+    summary |= canary_utterances.summary_fields(memorized)
     if chief:
         utils.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -393,8 +393,17 @@ def _check_users(train: FederatedDataset) -> None:
         )
 
 
+def corpus_vocabulary(train: FederatedDataset) -> set[str]:
+    """The words of ``train``'s transcripts: what no canary text may contain."""
+    return {word for transcript in train.transcripts for word in transcript.split()}
+
+
 def make_canaries(
-    spec: UtteranceCanarySpec, train: FederatedDataset, *, audio_format: str
+    spec: UtteranceCanarySpec,
+    train: FederatedDataset,
+    *,
+    audio_format: str,
+    vocabulary: set[str] | None = None,
 ) -> list[UtteranceCanary]:
     """The inserted canaries (by repetition count, then index) and then the held-out ones.
 
@@ -404,6 +413,8 @@ def make_canaries(
             words are excluded from the texts).
         audio_format: the corpus's codec, ``"flac"`` (LibriSpeech layout) or ``"mp3"``
             (Common Voice layout).
+        vocabulary: :func:`corpus_vocabulary` of ``train`` when the caller has it (None:
+            computed here).
 
     Returns:
         ``spec.num_inserted`` canaries ``canary-r{r}-{i:03d}`` with their users, then
@@ -417,7 +428,8 @@ def make_canaries(
     _check_format(audio_format)
     spec.check(train.num_users)
     _check_users(train)
-    vocabulary = {word for transcript in train.transcripts for word in transcript.split()}
+    if vocabulary is None:
+        vocabulary = corpus_vocabulary(train)
     texts = random_texts(
         spec,
         np.random.default_rng([spec.seed, 0]),
